@@ -1,0 +1,74 @@
+//! The crate's one error type.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong in this crate.
+///
+/// Transient conditions (`Readonly`, `EndOfReadonly`, `Closed`) are distinct from damage
+/// (`Corrupt`) and from failures of the machine (`Io`, `Failed`), so callers can choose a reaction.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system call failed on the named file or folder.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or folder the call was about.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+    /// Stored bytes failed a checksum or a structural check. No data from the damaged region is
+    /// ever returned.
+    #[error("corrupt data in {path} at byte {position}: {reason}")]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte position of the damaged record or structure within the file.
+        position: u64,
+        /// What check failed.
+        reason: String,
+    },
+    /// A [`LogOptions`](crate::LogOptions) value is out of its valid range.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    /// A message or batch handed to an append is not acceptable; nothing was written.
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    /// The encoded record exceeds [`LogOptions::max_record_bytes`](crate::LogOptions).
+    #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
+    RecordTooLarge {
+        /// Size of the encoded record, header included.
+        size: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The log was set read-only; appends are refused.
+    #[error("the log is read-only")]
+    Readonly,
+    /// A committed reader reached the end of a read-only log: no more messages will ever come.
+    #[error("reached the end of a read-only log")]
+    EndOfReadonly,
+    /// The log was closed.
+    #[error("the log is closed")]
+    Closed,
+    /// Another process (or another handle in this process) has the folder open.
+    #[error("the log folder {0} is in use by another open log")]
+    Locked(PathBuf),
+    /// An earlier `fsync` failed. The kernel may have dropped the unsynced pages, so the log
+    /// refuses further writes; close and reopen it to recover from what is on disk.
+    #[error("an earlier sync failed ({0}); close and reopen the log")]
+    Failed(String),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Builds a closure that wraps an `io::Error` with the path it concerns.
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,56 @@
+//! `commitlog`: a crash-safe, segmented, append-only log, the storage engine of liftbridge-rs.
+//!
+//! A [`Log`] lives in one folder. Messages are appended in batches and get consecutive offsets;
+//! the log is split into segment files named by their first offset, each with a sparse offset and
+//! time index. Readers read forward ([`Reader`]) or backward ([`ReverseReader`]), either only
+//! committed messages (up to the high watermark) or everything (up to the log end offset).
+//!
+//! What it guarantees:
+//! - **Integrity**: every record carries a CRC-32C; damaged data is reported as
+//!   [`Error::Corrupt`], never returned and never a panic.
+//! - **Recovery**: opening a log cuts torn or invalid tails and rebuilds damaged indexes; every
+//!   record written completely before a crash survives ([`Log::recovery`] tells what was done).
+//! - **Durability** as chosen by [`SyncPolicy`], with group commit for [`SyncPolicy::Always`].
+//! - **Replication support**: high-watermark checkpoint, leader-epoch cache, truncation, and
+//!   byte-exact copying of records between logs ([`Log::read_raw`], [`Log::append_raw`]).
+//! - **Retention** by bytes, messages and age, and **compaction** by key, both crash-safe and
+//!   invisible to concurrent readers except for the records they remove.
+//!
+//! This crate is synchronous and knows nothing of networks or async runtimes; readers expose
+//! [`Reader::poll_next`] so async code can wait on them without a particular runtime. It targets
+//! Unix (positional I/O; open files stay readable after being unlinked).
+//!
+//! The on-disk format is documented byte by byte in `docs/format.md`.
+//!
+//! ```
+//! use commitlog::{Isolation, Log, LogOptions, Message, SyncPolicy};
+//! let dir = tempfile::tempdir()?;
+//! let opts = LogOptions { sync: SyncPolicy::Always, ..LogOptions::default() };
+//! let log = Log::open(dir.path(), opts)?;
+//! log.append(&[Message::new("a").with_key("k"), Message::new("b")])?;
+//! log.set_high_watermark(log.newest_offset())?;
+//! let mut newest_first = log.reverse_reader(i64::MAX, Isolation::Committed);
+//! assert_eq!(&newest_first.next()?.unwrap().value[..], b"b");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod checkpoint;
+mod epoch;
+mod error;
+mod format;
+pub mod fuzzing;
+mod index;
+mod log;
+mod notify;
+mod options;
+mod reader;
+mod segment;
+
+pub use checkpoint::{CLEAN_FILE, HW_FILE};
+pub use epoch::{EPOCH_FILE, EpochEntry};
+pub use error::{Error, Result};
+pub use format::{MAGIC_V1, MAGIC_V2, Message, RECORD_HEADER_LEN, Record};
+pub use log::{AppendInfo, CompactionReport, Log, RawBatch, RecoveryReport, RetentionReport, SegmentInfo};
+pub use options::{Clock, DEFAULT_INDEX_INTERVAL, LogOptions, ManualClock, Retention, SyncPolicy, SystemClock};
+pub use reader::{Isolation, Reader, ReverseReader};
+pub use segment::SegmentRecovery;

@@ -1,0 +1,1185 @@
+//! The log: an ordered list of segments, one writer, many readers.
+//!
+//! # Locks, outermost first
+//! 1. `maintenance`: serializes truncation, retention and compaction with each other.
+//! 2. `writer`: serializes appends, rolls and truncation.
+//! 3. `reading` (shared by readers during one read, exclusive during truncation): the only lock a
+//!    truncation and a reader contend on. Appends never take it, so readers never block appends.
+//! 4. `segments`: the list itself, held only long enough to look up or swap an entry.
+//!
+//! # Invariants
+//! - Offsets strictly increase along the log; gaps exist only where compaction removed records
+//!   or recovery dropped a damaged tail.
+//! - `next_offset` (the log end offset) is one past the newest record; it is published after the
+//!   record's bytes, so a reader that sees it can read them.
+//! - The high watermark never exceeds the newest offset and only grows, except that a
+//!   truncation below it lowers it to the new newest offset.
+//! - Only the last segment is written; every other segment is sealed and immutable, except that
+//!   compaction replaces a sealed segment by a smaller one with the same base offset.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::checkpoint::{self, CLEAN_FILE};
+use crate::epoch::{EpochCache, EpochEntry};
+use crate::error::{Error, Result, io_at};
+use crate::format::{self, Check, Message, RecordMeta};
+use crate::index::SegmentIndex;
+use crate::notify::Notify;
+use crate::options::{LogOptions, MAX_SEGMENT_BYTES, SyncPolicy};
+use crate::reader::{Isolation, Reader, ReverseReader};
+use crate::segment::{self, Segment, SegmentRecovery, sync_dir};
+
+/// Name of the lock file that keeps two logs from opening one folder.
+const LOCK_FILE: &str = ".lock";
+
+/// Where an append put its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first message of the batch.
+    pub first_offset: i64,
+    /// Offset of the last message of the batch.
+    pub last_offset: i64,
+}
+
+/// Whole records exactly as stored, for shipping to a follower.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawBatch {
+    /// The records' bytes; [`Log::append_raw`] accepts them as they are.
+    pub data: Bytes,
+    /// Offset of the first record.
+    pub first_offset: i64,
+    /// Offset of the last record.
+    pub last_offset: i64,
+    /// How many records `data` holds.
+    pub count: usize,
+}
+
+/// What [`Log::open`] found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The log was closed cleanly last time.
+    pub clean_shutdown: bool,
+    /// Segments whose index was rebuilt or whose tail was cut.
+    pub repaired: Vec<SegmentRecovery>,
+    /// Leftover files of interrupted operations, and empty sealed segments, that were deleted.
+    pub removed_files: Vec<PathBuf>,
+    /// The leader-epoch checkpoint was missing or malformed and was rebuilt from the records.
+    pub epoch_cache_rebuilt: bool,
+}
+
+impl RecoveryReport {
+    /// Bytes cut from damaged or torn segment tails.
+    pub fn truncated_bytes(&self) -> u64 {
+        self.repaired.iter().map(|r| r.truncated_bytes).sum()
+    }
+}
+
+/// What [`Log::apply_retention`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Segments deleted.
+    pub segments: usize,
+    /// Messages deleted.
+    pub messages: u64,
+    /// Bytes deleted.
+    pub bytes: u64,
+}
+
+/// What [`Log::compact`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Segments rewritten (or removed because nothing in them survived).
+    pub segments_rewritten: usize,
+    /// Messages removed.
+    pub messages_removed: u64,
+    /// Bytes reclaimed.
+    pub bytes_reclaimed: u64,
+}
+
+/// A summary of one segment, for monitoring and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// The base offset, which names the files.
+    pub base_offset: i64,
+    /// Offset of the first record, if any.
+    pub first_offset: Option<i64>,
+    /// One past the last record's offset (the base offset when empty).
+    pub next_offset: i64,
+    /// Records in the segment.
+    pub records: u64,
+    /// Bytes of the `.log` file.
+    pub bytes: u64,
+    /// Whether the segment is sealed; only the last one is not.
+    pub sealed: bool,
+}
+
+struct SyncState {
+    /// Every offset below this one is on stable storage.
+    durable: i64,
+    syncing: bool,
+    /// Segments written since the last sync, oldest first.
+    dirty: Vec<Arc<Segment>>,
+    /// Messages appended since the last sync.
+    unsynced: u64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) dir: PathBuf,
+    opts: LogOptions,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    writer: Mutex<()>,
+    maintenance: Mutex<()>,
+    pub(crate) reading: RwLock<()>,
+    pub(crate) truncations: AtomicU64,
+    pub(crate) next_offset: AtomicI64,
+    pub(crate) hw: AtomicI64,
+    epochs: Mutex<EpochCache>,
+    pub(crate) notify: Notify,
+    sync: Mutex<SyncState>,
+    sync_cv: Condvar,
+    pub(crate) closed: AtomicBool,
+    pub(crate) readonly: AtomicBool,
+    failed: Mutex<Option<String>>,
+    recovery: RecoveryReport,
+    flusher_stop: Arc<(Mutex<bool>, Condvar)>,
+    _lock: File,
+}
+
+/// A segmented, append-only log of messages in one folder.
+///
+/// `Log` is a cheap handle: clones share one log. All methods take `&self` and are safe to call
+/// from many threads. Create readers with [`reader`](Log::reader) and
+/// [`reverse_reader`](Log::reverse_reader).
+///
+/// ```
+/// use commitlog::{Isolation, Log, LogOptions, Message};
+/// let dir = tempfile::tempdir()?;
+/// let log = Log::open(dir.path(), LogOptions::default())?;
+/// let at = log.append(&[Message::new("hello"), Message::new("world")])?;
+/// assert_eq!((at.first_offset, at.last_offset), (0, 1));
+/// log.set_high_watermark(1)?;
+/// let mut reader = log.reader(0, Isolation::Committed);
+/// assert_eq!(&reader.try_next()?.unwrap().value[..], b"hello");
+/// log.close()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Log {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.inner.dir)
+            .field("next_offset", &self.next_offset())
+            .field("high_watermark", &self.high_watermark())
+            .finish()
+    }
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating the folder if needed, and recovers it: leftover files of
+    /// interrupted operations are removed, torn or invalid tails are cut off, and damaged indexes
+    /// are rebuilt. [`recovery`](Log::recovery) tells what was done.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for bad options, [`Error::Locked`] if another open log holds the
+    /// folder, [`Error::Io`] if the folder cannot be read or written.
+    pub fn open(dir: impl AsRef<Path>, opts: LogOptions) -> Result<Log> {
+        opts.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_at(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_at(&lock_path)(e)),
+        }
+
+        let mut report = RecoveryReport::default();
+        let clean_path = dir.join(CLEAN_FILE);
+        report.clean_shutdown = clean_path.exists();
+        if report.clean_shutdown {
+            // From now on a crash must be seen as one.
+            segment::remove_if_exists(&clean_path)?;
+            sync_dir(&dir)?;
+        }
+
+        let (bases, leftovers) = list_dir(&dir)?;
+        for path in leftovers {
+            segment::remove_if_exists(&path)?;
+            report.removed_files.push(path);
+        }
+
+        let mut segments: Vec<Arc<Segment>> = Vec::new();
+        for (i, &base) in bases.iter().enumerate() {
+            let last = i + 1 == bases.len();
+            let trust = !last || report.clean_shutdown;
+            let (seg, rec) = Segment::open(&dir, base, trust, bases.get(i + 1).copied(), opts.index_interval_bytes)?;
+            if !last && seg.record_count() == 0 {
+                seg.delete_files()?;
+                report.removed_files.push(seg.log_path.clone());
+                continue;
+            }
+            if rec.index_rebuilt && !last {
+                seg.write_index(true)?;
+            }
+            if rec.index_rebuilt || rec.truncated_bytes > 0 {
+                report.repaired.push(rec);
+            }
+            seg.set_sealed(!last);
+            segments.push(Arc::new(seg));
+        }
+        if segments.is_empty() {
+            segments.push(Arc::new(Segment::create(&dir, 0)?));
+        }
+        let active = segments.last().expect("one segment").clone();
+        if !report.clean_shutdown {
+            active.sync_data()?;
+        }
+        sync_dir(&dir)?;
+        let next_offset = active.next_offset().max(segments.iter().map(|s| s.next_offset()).max().unwrap_or(0));
+        let hw = checkpoint::read_hw(&dir)?.unwrap_or(-1).min(next_offset - 1);
+
+        let oldest = segments.iter().find_map(|s| s.first_offset());
+        let mut epochs = match EpochCache::load(&dir)? {
+            Some(c) => c,
+            None => {
+                report.epoch_cache_rebuilt = true;
+                rebuild_epochs(&dir, &segments)?
+            }
+        };
+        let mut changed = epochs.clear_latest(next_offset);
+        if let Some(o) = oldest {
+            changed |= epochs.clear_earliest(o);
+        }
+        if changed || report.epoch_cache_rebuilt {
+            epochs.save()?;
+        }
+
+        let inner = Arc::new(Inner {
+            dir,
+            segments: RwLock::new(segments),
+            writer: Mutex::new(()),
+            maintenance: Mutex::new(()),
+            reading: RwLock::new(()),
+            truncations: AtomicU64::new(0),
+            next_offset: AtomicI64::new(next_offset),
+            hw: AtomicI64::new(hw),
+            epochs: Mutex::new(epochs),
+            notify: Notify::default(),
+            sync: Mutex::new(SyncState {
+                durable: next_offset,
+                syncing: false,
+                dirty: Vec::new(),
+                unsynced: 0,
+            }),
+            sync_cv: Condvar::new(),
+            closed: AtomicBool::new(false),
+            readonly: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            recovery: report,
+            flusher_stop: Arc::new((Mutex::new(false), Condvar::new())),
+            opts,
+            _lock: lock,
+        });
+        if let SyncPolicy::Interval(every) = inner.opts.sync {
+            spawn_flusher(Arc::downgrade(&inner), inner.flusher_stop.clone(), every);
+        }
+        Ok(Log { inner })
+    }
+
+    /// What opening the log found and repaired.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.inner.recovery
+    }
+
+    /// The log's folder.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The options the log was opened with.
+    pub fn options(&self) -> &LogOptions {
+        &self.inner.opts
+    }
+
+    /// Appends messages as one batch and returns their offsets. Under [`SyncPolicy::Always`] it
+    /// returns once they are on stable storage.
+    ///
+    /// # Errors
+    /// [`Error::InvalidBatch`] for an empty batch or a message whose fields overflow the format,
+    /// [`Error::RecordTooLarge`], [`Error::Readonly`], [`Error::Closed`], [`Error::Failed`] after a
+    /// failed sync, [`Error::Io`]. On error nothing of the batch is visible to readers.
+    pub fn append(&self, messages: &[Message]) -> Result<AppendInfo> {
+        if messages.is_empty() {
+            return Err(Error::InvalidBatch("a batch needs at least one message".into()));
+        }
+        let limit = self.inner.opts.max_record_bytes;
+        for m in messages {
+            let size = m.encoded_len();
+            if size > limit {
+                return Err(Error::RecordTooLarge { size, limit });
+            }
+        }
+        let mut buf = Vec::with_capacity(messages.iter().map(|m| m.encoded_len() as usize).sum());
+        let mut metas = Vec::with_capacity(messages.len());
+        let info = {
+            let _w = self.inner.writer.lock();
+            self.inner.check_writable()?;
+            let first = self.inner.next_offset.load(Ordering::Relaxed);
+            for (i, m) in messages.iter().enumerate() {
+                let offset = first + i as i64;
+                let len = format::encode(&mut buf, offset, m).map_err(Error::InvalidBatch)?;
+                metas.push(RecordMeta {
+                    offset,
+                    timestamp: m.timestamp,
+                    leader_epoch: m.leader_epoch,
+                    len,
+                });
+            }
+            self.inner.write_locked(&buf, &metas)?
+        };
+        self.inner.after_append(info, messages.len() as u64)?;
+        Ok(info)
+    }
+
+    /// Appends records exactly as another log stored them (see [`read_raw`](Log::read_raw)), keeping
+    /// their offsets. Used by followers to copy a leader's log byte for byte.
+    ///
+    /// # Errors
+    /// [`Error::InvalidBatch`] when the bytes are not whole valid records, when offsets do not
+    /// increase, or when the first offset is below [`next_offset`](Log::next_offset); plus the
+    /// errors of [`append`](Log::append). On error nothing is written.
+    pub fn append_raw(&self, data: &[u8]) -> Result<AppendInfo> {
+        let mut metas = Vec::new();
+        let mut at = 0usize;
+        while at < data.len() {
+            match format::check(&data[at..]) {
+                Check::Valid(m) => {
+                    if metas.last().is_some_and(|p: &RecordMeta| m.offset <= p.offset) {
+                        return Err(Error::InvalidBatch(format!("offset {} does not increase", m.offset)));
+                    }
+                    at += m.len;
+                    metas.push(m);
+                }
+                Check::Incomplete { .. } => {
+                    return Err(Error::InvalidBatch(format!("torn record at byte {at}")));
+                }
+                Check::Invalid(why) => return Err(Error::InvalidBatch(format!("byte {at}: {why}"))),
+            }
+        }
+        let Some(first) = metas.first().map(|m| m.offset) else {
+            return Err(Error::InvalidBatch("a batch needs at least one record".into()));
+        };
+        let last = metas.last().expect("non-empty").offset;
+        let info = {
+            let _w = self.inner.writer.lock();
+            self.inner.check_writable()?;
+            let next = self.inner.next_offset.load(Ordering::Relaxed);
+            if first < next {
+                return Err(Error::InvalidBatch(format!(
+                    "first offset {first} is below the log end offset {next}"
+                )));
+            }
+            if last - first > u32::MAX as i64 / 2 {
+                return Err(Error::InvalidBatch("offsets span too wide a range".into()));
+            }
+            self.inner.write_locked(data, &metas)?
+        };
+        self.inner.after_append(info, metas.len() as u64)?;
+        Ok(info)
+    }
+
+    /// Offset of the oldest record, or -1 when the log holds none.
+    pub fn oldest_offset(&self) -> i64 {
+        self.inner.oldest_offset()
+    }
+
+    /// Offset of the newest record (log end offset − 1), or -1 when nothing was ever written.
+    pub fn newest_offset(&self) -> i64 {
+        self.next_offset() - 1
+    }
+
+    /// The log end offset: the offset the next appended message gets.
+    pub fn next_offset(&self) -> i64 {
+        self.inner.next_offset.load(Ordering::Acquire)
+    }
+
+    /// The high watermark: the offset of the newest committed message, or -1. Committed readers
+    /// stop here.
+    pub fn high_watermark(&self) -> i64 {
+        self.inner.hw.load(Ordering::Acquire)
+    }
+
+    /// Raises the high watermark to `hw`, clamped to the newest offset; a lower value is ignored.
+    /// Wakes committed readers. Returns the high watermark now in force. Persist it with
+    /// [`checkpoint_high_watermark`](Log::checkpoint_high_watermark).
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn set_high_watermark(&self, hw: i64) -> Result<i64> {
+        self.inner.check_open()?;
+        let hw = hw.min(self.newest_offset());
+        let before = self.inner.hw.fetch_max(hw, Ordering::AcqRel);
+        if hw > before {
+            self.inner.notify.notify();
+        }
+        Ok(before.max(hw))
+    }
+
+    /// Writes the high watermark to `replication-offset-checkpoint`, atomically.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn checkpoint_high_watermark(&self) -> Result<()> {
+        checkpoint::write_hw(&self.inner.dir, self.high_watermark())
+    }
+
+    /// A reader from `start` forward. A start below the oldest offset reads from the oldest; a
+    /// start beyond the end waits for that offset.
+    pub fn reader(&self, start: i64, isolation: Isolation) -> Reader {
+        Reader::new(self.inner.clone(), start, isolation)
+    }
+
+    /// A reader from `start` (or the newest visible offset, if lower) backward to the oldest.
+    pub fn reverse_reader(&self, start: i64, isolation: Isolation) -> ReverseReader {
+        ReverseReader::new(self.inner.clone(), start, isolation)
+    }
+
+    /// Whole records from the first one at or after `offset`, about `max_bytes` of them (always at
+    /// least one), up to the log end. `None` when there is nothing at or after `offset`.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if a stored record fails its checks; [`Error::Closed`]; [`Error::Io`].
+    pub fn read_raw(&self, offset: i64, max_bytes: usize) -> Result<Option<RawBatch>> {
+        self.inner.check_open()?;
+        let _r = self.inner.reading.read();
+        let limit = self.newest_offset();
+        if offset > limit {
+            return Ok(None);
+        }
+        let (mut seg, mut pos) = self.inner.locate(offset)?;
+        for _ in 0..self.inner.segments.read().len() + 2 {
+            let end = seg.size();
+            if pos >= end {
+                match self.inner.successor(&seg) {
+                    Some(next) => {
+                        seg = next;
+                        pos = 0;
+                        continue;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            let chunk = crate::reader::read_chunk(&seg, pos, end, offset, limit, max_bytes)?;
+            if let (Some(first), Some(last)) = (chunk.metas.first(), chunk.metas.last()) {
+                let start = first.0;
+                let stop = last.0 + last.1.len;
+                return Ok(Some(RawBatch {
+                    data: chunk.data.slice(start..stop),
+                    first_offset: first.1.offset,
+                    last_offset: last.1.offset,
+                    count: chunk.metas.len(),
+                }));
+            }
+            if chunk.hit_limit {
+                return Ok(None);
+            }
+            pos = chunk.next_pos;
+        }
+        Ok(None)
+    }
+
+    /// The first offset whose record has a timestamp ≥ `timestamp`, or `None` if every record is
+    /// older. Binary search within a segment; the segment is the first whose largest timestamp
+    /// reaches `timestamp`.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`], [`Error::Closed`], [`Error::Io`].
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<i64>> {
+        self.inner.check_open()?;
+        let _r = self.inner.reading.read();
+        let segments = self.inner.segments.read().clone();
+        for seg in segments {
+            let (from, to, max) = {
+                let ix = seg.index();
+                (ix.position_for_timestamp(timestamp), ix.log_size, ix.max_timestamp)
+            };
+            if max < timestamp {
+                continue;
+            }
+            let mut found = None;
+            seg.for_each(from, to, |_, m, _| {
+                if m.timestamp >= timestamp {
+                    found = Some(m.offset);
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The first record at or after `offset`, committed or not.
+    ///
+    /// # Errors
+    /// As [`Reader::try_next`].
+    pub fn read_at(&self, offset: i64) -> Result<Option<format::Record>> {
+        self.reader(offset, Isolation::Uncommitted).try_next()
+    }
+
+    /// Seals the active segment and starts a new one, unless the active one is empty.
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Io`].
+    pub fn roll(&self) -> Result<()> {
+        let _w = self.inner.writer.lock();
+        self.inner.check_open()?;
+        self.inner.roll_locked()
+    }
+
+    /// Rolls the active segment if it is older than `segment_max_age`. Appends check this too;
+    /// call it from a timer so a quiet log still rolls. Returns whether it rolled.
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Io`].
+    pub fn roll_if_due(&self) -> Result<bool> {
+        let _w = self.inner.writer.lock();
+        self.inner.check_open()?;
+        if self.inner.aged(&self.inner.active()) {
+            self.inner.roll_locked()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Removes every record with offset ≥ `offset` (a follower drops what diverged from its new
+    /// leader). The high watermark is lowered to the new newest offset if it was above it, and
+    /// the leader-epoch cache forgets epochs that started at or after the new end. Readers past
+    /// the new end continue from it. Durable when it returns.
+    ///
+    /// # Errors
+    /// [`Error::InvalidBatch`] for a negative offset, [`Error::Closed`], [`Error::Io`].
+    pub fn truncate(&self, offset: i64) -> Result<()> {
+        if offset < 0 {
+            return Err(Error::InvalidBatch(format!("cannot truncate at negative offset {offset}")));
+        }
+        let inner = &self.inner;
+        let _m = inner.maintenance.lock();
+        let _w = inner.writer.lock();
+        inner.check_open()?;
+        if offset >= inner.next_offset.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _r = inner.reading.write();
+        {
+            let mut segs = inner.segments.write();
+            while segs.len() > 1 && segs.last().expect("non-empty").base >= offset {
+                segs.pop().expect("non-empty").delete_files()?;
+            }
+            let last = segs.last().expect("one segment").clone();
+            if last.base > offset {
+                // Everything goes, and the log restarts at `offset`.
+                last.delete_files()?;
+                segs.pop();
+                segs.push(Arc::new(Segment::create(&inner.dir, offset)?));
+            } else {
+                last.truncate_from(offset)?;
+                last.remove_index_file()?;
+                last.set_sealed(false);
+            }
+        }
+        sync_dir(&inner.dir)?;
+        let next = inner.active().next_offset();
+        inner.next_offset.store(next, Ordering::Release);
+        inner.hw.fetch_min(next - 1, Ordering::AcqRel);
+        {
+            let mut epochs = inner.epochs.lock();
+            if epochs.clear_latest(next) {
+                epochs.save()?;
+            }
+        }
+        {
+            let mut st = inner.sync.lock();
+            st.durable = st.durable.min(next);
+        }
+        inner.truncations.fetch_add(1, Ordering::AcqRel);
+        drop(_r);
+        inner.notify.notify();
+        Ok(())
+    }
+
+    /// Deletes the oldest sealed segments that fall outside the retention limits in
+    /// [`LogOptions::retention`]. Limits on bytes and messages keep the newest segments while
+    /// their running total stays within the limit (Liftbridge's rule: the log never holds more than
+    /// the limit, except that the active segment is always kept); the age limit deletes segments
+    /// whose newest timestamp is older than the limit. Readers inside a deleted segment finish it.
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Io`].
+    pub fn apply_retention(&self) -> Result<RetentionReport> {
+        let inner = &self.inner;
+        let _m = inner.maintenance.lock();
+        inner.check_open()?;
+        let r = inner.opts.retention;
+        let segs = inner.segments.read().clone();
+        let now = inner.opts.clock.now_nanos();
+        // Walk newest to oldest to find the oldest segment to keep.
+        let mut keep_from = segs.len() - 1;
+        let (mut bytes, mut msgs) = (0u64, 0u64);
+        for (i, s) in segs.iter().enumerate().rev() {
+            bytes += s.size();
+            msgs += s.record_count();
+            let over_bytes = r.max_bytes.is_some_and(|b| bytes > b);
+            let over_msgs = r.max_messages.is_some_and(|m| msgs > m);
+            if i + 1 < segs.len() && (over_bytes || over_msgs) {
+                break;
+            }
+            keep_from = i;
+        }
+        if let Some(age) = r.max_age {
+            let cutoff = now.saturating_sub(age.as_nanos().min(i64::MAX as u128) as i64);
+            let expired = segs[..segs.len() - 1]
+                .iter()
+                .take_while(|s| s.index().max_timestamp < cutoff)
+                .count();
+            keep_from = keep_from.max(expired);
+        }
+        let mut report = RetentionReport::default();
+        if keep_from == 0 {
+            return Ok(report);
+        }
+        let victims: Vec<Arc<Segment>> = inner.segments.write().drain(..keep_from).collect();
+        for v in &victims {
+            report.segments += 1;
+            report.messages += v.record_count();
+            report.bytes += v.size();
+            v.delete_files()?;
+        }
+        sync_dir(&inner.dir)?;
+        let oldest = inner.oldest_offset();
+        if oldest >= 0 {
+            let mut epochs = inner.epochs.lock();
+            if epochs.clear_earliest(oldest) {
+                epochs.save()?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Compacts sealed segments by key: among committed messages (offset ≤ high watermark) only
+    /// the newest per key survives; messages without a key and uncommitted messages always
+    /// survive. Each segment is rewritten to a temporary file that replaces the original only once
+    /// it is complete and synced, so a crash leaves either version. Readers see either the old or
+    /// the new segment, both consistent. The active segment is never rewritten.
+    ///
+    /// Memory: one entry per distinct committed key.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`], [`Error::Closed`], [`Error::Io`].
+    pub fn compact(&self) -> Result<CompactionReport> {
+        let inner = &self.inner;
+        let _m = inner.maintenance.lock();
+        inner.check_open()?;
+        let hw = self.high_watermark();
+        let segs = inner.segments.read().clone();
+        let mut report = CompactionReport::default();
+        if hw < 0 || segs.len() < 2 {
+            return Ok(report);
+        }
+        let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
+        for seg in &segs {
+            if seg.first_offset().is_none_or(|f| f > hw) {
+                break;
+            }
+            seg.for_each(0, seg.size(), |_, m, rec| {
+                if m.offset > hw {
+                    return ControlFlow::Break(());
+                }
+                if let Some(k) = format::key_of(rec) {
+                    latest.insert(k.to_vec(), m.offset);
+                }
+                ControlFlow::Continue(())
+            })?;
+        }
+        for seg in &segs[..segs.len() - 1] {
+            if seg.first_offset().is_none_or(|f| f > hw) {
+                break;
+            }
+            let keep = |m: &RecordMeta, rec: &[u8]| {
+                m.offset > hw || format::key_of(rec).is_none_or(|k| latest.get(k) == Some(&m.offset))
+            };
+            let mut removed = 0u64;
+            seg.for_each(0, seg.size(), |_, m, rec| {
+                if !keep(m, rec) {
+                    removed += 1;
+                }
+                ControlFlow::Continue(())
+            })?;
+            if removed == 0 {
+                continue;
+            }
+            let cleaned = inner.dir.join(format!("{}.cleaned", segment::log_file_name(seg.base)));
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&cleaned)
+                .map_err(io_at(&cleaned))?;
+            let mut ix = SegmentIndex::empty();
+            let mut out: Vec<u8> = Vec::new();
+            let mut write_err = None;
+            seg.for_each(0, seg.size(), |_, m, rec| {
+                if keep(m, rec) {
+                    ix.note_record(seg.base, m.offset, m.timestamp, m.len, inner.opts.index_interval_bytes);
+                    out.extend_from_slice(rec);
+                    if out.len() >= 1 << 20 {
+                        if let Err(e) = std::io::Write::write_all(&mut &file, &out) {
+                            write_err = Some(e);
+                            return ControlFlow::Break(());
+                        }
+                        out.clear();
+                    }
+                }
+                ControlFlow::Continue(())
+            })?;
+            let finish = write_err
+                .map_or(Ok(()), Err)
+                .and_then(|()| std::io::Write::write_all(&mut &file, &out))
+                .and_then(|()| file.sync_all());
+            if let Err(e) = finish {
+                let _ = segment::remove_if_exists(&cleaned);
+                return Err(io_at(&cleaned)(e));
+            }
+            report.segments_rewritten += 1;
+            report.messages_removed += removed;
+            report.bytes_reclaimed += seg.size() - ix.log_size;
+            let mut list = inner.segments.write();
+            let Some(i) = list.iter().position(|s| Arc::ptr_eq(s, seg)) else {
+                segment::remove_if_exists(&cleaned)?;
+                continue;
+            };
+            if ix.record_count == 0 {
+                list.remove(i);
+                drop(list);
+                seg.delete_files()?;
+                segment::remove_if_exists(&cleaned)?;
+            } else {
+                // Crash-safe order: drop the old index, move the new log over the old, then write
+                // the new index. Any crash in between leaves a log that recovery can index.
+                seg.remove_index_file()?;
+                std::fs::rename(&cleaned, &seg.log_path).map_err(io_at(&seg.log_path))?;
+                let fresh = Segment::from_parts(
+                    seg.base,
+                    seg.log_path.clone(),
+                    seg.index_path.clone(),
+                    file,
+                    ix,
+                    seg.first_write(),
+                );
+                fresh.write_index(true)?;
+                list[i] = Arc::new(fresh);
+            }
+            sync_dir(&inner.dir)?;
+        }
+        let oldest = inner.oldest_offset();
+        if oldest >= 0 {
+            let mut epochs = inner.epochs.lock();
+            if epochs.clear_earliest(oldest) {
+                epochs.save()?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Records that `epoch` starts at the log end offset, if it is newer than every cached epoch.
+    /// Returns whether it was recorded. Persisted atomically.
+    ///
+    /// Liftbridge records the newest existing offset instead; this follows Kafka, whose start
+    /// offset is the first offset written in the epoch.
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Io`].
+    pub fn assign_leader_epoch(&self, epoch: u64) -> Result<bool> {
+        let _w = self.inner.writer.lock();
+        self.inner.check_open()?;
+        let mut epochs = self.inner.epochs.lock();
+        let added = epochs.push_if_newer(epoch, self.next_offset());
+        if added {
+            epochs.save()?;
+        }
+        Ok(added)
+    }
+
+    /// For a follower asking where `epoch` ended: the largest cached epoch ≤ `epoch` and its end
+    /// offset (exclusive: the start of the next epoch, or the log end offset for the latest one).
+    /// `None` when `epoch` predates every cached epoch.
+    pub fn leader_epoch_end_offset(&self, epoch: u64) -> Option<(u64, i64)> {
+        self.inner.epochs.lock().end_offset_for(epoch, self.next_offset())
+    }
+
+    /// The newest cached leader epoch.
+    pub fn last_leader_epoch(&self) -> Option<u64> {
+        self.inner.epochs.lock().last().map(|e| e.epoch)
+    }
+
+    /// All cached leader epochs, oldest first.
+    pub fn leader_epochs(&self) -> Vec<EpochEntry> {
+        self.inner.epochs.lock().entries().to_vec()
+    }
+
+    /// Makes the log read-only (appends fail with [`Error::Readonly`], committed readers that
+    /// catch up get [`Error::EndOfReadonly`]) or writable again.
+    pub fn set_readonly(&self, readonly: bool) {
+        self.inner.readonly.store(readonly, Ordering::Release);
+        self.inner.notify.notify();
+    }
+
+    /// Whether the log is read-only.
+    pub fn is_readonly(&self) -> bool {
+        self.inner.readonly.load(Ordering::Acquire)
+    }
+
+    /// Forces everything appended so far to stable storage.
+    ///
+    /// # Errors
+    /// [`Error::Failed`] or [`Error::Io`] when the sync fails.
+    pub fn sync(&self) -> Result<()> {
+        self.inner.sync_to(self.next_offset())
+    }
+
+    /// Summaries of the segments, oldest first.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.inner
+            .segments
+            .read()
+            .iter()
+            .map(|s| SegmentInfo {
+                base_offset: s.base,
+                first_offset: s.first_offset(),
+                next_offset: s.next_offset(),
+                records: s.record_count(),
+                bytes: s.size(),
+                sealed: s.is_sealed(),
+            })
+            .collect()
+    }
+
+    /// Closes the log: syncs all data, writes the active index, the high watermark and the
+    /// leader-epoch cache, and marks the shutdown clean so the next open skips the full scan.
+    /// Readers then fail with [`Error::Closed`]. Calling it again does nothing. Dropping the last
+    /// handle (and reader) of an open log closes it too, ignoring errors.
+    ///
+    /// # Errors
+    /// [`Error::Io`] or [`Error::Failed`]; the log is closed all the same, and the next open
+    /// recovers as after a crash.
+    pub fn close(&self) -> Result<()> {
+        self.inner.close()
+    }
+}
+
+impl Inner {
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        self.check_open()?;
+        if let Some(why) = self.failed.lock().clone() {
+            return Err(Error::Failed(why));
+        }
+        if self.readonly.load(Ordering::Acquire) {
+            return Err(Error::Readonly);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn active(&self) -> Arc<Segment> {
+        self.segments.read().last().expect("a log always has a segment").clone()
+    }
+
+    pub(crate) fn oldest_offset(&self) -> i64 {
+        self.segments.read().iter().find_map(|s| s.first_offset()).unwrap_or(-1)
+    }
+
+    /// The segment to read `offset` from, and the position in it to scan from.
+    pub(crate) fn locate(&self, offset: i64) -> Result<(Arc<Segment>, u64)> {
+        let seg = {
+            let segs = self.segments.read();
+            let i = segs.partition_point(|s| s.base <= offset);
+            segs[i.saturating_sub(1)].clone()
+        };
+        let pos = seg.index().position_for_offset(seg.base, offset);
+        Ok((seg, pos))
+    }
+
+    /// The segment after `seg` in the current list (by base offset), if any.
+    pub(crate) fn successor(&self, seg: &Segment) -> Option<Arc<Segment>> {
+        self.segments.read().iter().find(|s| s.base > seg.base).cloned()
+    }
+
+    fn aged(&self, seg: &Segment) -> bool {
+        let first = seg.first_write();
+        match self.opts.segment_max_age {
+            Some(age) if first != i64::MIN => {
+                self.opts.clock.now_nanos().saturating_sub(first) >= age.as_nanos().min(i64::MAX as u128) as i64
+            }
+            _ => false,
+        }
+    }
+
+    fn roll_locked(&self) -> Result<()> {
+        let active = self.active();
+        if active.size() == 0 {
+            return Ok(());
+        }
+        let next = self.next_offset.load(Ordering::Relaxed);
+        let fresh = Arc::new(Segment::create(&self.dir, next)?);
+        active.write_index(self.opts.sync != SyncPolicy::Os)?;
+        self.segments.write().push(fresh);
+        active.set_sealed(true);
+        if self.opts.sync != SyncPolicy::Os {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Writes checked records at the end of the log. Caller holds the writer lock.
+    fn write_locked(&self, bytes: &[u8], metas: &[RecordMeta]) -> Result<AppendInfo> {
+        let total = bytes.len() as u64;
+        if total > MAX_SEGMENT_BYTES {
+            return Err(Error::InvalidBatch(format!(
+                "a batch of {total} bytes exceeds the largest segment ({MAX_SEGMENT_BYTES} bytes)"
+            )));
+        }
+        let first = metas.first().expect("non-empty").offset;
+        let last = metas.last().expect("non-empty").offset;
+        let active = self.active();
+        let size = active.size();
+        let full = size + total > self.opts.segment_max_bytes;
+        let span = last - active.base > u32::MAX as i64;
+        if size > 0 && (full || span || self.aged(&active)) {
+            self.roll_locked()?;
+        } else if size == 0 && span {
+            // An empty active segment whose base is far behind a leader's offsets: restart it.
+            let mut segs = self.segments.write();
+            active.delete_files()?;
+            segs.pop();
+            segs.push(Arc::new(Segment::create(&self.dir, first)?));
+        }
+        {
+            let mut epochs = self.epochs.lock();
+            let mut changed = false;
+            for m in metas {
+                if epochs.last().is_none_or(|e| m.leader_epoch > e.epoch) {
+                    changed |= epochs.push_if_newer(m.leader_epoch, m.offset);
+                }
+            }
+            if changed {
+                epochs.save()?;
+            }
+        }
+        let active = self.active();
+        if self.opts.sync != SyncPolicy::Os {
+            let mut st = self.sync.lock();
+            if !st.dirty.last().is_some_and(|s| Arc::ptr_eq(s, &active)) {
+                st.dirty.push(active.clone());
+            }
+        }
+        active.append(bytes, metas, self.opts.index_interval_bytes, self.opts.clock.now_nanos())?;
+        self.next_offset.store(last + 1, Ordering::Release);
+        self.notify.notify();
+        Ok(AppendInfo {
+            first_offset: first,
+            last_offset: last,
+        })
+    }
+
+    fn after_append(&self, info: AppendInfo, count: u64) -> Result<()> {
+        match self.opts.sync {
+            SyncPolicy::Always => self.sync_to(info.last_offset + 1),
+            SyncPolicy::EveryMessages(n) => {
+                let due = {
+                    let mut st = self.sync.lock();
+                    st.unsynced += count;
+                    st.unsynced >= n
+                };
+                if due { self.sync_to(info.last_offset + 1) } else { Ok(()) }
+            }
+            SyncPolicy::Os | SyncPolicy::Interval(_) => Ok(()),
+        }
+    }
+
+    /// Group commit: returns once every offset below `target` is durable. One caller at a time
+    /// syncs everything written so far; the others wait for it and usually find their data
+    /// covered.
+    fn sync_to(&self, target: i64) -> Result<()> {
+        let mut st = self.sync.lock();
+        loop {
+            if st.durable >= target {
+                return Ok(());
+            }
+            if let Some(why) = self.failed.lock().clone() {
+                return Err(Error::Failed(why));
+            }
+            if st.syncing {
+                self.sync_cv.wait(&mut st);
+                continue;
+            }
+            st.syncing = true;
+            // Read the goal before taking the dirty list: every append counted in the goal
+            // registered its segment before publishing, so the list covers it.
+            let goal = self.next_offset.load(Ordering::Acquire);
+            let files = std::mem::take(&mut st.dirty);
+            st.unsynced = 0;
+            let res = parking_lot::MutexGuard::unlocked(&mut st, || files.iter().try_for_each(|s| s.sync_data()));
+            st.syncing = false;
+            self.sync_cv.notify_all();
+            match res {
+                Ok(()) => st.durable = st.durable.max(goal),
+                Err(e) => {
+                    *self.failed.lock() = Some(e.to_string());
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn close(&self) -> Result<()> {
+        {
+            let (stop, cv) = &*self.flusher_stop;
+            *stop.lock() = true;
+            cv.notify_all();
+        }
+        let _m = self.maintenance.lock();
+        let _w = self.writer.lock();
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let result = (|| {
+            let segs = self.segments.read().clone();
+            {
+                let mut st = self.sync.lock();
+                st.dirty.clear();
+            }
+            if self.failed.lock().is_some() {
+                return Err(Error::Failed("an earlier sync failed; not marking the shutdown clean".into()));
+            }
+            for s in &segs {
+                s.sync_data()?;
+            }
+            if let Some(active) = segs.last() {
+                active.write_index(true)?;
+            }
+            checkpoint::write_hw(&self.dir, self.hw.load(Ordering::Acquire))?;
+            self.epochs.lock().save()?;
+            segment::write_file(&self.dir.join(CLEAN_FILE), b"", true)?;
+            sync_dir(&self.dir)
+        })();
+        self.notify.notify();
+        result
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.closed.load(Ordering::Acquire) {
+            let _ = self.close();
+        }
+    }
+}
+
+/// Lists segment base offsets (sorted) and leftover files to delete.
+fn list_dir(dir: &Path) -> Result<(Vec<i64>, Vec<PathBuf>)> {
+    let mut logs = Vec::new();
+    let mut indexes = Vec::new();
+    let mut leftovers = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_at(dir))? {
+        let entry = entry.map_err(io_at(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let base_of = |stem: &str| (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse::<i64>().ok()).flatten();
+        if let Some(stem) = name.strip_suffix(".log") {
+            if let Some(b) = base_of(stem) {
+                logs.push(b);
+            }
+        } else if let Some(stem) = name.strip_suffix(".index") {
+            if let Some(b) = base_of(stem) {
+                indexes.push((b, entry.path()));
+            }
+        } else if name.ends_with(".cleaned") || name.ends_with(".tmp") {
+            leftovers.push(entry.path());
+        }
+    }
+    logs.sort_unstable();
+    for (b, path) in indexes {
+        if logs.binary_search(&b).is_err() {
+            leftovers.push(path);
+        }
+    }
+    Ok((logs, leftovers))
+}
+
+/// Rebuilds the leader-epoch cache from the records' epochs.
+fn rebuild_epochs(dir: &Path, segments: &[Arc<Segment>]) -> Result<EpochCache> {
+    let mut cache = EpochCache::new(dir);
+    for seg in segments {
+        seg.for_each(0, seg.size(), |_, m, _| {
+            if cache.last().is_none_or(|e| m.leader_epoch > e.epoch) {
+                cache.push_if_newer(m.leader_epoch, m.offset);
+            }
+            ControlFlow::Continue(())
+        })?;
+    }
+    Ok(cache)
+}
+
+fn spawn_flusher(log: Weak<Inner>, stop: Arc<(Mutex<bool>, Condvar)>, every: Duration) {
+    let spawned = std::thread::Builder::new().name("commitlog-flush".into()).spawn(move || {
+        loop {
+            {
+                let (lock, cv) = &*stop;
+                let mut stopped = lock.lock();
+                if !*stopped {
+                    cv.wait_for(&mut stopped, every);
+                }
+                if *stopped {
+                    return;
+                }
+            }
+            let Some(inner) = log.upgrade() else { return };
+            if inner.closed.load(Ordering::Acquire) {
+                return;
+            }
+            // A failure is recorded in `failed` and surfaces on the next append.
+            let _ = inner.sync_to(inner.next_offset.load(Ordering::Acquire));
+        }
+    });
+    // Without the thread the log still works; data then reaches disk when the OS decides.
+    drop(spawned);
+}

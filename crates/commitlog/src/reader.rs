@@ -1,0 +1,362 @@
+//! Forward and reverse readers.
+//!
+//! A reader reads through positional reads and never blocks the writer. It holds the segment it
+//! is in, so a segment deleted by retention or replaced by compaction stays readable until the
+//! reader moves on: the reader finishes the version it started, which is consistent either way.
+//! After a truncation a reader looks its position up again by offset.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::format::{self, Check, Record, RecordMeta};
+use crate::log::Inner;
+use crate::segment::Segment;
+
+/// Bytes a reader fetches from a segment at a time (at least one whole record).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Which messages a reader may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Only messages at or below the high watermark: what consumers see.
+    Committed,
+    /// Everything up to the log end offset: what replication ships.
+    Uncommitted,
+}
+
+/// Records read from one segment in one go.
+pub(crate) struct Chunk {
+    /// The bytes read; `metas` index into it.
+    pub data: Bytes,
+    /// Start within `data`, and facts, of each record in range.
+    pub metas: Vec<(usize, RecordMeta)>,
+    /// Position after the last record consumed (skipped or returned).
+    pub next_pos: u64,
+    /// A record beyond `limit` was reached.
+    pub hit_limit: bool,
+}
+
+/// Reads records at `pos..end` of `seg` with offsets in `from..=limit`: about `max_bytes`, at least
+/// one whole record when there is one.
+pub(crate) fn read_chunk(seg: &Segment, pos: u64, end: u64, from: i64, limit: i64, max_bytes: usize) -> Result<Chunk> {
+    let want = ((end - pos) as usize).min(max_bytes.max(1));
+    let mut data = seg.read(pos, want)?;
+    let mut chunk = Chunk {
+        data: Bytes::new(),
+        metas: Vec::new(),
+        next_pos: pos,
+        hit_limit: false,
+    };
+    let mut at = 0usize;
+    loop {
+        if at == data.len() {
+            break;
+        }
+        match format::check(&data[at..]) {
+            Check::Valid(meta) => {
+                if meta.offset > limit {
+                    chunk.hit_limit = true;
+                    break;
+                }
+                if meta.offset >= from {
+                    chunk.metas.push((at, meta));
+                }
+                at += meta.len;
+            }
+            Check::Incomplete { needed } => {
+                if pos + (at + needed) as u64 > end {
+                    return Err(seg.corrupt(pos + at as u64, "record runs past the segment's end"));
+                }
+                if at > 0 {
+                    break; // the rest comes with the next call
+                }
+                data = seg.read(pos, needed)?;
+            }
+            Check::Invalid(why) => return Err(seg.corrupt(pos + at as u64, why)),
+        }
+    }
+    chunk.next_pos = pos + at as u64;
+    chunk.data = data;
+    Ok(chunk)
+}
+
+/// Reads the log forward from an offset.
+///
+/// Non-blocking with [`try_next`](Reader::try_next), blocking with
+/// [`next_timeout`](Reader::next_timeout) and [`next_blocking`](Reader::next_blocking), and
+/// usable from async code through [`poll_next`](Reader::poll_next), which takes a standard
+/// `Context` and so needs no particular runtime.
+pub struct Reader {
+    log: Arc<Inner>,
+    isolation: Isolation,
+    next: i64,
+    segment: Option<Arc<Segment>>,
+    pos: u64,
+    truncations: u64,
+    buffered: VecDeque<Record>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("next_offset", &self.next)
+            .field("isolation", &self.isolation)
+            .finish()
+    }
+}
+
+impl Reader {
+    pub(crate) fn new(log: Arc<Inner>, start: i64, isolation: Isolation) -> Self {
+        let truncations = log.truncations.load(Ordering::Acquire);
+        Reader {
+            log,
+            isolation,
+            next: start.max(0),
+            segment: None,
+            pos: 0,
+            truncations,
+            buffered: VecDeque::new(),
+        }
+    }
+
+    /// The offset the reader looks for next (records below it were returned or skipped).
+    pub fn next_offset(&self) -> i64 {
+        self.buffered.front().map_or(self.next, |r| r.offset)
+    }
+
+    /// The next record if one is available now.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] once the log is closed, [`Error::EndOfReadonly`] when a committed reader
+    /// has read everything of a read-only log, [`Error::Corrupt`] on damaged data (the reader
+    /// stays before it), [`Error::Io`].
+    pub fn try_next(&mut self) -> Result<Option<Record>> {
+        if let Some(r) = self.buffered.pop_front() {
+            return Ok(Some(r));
+        }
+        if self.fill()? {
+            return Ok(self.buffered.pop_front());
+        }
+        if self.isolation == Isolation::Committed && self.log.readonly.load(Ordering::Acquire) {
+            let hw = self.log.hw.load(Ordering::Acquire);
+            let newest = self.log.next_offset.load(Ordering::Acquire) - 1;
+            if hw >= newest && self.next > hw {
+                return Err(Error::EndOfReadonly);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits up to `timeout` for the next record; `Ok(None)` on timeout.
+    ///
+    /// # Errors
+    /// As [`try_next`](Reader::try_next).
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Record>> {
+        self.wait(Some(Instant::now() + timeout))
+    }
+
+    /// Waits as long as it takes for the next record, or for the log to close.
+    ///
+    /// # Errors
+    /// As [`try_next`](Reader::try_next).
+    pub fn next_blocking(&mut self) -> Result<Record> {
+        loop {
+            if let Some(r) = self.wait(None)? {
+                return Ok(r);
+            }
+        }
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>) -> Result<Option<Record>> {
+        loop {
+            let seen = self.log.notify.generation();
+            if let Some(r) = self.try_next()? {
+                return Ok(Some(r));
+            }
+            if !self.log.notify.wait(seen, deadline) {
+                return self.try_next();
+            }
+        }
+    }
+
+    /// Polls for the next record: `Ready` with a record or an error, or `Pending` after arranging
+    /// for `cx`'s waker to be woken when the log changes. Wrap it with `std::future::poll_fn` to
+    /// await it.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Record>> {
+        match self.try_next() {
+            Ok(Some(r)) => return Poll::Ready(Ok(r)),
+            Err(e) => return Poll::Ready(Err(e)),
+            Ok(None) => {}
+        }
+        self.log.notify.register(cx.waker());
+        match self.try_next() {
+            Ok(Some(r)) => Poll::Ready(Ok(r)),
+            Err(e) => Poll::Ready(Err(e)),
+            Ok(None) => Poll::Pending,
+        }
+    }
+
+    fn limit(&self) -> i64 {
+        match self.isolation {
+            Isolation::Committed => self.log.hw.load(Ordering::Acquire),
+            Isolation::Uncommitted => self.log.next_offset.load(Ordering::Acquire) - 1,
+        }
+    }
+
+    /// Reads the next chunk into `buffered`. Returns whether anything was buffered.
+    fn fill(&mut self) -> Result<bool> {
+        self.log.check_open()?;
+        let _r = self.log.reading.read();
+        let truncations = self.log.truncations.load(Ordering::Acquire);
+        if truncations != self.truncations {
+            self.truncations = truncations;
+            self.segment = None;
+            self.next = self.next.min(self.log.next_offset.load(Ordering::Acquire));
+        }
+        // Each step either buffers records, moves to a later segment, or skips records below
+        // `next`; the bound only guards against a log changing under a very slow reader.
+        for _ in 0..1024 {
+            let limit = self.limit();
+            if self.next > limit {
+                return Ok(false);
+            }
+            let seg = match &self.segment {
+                Some(s) => s.clone(),
+                None => {
+                    let oldest = self.log.oldest_offset();
+                    if self.next < oldest {
+                        self.next = oldest;
+                    }
+                    let (s, pos) = self.log.locate(self.next)?;
+                    self.segment = Some(s.clone());
+                    self.pos = pos;
+                    s
+                }
+            };
+            let end = seg.size();
+            if self.pos >= end {
+                match self.log.successor(&seg) {
+                    // The size may have grown just before the roll that created the successor.
+                    Some(_) if seg.size() > self.pos => continue,
+                    Some(next) => {
+                        self.segment = Some(next);
+                        self.pos = 0;
+                        continue;
+                    }
+                    None => return Ok(false),
+                }
+            }
+            let chunk = read_chunk(&seg, self.pos, end, self.next, limit, READ_CHUNK)?;
+            self.pos = chunk.next_pos;
+            for (at, meta) in &chunk.metas {
+                let bytes = chunk.data.slice(*at..*at + meta.len);
+                self.buffered.push_back(format::decode(&bytes, meta));
+                self.next = meta.offset + 1;
+            }
+            if !self.buffered.is_empty() {
+                return Ok(true);
+            }
+            if chunk.hit_limit {
+                return Ok(false);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Reads the log backward, newest first, from a starting offset down to the oldest record.
+///
+/// It never waits: [`next`](ReverseReader::next) returns `Ok(None)` once it has passed the
+/// oldest record.
+pub struct ReverseReader {
+    log: Arc<Inner>,
+    isolation: Isolation,
+    /// Records at or below this offset remain to be returned.
+    next: i64,
+    truncations: u64,
+    /// Records of the current interval, oldest first; returned from the back.
+    buffered: Vec<Record>,
+}
+
+impl std::fmt::Debug for ReverseReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReverseReader").field("next_offset", &self.next).finish()
+    }
+}
+
+impl ReverseReader {
+    pub(crate) fn new(log: Arc<Inner>, start: i64, isolation: Isolation) -> Self {
+        let truncations = log.truncations.load(Ordering::Acquire);
+        let limit = match isolation {
+            Isolation::Committed => log.hw.load(Ordering::Acquire),
+            Isolation::Uncommitted => log.next_offset.load(Ordering::Acquire) - 1,
+        };
+        ReverseReader {
+            log,
+            isolation,
+            next: start.min(limit),
+            truncations,
+            buffered: Vec::new(),
+        }
+    }
+
+    /// The next record, going backward; `Ok(None)` past the oldest.
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Corrupt`], [`Error::Io`].
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<Option<Record>> {
+        for _ in 0..1024 {
+            if let Some(r) = self.buffered.pop() {
+                return Ok(Some(r));
+            }
+            if !self.fill()? {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Buffers the records of the index interval holding `next`, or moves to the previous
+    /// segment. Returns `false` once there is nothing left.
+    fn fill(&mut self) -> Result<bool> {
+        self.log.check_open()?;
+        let _r = self.log.reading.read();
+        let truncations = self.log.truncations.load(Ordering::Acquire);
+        if truncations != self.truncations {
+            self.truncations = truncations;
+            let limit = match self.isolation {
+                Isolation::Committed => self.log.hw.load(Ordering::Acquire),
+                Isolation::Uncommitted => self.log.next_offset.load(Ordering::Acquire) - 1,
+            };
+            self.next = self.next.min(limit);
+        }
+        let oldest = self.log.oldest_offset();
+        if self.next < 0 || oldest < 0 || self.next < oldest {
+            return Ok(false);
+        }
+        let (seg, _) = self.log.locate(self.next)?;
+        let (start, end) = seg.index().interval_for_offset(seg.base, self.next);
+        let end = end.min(seg.size());
+        let mut first_in_interval = None;
+        if end > start {
+            let chunk = read_chunk(&seg, start, end, 0, self.next, (end - start) as usize)?;
+            for (at, meta) in &chunk.metas {
+                first_in_interval.get_or_insert(meta.offset);
+                let bytes = chunk.data.slice(*at..*at + meta.len);
+                self.buffered.push(format::decode(&bytes, meta));
+            }
+        }
+        self.next = match first_in_interval {
+            Some(o) => o - 1,
+            None => seg.base - 1,
+        };
+        Ok(true)
+    }
+}
