@@ -140,6 +140,9 @@ pub(crate) struct Inner {
     maintenance: Mutex<()>,
     pub(crate) reading: RwLock<()>,
     pub(crate) truncations: AtomicU64,
+    /// Recent truncations, `(generation after it, offset)`, so a reader can tell where the log
+    /// was cut since it last looked.
+    truncation_history: Mutex<std::collections::VecDeque<(u64, i64)>>,
     pub(crate) next_offset: AtomicI64,
     pub(crate) hw: AtomicI64,
     epochs: Mutex<EpochCache>,
@@ -280,6 +283,7 @@ impl Log {
             maintenance: Mutex::new(()),
             reading: RwLock::new(()),
             truncations: AtomicU64::new(0),
+            truncation_history: Mutex::new(std::collections::VecDeque::new()),
             next_offset: AtomicI64::new(next_offset),
             hw: AtomicI64::new(hw),
             epochs: Mutex::new(epochs),
@@ -624,7 +628,14 @@ impl Log {
             let mut st = inner.sync.lock();
             st.durable = st.durable.min(next);
         }
-        inner.truncations.fetch_add(1, Ordering::AcqRel);
+        let generation = inner.truncations.fetch_add(1, Ordering::AcqRel) + 1;
+        {
+            let mut history = inner.truncation_history.lock();
+            if history.len() == 256 {
+                history.pop_front();
+            }
+            history.push_back((generation, next));
+        }
         drop(_r);
         inner.notify.notify();
         Ok(())
@@ -925,6 +936,17 @@ impl Inner {
 
     pub(crate) fn oldest_offset(&self) -> i64 {
         self.segments.read().iter().find_map(|s| s.first_offset()).unwrap_or(-1)
+    }
+
+    /// The lowest offset the log was truncated to after generation `seen`.
+    pub(crate) fn truncated_since(&self, seen: u64) -> Option<i64> {
+        let history = self.truncation_history.lock();
+        let older_than_history = history.front().is_some_and(|(g, _)| *g > seen + 1);
+        history
+            .iter()
+            .filter(|(g, _)| *g > seen || older_than_history)
+            .map(|(_, o)| *o)
+            .min()
     }
 
     /// The segment to read `offset` from, and the position in it to scan from.

@@ -137,6 +137,14 @@ impl Reader {
     /// has read everything of a read-only log, [`Error::Corrupt`] on damaged data (the reader
     /// stays before it), [`Error::Io`].
     pub fn try_next(&mut self) -> Result<Option<Record>> {
+        if self.log.truncations.load(Ordering::Acquire) != self.truncations {
+            // Buffered records may be gone; read them again from the log as it is now.
+            if let Some(first) = self.buffered.front() {
+                self.next = first.offset;
+            }
+            self.buffered.clear();
+            self.resync();
+        }
         if let Some(r) = self.buffered.pop_front() {
             return Ok(Some(r));
         }
@@ -202,6 +210,18 @@ impl Reader {
         }
     }
 
+    /// After a truncation: forget the position and continue from the cut if the reader was past it.
+    fn resync(&mut self) {
+        let truncations = self.log.truncations.load(Ordering::Acquire);
+        if truncations != self.truncations {
+            if let Some(cut) = self.log.truncated_since(self.truncations) {
+                self.next = self.next.min(cut);
+            }
+            self.truncations = truncations;
+            self.segment = None;
+        }
+    }
+
     fn limit(&self) -> i64 {
         match self.isolation {
             Isolation::Committed => self.log.hw.load(Ordering::Acquire),
@@ -212,13 +232,9 @@ impl Reader {
     /// Reads the next chunk into `buffered`. Returns whether anything was buffered.
     fn fill(&mut self) -> Result<bool> {
         self.log.check_open()?;
-        let _r = self.log.reading.read();
-        let truncations = self.log.truncations.load(Ordering::Acquire);
-        if truncations != self.truncations {
-            self.truncations = truncations;
-            self.segment = None;
-            self.next = self.next.min(self.log.next_offset.load(Ordering::Acquire));
-        }
+        let log = self.log.clone();
+        let _r = log.reading.read();
+        self.resync();
         // Each step either buffers records, moves to a later segment, or skips records below
         // `next`; the bound only guards against a log changing under a very slow reader.
         for _ in 0..1024 {
