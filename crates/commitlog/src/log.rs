@@ -154,7 +154,8 @@ pub(crate) struct Inner {
     failed: Mutex<Option<String>>,
     recovery: RecoveryReport,
     flusher_stop: Arc<(Mutex<bool>, Condvar)>,
-    _lock: File,
+    /// Held while open; released by `close` so the folder can be opened again at once.
+    lock: Mutex<Option<File>>,
 }
 
 /// A segmented, append-only log of messages in one folder.
@@ -301,7 +302,7 @@ impl Log {
             recovery: report,
             flusher_stop: Arc::new((Mutex::new(false), Condvar::new())),
             opts,
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         });
         if let SyncPolicy::Interval(every) = inner.opts.sync {
             spawn_flusher(Arc::downgrade(&inner), inner.flusher_stop.clone(), every);
@@ -1124,6 +1125,7 @@ impl Inner {
             sync_dir(&self.dir)
         })();
         self.notify.notify();
+        self.lock.lock().take();
         result
     }
 }
