@@ -27,7 +27,14 @@ pub fn read_hw(dir: &Path) -> Result<Option<i64>> {
     let path = dir.join(HW_FILE);
     match std::fs::read_to_string(&path) {
         Ok(t) => Ok(t.trim().parse::<i64>().ok().filter(|hw| *hw >= -1)),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData) => Ok(None),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(io_at(&path)(e)),
     }
 }

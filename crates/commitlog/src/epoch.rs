@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::Result;
 use crate::checkpoint::write_atomic;
+use crate::error::Result;
 
 /// File name of the leader-epoch checkpoint.
 pub const EPOCH_FILE: &str = "leader-epoch-checkpoint";
@@ -42,7 +42,12 @@ impl EpochCache {
         let mut cache = Self::new(dir);
         let text = match std::fs::read_to_string(&cache.path) {
             Ok(t) => t,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData
+                ) =>
+            {
                 return Ok(None);
             }
             Err(e) => return Err(crate::error::io_at(&cache.path)(e)),
@@ -55,7 +60,9 @@ impl EpochCache {
             return Ok(None);
         };
         for _ in 0..count {
-            let Some(line) = lines.next() else { return Ok(None) };
+            let Some(line) = lines.next() else {
+                return Ok(None);
+            };
             let mut parts = line.split_whitespace();
             let (Some(Ok(epoch)), Some(Ok(start_offset)), None) = (
                 parts.next().map(str::parse::<u64>),
@@ -99,10 +106,17 @@ impl EpochCache {
             _ => {
                 // An epoch that starts where the previous one started replaces it: the previous
                 // epoch wrote nothing.
-                if self.entries.last().is_some_and(|l| l.start_offset == start_offset) {
+                if self
+                    .entries
+                    .last()
+                    .is_some_and(|l| l.start_offset == start_offset)
+                {
                     self.entries.pop();
                 }
-                self.entries.push(EpochEntry { epoch, start_offset });
+                self.entries.push(EpochEntry {
+                    epoch,
+                    start_offset,
+                });
                 true
             }
         }
@@ -115,7 +129,10 @@ impl EpochCache {
         if i == 0 {
             return None;
         }
-        let end = self.entries.get(i).map_or(log_end, |next| next.start_offset);
+        let end = self
+            .entries
+            .get(i)
+            .map_or(log_end, |next| next.start_offset);
         Some((self.entries[i - 1].epoch, end))
     }
 
@@ -153,7 +170,10 @@ mod tests {
     }
 
     fn pairs(c: &EpochCache) -> Vec<(u64, i64)> {
-        c.entries().iter().map(|e| (e.epoch, e.start_offset)).collect()
+        c.entries()
+            .iter()
+            .map(|e| (e.epoch, e.start_offset))
+            .collect()
     }
 
     #[test]
@@ -195,12 +215,25 @@ mod tests {
         c.push_if_newer(2, 0);
         c.push_if_newer(4, 7);
         c.save().unwrap();
-        assert_eq!(std::fs::read_to_string(dir.path().join(EPOCH_FILE)).unwrap(), "0\n2\n2 0\n4 7\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(EPOCH_FILE)).unwrap(),
+            "0\n2\n2 0\n4 7\n"
+        );
         let back = EpochCache::load(dir.path()).unwrap().unwrap();
         assert_eq!(pairs(&back), vec![(2, 0), (4, 7)]);
-        for bad in ["", "1\n0\n", "0\n2\n2 0\n", "0\n1\nx 0\n", "0\n2\n4 7\n2 0\n", "0\n1\n1 2 3\n"] {
+        for bad in [
+            "",
+            "1\n0\n",
+            "0\n2\n2 0\n",
+            "0\n1\nx 0\n",
+            "0\n2\n4 7\n2 0\n",
+            "0\n1\n1 2 3\n",
+        ] {
             std::fs::write(dir.path().join(EPOCH_FILE), bad).unwrap();
-            assert!(EpochCache::load(dir.path()).unwrap().is_none(), "{bad:?} accepted");
+            assert!(
+                EpochCache::load(dir.path()).unwrap().is_none(),
+                "{bad:?} accepted"
+            );
         }
     }
 }

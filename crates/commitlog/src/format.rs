@@ -128,13 +128,24 @@ pub(crate) enum Check {
 pub(crate) fn encode(buf: &mut Vec<u8>, offset: i64, msg: &Message) -> Result<usize, String> {
     let total = msg.encoded_len();
     if total - RECORD_HEADER_LEN as u64 > u32::MAX as u64 {
-        return Err(format!("a record of {total} bytes does not fit its size field"));
+        return Err(format!(
+            "a record of {total} bytes does not fit its size field"
+        ));
     }
-    if msg.key.as_ref().is_some_and(|k| k.len() > i32::MAX as usize) || msg.value.len() > i32::MAX as usize {
+    if msg
+        .key
+        .as_ref()
+        .is_some_and(|k| k.len() > i32::MAX as usize)
+        || msg.value.len() > i32::MAX as usize
+    {
         return Err("key or value longer than 2 GiB".into());
     }
     if msg.headers.len() > i16::MAX as usize {
-        return Err(format!("{} headers; at most {} are allowed", msg.headers.len(), i16::MAX));
+        return Err(format!(
+            "{} headers; at most {} are allowed",
+            msg.headers.len(),
+            i16::MAX
+        ));
     }
     for (k, v) in &msg.headers {
         if k.len() > i16::MAX as usize || v.len() > i32::MAX as usize {
@@ -240,8 +251,10 @@ fn walk(msg: &[u8], on_fields: impl FnOnce(Fields)) -> Result<(), &'static str> 
         at += n;
         Ok(start)
     };
-    let i32_at = |msg: &[u8], p: usize| i32::from_be_bytes(msg[p..p + 4].try_into().expect("4 bytes"));
-    let i16_at = |msg: &[u8], p: usize| i16::from_be_bytes(msg[p..p + 2].try_into().expect("2 bytes"));
+    let i32_at =
+        |msg: &[u8], p: usize| i32::from_be_bytes(msg[p..p + 4].try_into().expect("4 bytes"));
+    let i16_at =
+        |msg: &[u8], p: usize| i16::from_be_bytes(msg[p..p + 2].try_into().expect("2 bytes"));
 
     let p = take(4)?;
     let key = match i32_at(msg, p) {
@@ -279,7 +292,11 @@ fn walk(msg: &[u8], on_fields: impl FnOnce(Fields)) -> Result<(), &'static str> 
     if at != msg.len() {
         return Err("trailing bytes after the headers");
     }
-    on_fields(Fields { key, value, headers });
+    on_fields(Fields {
+        key,
+        value,
+        headers,
+    });
     Ok(())
 }
 
@@ -308,7 +325,10 @@ pub(crate) fn decode(rec: &Bytes, meta: &RecordMeta) -> Record {
             })
             .collect();
     });
-    debug_assert!(walked.is_ok(), "decode called on a record that check rejected");
+    debug_assert!(
+        walked.is_ok(),
+        "decode called on a record that check rejected"
+    );
     out
 }
 
@@ -418,14 +438,19 @@ mod tests {
         let mut buf = Vec::new();
         encode(&mut buf, 3, &sample()).unwrap();
         for cut in 0..buf.len() {
-            assert!(matches!(check(&buf[..cut]), Check::Incomplete { .. }), "cut at {cut}");
+            assert!(
+                matches!(check(&buf[..cut]), Check::Incomplete { .. }),
+                "cut at {cut}"
+            );
         }
     }
 
     #[test]
     fn oversized_header_count_is_refused() {
         let mut msg = Message::new("x");
-        msg.headers = (0..(i16::MAX as usize + 1)).map(|i| (i.to_string(), Bytes::new())).collect();
+        msg.headers = (0..(i16::MAX as usize + 1))
+            .map(|i| (i.to_string(), Bytes::new()))
+            .collect();
         assert!(encode(&mut Vec::new(), 0, &msg).is_err());
     }
 }

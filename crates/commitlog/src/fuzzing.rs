@@ -53,12 +53,17 @@ fn run(dir: &PathBuf, log: &[u8], index: &[u8], second: Option<&[u8]>) -> Outcom
         index_interval_bytes: 64,
         ..LogOptions::default()
     };
-    let Ok(l) = Log::open(dir, opts) else { return out };
+    let Ok(l) = Log::open(dir, opts) else {
+        return out;
+    };
     out.next_offset = l.next_offset();
     let mut forward = Vec::new();
     let mut r = l.reader(0, Isolation::Uncommitted);
     while let Ok(Some(rec)) = r.try_next() {
-        assert!(forward.last().is_none_or(|p| rec.offset > *p), "offsets must increase");
+        assert!(
+            forward.last().is_none_or(|p| rec.offset > *p),
+            "offsets must increase"
+        );
         assert!(rec.offset < l.next_offset(), "a record beyond the log end");
         forward.push(rec.offset);
         if forward.len() > 1_000_000 {

@@ -64,7 +64,14 @@ impl SegmentIndex {
     }
 
     /// Records that a record was written at the current end of the log.
-    pub fn note_record(&mut self, base: i64, offset: i64, timestamp: i64, len: usize, interval: u64) {
+    pub fn note_record(
+        &mut self,
+        base: i64,
+        offset: i64,
+        timestamp: i64,
+        len: usize,
+        interval: u64,
+    ) {
         self.max_timestamp = self.max_timestamp.max(timestamp);
         if self.entries.is_empty() || self.since_entry >= interval {
             self.entries.push(IndexEntry {
@@ -88,7 +95,11 @@ impl SegmentIndex {
         }
         let rel = rel.min(u32::MAX as i64) as u32;
         let i = self.entries.partition_point(|e| e.rel_offset <= rel);
-        if i == 0 { 0 } else { self.entries[i - 1].position as u64 }
+        if i == 0 {
+            0
+        } else {
+            self.entries[i - 1].position as u64
+        }
     }
 
     /// Position to start scanning from to find the first record with timestamp ≥ `ts`.
@@ -96,7 +107,11 @@ impl SegmentIndex {
     /// Every record before the returned position has a timestamp below `ts`.
     pub fn position_for_timestamp(&self, ts: i64) -> u64 {
         let i = self.entries.partition_point(|e| e.max_timestamp < ts);
-        if i == 0 { 0 } else { self.entries[i - 1].position as u64 }
+        if i == 0 {
+            0
+        } else {
+            self.entries[i - 1].position as u64
+        }
     }
 
     /// The byte range between the index entries around the record with offset `offset` (or
@@ -104,8 +119,15 @@ impl SegmentIndex {
     pub fn interval_for_offset(&self, base: i64, offset: i64) -> (u64, u64) {
         let rel = (offset - base).clamp(0, u32::MAX as i64) as u32;
         let i = self.entries.partition_point(|e| e.rel_offset <= rel);
-        let start = if i == 0 { 0 } else { self.entries[i - 1].position as u64 };
-        let end = self.entries.get(i).map_or(self.log_size, |e| e.position as u64);
+        let start = if i == 0 {
+            0
+        } else {
+            self.entries[i - 1].position as u64
+        };
+        let end = self
+            .entries
+            .get(i)
+            .map_or(self.log_size, |e| e.position as u64);
         (start, end)
     }
 
@@ -181,7 +203,10 @@ impl SegmentIndex {
             } else if e.position != 0 {
                 return Err("first index entry is not at position 0");
             }
-            if e.position as u64 >= log_size || e.rel_offset > last_rel || e.max_timestamp > max_timestamp {
+            if e.position as u64 >= log_size
+                || e.rel_offset > last_rel
+                || e.max_timestamp > max_timestamp
+            {
                 return Err("index entry beyond the segment's end");
             }
             entries.push(e);
@@ -264,12 +289,21 @@ mod tests {
         let bytes = ix.encode(100);
         let back = SegmentIndex::decode(&bytes, 100).unwrap();
         assert_eq!(back.entries, ix.entries);
-        assert_eq!((back.record_count, back.last_offset, back.log_size), (10, Some(118), 1000));
-        assert!(SegmentIndex::decode(&bytes, 0).is_err(), "wrong base accepted");
+        assert_eq!(
+            (back.record_count, back.last_offset, back.log_size),
+            (10, Some(118), 1000)
+        );
+        assert!(
+            SegmentIndex::decode(&bytes, 0).is_err(),
+            "wrong base accepted"
+        );
         for byte in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[byte] ^= 0x10;
-            assert!(SegmentIndex::decode(&bad, 100).is_err(), "flip in byte {byte} accepted");
+            assert!(
+                SegmentIndex::decode(&bad, 100).is_err(),
+                "flip in byte {byte} accepted"
+            );
         }
         for cut in 0..bytes.len() {
             assert!(SegmentIndex::decode(&bytes[..cut], 100).is_err());

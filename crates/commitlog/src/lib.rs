@@ -50,7 +50,11 @@ pub use checkpoint::{CLEAN_FILE, HW_FILE};
 pub use epoch::{EPOCH_FILE, EpochEntry};
 pub use error::{Error, Result};
 pub use format::{MAGIC_V1, MAGIC_V2, Message, RECORD_HEADER_LEN, Record};
-pub use log::{AppendInfo, CompactionReport, Log, RawBatch, RecoveryReport, RetentionReport, SegmentInfo};
-pub use options::{Clock, DEFAULT_INDEX_INTERVAL, LogOptions, ManualClock, Retention, SyncPolicy, SystemClock};
+pub use log::{
+    AppendInfo, CompactionReport, Log, RawBatch, RecoveryReport, RetentionReport, SegmentInfo,
+};
+pub use options::{
+    Clock, DEFAULT_INDEX_INTERVAL, LogOptions, ManualClock, Retention, SyncPolicy, SystemClock,
+};
 pub use reader::{Isolation, Reader, ReverseReader};
 pub use segment::SegmentRecovery;

@@ -122,6 +122,15 @@ pub struct SegmentInfo {
     pub sealed: bool,
 }
 
+#[derive(Default)]
+struct WriteBuffers {
+    encoded: Vec<u8>,
+    metas: Vec<RecordMeta>,
+}
+
+/// Encode buffers larger than this are released after use rather than kept.
+const KEEP_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+
 struct SyncState {
     /// Every offset below this one is on stable storage.
     durable: i64,
@@ -130,13 +139,16 @@ struct SyncState {
     dirty: Vec<Arc<Segment>>,
     /// Messages appended since the last sync.
     unsynced: u64,
+    /// Sync rounds completed.
+    rounds: u64,
 }
 
 pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
     opts: LogOptions,
     segments: RwLock<Vec<Arc<Segment>>>,
-    writer: Mutex<()>,
+    /// The append path's lock, with buffers reused from batch to batch.
+    writer: Mutex<WriteBuffers>,
     maintenance: Mutex<()>,
     pub(crate) reading: RwLock<()>,
     pub(crate) truncations: AtomicU64,
@@ -235,7 +247,13 @@ impl Log {
         for (i, &base) in bases.iter().enumerate() {
             let last = i + 1 == bases.len();
             let trust = !last || report.clean_shutdown;
-            let (seg, rec) = Segment::open(&dir, base, trust, bases.get(i + 1).copied(), opts.index_interval_bytes)?;
+            let (seg, rec) = Segment::open(
+                &dir,
+                base,
+                trust,
+                bases.get(i + 1).copied(),
+                opts.index_interval_bytes,
+            )?;
             if !last && seg.record_count() == 0 {
                 seg.delete_files()?;
                 report.removed_files.push(seg.log_path.clone());
@@ -258,8 +276,12 @@ impl Log {
             active.sync_data()?;
         }
         sync_dir(&dir)?;
-        let next_offset = active.next_offset().max(segments.iter().map(|s| s.next_offset()).max().unwrap_or(0));
-        let hw = checkpoint::read_hw(&dir)?.unwrap_or(-1).min(next_offset - 1);
+        let next_offset = active
+            .next_offset()
+            .max(segments.iter().map(|s| s.next_offset()).max().unwrap_or(0));
+        let hw = checkpoint::read_hw(&dir)?
+            .unwrap_or(-1)
+            .min(next_offset - 1);
 
         let oldest = segments.iter().find_map(|s| s.first_offset());
         let mut epochs = match EpochCache::load(&dir)? {
@@ -280,7 +302,7 @@ impl Log {
         let inner = Arc::new(Inner {
             dir,
             segments: RwLock::new(segments),
-            writer: Mutex::new(()),
+            writer: Mutex::new(WriteBuffers::default()),
             maintenance: Mutex::new(()),
             reading: RwLock::new(()),
             truncations: AtomicU64::new(0),
@@ -294,6 +316,7 @@ impl Log {
                 syncing: false,
                 dirty: Vec::new(),
                 unsynced: 0,
+                rounds: 0,
             }),
             sync_cv: Condvar::new(),
             closed: AtomicBool::new(false),
@@ -334,7 +357,9 @@ impl Log {
     /// failed sync, [`Error::Io`]. On error nothing of the batch is visible to readers.
     pub fn append(&self, messages: &[Message]) -> Result<AppendInfo> {
         if messages.is_empty() {
-            return Err(Error::InvalidBatch("a batch needs at least one message".into()));
+            return Err(Error::InvalidBatch(
+                "a batch needs at least one message".into(),
+            ));
         }
         let limit = self.inner.opts.max_record_bytes;
         for m in messages {
@@ -343,15 +368,16 @@ impl Log {
                 return Err(Error::RecordTooLarge { size, limit });
             }
         }
-        let mut buf = Vec::with_capacity(messages.iter().map(|m| m.encoded_len() as usize).sum());
-        let mut metas = Vec::with_capacity(messages.len());
         let info = {
-            let _w = self.inner.writer.lock();
+            let mut w = self.inner.writer.lock();
             self.inner.check_writable()?;
+            let WriteBuffers { encoded, metas } = &mut *w;
+            encoded.clear();
+            metas.clear();
             let first = self.inner.next_offset.load(Ordering::Relaxed);
             for (i, m) in messages.iter().enumerate() {
                 let offset = first + i as i64;
-                let len = format::encode(&mut buf, offset, m).map_err(Error::InvalidBatch)?;
+                let len = format::encode(encoded, offset, m).map_err(Error::InvalidBatch)?;
                 metas.push(RecordMeta {
                     offset,
                     timestamp: m.timestamp,
@@ -359,7 +385,11 @@ impl Log {
                     len,
                 });
             }
-            self.inner.write_locked(&buf, &metas)?
+            let info = self.inner.write_locked(encoded, metas);
+            if encoded.capacity() > KEEP_BUFFER_BYTES {
+                *encoded = Vec::new();
+            }
+            info?
         };
         self.inner.after_append(info, messages.len() as u64)?;
         Ok(info)
@@ -378,8 +408,14 @@ impl Log {
         while at < data.len() {
             match format::check(&data[at..]) {
                 Check::Valid(m) => {
-                    if metas.last().is_some_and(|p: &RecordMeta| m.offset <= p.offset) {
-                        return Err(Error::InvalidBatch(format!("offset {} does not increase", m.offset)));
+                    if metas
+                        .last()
+                        .is_some_and(|p: &RecordMeta| m.offset <= p.offset)
+                    {
+                        return Err(Error::InvalidBatch(format!(
+                            "offset {} does not increase",
+                            m.offset
+                        )));
                     }
                     at += m.len;
                     metas.push(m);
@@ -387,11 +423,15 @@ impl Log {
                 Check::Incomplete { .. } => {
                     return Err(Error::InvalidBatch(format!("torn record at byte {at}")));
                 }
-                Check::Invalid(why) => return Err(Error::InvalidBatch(format!("byte {at}: {why}"))),
+                Check::Invalid(why) => {
+                    return Err(Error::InvalidBatch(format!("byte {at}: {why}")));
+                }
             }
         }
         let Some(first) = metas.first().map(|m| m.offset) else {
-            return Err(Error::InvalidBatch("a batch needs at least one record".into()));
+            return Err(Error::InvalidBatch(
+                "a batch needs at least one record".into(),
+            ));
         };
         let last = metas.last().expect("non-empty").offset;
         let info = {
@@ -525,7 +565,11 @@ impl Log {
         for seg in segments {
             let (from, to, max) = {
                 let ix = seg.index();
-                (ix.position_for_timestamp(timestamp), ix.log_size, ix.max_timestamp)
+                (
+                    ix.position_for_timestamp(timestamp),
+                    ix.log_size,
+                    ix.max_timestamp,
+                )
             };
             if max < timestamp {
                 continue;
@@ -551,7 +595,25 @@ impl Log {
     /// # Errors
     /// As [`Reader::try_next`].
     pub fn read_at(&self, offset: i64) -> Result<Option<format::Record>> {
-        self.reader(offset, Isolation::Uncommitted).try_next()
+        self.inner.check_open()?;
+        let _r = self.inner.reading.read();
+        let offset = offset.max(0);
+        if offset > self.newest_offset() {
+            return Ok(None);
+        }
+        let (mut seg, _) = self.inner.locate(offset)?;
+        for _ in 0..self.inner.segments.read().len() + 1 {
+            let pos = seg.position_of(offset)?;
+            if pos < seg.size() {
+                let (bytes, meta) = seg.read_record(pos)?;
+                return Ok(Some(format::decode(&bytes, &meta)));
+            }
+            match self.inner.successor(&seg) {
+                Some(next) => seg = next,
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
     }
 
     /// Seals the active segment and starts a new one, unless the active one is empty.
@@ -588,7 +650,9 @@ impl Log {
     /// [`Error::InvalidBatch`] for a negative offset, [`Error::Closed`], [`Error::Io`].
     pub fn truncate(&self, offset: i64) -> Result<()> {
         if offset < 0 {
-            return Err(Error::InvalidBatch(format!("cannot truncate at negative offset {offset}")));
+            return Err(Error::InvalidBatch(format!(
+                "cannot truncate at negative offset {offset}"
+            )));
         }
         let inner = &self.inner;
         let _m = inner.maintenance.lock();
@@ -740,7 +804,8 @@ impl Log {
                 break;
             }
             let keep = |m: &RecordMeta, rec: &[u8]| {
-                m.offset > hw || format::key_of(rec).is_none_or(|k| latest.get(k) == Some(&m.offset))
+                m.offset > hw
+                    || format::key_of(rec).is_none_or(|k| latest.get(k) == Some(&m.offset))
             };
             let mut removed = 0u64;
             seg.for_each(0, seg.size(), |_, m, rec| {
@@ -752,7 +817,9 @@ impl Log {
             if removed == 0 {
                 continue;
             }
-            let cleaned = inner.dir.join(format!("{}.cleaned", segment::log_file_name(seg.base)));
+            let cleaned = inner
+                .dir
+                .join(format!("{}.cleaned", segment::log_file_name(seg.base)));
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -765,7 +832,13 @@ impl Log {
             let mut write_err = None;
             seg.for_each(0, seg.size(), |_, m, rec| {
                 if keep(m, rec) {
-                    ix.note_record(seg.base, m.offset, m.timestamp, m.len, inner.opts.index_interval_bytes);
+                    ix.note_record(
+                        seg.base,
+                        m.offset,
+                        m.timestamp,
+                        m.len,
+                        inner.opts.index_interval_bytes,
+                    );
                     out.extend_from_slice(rec);
                     if out.len() >= 1 << 20 {
                         if let Err(e) = std::io::Write::write_all(&mut &file, &out) {
@@ -849,7 +922,10 @@ impl Log {
     /// offset (exclusive: the start of the next epoch, or the log end offset for the latest one).
     /// `None` when `epoch` predates every cached epoch.
     pub fn leader_epoch_end_offset(&self, epoch: u64) -> Option<(u64, i64)> {
-        self.inner.epochs.lock().end_offset_for(epoch, self.next_offset())
+        self.inner
+            .epochs
+            .lock()
+            .end_offset_for(epoch, self.next_offset())
     }
 
     /// The newest cached leader epoch.
@@ -880,6 +956,12 @@ impl Log {
     /// [`Error::Failed`] or [`Error::Io`] when the sync fails.
     pub fn sync(&self) -> Result<()> {
         self.inner.sync_to(self.next_offset())
+    }
+
+    /// How many sync rounds (`fdatasync` of everything written so far) have run since open. Under
+    /// [`SyncPolicy::Always`], group commit shows as fewer rounds than appends.
+    pub fn sync_rounds(&self) -> u64 {
+        self.inner.sync.lock().rounds
     }
 
     /// Summaries of the segments, oldest first.
@@ -932,11 +1014,19 @@ impl Inner {
     }
 
     pub(crate) fn active(&self) -> Arc<Segment> {
-        self.segments.read().last().expect("a log always has a segment").clone()
+        self.segments
+            .read()
+            .last()
+            .expect("a log always has a segment")
+            .clone()
     }
 
     pub(crate) fn oldest_offset(&self) -> i64 {
-        self.segments.read().iter().find_map(|s| s.first_offset()).unwrap_or(-1)
+        self.segments
+            .read()
+            .iter()
+            .find_map(|s| s.first_offset())
+            .unwrap_or(-1)
     }
 
     /// The lowest offset the log was truncated to after generation `seen`.
@@ -963,14 +1053,19 @@ impl Inner {
 
     /// The segment after `seg` in the current list (by base offset), if any.
     pub(crate) fn successor(&self, seg: &Segment) -> Option<Arc<Segment>> {
-        self.segments.read().iter().find(|s| s.base > seg.base).cloned()
+        self.segments
+            .read()
+            .iter()
+            .find(|s| s.base > seg.base)
+            .cloned()
     }
 
     fn aged(&self, seg: &Segment) -> bool {
         let first = seg.first_write();
         match self.opts.segment_max_age {
             Some(age) if first != i64::MIN => {
-                self.opts.clock.now_nanos().saturating_sub(first) >= age.as_nanos().min(i64::MAX as u128) as i64
+                self.opts.clock.now_nanos().saturating_sub(first)
+                    >= age.as_nanos().min(i64::MAX as u128) as i64
             }
             _ => false,
         }
@@ -1028,13 +1123,20 @@ impl Inner {
             }
         }
         let active = self.active();
-        if self.opts.sync != SyncPolicy::Os {
+        {
+            // Registered before the write, under every policy, so that `sync` (explicit, periodic
+            // or per append) covers every segment written since the last one.
             let mut st = self.sync.lock();
             if !st.dirty.last().is_some_and(|s| Arc::ptr_eq(s, &active)) {
                 st.dirty.push(active.clone());
             }
         }
-        active.append(bytes, metas, self.opts.index_interval_bytes, self.opts.clock.now_nanos())?;
+        active.append(
+            bytes,
+            metas,
+            self.opts.index_interval_bytes,
+            self.opts.clock.now_nanos(),
+        )?;
         self.next_offset.store(last + 1, Ordering::Release);
         self.notify.notify();
         Ok(AppendInfo {
@@ -1052,7 +1154,11 @@ impl Inner {
                     st.unsynced += count;
                     st.unsynced >= n
                 };
-                if due { self.sync_to(info.last_offset + 1) } else { Ok(()) }
+                if due {
+                    self.sync_to(info.last_offset + 1)
+                } else {
+                    Ok(())
+                }
             }
             SyncPolicy::Os | SyncPolicy::Interval(_) => Ok(()),
         }
@@ -1080,11 +1186,16 @@ impl Inner {
             let goal = self.next_offset.load(Ordering::Acquire);
             let files = std::mem::take(&mut st.dirty);
             st.unsynced = 0;
-            let res = parking_lot::MutexGuard::unlocked(&mut st, || files.iter().try_for_each(|s| s.sync_data()));
+            let res = parking_lot::MutexGuard::unlocked(&mut st, || {
+                files.iter().try_for_each(|s| s.sync_data())
+            });
             st.syncing = false;
             self.sync_cv.notify_all();
             match res {
-                Ok(()) => st.durable = st.durable.max(goal),
+                Ok(()) => {
+                    st.durable = st.durable.max(goal);
+                    st.rounds += usize::from(!files.is_empty()) as u64;
+                }
                 Err(e) => {
                     *self.failed.lock() = Some(e.to_string());
                     return Err(e);
@@ -1111,7 +1222,9 @@ impl Inner {
                 st.dirty.clear();
             }
             if self.failed.lock().is_some() {
-                return Err(Error::Failed("an earlier sync failed; not marking the shutdown clean".into()));
+                return Err(Error::Failed(
+                    "an earlier sync failed; not marking the shutdown clean".into(),
+                ));
             }
             for s in &segs {
                 s.sync_data()?;
@@ -1147,7 +1260,11 @@ fn list_dir(dir: &Path) -> Result<(Vec<i64>, Vec<PathBuf>)> {
         let entry = entry.map_err(io_at(dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let base_of = |stem: &str| (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse::<i64>().ok()).flatten();
+        let base_of = |stem: &str| {
+            (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| stem.parse::<i64>().ok())
+                .flatten()
+        };
         if let Some(stem) = name.strip_suffix(".log") {
             if let Some(b) = base_of(stem) {
                 logs.push(b);
@@ -1184,26 +1301,28 @@ fn rebuild_epochs(dir: &Path, segments: &[Arc<Segment>]) -> Result<EpochCache> {
 }
 
 fn spawn_flusher(log: Weak<Inner>, stop: Arc<(Mutex<bool>, Condvar)>, every: Duration) {
-    let spawned = std::thread::Builder::new().name("commitlog-flush".into()).spawn(move || {
-        loop {
-            {
-                let (lock, cv) = &*stop;
-                let mut stopped = lock.lock();
-                if !*stopped {
-                    cv.wait_for(&mut stopped, every);
+    let spawned = std::thread::Builder::new()
+        .name("commitlog-flush".into())
+        .spawn(move || {
+            loop {
+                {
+                    let (lock, cv) = &*stop;
+                    let mut stopped = lock.lock();
+                    if !*stopped {
+                        cv.wait_for(&mut stopped, every);
+                    }
+                    if *stopped {
+                        return;
+                    }
                 }
-                if *stopped {
+                let Some(inner) = log.upgrade() else { return };
+                if inner.closed.load(Ordering::Acquire) {
                     return;
                 }
+                // A failure is recorded in `failed` and surfaces on the next append.
+                let _ = inner.sync_to(inner.next_offset.load(Ordering::Acquire));
             }
-            let Some(inner) = log.upgrade() else { return };
-            if inner.closed.load(Ordering::Acquire) {
-                return;
-            }
-            // A failure is recorded in `failed` and surfaces on the next append.
-            let _ = inner.sync_to(inner.next_offset.load(Ordering::Acquire));
-        }
-    });
+        });
     // Without the thread the log still works; data then reaches disk when the OS decides.
     drop(spawned);
 }

@@ -144,7 +144,9 @@ impl LogOptions {
             return bad("segment_max_age must be positive (use None to disable)".into());
         }
         match self.sync {
-            SyncPolicy::EveryMessages(0) => return bad("SyncPolicy::EveryMessages needs a count of at least 1".into()),
+            SyncPolicy::EveryMessages(0) => {
+                return bad("SyncPolicy::EveryMessages needs a count of at least 1".into());
+            }
             SyncPolicy::Interval(d) if d.is_zero() => {
                 return bad("SyncPolicy::Interval needs a positive interval (use Always to sync every append)".into());
             }

@@ -44,7 +44,14 @@ pub(crate) struct Chunk {
 
 /// Reads records at `pos..end` of `seg` with offsets in `from..=limit`: about `max_bytes`, at least
 /// one whole record when there is one.
-pub(crate) fn read_chunk(seg: &Segment, pos: u64, end: u64, from: i64, limit: i64, max_bytes: usize) -> Result<Chunk> {
+pub(crate) fn read_chunk(
+    seg: &Segment,
+    pos: u64,
+    end: u64,
+    from: i64,
+    limit: i64,
+    max_bytes: usize,
+) -> Result<Chunk> {
     let want = ((end - pos) as usize).min(max_bytes.max(1));
     let mut data = seg.read(pos, want)?;
     let mut chunk = Chunk {
@@ -302,7 +309,9 @@ pub struct ReverseReader {
 
 impl std::fmt::Debug for ReverseReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReverseReader").field("next_offset", &self.next).finish()
+        f.debug_struct("ReverseReader")
+            .field("next_offset", &self.next)
+            .finish()
     }
 }
 

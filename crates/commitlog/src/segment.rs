@@ -18,7 +18,9 @@ use crate::error::{Error, Result, io_at};
 use crate::format::{self, Check, RecordMeta};
 use crate::index::SegmentIndex;
 
-/// How many bytes a scan reads at a time.
+/// The first read of a scan: enough for a few index intervals, so a lookup reads little.
+const SCAN_FIRST_CHUNK: usize = 16 * 1024;
+/// Reads of a long scan double up to this size.
 const SCAN_CHUNK: usize = 256 * 1024;
 
 /// File name of a segment's log: the base offset as 20 decimal digits.
@@ -79,10 +81,14 @@ pub(crate) fn scan_range(
 ) -> Result<ScanStop> {
     let mut buf: Vec<u8> = Vec::new();
     let mut buf_pos = from; // file position of buf[0]
+    let mut chunk = SCAN_FIRST_CHUNK;
     let mut at = from;
     loop {
         if at >= to {
-            return Ok(ScanStop { end: at, problem: None });
+            return Ok(ScanStop {
+                end: at,
+                problem: None,
+            });
         }
         let in_buf = (at - buf_pos) as usize;
         let avail = &buf[in_buf.min(buf.len())..];
@@ -101,7 +107,10 @@ pub(crate) fn scan_range(
                     });
                 }
                 if f(at, &meta, &avail[..meta.len]).is_break() {
-                    return Ok(ScanStop { end: at, problem: None });
+                    return Ok(ScanStop {
+                        end: at,
+                        problem: None,
+                    });
                 }
                 at += meta.len as u64;
             }
@@ -113,13 +122,19 @@ pub(crate) fn scan_range(
                         problem: Some("torn record at the end"),
                     });
                 }
-                let want = (needed.max(SCAN_CHUNK) as u64).min(remaining) as usize;
+                let want = (needed.max(chunk) as u64).min(remaining) as usize;
+                chunk = (chunk * 2).min(SCAN_CHUNK);
                 buf.clear();
                 buf.resize(want, 0);
                 file.read_exact_at(&mut buf, at).map_err(io_at(path))?;
                 buf_pos = at;
             }
-            Check::Invalid(problem) => return Ok(ScanStop { end: at, problem: Some(problem) }),
+            Check::Invalid(problem) => {
+                return Ok(ScanStop {
+                    end: at,
+                    problem: Some(problem),
+                });
+            }
         }
     }
 }
@@ -177,7 +192,13 @@ impl Segment {
     /// Opens an existing segment and recovers it: the index file is used when `trust_index` is set
     /// and it agrees with the log; otherwise the index is rebuilt by scanning the whole log, and
     /// any torn or invalid tail is cut off.
-    pub fn open(dir: &Path, base: i64, trust_index: bool, below: Option<i64>, interval: u64) -> Result<(Segment, SegmentRecovery)> {
+    pub fn open(
+        dir: &Path,
+        base: i64,
+        trust_index: bool,
+        below: Option<i64>,
+        interval: u64,
+    ) -> Result<(Segment, SegmentRecovery)> {
         let log_path = dir.join(log_file_name(base));
         let index_path = dir.join(index_file_name(base));
         let file = OpenOptions::new()
@@ -190,7 +211,11 @@ impl Segment {
             base_offset: base,
             ..SegmentRecovery::default()
         };
-        let mut bounds = Bounds { base, after: None, below };
+        let mut bounds = Bounds {
+            base,
+            after: None,
+            below,
+        };
         let trusted = if trust_index {
             Self::load_index(&file, &log_path, &index_path, len, &mut bounds)?
         } else {
@@ -201,7 +226,11 @@ impl Segment {
             None => {
                 report.index_rebuilt = true;
                 let mut ix = SegmentIndex::empty();
-                let mut bounds = Bounds { base, after: None, below };
+                let mut bounds = Bounds {
+                    base,
+                    after: None,
+                    below,
+                };
                 let stop = scan_range(&file, &log_path, 0, len, &mut bounds, |_, m, _| {
                     ix.note_record(base, m.offset, m.timestamp, m.len, interval);
                     ControlFlow::Continue(())
@@ -234,7 +263,13 @@ impl Segment {
     }
 
     /// Loads the index file and verifies it against the log's tail. `None` if it cannot be trusted.
-    fn load_index(file: &File, log_path: &Path, index_path: &Path, len: u64, bounds: &mut Bounds) -> Result<Option<SegmentIndex>> {
+    fn load_index(
+        file: &File,
+        log_path: &Path,
+        index_path: &Path,
+        len: u64,
+        bounds: &mut Bounds,
+    ) -> Result<Option<SegmentIndex>> {
         let bytes = match std::fs::read(index_path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -255,12 +290,19 @@ impl Segment {
         let mut last = None;
         let mut max_ts = last_entry.max_timestamp;
         bounds.after = None;
-        let stop = scan_range(file, log_path, last_entry.position as u64, len, bounds, |_, m, _| {
-            first.get_or_insert(m.offset);
-            last = Some(m.offset);
-            max_ts = max_ts.max(m.timestamp);
-            ControlFlow::Continue(())
-        })?;
+        let stop = scan_range(
+            file,
+            log_path,
+            last_entry.position as u64,
+            len,
+            bounds,
+            |_, m, _| {
+                first.get_or_insert(m.offset);
+                last = Some(m.offset);
+                max_ts = max_ts.max(m.timestamp);
+                ControlFlow::Continue(())
+            },
+        )?;
         let ok = stop.end == len
             && first == Some(bounds.base + last_entry.rel_offset as i64)
             && last == ix.last_offset
@@ -274,7 +316,9 @@ impl Segment {
         }
         let mut header = [0u8; format::RECORD_HEADER_LEN];
         file.read_exact_at(&mut header, 0).map_err(io_at(path))?;
-        Ok(i64::from_be_bytes(header[8..16].try_into().expect("8 bytes")))
+        Ok(i64::from_be_bytes(
+            header[8..16].try_into().expect("8 bytes"),
+        ))
     }
 
     /// Bytes of complete records, as published to readers.
@@ -317,9 +361,17 @@ impl Segment {
     }
 
     /// Appends encoded, checked records. Writer only.
-    pub fn append(&self, bytes: &[u8], metas: &[RecordMeta], interval: u64, now: i64) -> Result<()> {
+    pub fn append(
+        &self,
+        bytes: &[u8],
+        metas: &[RecordMeta],
+        interval: u64,
+        now: i64,
+    ) -> Result<()> {
         let at = self.size.load(Ordering::Relaxed);
-        self.file.write_all_at(bytes, at).map_err(io_at(&self.log_path))?;
+        self.file
+            .write_all_at(bytes, at)
+            .map_err(io_at(&self.log_path))?;
         {
             let mut ix = self.index.write();
             for m in metas {
@@ -333,15 +385,48 @@ impl Segment {
         Ok(())
     }
 
+    /// Reads the whole record that starts at `pos`, checked.
+    pub fn read_record(&self, pos: u64) -> Result<(bytes::Bytes, RecordMeta)> {
+        let end = self.size();
+        let mut header = [0u8; format::RECORD_HEADER_LEN];
+        if pos + header.len() as u64 > end {
+            return Err(self.corrupt(pos, "record header past the segment's end"));
+        }
+        self.file
+            .read_exact_at(&mut header, pos)
+            .map_err(io_at(&self.log_path))?;
+        let needed = match format::check(&header) {
+            Check::Incomplete { needed } => needed,
+            Check::Invalid(why) => return Err(self.corrupt(pos, why)),
+            Check::Valid(_) => unreachable!("a header alone is never a whole record"),
+        };
+        if pos + needed as u64 > end {
+            return Err(self.corrupt(pos, "record runs past the segment's end"));
+        }
+        let bytes = self.read(pos, needed)?;
+        match format::check(&bytes) {
+            Check::Valid(meta) => Ok((bytes, meta)),
+            Check::Invalid(why) => Err(self.corrupt(pos, why)),
+            Check::Incomplete { .. } => Err(self.corrupt(pos, "record shorter than its size")),
+        }
+    }
+
     /// Reads `len` bytes at `pos`, which must lie below the published size.
     pub fn read(&self, pos: u64, len: usize) -> Result<Bytes> {
         let mut v = vec![0u8; len];
-        self.file.read_exact_at(&mut v, pos).map_err(io_at(&self.log_path))?;
+        self.file
+            .read_exact_at(&mut v, pos)
+            .map_err(io_at(&self.log_path))?;
         Ok(Bytes::from(v))
     }
 
     /// Scans records in `[from, to)`, treating any invalid record as corruption.
-    pub fn for_each(&self, from: u64, to: u64, f: impl FnMut(u64, &RecordMeta, &[u8]) -> ControlFlow<()>) -> Result<u64> {
+    pub fn for_each(
+        &self,
+        from: u64,
+        to: u64,
+        f: impl FnMut(u64, &RecordMeta, &[u8]) -> ControlFlow<()>,
+    ) -> Result<u64> {
         let mut bounds = Bounds {
             base: self.base,
             after: None,
@@ -363,11 +448,14 @@ impl Segment {
         }
     }
 
-    /// Position of the first record with offset ≥ `offset` (the size if there is none).
+    /// Position of the first record with offset ≥ `offset` (the size if there is none). Reads
+    /// at most one index interval.
     pub fn position_of(&self, offset: i64) -> Result<u64> {
         let (from, to) = {
             let ix = self.index.read();
-            (ix.position_for_offset(self.base, offset), ix.log_size)
+            // The record is in the interval before the first entry above `offset`, or is that
+            // entry's record.
+            ix.interval_for_offset(self.base, offset)
         };
         let mut found = to;
         self.for_each(from, to, |pos, m, _| {
@@ -446,7 +534,14 @@ impl Segment {
     }
 
     /// Builds a segment from a log file written elsewhere (compaction), with a known index.
-    pub fn from_parts(base: i64, log_path: PathBuf, index_path: PathBuf, file: File, index: SegmentIndex, first_write: i64) -> Segment {
+    pub fn from_parts(
+        base: i64,
+        log_path: PathBuf,
+        index_path: PathBuf,
+        file: File,
+        index: SegmentIndex,
+        first_write: i64,
+    ) -> Segment {
         Segment {
             base,
             log_path,
@@ -481,5 +576,7 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
 
 /// Syncs a folder, making creations, renames and deletions in it durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at(dir))
 }

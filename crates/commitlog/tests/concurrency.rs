@@ -11,7 +11,10 @@ const TOTAL: i64 = 20_000;
 const DEADLINE: Duration = Duration::from_secs(120);
 
 fn value(offset: i64) -> Bytes {
-    Bytes::from(format!("message {offset} {}", "p".repeat((offset % 50) as usize)))
+    Bytes::from(format!(
+        "message {offset} {}",
+        "p".repeat((offset % 50) as usize)
+    ))
 }
 
 fn opts() -> LogOptions {
@@ -28,7 +31,11 @@ fn write_all(log: &Log) {
     while next < TOTAL {
         let n = (1 + next % 16).min(TOTAL - next);
         let batch: Vec<Message> = (next..next + n)
-            .map(|o| Message::new(value(o)).with_key(format!("k{}", o % 100)).with_timestamp(o))
+            .map(|o| {
+                Message::new(value(o))
+                    .with_key(format!("k{}", o % 100))
+                    .with_timestamp(o)
+            })
             .collect();
         let at = log.append(&batch).unwrap();
         assert_eq!(at.first_offset, next);
@@ -44,18 +51,27 @@ fn readers_see_every_committed_message_in_order_while_the_writer_runs() {
     let readers: Vec<_> = (0..4)
         .map(|i| {
             let log = log.clone();
-            let iso = if i == 0 { Isolation::Uncommitted } else { Isolation::Committed };
+            let iso = if i == 0 {
+                Isolation::Uncommitted
+            } else {
+                Isolation::Committed
+            };
             std::thread::spawn(move || {
                 let start = Instant::now();
                 let mut r = log.reader(0, iso);
                 let mut expect = 0;
                 while expect < TOTAL {
                     assert!(start.elapsed() < DEADLINE, "reader {i} stuck at {expect}");
-                    let Some(rec) = r.next_timeout(Duration::from_millis(200)).unwrap() else { continue };
+                    let Some(rec) = r.next_timeout(Duration::from_millis(200)).unwrap() else {
+                        continue;
+                    };
                     assert_eq!(rec.offset, expect, "reader {i}");
                     assert_eq!(rec.value, value(expect));
                     if iso == Isolation::Committed {
-                        assert!(rec.offset <= log.high_watermark(), "read past the high watermark");
+                        assert!(
+                            rec.offset <= log.high_watermark(),
+                            "read past the high watermark"
+                        );
                     }
                     expect += 1;
                 }
@@ -105,7 +121,9 @@ fn readers_stay_consistent_under_retention_and_compaction() {
                 let mut count = 0u64;
                 while last < TOTAL - 1 {
                     assert!(start.elapsed() < DEADLINE, "reader {i} stuck at {last}");
-                    let Some(rec) = r.next_timeout(Duration::from_millis(200)).unwrap() else { continue };
+                    let Some(rec) = r.next_timeout(Duration::from_millis(200)).unwrap() else {
+                        continue;
+                    };
                     assert!(rec.offset > last, "reader {i}: {} after {last}", rec.offset);
                     assert_eq!(rec.value, value(rec.offset), "wrong data at {}", rec.offset);
                     last = rec.offset;

@@ -20,8 +20,14 @@ fn opts() -> LogOptions {
 fn message(i: i64) -> Message {
     // Sizes vary so records straddle index intervals differently.
     let value = format!("{i}:{}", "x".repeat((i as usize * 7) % 90));
-    let m = Message::new(value).with_timestamp(i * 1000).with_leader_epoch(1);
-    if i % 3 == 0 { m.with_key(format!("key{i}")).with_header("h", "v") } else { m }
+    let m = Message::new(value)
+        .with_timestamp(i * 1000)
+        .with_leader_epoch(1);
+    if i % 3 == 0 {
+        m.with_key(format!("key{i}")).with_header("h", "v")
+    } else {
+        m
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -40,7 +46,12 @@ fn read_back(log: &Log) -> Vec<i64> {
     let mut out = Vec::new();
     while let Some(rec) = r.try_next().unwrap() {
         let m = message(rec.offset);
-        assert_eq!((&rec.value, &rec.key, rec.timestamp), (&m.value, &m.key, m.timestamp), "offset {}", rec.offset);
+        assert_eq!(
+            (&rec.value, &rec.key, rec.timestamp),
+            (&m.value, &m.key, m.timestamp),
+            "offset {}",
+            rec.offset
+        );
         assert_eq!(rec.headers, m.headers);
         out.push(rec.offset);
     }
@@ -71,7 +82,10 @@ fn write_log(n: i64) -> Written {
         active_ends.push((last.bytes, i));
     }
     let active_file = format!("{:020}.log", log.segments().last().unwrap().base_offset);
-    assert!(log.segments().len() >= 3, "the test wants sealed segments too");
+    assert!(
+        log.segments().len() >= 3,
+        "the test wants sealed segments too"
+    );
     log.close().unwrap();
     Written {
         _dir: dir,
@@ -97,17 +111,28 @@ fn cutting_the_active_segment_at_every_byte_keeps_every_whole_record() {
         if n % 2 == 0 {
             std::fs::remove_file(crash.path().join(CLEAN_FILE)).unwrap();
         }
-        let f = std::fs::OpenOptions::new().write(true).open(crash.path().join(&w.active_file)).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(crash.path().join(&w.active_file))
+            .unwrap();
         f.set_len(cut).unwrap();
         drop(f);
 
         let log = Log::open(crash.path(), opts()).unwrap();
-        let whole = w.active_ends.iter().filter(|(end, _)| *end <= cut).last();
+        let whole = w.active_ends.iter().rfind(|(end, _)| *end <= cut);
         let first_active = w.active_ends[0].1;
         let expect_newest = whole.map_or(first_active - 1, |(_, o)| *o);
         let kept_bytes = whole.map_or(0, |(end, _)| *end);
-        assert_eq!(log.recovery().truncated_bytes(), cut - kept_bytes, "cut {cut}");
-        assert_eq!(read_back(&log), (0..=expect_newest).collect::<Vec<_>>(), "cut {cut}");
+        assert_eq!(
+            log.recovery().truncated_bytes(),
+            cut - kept_bytes,
+            "cut {cut}"
+        );
+        assert_eq!(
+            read_back(&log),
+            (0..=expect_newest).collect::<Vec<_>>(),
+            "cut {cut}"
+        );
         // The log goes on from there, and reopens cleanly.
         let at = log.append(&[message(expect_newest + 1)]).unwrap();
         assert_eq!(at.first_offset, expect_newest + 1);
@@ -129,7 +154,9 @@ fn garbage_after_the_last_record_is_cut() {
         state ^= state << 17;
         state
     };
-    let mut garbages: Vec<Vec<u8>> = (1..40).map(|len| (0..len).map(|_| next() as u8).collect()).collect();
+    let mut garbages: Vec<Vec<u8>> = (1..40)
+        .map(|len| (0..len).map(|_| next() as u8).collect())
+        .collect();
     garbages.push(vec![0u8; 4096]); // a preallocated, zero-filled tail
     // A plausible header claiming a huge record, and one that claims a small valid-looking one.
     let mut fake = Vec::new();
@@ -174,7 +201,12 @@ fn missing_or_damaged_indexes_are_rebuilt() {
                 "delete" => std::fs::remove_file(&p).unwrap(),
                 "truncate" => {
                     let len = std::fs::metadata(&p).unwrap().len();
-                    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len / 2).unwrap();
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&p)
+                        .unwrap()
+                        .set_len(len / 2)
+                        .unwrap();
                 }
                 "flip" => {
                     let mut b = std::fs::read(&p).unwrap();
@@ -192,7 +224,11 @@ fn missing_or_damaged_indexes_are_rebuilt() {
         let log = Log::open(crash.path(), opts()).unwrap();
         assert!(!log.recovery().repaired.is_empty(), "{damage}");
         assert_eq!(log.recovery().truncated_bytes(), 0, "{damage}");
-        assert_eq!(read_back(&log), (0..w.total).collect::<Vec<_>>(), "{damage}");
+        assert_eq!(
+            read_back(&log),
+            (0..w.total).collect::<Vec<_>>(),
+            "{damage}"
+        );
         for o in [0, 17, 64, 119] {
             assert_eq!(log.read_at(o).unwrap().unwrap().offset, o);
             assert_eq!(log.offset_for_timestamp(o * 1000).unwrap(), Some(o));
@@ -213,7 +249,11 @@ fn a_flipped_bit_in_a_sealed_segment_is_an_error_never_data() {
         b[at as usize] ^= 0x01;
         std::fs::write(&p, b).unwrap();
         let log = Log::open(crash.path(), opts()).unwrap();
-        let repaired = log.recovery().repaired.iter().any(|r| r.base_offset == 0 && r.truncated_bytes > 0);
+        let repaired = log
+            .recovery()
+            .repaired
+            .iter()
+            .any(|r| r.base_offset == 0 && r.truncated_bytes > 0);
         let mut r = log.reader(0, Isolation::Uncommitted);
         let mut good = Vec::new();
         let mut error = None;
@@ -236,7 +276,10 @@ fn a_flipped_bit_in_a_sealed_segment_is_an_error_never_data() {
             // Damage in the tail that recovery verifies is cut there, and reported.
             None => assert!(repaired, "damage at byte {at} went unnoticed"),
         }
-        let prefix = good.iter().take_while(|o| **o < log.segments()[1].base_offset).count();
+        let prefix = good
+            .iter()
+            .take_while(|o| **o < log.segments()[1].base_offset)
+            .count();
         assert_eq!(good[..prefix], (0..prefix as i64).collect::<Vec<_>>()[..]);
         // Later segments stay readable.
         let later = log.segments()[1].base_offset;
@@ -252,7 +295,12 @@ fn a_sealed_segment_that_lost_its_tail_keeps_later_segments() {
     std::fs::remove_file(crash.path().join(CLEAN_FILE)).unwrap();
     let p = crash.path().join(format!("{:020}.log", 0));
     let len = std::fs::metadata(&p).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 10).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
     let log = Log::open(crash.path(), opts()).unwrap();
     let report = log.recovery();
     assert_eq!(report.repaired[0].base_offset, 0);
@@ -270,12 +318,23 @@ fn leftovers_of_interrupted_operations_are_removed() {
     let crash = tempfile::tempdir().unwrap();
     copy_dir(&w.path, crash.path());
     std::fs::remove_file(crash.path().join(CLEAN_FILE)).unwrap();
-    std::fs::write(crash.path().join("00000000000000000000.log.cleaned"), b"half a compaction").unwrap();
-    std::fs::write(crash.path().join("replication-offset-checkpoint.tmp"), b"12").unwrap();
+    std::fs::write(
+        crash.path().join("00000000000000000000.log.cleaned"),
+        b"half a compaction",
+    )
+    .unwrap();
+    std::fs::write(
+        crash.path().join("replication-offset-checkpoint.tmp"),
+        b"12",
+    )
+    .unwrap();
     std::fs::write(crash.path().join("00000000000000099999.index"), b"orphan").unwrap();
     std::fs::write(crash.path().join("notes.txt"), b"not ours").unwrap();
     let log = Log::open(crash.path(), opts()).unwrap();
     assert_eq!(log.recovery().removed_files.len(), 3);
-    assert!(crash.path().join("notes.txt").exists(), "files it does not own are left alone");
+    assert!(
+        crash.path().join("notes.txt").exists(),
+        "files it does not own are left alone"
+    );
     assert_eq!(read_back(&log), (0..60).collect::<Vec<_>>());
 }

@@ -17,8 +17,15 @@ fn valid_segment() -> (Vec<u8>, Vec<u8>) {
     )
     .unwrap();
     for i in 0..20i64 {
-        let m = Message::new(vec![b'v'; (i * 5) as usize]).with_timestamp(100 - i).with_header("h", "x");
-        log.append(&[if i % 2 == 0 { m.with_key(vec![i as u8]) } else { m }]).unwrap();
+        let m = Message::new(vec![b'v'; (i * 5) as usize])
+            .with_timestamp(100 - i)
+            .with_header("h", "x");
+        log.append(&[if i % 2 == 0 {
+            m.with_key(vec![i as u8])
+        } else {
+            m
+        }])
+        .unwrap();
     }
     log.close().unwrap();
     let log_bytes = std::fs::read(dir.path().join(format!("{:020}.log", 0))).unwrap();
@@ -39,7 +46,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (any::<usize>(), any::<u8>()).prop_map(|(a, b)| Mutation::Flip(a, b)),
         any::<usize>().prop_map(Mutation::Cut),
         prop::collection::vec(any::<u8>(), 0..64).prop_map(Mutation::Append),
-        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..16)).prop_map(|(a, b)| Mutation::Overwrite(a, b)),
+        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(a, b)| Mutation::Overwrite(a, b)),
     ]
 }
 

@@ -41,10 +41,23 @@ fn read_all(log: &Log, from: i64, iso: Isolation) -> Vec<i64> {
 fn empty_log_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogOptions::default()).unwrap();
-    assert_eq!((log.oldest_offset(), log.newest_offset(), log.next_offset()), (-1, -1, 0));
+    assert_eq!(
+        (log.oldest_offset(), log.newest_offset(), log.next_offset()),
+        (-1, -1, 0)
+    );
     assert_eq!(log.high_watermark(), -1);
-    assert!(log.reader(0, Isolation::Uncommitted).try_next().unwrap().is_none());
-    assert!(log.reverse_reader(i64::MAX, Isolation::Uncommitted).next().unwrap().is_none());
+    assert!(
+        log.reader(0, Isolation::Uncommitted)
+            .try_next()
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        log.reverse_reader(i64::MAX, Isolation::Uncommitted)
+            .next()
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(log.offset_for_timestamp(0).unwrap(), None);
 }
 
@@ -53,19 +66,39 @@ fn batches_get_consecutive_offsets_and_fields_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogOptions::default()).unwrap();
     let batch = vec![
-        Message::new("a").with_key("k1").with_leader_epoch(3).with_timestamp(77),
+        Message::new("a")
+            .with_key("k1")
+            .with_leader_epoch(3)
+            .with_timestamp(77),
         Message::new(Bytes::new()),
-        Message::new("c").with_header("h1", "v1").with_header("h2", Bytes::new()),
+        Message::new("c")
+            .with_header("h1", "v1")
+            .with_header("h2", Bytes::new()),
     ];
     let at = log.append(&batch).unwrap();
     assert_eq!((at.first_offset, at.last_offset), (0, 2));
     let mut r = log.reader(0, Isolation::Uncommitted);
     let a = r.try_next().unwrap().unwrap();
-    assert_eq!((a.offset, a.key.as_deref(), &a.value[..], a.leader_epoch, a.timestamp), (0, Some(&b"k1"[..]), &b"a"[..], 3, 77));
+    assert_eq!(
+        (
+            a.offset,
+            a.key.as_deref(),
+            &a.value[..],
+            a.leader_epoch,
+            a.timestamp
+        ),
+        (0, Some(&b"k1"[..]), &b"a"[..], 3, 77)
+    );
     let b = r.try_next().unwrap().unwrap();
     assert_eq!((b.offset, b.key.is_none(), b.value.len()), (1, true, 0));
     let c = r.try_next().unwrap().unwrap();
-    assert_eq!(c.headers, vec![("h1".into(), Bytes::from("v1")), ("h2".into(), Bytes::new())]);
+    assert_eq!(
+        c.headers,
+        vec![
+            ("h1".into(), Bytes::from("v1")),
+            ("h2".into(), Bytes::new())
+        ]
+    );
     assert!(r.try_next().unwrap().is_none());
 }
 
@@ -76,8 +109,14 @@ fn committed_readers_stop_at_the_high_watermark() {
     fill(&log, 10);
     assert_eq!(read_all(&log, 0, Isolation::Committed), Vec::<i64>::new());
     assert_eq!(log.set_high_watermark(4).unwrap(), 4);
-    assert_eq!(read_all(&log, 0, Isolation::Committed), (0..=4).collect::<Vec<_>>());
-    assert_eq!(read_all(&log, 0, Isolation::Uncommitted), (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        read_all(&log, 0, Isolation::Committed),
+        (0..=4).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        read_all(&log, 0, Isolation::Uncommitted),
+        (0..10).collect::<Vec<_>>()
+    );
     // Lower values are ignored; higher ones are clamped to the newest offset.
     assert_eq!(log.set_high_watermark(2).unwrap(), 4);
     assert_eq!(log.set_high_watermark(100).unwrap(), 9);
@@ -95,8 +134,14 @@ fn segments_roll_by_size_and_reads_cross_them() {
         assert!(pair[0].sealed && pair[0].bytes <= 1024);
     }
     assert!(!segs.last().unwrap().sealed);
-    assert_eq!(read_all(&log, 0, Isolation::Uncommitted), (0..100).collect::<Vec<_>>());
-    assert_eq!(read_all(&log, 57, Isolation::Uncommitted), (57..100).collect::<Vec<_>>());
+    assert_eq!(
+        read_all(&log, 0, Isolation::Uncommitted),
+        (0..100).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        read_all(&log, 57, Isolation::Uncommitted),
+        (57..100).collect::<Vec<_>>()
+    );
     for o in [0, 13, 50, 99] {
         assert_eq!(log.read_at(o).unwrap().unwrap().offset, o);
     }
@@ -149,9 +194,19 @@ fn reopen_restores_everything() {
     let log = Log::open(dir.path(), small()).unwrap();
     assert!(log.recovery().clean_shutdown);
     assert!(log.recovery().repaired.is_empty(), "{:?}", log.recovery());
-    assert_eq!((log.oldest_offset(), log.newest_offset(), log.high_watermark()), (0, 50, 30));
+    assert_eq!(
+        (
+            log.oldest_offset(),
+            log.newest_offset(),
+            log.high_watermark()
+        ),
+        (0, 50, 30)
+    );
     assert_eq!(log.leader_epoch_end_offset(4), Some((4, 51)));
-    assert_eq!(read_all(&log, 0, Isolation::Uncommitted), (0..51).collect::<Vec<_>>());
+    assert_eq!(
+        read_all(&log, 0, Isolation::Uncommitted),
+        (0..51).collect::<Vec<_>>()
+    );
     fill_from(&log, 51, 5);
 }
 
@@ -159,7 +214,10 @@ fn reopen_restores_everything() {
 fn a_second_open_of_the_same_folder_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogOptions::default()).unwrap();
-    assert!(matches!(Log::open(dir.path(), LogOptions::default()), Err(Error::Locked(_))));
+    assert!(matches!(
+        Log::open(dir.path(), LogOptions::default()),
+        Err(Error::Locked(_))
+    ));
     // Closing releases the folder even while the old handle lives on.
     log.close().unwrap();
     Log::open(dir.path(), LogOptions::default()).unwrap();
@@ -184,11 +242,16 @@ fn lookup_by_timestamp_with_out_of_order_timestamps() {
     let log = Log::open(dir.path(), small()).unwrap();
     let ts = [50, 10, 40, 20, 90, 30, 60, 70, 80, 100];
     for (i, t) in ts.iter().enumerate() {
-        log.append(&[Message::new(format!("value-{i}")).with_timestamp(*t)]).unwrap();
+        log.append(&[Message::new(format!("value-{i}")).with_timestamp(*t)])
+            .unwrap();
     }
     for target in 0..=101 {
         let expect = ts.iter().position(|t| *t >= target).map(|p| p as i64);
-        assert_eq!(log.offset_for_timestamp(target).unwrap(), expect, "target {target}");
+        assert_eq!(
+            log.offset_for_timestamp(target).unwrap(),
+            expect,
+            "target {target}"
+        );
     }
 }
 
@@ -205,9 +268,18 @@ fn reverse_reader_returns_newest_first() {
         }
         v
     };
-    assert_eq!(collect(log.reverse_reader(i64::MAX, Isolation::Committed)), (0..=44).rev().collect::<Vec<_>>());
-    assert_eq!(collect(log.reverse_reader(i64::MAX, Isolation::Uncommitted)), (0..60).rev().collect::<Vec<_>>());
-    assert_eq!(collect(log.reverse_reader(10, Isolation::Committed)), (0..=10).rev().collect::<Vec<_>>());
+    assert_eq!(
+        collect(log.reverse_reader(i64::MAX, Isolation::Committed)),
+        (0..=44).rev().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        collect(log.reverse_reader(i64::MAX, Isolation::Uncommitted)),
+        (0..60).rev().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        collect(log.reverse_reader(10, Isolation::Committed)),
+        (0..=10).rev().collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -217,26 +289,40 @@ fn raw_batches_copy_a_log_byte_for_byte() {
     let leader = Log::open(leader_dir.path(), small()).unwrap();
     let follower = Log::open(follower_dir.path(), small()).unwrap();
     for i in 0..40 {
-        leader.append(&[msg(i).with_leader_epoch(1 + i as u64 / 20)]).unwrap();
+        leader
+            .append(&[msg(i).with_leader_epoch(1 + i as u64 / 20)])
+            .unwrap();
     }
     let mut copied = 0;
     while let Some(batch) = leader.read_raw(follower.next_offset(), 300).unwrap() {
         assert_eq!(batch.first_offset, follower.next_offset());
         let at = follower.append_raw(&batch.data).unwrap();
-        assert_eq!((at.first_offset, at.last_offset), (batch.first_offset, batch.last_offset));
+        assert_eq!(
+            (at.first_offset, at.last_offset),
+            (batch.first_offset, batch.last_offset)
+        );
         copied += batch.count;
     }
     assert_eq!(copied, 40);
-    assert_eq!(read_all(&follower, 0, Isolation::Uncommitted), (0..40).collect::<Vec<_>>());
+    assert_eq!(
+        read_all(&follower, 0, Isolation::Uncommitted),
+        (0..40).collect::<Vec<_>>()
+    );
     assert_eq!(follower.leader_epochs(), leader.leader_epochs());
     assert_eq!(follower.leader_epoch_end_offset(1), Some((1, 20)));
     // Replaying old offsets, or garbage, is refused and writes nothing.
     let again = leader.read_raw(0, 100).unwrap().unwrap();
-    assert!(matches!(follower.append_raw(&again.data), Err(Error::InvalidBatch(_))));
+    assert!(matches!(
+        follower.append_raw(&again.data),
+        Err(Error::InvalidBatch(_))
+    ));
     let mut bad = leader.read_raw(39, 100).unwrap().unwrap().data.to_vec();
     let n = bad.len();
     bad[n - 1] ^= 1;
-    assert!(matches!(follower.append_raw(&bad), Err(Error::InvalidBatch(_))));
+    assert!(matches!(
+        follower.append_raw(&bad),
+        Err(Error::InvalidBatch(_))
+    ));
     assert_eq!(follower.next_offset(), 40);
 }
 
@@ -245,13 +331,21 @@ fn truncate_removes_the_tail_and_lowers_the_high_watermark() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small()).unwrap();
     for i in 0..60 {
-        log.append(&[msg(i).with_leader_epoch(if i < 30 { 1 } else { 2 })]).unwrap();
+        log.append(&[msg(i).with_leader_epoch(if i < 30 { 1 } else { 2 })])
+            .unwrap();
     }
     log.set_high_watermark(50).unwrap();
     log.truncate(25).unwrap();
     assert_eq!((log.newest_offset(), log.high_watermark()), (24, 24));
-    assert_eq!(log.leader_epochs().len(), 1, "epoch 2 started after the cut");
-    assert_eq!(read_all(&log, 0, Isolation::Uncommitted), (0..25).collect::<Vec<_>>());
+    assert_eq!(
+        log.leader_epochs().len(),
+        1,
+        "epoch 2 started after the cut"
+    );
+    assert_eq!(
+        read_all(&log, 0, Isolation::Uncommitted),
+        (0..25).collect::<Vec<_>>()
+    );
     let last = log.segments().last().copied().unwrap();
     assert!(!last.sealed && last.next_offset == 25);
     // The log continues at the cut, and survives a reopen.
@@ -259,13 +353,19 @@ fn truncate_removes_the_tail_and_lowers_the_high_watermark() {
     log.close().unwrap();
     drop(log);
     let log = Log::open(dir.path(), small()).unwrap();
-    assert_eq!(read_all(&log, 0, Isolation::Uncommitted), (0..35).collect::<Vec<_>>());
+    assert_eq!(
+        read_all(&log, 0, Isolation::Uncommitted),
+        (0..35).collect::<Vec<_>>()
+    );
     // Truncating at a segment's base offset, and everything.
     let base = log.segments()[2].base_offset;
     log.truncate(base).unwrap();
     assert_eq!(log.next_offset(), base);
     log.truncate(0).unwrap();
-    assert_eq!((log.oldest_offset(), log.next_offset(), log.segments().len()), (-1, 0, 1));
+    assert_eq!(
+        (log.oldest_offset(), log.next_offset(), log.segments().len()),
+        (-1, 0, 1)
+    );
     assert!(matches!(log.truncate(-1), Err(Error::InvalidBatch(_))));
 }
 
@@ -294,18 +394,35 @@ fn retention_by_messages_bytes_and_age_keeps_the_active_segment() {
     };
     // By messages: the newest segments whose total stays within the limit.
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), with(Retention { max_messages: Some(30), ..Retention::default() })).unwrap();
+    let log = Log::open(
+        dir.path(),
+        with(Retention {
+            max_messages: Some(30),
+            ..Retention::default()
+        }),
+    )
+    .unwrap();
     fill(&log, 100);
     let report = log.apply_retention().unwrap();
     assert!(report.segments > 0);
     let kept: u64 = log.segments().iter().map(|s| s.records).sum();
     assert!(kept <= 30 && kept + report.messages == 100, "kept {kept}");
-    assert_eq!(read_all(&log, 0, Isolation::Uncommitted), (100 - kept as i64..100).collect::<Vec<_>>());
+    assert_eq!(
+        read_all(&log, 0, Isolation::Uncommitted),
+        (100 - kept as i64..100).collect::<Vec<_>>()
+    );
     assert_eq!(log.oldest_offset(), 100 - kept as i64);
 
     // By bytes.
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), with(Retention { max_bytes: Some(2500), ..Retention::default() })).unwrap();
+    let log = Log::open(
+        dir.path(),
+        with(Retention {
+            max_bytes: Some(2500),
+            ..Retention::default()
+        }),
+    )
+    .unwrap();
     fill(&log, 100);
     log.apply_retention().unwrap();
     let bytes: u64 = log.segments().iter().map(|s| s.bytes).sum();
@@ -314,7 +431,14 @@ fn retention_by_messages_bytes_and_age_keeps_the_active_segment() {
     // By age: timestamps are 1000 + 10 i ns; everything older than the cutoff goes, but never
     // the active segment.
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), with(Retention { max_age: Some(Duration::from_nanos(100)), ..Retention::default() })).unwrap();
+    let log = Log::open(
+        dir.path(),
+        with(Retention {
+            max_age: Some(Duration::from_nanos(100)),
+            ..Retention::default()
+        }),
+    )
+    .unwrap();
     fill(&log, 100);
     clock.set(1_000_000);
     log.apply_retention().unwrap();
@@ -326,7 +450,10 @@ fn retention_by_messages_bytes_and_age_keeps_the_active_segment() {
 fn readers_finish_a_segment_that_retention_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let opts = LogOptions {
-        retention: Retention { max_messages: Some(1), ..Retention::default() },
+        retention: Retention {
+            max_messages: Some(1),
+            ..Retention::default()
+        },
         ..small()
     };
     let log = Log::open(dir.path(), opts).unwrap();
@@ -340,8 +467,14 @@ fn readers_finish_a_segment_that_retention_deleted() {
     while let Some(rec) = r.try_next().unwrap() {
         seen.push(rec.offset);
     }
-    let first_seg_end = seen.windows(2).position(|w| w[1] != w[0] + 1).map_or(seen.len(), |p| p + 1);
-    assert_eq!(seen[..first_seg_end], (0..first_seg_end as i64).collect::<Vec<_>>()[..]);
+    let first_seg_end = seen
+        .windows(2)
+        .position(|w| w[1] != w[0] + 1)
+        .map_or(seen.len(), |p| p + 1);
+    assert_eq!(
+        seen[..first_seg_end],
+        (0..first_seg_end as i64).collect::<Vec<_>>()[..]
+    );
     assert_eq!(*seen.last().unwrap(), 99);
     assert_eq!(seen[first_seg_end], log.oldest_offset());
 }
@@ -353,7 +486,11 @@ fn compaction_keeps_the_newest_per_key_and_all_null_keys() {
     // 60 messages: keys k0..k4 in turn, every 6th without a key.
     for i in 0..60i64 {
         let m = Message::new(format!("value-{i}"));
-        let m = if i % 6 == 0 { m } else { m.with_key(format!("k{}", i % 5)) };
+        let m = if i % 6 == 0 {
+            m
+        } else {
+            m.with_key(format!("k{}", i % 5))
+        };
         log.append(&[m]).unwrap();
     }
     log.set_high_watermark(49).unwrap();
@@ -364,7 +501,7 @@ fn compaction_keeps_the_newest_per_key_and_all_null_keys() {
     let sealed_end = log.segments().last().unwrap().base_offset;
     let survivors = read_all(&log, 0, Isolation::Uncommitted);
     for i in 0..60i64 {
-        let key = (i % 6 != 0).then(|| i % 5);
+        let key = (i % 6 != 0).then_some(i % 5);
         let newer_same_key = key.is_some_and(|k| (i + 1..=49).any(|j| j % 6 != 0 && j % 5 == k));
         let expect_gone = i < sealed_end && i <= 49 && newer_same_key;
         assert_eq!(!survivors.contains(&i), expect_gone, "offset {i}");
@@ -412,14 +549,23 @@ fn bad_input_is_refused_without_writing() {
     let log = Log::open(dir.path(), opts).unwrap();
     assert!(matches!(log.append(&[]), Err(Error::InvalidBatch(_))));
     let big = Message::new(vec![0u8; 2000]);
-    assert!(matches!(log.append(&[msg(0), big]), Err(Error::RecordTooLarge { limit: 1024, .. })));
-    assert!(matches!(log.append_raw(b"not a record at all, no"), Err(Error::InvalidBatch(_))));
+    assert!(matches!(
+        log.append(&[msg(0), big]),
+        Err(Error::RecordTooLarge { limit: 1024, .. })
+    ));
+    assert!(matches!(
+        log.append_raw(b"not a record at all, no"),
+        Err(Error::InvalidBatch(_))
+    ));
     assert_eq!(log.next_offset(), 0);
     let bad = LogOptions {
         segment_max_bytes: 5,
         ..LogOptions::default()
     };
-    assert!(matches!(Log::open(dir.path().join("x"), bad), Err(Error::InvalidOption(_))));
+    assert!(matches!(
+        Log::open(dir.path().join("x"), bad),
+        Err(Error::InvalidOption(_))
+    ));
 }
 
 #[test]
@@ -481,7 +627,11 @@ fn every_sync_policy_keeps_the_data() {
         log.close().unwrap();
         drop(log);
         let log = Log::open(dir.path(), opts).unwrap();
-        assert_eq!(read_all(&log, 0, Isolation::Uncommitted), (0..40).collect::<Vec<_>>(), "{sync:?}");
+        assert_eq!(
+            read_all(&log, 0, Isolation::Uncommitted),
+            (0..40).collect::<Vec<_>>(),
+            "{sync:?}"
+        );
     }
 }
 
@@ -498,14 +648,64 @@ fn group_commit_with_concurrent_appenders() {
             let log = log.clone();
             std::thread::spawn(move || {
                 (0..50)
-                    .map(|i| log.append(&[Message::new(format!("{t}-{i}"))]).unwrap().first_offset)
+                    .map(|i| {
+                        log.append(&[Message::new(format!("{t}-{i}"))])
+                            .unwrap()
+                            .first_offset
+                    })
                     .collect::<Vec<_>>()
             })
         })
         .collect();
-    let mut offsets: Vec<i64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let mut offsets: Vec<i64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     offsets.sort_unstable();
     assert_eq!(offsets, (0..400).collect::<Vec<_>>());
+    // Every append waited for a sync; concurrent ones can share one, never need more than one.
+    let rounds = log.sync_rounds();
+    assert!((1..=400).contains(&rounds), "{rounds} sync rounds");
+}
+
+#[test]
+fn explicit_sync_flushes_under_every_policy() {
+    for sync in [
+        SyncPolicy::Os,
+        SyncPolicy::EveryMessages(1000),
+        SyncPolicy::Interval(Duration::from_secs(3600)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), LogOptions { sync, ..small() }).unwrap();
+        fill(&log, 30); // several segments
+        assert_eq!(log.sync_rounds(), 0, "{sync:?}");
+        log.sync().unwrap();
+        assert_eq!(log.sync_rounds(), 1, "{sync:?}");
+        log.sync().unwrap();
+        assert_eq!(log.sync_rounds(), 1, "nothing new to sync under {sync:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(
+        dir.path(),
+        LogOptions {
+            sync: SyncPolicy::EveryMessages(10),
+            ..small()
+        },
+    )
+    .unwrap();
+    fill(&log, 35);
+    assert_eq!(log.sync_rounds(), 3);
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(
+        dir.path(),
+        LogOptions {
+            sync: SyncPolicy::Always,
+            ..small()
+        },
+    )
+    .unwrap();
+    fill(&log, 5);
+    assert_eq!(log.sync_rounds(), 5, "one appender, one round per append");
 }
 
 #[test]
@@ -513,7 +713,8 @@ fn leader_epochs_follow_appends_and_assignments() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogOptions::default()).unwrap();
     assert_eq!(log.leader_epoch_end_offset(0), None);
-    log.append(&[msg(0).with_leader_epoch(1), msg(1).with_leader_epoch(1)]).unwrap();
+    log.append(&[msg(0).with_leader_epoch(1), msg(1).with_leader_epoch(1)])
+        .unwrap();
     assert!(log.assign_leader_epoch(3).unwrap());
     assert!(!log.assign_leader_epoch(2).unwrap());
     log.append(&[msg(2).with_leader_epoch(3)]).unwrap();

@@ -64,7 +64,10 @@ impl Model {
     }
 
     fn oldest(&self) -> i64 {
-        self.segs.iter().find_map(|s| s.recs.first()).map_or(-1, |r| r.offset)
+        self.segs
+            .iter()
+            .find_map(|s| s.recs.first())
+            .map_or(-1, |r| r.offset)
     }
 
     fn all(&self) -> Vec<Rec> {
@@ -108,7 +111,8 @@ fn apply(log: &mut Log, model: &mut Model, op: &Op, root: &std::path::Path, cras
                 .iter()
                 .enumerate()
                 .map(|(i, (k, len))| {
-                    let m = Message::new(value(first + i as i64, *len)).with_timestamp(first + i as i64);
+                    let m = Message::new(value(first + i as i64, *len))
+                        .with_timestamp(first + i as i64);
                     match k {
                         Some(k) => m.with_key(vec![*k]),
                         None => m,
@@ -149,7 +153,10 @@ fn apply(log: &mut Log, model: &mut Model, op: &Op, root: &std::path::Path, cras
                 }
                 let last = model.segs.last_mut().unwrap();
                 if last.base > o {
-                    *last = Seg { base: o, recs: vec![] };
+                    *last = Seg {
+                        base: o,
+                        recs: vec![],
+                    };
                 } else {
                     last.recs.retain(|r| r.offset < o);
                 }
@@ -193,7 +200,10 @@ fn apply(log: &mut Log, model: &mut Model, op: &Op, root: &std::path::Path, cras
                         .filter(|r| r.offset > hw || r.key.is_none_or(|k| latest[&k] == r.offset))
                         .collect();
                     if !recs.is_empty() {
-                        out.push(Seg { base: seg.base, recs });
+                        out.push(Seg {
+                            base: seg.base,
+                            recs,
+                        });
                     }
                 }
                 model.segs = out;
@@ -201,7 +211,7 @@ fn apply(log: &mut Log, model: &mut Model, op: &Op, root: &std::path::Path, cras
         }
         Op::Reopen => {
             log.close().unwrap();
-            *log = Log::open(log.dir().to_path_buf(), opts()).unwrap();
+            *log = Log::open(log.dir(), opts()).unwrap();
             model.hw_checkpoint = model.hw;
             assert!(log.recovery().clean_shutdown);
             assert!(log.recovery().repaired.is_empty(), "{:?}", log.recovery());
@@ -220,8 +230,16 @@ fn apply(log: &mut Log, model: &mut Model, op: &Op, root: &std::path::Path, cras
 }
 
 fn check(log: &Log, model: &Model) {
-    let bases: Vec<(i64, u64)> = log.segments().iter().map(|s| (s.base_offset, s.records)).collect();
-    let expect: Vec<(i64, u64)> = model.segs.iter().map(|s| (s.base, s.recs.len() as u64)).collect();
+    let bases: Vec<(i64, u64)> = log
+        .segments()
+        .iter()
+        .map(|s| (s.base_offset, s.records))
+        .collect();
+    let expect: Vec<(i64, u64)> = model
+        .segs
+        .iter()
+        .map(|s| (s.base, s.recs.len() as u64))
+        .collect();
     assert_eq!(bases, expect, "segments");
     assert_eq!(log.next_offset(), model.next(), "next offset");
     assert_eq!(log.oldest_offset(), model.oldest(), "oldest offset");
@@ -235,7 +253,11 @@ fn check(log: &Log, model: &Model) {
         assert_eq!(rec.value, value(m.offset, m.len));
     }
     assert!(r.try_next().unwrap().is_none(), "extra record");
-    let committed: Vec<i64> = all.iter().map(|r| r.offset).filter(|o| *o <= model.hw).collect();
+    let committed: Vec<i64> = all
+        .iter()
+        .map(|r| r.offset)
+        .filter(|o| *o <= model.hw)
+        .collect();
     let mut r = log.reader(0, Isolation::Committed);
     let mut got = Vec::new();
     while let Some(rec) = r.try_next().unwrap() {
@@ -248,11 +270,18 @@ fn check(log: &Log, model: &Model) {
         back.push(rec.offset);
     }
     back.reverse();
-    assert_eq!(back, all.iter().map(|r| r.offset).collect::<Vec<_>>(), "reverse read");
+    assert_eq!(
+        back,
+        all.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        "reverse read"
+    );
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48)
 }
 
 proptest! {

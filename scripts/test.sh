@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: every unit, integration and property test, then the documentation examples.
+# CI runs exactly this (see .ci/run). Slow soak runs are not part of it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile=default
+[ "${CI:-}" = "true" ] && profile=ci
+cargo nextest run --workspace --all-targets --profile "$profile"
+cargo test --workspace --doc
