@@ -275,6 +275,31 @@ mod tests {
     }
 
     #[test]
+    fn file_layout_matches_the_documented_bytes() {
+        let mut ix = SegmentIndex::empty();
+        ix.note_record(7, 7, 100, 50, 4096);
+        ix.note_record(7, 9, 90, 60, 4096);
+        let b = ix.encode(7);
+        let mut expect = Vec::new();
+        expect.extend_from_slice(b"LBIX");
+        expect.extend_from_slice(&1u16.to_be_bytes());
+        expect.extend_from_slice(&0u16.to_be_bytes());
+        expect.extend_from_slice(&7i64.to_be_bytes()); // base offset
+        expect.extend_from_slice(&110u64.to_be_bytes()); // log size
+        expect.extend_from_slice(&100i64.to_be_bytes()); // max timestamp
+        expect.extend_from_slice(&1u32.to_be_bytes()); // entries
+        expect.extend_from_slice(&2u32.to_be_bytes()); // records
+        expect.extend_from_slice(&2u32.to_be_bytes()); // last offset - base
+        let crc = crc32c::crc32c_append(
+            crc32c::crc32c(&expect),
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 100],
+        );
+        expect.extend_from_slice(&crc.to_be_bytes());
+        expect.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 100]); // the entry
+        assert_eq!(b, expect);
+    }
+
+    #[test]
     fn intervals_bracket_the_record() {
         let ix = built();
         assert_eq!(ix.interval_for_offset(100, 100), (0, 300));
