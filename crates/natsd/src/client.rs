@@ -1,0 +1,610 @@
+//! One client connection: a reader task that parses and routes, and a writer task that drains a
+//! bounded outbound buffer.
+//!
+//! Routing batches its output: everything one read produces for a connection, including this
+//! connection's own replies, is appended to a per-read batch and handed over at the end of the
+//! read. That keeps one lock and one wake-up per target per read, and keeps every connection's
+//! output in order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
+
+use crate::parser::{Op, Parser};
+use crate::server::{Auth, Shared};
+use crate::sublist::{MatchCache, Subscription, is_valid_literal_subject, is_valid_subject};
+
+/// Longest wait for one lagging consumer.
+const STALL_MAX: Duration = Duration::from_millis(100);
+/// Longest total wait of a producer per read.
+const STALL_TOTAL: Duration = Duration::from_millis(200);
+
+/// The shared half of a connection: what other connections need to deliver to it.
+#[derive(Debug)]
+pub struct Conn {
+    /// Server-unique id, also sent as `client_id` in INFO.
+    pub id: u64,
+    out: Mutex<Outbound>,
+    wake: Notify,
+    killed: AtomicBool,
+    kill: Notify,
+    headers: AtomicBool,
+    max_pending: usize,
+    /// Woken after each write to the socket, for publishers stalled on this connection.
+    drained: Notify,
+    subs: Mutex<HashMap<Bytes, Arc<Subscription>>>,
+}
+
+#[derive(Debug, Default)]
+struct Outbound {
+    buf: BytesMut,
+    /// Bytes handed to the socket and not yet written.
+    inflight: usize,
+    closing: bool,
+}
+
+impl Conn {
+    fn new(id: u64, max_pending: usize) -> Self {
+        Conn {
+            id,
+            out: Mutex::new(Outbound::default()),
+            wake: Notify::new(),
+            killed: AtomicBool::new(false),
+            kill: Notify::new(),
+            headers: AtomicBool::new(false),
+            max_pending,
+            drained: Notify::new(),
+            subs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Queues bytes for the socket. A connection whose queue would exceed `max_pending` is a slow
+    /// consumer: it is closed at once and its queue dropped, as nats-server does. Returns whether
+    /// the queue is now over half full, so the producer should stall.
+    fn enqueue(&self, data: BytesMut) -> bool {
+        let mut out = self.out.lock();
+        if out.closing {
+            return false;
+        }
+        let pending = out.buf.len() + out.inflight + data.len();
+        if pending > self.max_pending {
+            drop(out);
+            self.close(true);
+            return false;
+        }
+        if out.buf.is_empty() {
+            out.buf = data;
+        } else {
+            out.buf.extend_from_slice(&data);
+        }
+        drop(out);
+        self.wake.notify_one();
+        pending > self.max_pending / 2
+    }
+
+    fn over_half_full(&self) -> bool {
+        let out = self.out.lock();
+        !out.closing && out.buf.len() + out.inflight > self.max_pending / 2
+    }
+
+    /// Waits, up to `limit`, for this connection's queue to fall to half of `max_pending`.
+    async fn stall(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let drained = self.drained.notified();
+            if !self.over_half_full() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Closes the connection: the writer flushes what is queued (unless `drop_queued`) and shuts
+    /// the socket; the reader stops.
+    pub fn close(&self, drop_queued: bool) {
+        {
+            let mut out = self.out.lock();
+            out.closing = true;
+            if drop_queued {
+                out.buf.clear();
+            }
+        }
+        self.killed.store(true, Ordering::Release);
+        self.kill.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    async fn killed(&self) {
+        loop {
+            let notified = self.kill.notified();
+            if self.killed.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A CONNECT's options. Absent fields take nats-server's defaults: verbose and pedantic are on.
+#[derive(Debug, Deserialize)]
+struct ConnectInfo {
+    #[serde(default = "yes")]
+    verbose: bool,
+    #[serde(default = "yes")]
+    pedantic: bool,
+    #[serde(default = "yes")]
+    echo: bool,
+    #[serde(default)]
+    headers: bool,
+    #[serde(default)]
+    no_responders: bool,
+    #[serde(default)]
+    auth_token: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    pass: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The reader side's state.
+struct Session {
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+    connected: bool,
+    verbose: bool,
+    pedantic: bool,
+    echo: bool,
+    headers: bool,
+    no_responders: bool,
+    pings_out: u32,
+    cache: MatchCache,
+    batch: Vec<(Arc<Conn>, BytesMut)>,
+    rng: u64,
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
+    let (mut rd, wr) = stream.into_split();
+    let conn = Arc::new(Conn::new(id, shared.cfg.max_pending));
+    shared.register(conn.clone());
+    let writer = tokio::spawn(write_loop(conn.clone(), wr, shared.cfg.write_deadline));
+
+    let mut session = Session {
+        shared: shared.clone(),
+        conn: conn.clone(),
+        connected: false,
+        verbose: false,
+        pedantic: false,
+        echo: true,
+        headers: false,
+        no_responders: false,
+        pings_out: 0,
+        cache: MatchCache::default(),
+        batch: Vec::new(),
+        rng: id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+    };
+    session.send_to_self(shared.info_line(id, peer).as_bytes());
+    session.flush();
+
+    let mut parser = Parser::new(shared.cfg.max_control_line, shared.cfg.max_payload);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut ping = tokio::time::interval(shared.cfg.ping_interval);
+    ping.tick().await;
+    let auth_deadline = tokio::time::sleep(shared.cfg.auth_timeout);
+    tokio::pin!(auth_deadline);
+    let mut shutdown = shared.shutdown_signal();
+    loop {
+        tokio::select! {
+            read = rd.read_buf(&mut buf) => {
+                match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let keep = session.process(&mut parser, &mut buf);
+                let stalled = session.flush();
+                if !keep {
+                    break;
+                }
+                // A producer whose consumers lag waits for them a little, as nats-server does, so
+                // a consumer that keeps up slowly is not cut off as a slow consumer.
+                let started = tokio::time::Instant::now();
+                for target in stalled {
+                    let left = STALL_TOTAL.saturating_sub(started.elapsed());
+                    target.stall(left.min(STALL_MAX)).await;
+                }
+                if buf.capacity() - buf.len() < 4096 {
+                    buf.reserve(64 * 1024);
+                }
+            }
+            _ = ping.tick() => {
+                if session.pings_out >= shared.cfg.max_pings_out {
+                    session.send_err("Stale Connection");
+                    session.flush();
+                    break;
+                }
+                session.pings_out += 1;
+                session.send_to_self(b"PING\r\n");
+                session.flush();
+            }
+            _ = &mut auth_deadline, if shared.cfg.auth.is_some() && !session.connected => {
+                session.send_err("Authentication Timeout");
+                session.flush();
+                break;
+            }
+            _ = conn.killed() => break,
+            _ = shutdown.changed() => break,
+        }
+    }
+    conn.close(false);
+    let subs: Vec<Arc<Subscription>> = conn.subs.lock().drain().map(|(_, s)| s).collect();
+    for s in subs {
+        shared.sublist.remove(&s);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    shared.unregister(id);
+}
+
+async fn write_loop(conn: Arc<Conn>, mut wr: OwnedWriteHalf, deadline: Duration) {
+    loop {
+        let chunk = {
+            let mut out = conn.out.lock();
+            if out.buf.is_empty() {
+                if out.closing {
+                    break;
+                }
+                None
+            } else {
+                let chunk = std::mem::take(&mut out.buf);
+                out.inflight = chunk.len();
+                Some(chunk)
+            }
+        };
+        let Some(chunk) = chunk else {
+            conn.wake.notified().await;
+            continue;
+        };
+        match tokio::time::timeout(deadline, wr.write_all(&chunk)).await {
+            Ok(Ok(())) => {
+                conn.out.lock().inflight = 0;
+                conn.drained.notify_waiters();
+            }
+            // A write that cannot finish in time is a slow consumer; an error is a dead peer.
+            _ => {
+                conn.close(true);
+                break;
+            }
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+fn push_usize(buf: &mut BytesMut, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.put_slice(&digits[i..]);
+}
+
+impl Session {
+    fn batch_for(&mut self, conn: &Arc<Conn>) -> &mut BytesMut {
+        let i = match self.batch.iter().position(|(c, _)| Arc::ptr_eq(c, conn)) {
+            Some(i) => i,
+            None => {
+                self.batch
+                    .push((conn.clone(), BytesMut::with_capacity(4096)));
+                self.batch.len() - 1
+            }
+        };
+        &mut self.batch[i].1
+    }
+
+    fn send_to_self(&mut self, bytes: &[u8]) {
+        let conn = self.conn.clone();
+        self.batch_for(&conn).put_slice(bytes);
+    }
+
+    fn send_err(&mut self, text: &str) {
+        let line = format!("-ERR '{text}'\r\n");
+        self.send_to_self(line.as_bytes());
+    }
+
+    fn ok(&mut self) {
+        if self.verbose {
+            self.send_to_self(b"+OK\r\n");
+        }
+    }
+
+    /// Hands the batch to its connections; returns the other connections that are over half
+    /// full.
+    fn flush(&mut self) -> Vec<Arc<Conn>> {
+        let mut stalled = Vec::new();
+        for (conn, bytes) in self.batch.drain(..) {
+            if !bytes.is_empty() && conn.enqueue(bytes) && conn.id != self.conn.id {
+                stalled.push(conn);
+            }
+        }
+        stalled
+    }
+
+    /// Handles every complete operation in `buf`. Returns `false` when the connection must close.
+    fn process(&mut self, parser: &mut Parser, buf: &mut BytesMut) -> bool {
+        loop {
+            let op = match parser.next(buf) {
+                Ok(Some(op)) => op,
+                Ok(None) => return true,
+                Err(e) => {
+                    if self.shared.cfg.auth.is_some() && !self.connected {
+                        self.send_err("Authorization Violation");
+                    } else if let Some(text) = e.message() {
+                        self.send_err(text);
+                    }
+                    return false;
+                }
+            };
+            if self.shared.cfg.auth.is_some() && !self.connected && !matches!(op, Op::Connect(_)) {
+                self.send_err("Authorization Violation");
+                return false;
+            }
+            if !self.handle(op) {
+                return false;
+            }
+        }
+    }
+
+    fn handle(&mut self, op: Op) -> bool {
+        match op {
+            Op::Connect(json) => return self.connect(&json),
+            Op::Ping => self.send_to_self(b"PONG\r\n"),
+            Op::Pong => self.pings_out = 0,
+            Op::Ok | Op::Err => {}
+            Op::Sub {
+                subject,
+                queue,
+                sid,
+            } => self.subscribe(subject, queue, sid),
+            Op::Unsub { sid, max } => {
+                let existing = self.conn.subs.lock().get(&sid).cloned();
+                if let Some(sub) = existing {
+                    match max {
+                        Some(m) if sub.delivered.load(Ordering::Acquire) < m => {
+                            sub.max.store(m, Ordering::Release);
+                        }
+                        _ => self.drop_sub(&sub),
+                    }
+                }
+                self.ok();
+            }
+            Op::Pub {
+                subject,
+                reply,
+                header_len,
+                payload,
+            } => {
+                if header_len.is_some() && !self.headers {
+                    // nats-server treats HPUB without header support as a protocol violation.
+                    return false;
+                }
+                // Pedantic mode only warns: nats-server sends the error, then the usual +OK,
+                // and still routes the message.
+                if self.pedantic
+                    && std::str::from_utf8(&subject).map_or(true, |s| !is_valid_literal_subject(s))
+                {
+                    self.send_err("Invalid Publish Subject");
+                }
+                // The acknowledgement comes before the deliveries, as nats-server sends it.
+                self.ok();
+                self.publish(&subject, reply.as_ref(), header_len, &payload);
+            }
+        }
+        true
+    }
+
+    fn connect(&mut self, json: &[u8]) -> bool {
+        let Ok(info) = serde_json::from_slice::<ConnectInfo>(json) else {
+            return false;
+        };
+        if let Some(auth) = &self.shared.cfg.auth {
+            let ok = match auth {
+                Auth::Token(t) => info.auth_token.as_deref() == Some(t.as_str()),
+                Auth::User { user, password } => {
+                    info.user.as_deref() == Some(user.as_str())
+                        && info.pass.as_deref() == Some(password.as_str())
+                }
+            };
+            if !ok {
+                self.send_err("Authorization Violation");
+                return false;
+            }
+        }
+        if info.no_responders && !info.headers {
+            self.send_err("no responders requires headers support");
+            return false;
+        }
+        self.connected = true;
+        self.verbose = info.verbose;
+        self.pedantic = info.pedantic;
+        self.echo = info.echo;
+        self.headers = info.headers;
+        self.no_responders = info.no_responders;
+        self.conn.headers.store(info.headers, Ordering::Release);
+        self.ok();
+        true
+    }
+
+    fn subscribe(&mut self, subject: Bytes, queue: Option<Bytes>, sid: Bytes) {
+        let subject = match std::str::from_utf8(&subject) {
+            Ok(s) if is_valid_subject(s) => s.to_owned(),
+            _ => {
+                self.send_err("Invalid Subject");
+                return;
+            }
+        };
+        let queue = match queue.map(|q| String::from_utf8(q.to_vec())) {
+            None => None,
+            Some(Ok(q)) if !q.is_empty() => Some(q),
+            Some(_) => {
+                self.send_err("Invalid Queue Name");
+                return;
+            }
+        };
+        if self.conn.subs.lock().contains_key(&sid) {
+            // A duplicate sid is ignored, as nats-server does.
+            self.ok();
+            return;
+        }
+        let sub = Arc::new(Subscription {
+            conn: self.conn.clone(),
+            sid: sid.clone(),
+            subject,
+            queue,
+            max: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+        });
+        self.conn.subs.lock().insert(sid, sub.clone());
+        self.shared.sublist.insert(sub);
+        self.ok();
+    }
+
+    fn drop_sub(&self, sub: &Arc<Subscription>) {
+        remove_sub(&self.shared, sub);
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn publish(
+        &mut self,
+        subject: &Bytes,
+        reply: Option<&Bytes>,
+        header_len: Option<usize>,
+        payload: &Bytes,
+    ) {
+        let Ok(subj) = std::str::from_utf8(subject) else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let matches = self.cache.get(&shared.sublist, subj);
+        let mut delivered = false;
+        for sub in &matches.plain {
+            if !self.echo && sub.conn.id == self.conn.id {
+                continue;
+            }
+            delivered |= self.deliver(sub, subject, reply, header_len, payload);
+        }
+        for group in &matches.groups {
+            let start = (self.next_random() % group.len() as u64) as usize;
+            for i in 0..group.len() {
+                let sub = &group[(start + i) % group.len()];
+                if !self.echo && sub.conn.id == self.conn.id {
+                    continue;
+                }
+                if self.deliver(sub, subject, reply, header_len, payload) {
+                    delivered = true;
+                    break;
+                }
+            }
+        }
+        if let (false, true, Some(reply)) = (delivered, self.no_responders, reply) {
+            self.no_responders_status(reply);
+        }
+    }
+
+    /// Tells a requester that nobody listens: a 503 status sent on its own reply subscription.
+    fn no_responders_status(&mut self, reply: &Bytes) {
+        let Ok(r) = std::str::from_utf8(reply) else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let matches = shared.sublist.matches(r);
+        let own = matches
+            .plain
+            .iter()
+            .chain(matches.groups.iter().flatten())
+            .find(|s| s.conn.id == self.conn.id)
+            .cloned();
+        if let Some(sub) = own {
+            let status = Bytes::from_static(b"NATS/1.0 503\r\n\r\n");
+            self.deliver(&sub, reply, None, Some(status.len()), &status);
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        sub: &Arc<Subscription>,
+        subject: &Bytes,
+        reply: Option<&Bytes>,
+        header_len: Option<usize>,
+        payload: &Bytes,
+    ) -> bool {
+        let Some(last) = sub.claim() else {
+            return false;
+        };
+        let conn = sub.conn.clone();
+        let with_headers = header_len.is_some() && conn.headers.load(Ordering::Acquire);
+        let body = match header_len {
+            Some(h) if !with_headers => &payload[h..],
+            _ => &payload[..],
+        };
+        let out = self.batch_for(&conn);
+        out.reserve(subject.len() + sub.sid.len() + body.len() + 64);
+        out.put_slice(if with_headers { b"HMSG " } else { b"MSG " });
+        out.put_slice(subject);
+        out.put_u8(b' ');
+        out.put_slice(&sub.sid);
+        out.put_u8(b' ');
+        if let Some(r) = reply {
+            out.put_slice(r);
+            out.put_u8(b' ');
+        }
+        if with_headers {
+            push_usize(out, header_len.unwrap_or(0));
+            out.put_u8(b' ');
+        }
+        push_usize(out, body.len());
+        out.put_slice(b"\r\n");
+        out.put_slice(body);
+        out.put_slice(b"\r\n");
+        if last {
+            remove_sub(&self.shared, sub);
+        }
+        true
+    }
+}
+
+fn remove_sub(shared: &Shared, sub: &Arc<Subscription>) {
+    {
+        let mut subs = sub.conn.subs.lock();
+        if subs.get(&sub.sid).is_some_and(|s| Arc::ptr_eq(s, sub)) {
+            subs.remove(&sub.sid);
+        }
+    }
+    shared.sublist.remove(sub);
+}

@@ -1,0 +1,26 @@
+//! `natsd`: an embedded NATS server for liftbridge-rs.
+//!
+//! It speaks the core NATS client protocol as nats-server 2.x does: INFO, CONNECT (verbose,
+//! pedantic, echo, headers, no_responders, name, token or user/password authentication), PUB,
+//! HPUB, SUB with queue groups, UNSUB with a message limit, MSG, HMSG, PING/PONG, +OK/-ERR;
+//! subjects with `*` and `>` wildcards; request/reply with the 503 no-responders status; and
+//! `max_payload`. Slow consumers are cut off when their queue passes `max_pending`, so memory
+//! stays bounded. Protocol violations get nats-server's `-ERR` text and close behaviour.
+//!
+//! It has no clustering, JetStream, TLS or accounts: a `liftbridged` that needs those joins a real
+//! NATS cluster instead.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), natsd::Error> {
+//! let server = natsd::Server::start(natsd::ServerConfig { port: 0, ..Default::default() }).await?;
+//! println!("clients connect to {}", server.client_url());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod client;
+pub mod parser;
+mod server;
+pub mod sublist;
+
+pub use server::{Auth, COMPATIBLE_VERSION, Error, Server, ServerConfig};

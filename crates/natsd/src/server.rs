@@ -1,0 +1,290 @@
+//! The server: configuration, the accept loop, and what connections share.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::client::{self, Conn};
+use crate::sublist::Sublist;
+
+/// The protocol version this server speaks to clients; it decides which features clients use.
+pub const COMPATIBLE_VERSION: &str = "2.9.0";
+
+/// How clients must authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// `CONNECT {"auth_token": ...}`.
+    Token(String),
+    /// `CONNECT {"user": ..., "pass": ...}`.
+    User {
+        /// The user name.
+        user: String,
+        /// The password.
+        password: String,
+    },
+}
+
+/// Server settings. The defaults are nats-server's.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1`.
+    pub host: String,
+    /// Port to listen on; 0 picks a free one. Default 4222.
+    pub port: u16,
+    /// Largest message payload accepted, advertised in INFO. Default 1 MiB.
+    pub max_payload: usize,
+    /// Bytes queued for one client before it is cut off as a slow consumer. Default 64 MiB.
+    pub max_pending: usize,
+    /// Longest control line. Default 4096.
+    pub max_control_line: usize,
+    /// A write to a client that takes longer than this makes it a slow consumer. Default 10 s.
+    pub write_deadline: Duration,
+    /// Interval of server PINGs. Default 2 minutes.
+    pub ping_interval: Duration,
+    /// Unanswered PINGs before a client is stale and closed. Default 2.
+    pub max_pings_out: u32,
+    /// Authentication required of clients; `None` (the default) for none.
+    pub auth: Option<Auth>,
+    /// Time a client has to send its CONNECT when authentication is required. Default 2 s.
+    pub auth_timeout: Duration,
+    /// Name reported in INFO.
+    pub name: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 4222,
+            max_payload: 1024 * 1024,
+            max_pending: 64 * 1024 * 1024,
+            max_control_line: 4096,
+            write_deadline: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(120),
+            max_pings_out: 2,
+            auth: None,
+            auth_timeout: Duration::from_secs(2),
+            name: "liftbridge-natsd".into(),
+        }
+    }
+}
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The listening socket could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    Config(String),
+}
+
+#[derive(Serialize)]
+struct Info<'a> {
+    server_id: &'a str,
+    server_name: &'a str,
+    version: &'a str,
+    proto: u8,
+    host: &'a str,
+    port: u16,
+    headers: bool,
+    max_payload: usize,
+    client_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_ip: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    auth_required: bool,
+}
+
+/// State shared by the accept loop and every connection.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub cfg: ServerConfig,
+    pub sublist: Sublist,
+    server_id: String,
+    port: u16,
+    clients: Mutex<HashMap<u64, Arc<Conn>>>,
+    all_gone: Notify,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn info_line(&self, client_id: u64, peer: Option<SocketAddr>) -> String {
+        let info = Info {
+            server_id: &self.server_id,
+            server_name: &self.cfg.name,
+            version: COMPATIBLE_VERSION,
+            proto: 1,
+            host: &self.cfg.host,
+            port: self.port,
+            headers: true,
+            max_payload: self.cfg.max_payload,
+            client_id,
+            client_ip: peer.map(|p| p.ip().to_string()),
+            auth_required: self.cfg.auth.is_some(),
+        };
+        format!(
+            "INFO {}\r\n",
+            serde_json::to_string(&info).expect("INFO serializes")
+        )
+    }
+
+    pub fn register(&self, conn: Arc<Conn>) {
+        self.clients.lock().insert(conn.id, conn);
+    }
+
+    pub fn unregister(&self, id: u64) {
+        let mut clients = self.clients.lock();
+        clients.remove(&id);
+        if clients.is_empty() {
+            self.all_gone.notify_waiters();
+        }
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// A running server. Stop it with [`shutdown`](Server::shutdown); dropping it stops it too.
+#[derive(Debug)]
+pub struct Server {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Binds the listener and starts serving on the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] when the address cannot be listened on; [`Error::Config`] for a bad setting.
+    pub async fn start(cfg: ServerConfig) -> Result<Server, Error> {
+        if cfg.max_payload == 0 || cfg.max_pending < cfg.max_payload {
+            return Err(Error::Config(format!(
+                "max_payload ({}) must be positive and at most max_pending ({})",
+                cfg.max_payload, cfg.max_pending
+            )));
+        }
+        let addr = format!("{}:{}", cfg.host, cfg.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
+        let (stop, shutdown) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            server_id: server_id(),
+            port: local.port(),
+            sublist: Sublist::default(),
+            clients: Mutex::new(HashMap::new()),
+            all_gone: Notify::new(),
+            shutdown,
+            cfg,
+        });
+        tokio::spawn(accept_loop(shared.clone(), listener));
+        Ok(Server {
+            shared,
+            addr: local,
+            stop,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL clients connect to, e.g. `nats://127.0.0.1:4222`.
+    pub fn client_url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    /// Open client connections.
+    pub fn connections(&self) -> usize {
+        self.shared.clients.lock().len()
+    }
+
+    /// Subscriptions across all connections.
+    pub fn subscriptions(&self) -> u64 {
+        self.shared.sublist.len()
+    }
+
+    /// Stops accepting, flushes and closes every connection, and waits (up to 5 s) for them.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let wait = async {
+            loop {
+                let gone = self.shared.all_gone.notified();
+                if self.shared.clients.lock().is_empty() {
+                    return;
+                }
+                gone.await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+fn server_id() -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = nanos ^ (std::process::id() as u64) << 32 ^ SEQ.fetch_add(1, Ordering::Relaxed);
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    (0..20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            alphabet[(x % 32) as usize] as char
+        })
+        .collect()
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let mut shutdown = shared.shutdown_signal();
+    let mut next_id = 1u64;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                match accepted {
+                    Ok((stream, _)) => {
+                        let id = next_id;
+                        next_id += 1;
+                        tokio::spawn(client::serve(shared.clone(), stream, id));
+                    }
+                    // Out of file descriptors and the like: back off briefly, keep serving.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
