@@ -1,0 +1,268 @@
+//! Named NATS connections with Liftbridge's reconnect policy, and the operations the broker uses.
+//!
+//! A broker opens one connection per role (`streams`, `raft`, `replication`, `acks`,
+//! `publishes`), each named `LIFT.<namespace>.<server id>.<role>` so that they can be told apart in
+//! NATS monitoring. Connections reconnect forever, 250 ms apart, as Liftbridge's do.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// Everything needed to reach NATS.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// Server URLs, e.g. `nats://127.0.0.1:4222`; any of them may be used.
+    pub servers: Vec<String>,
+    /// A user and password, if the servers require them.
+    pub user_password: Option<(String, String)>,
+    /// A token, if the servers require one.
+    pub token: Option<String>,
+    /// Wait between reconnect attempts. Default 250 ms.
+    pub reconnect_wait: Duration,
+    /// Time allowed for the first connection. Default 5 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            servers: vec!["nats://127.0.0.1:4222".into()],
+            user_password: None,
+            token: None,
+            reconnect_wait: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What can go wrong talking to NATS.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NatsError {
+    /// No configured server could be reached in time.
+    #[error("cannot connect to NATS at {servers}: {reason}")]
+    Connect {
+        /// The servers tried.
+        servers: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A request got no answer in time.
+    #[error("request on {subject} timed out after {timeout:?}")]
+    Timeout {
+        /// The request's subject.
+        subject: String,
+        /// How long it waited.
+        timeout: Duration,
+    },
+    /// Nobody is subscribed to a request's subject.
+    #[error("no responders on {0}")]
+    NoResponders(String),
+    /// A subject NATS refuses.
+    #[error("invalid subject {0:?}")]
+    InvalidSubject(String),
+    /// Any other failure of the client.
+    #[error("NATS {op} on {subject} failed: {reason}")]
+    Client {
+        /// The operation.
+        op: &'static str,
+        /// Its subject.
+        subject: String,
+        /// What the client said.
+        reason: String,
+    },
+}
+
+/// A received message.
+pub type Message = async_nats::Message;
+/// A stream of received messages; dropping it unsubscribes.
+pub type Subscriber = async_nats::Subscriber;
+/// Message headers.
+pub type Headers = async_nats::HeaderMap;
+
+/// One named connection.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    client: async_nats::Client,
+    name: String,
+}
+
+/// The connection name Liftbridge uses: `LIFT.<namespace>.<server id>.<role>`.
+pub fn connection_name(namespace: &str, server_id: &str, role: &str) -> String {
+    format!("LIFT.{namespace}.{server_id}.{role}")
+}
+
+impl Connection {
+    /// Connects with the given name.
+    ///
+    /// # Errors
+    /// [`NatsError::Connect`] when no server answers within `connect_timeout`.
+    pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<Connection, NatsError> {
+        let wait = cfg.reconnect_wait;
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(name)
+            .max_reconnects(None)
+            .reconnect_delay_callback(move |_| wait)
+            .connection_timeout(cfg.connect_timeout);
+        if let Some((user, password)) = &cfg.user_password {
+            opts = opts.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &cfg.token {
+            opts = opts.token(token.clone());
+        }
+        let servers = cfg.servers.join(",");
+        let connect = opts.connect(cfg.servers.as_slice());
+        let client = match tokio::time::timeout(cfg.connect_timeout, connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(NatsError::Connect {
+                    servers,
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(NatsError::Connect {
+                    servers,
+                    reason: format!("no answer within {:?}", cfg.connect_timeout),
+                });
+            }
+        };
+        Ok(Connection {
+            client,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The connection's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The underlying client, for anything this wrapper does not cover.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Publishes a message.
+    ///
+    /// # Errors
+    /// [`NatsError::Client`] if the client is closed or the payload is too large.
+    pub async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), NatsError> {
+        self.client
+            .publish(subject.to_owned(), payload)
+            .await
+            .map_err(|e| client_error("publish", subject, e))
+    }
+
+    /// Publishes a message with headers and an optional reply subject.
+    ///
+    /// # Errors
+    /// As [`publish`](Connection::publish).
+    pub async fn publish_with(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Headers,
+        payload: Bytes,
+    ) -> Result<(), NatsError> {
+        let result = match reply {
+            Some(r) => {
+                self.client
+                    .publish_with_reply_and_headers(
+                        subject.to_owned(),
+                        r.to_owned(),
+                        headers,
+                        payload,
+                    )
+                    .await
+            }
+            None => {
+                self.client
+                    .publish_with_headers(subject.to_owned(), headers, payload)
+                    .await
+            }
+        };
+        result.map_err(|e| client_error("publish", subject, e))
+    }
+
+    /// Subscribes to a subject (wildcards allowed).
+    ///
+    /// # Errors
+    /// [`NatsError::InvalidSubject`], or [`NatsError::Client`] if the client is closed.
+    pub async fn subscribe(&self, subject: &str) -> Result<Subscriber, NatsError> {
+        crate::subjects::validate_subject(subject)
+            .map_err(|_| NatsError::InvalidSubject(subject.to_owned()))?;
+        self.client
+            .subscribe(subject.to_owned())
+            .await
+            .map_err(|e| client_error("subscribe", subject, e))
+    }
+
+    /// Joins queue group `group` on a subject: each message goes to one member of the group.
+    /// An empty group is a plain subscription, as in Liftbridge.
+    ///
+    /// # Errors
+    /// As [`subscribe`](Connection::subscribe).
+    pub async fn queue_subscribe(
+        &self,
+        subject: &str,
+        group: &str,
+    ) -> Result<Subscriber, NatsError> {
+        if group.is_empty() {
+            return self.subscribe(subject).await;
+        }
+        crate::subjects::validate_subject(subject)
+            .map_err(|_| NatsError::InvalidSubject(subject.to_owned()))?;
+        self.client
+            .queue_subscribe(subject.to_owned(), group.to_owned())
+            .await
+            .map_err(|e| client_error("queue subscribe", subject, e))
+    }
+
+    /// Sends a request and waits up to `timeout` for the first reply.
+    ///
+    /// # Errors
+    /// [`NatsError::Timeout`], [`NatsError::NoResponders`], or [`NatsError::Client`].
+    pub async fn request(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Message, NatsError> {
+        let req = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(timeout));
+        match self.client.send_request(subject.to_owned(), req).await {
+            Ok(m) => Ok(m),
+            Err(e) => Err(match e.kind() {
+                async_nats::RequestErrorKind::TimedOut => NatsError::Timeout {
+                    subject: subject.to_owned(),
+                    timeout,
+                },
+                async_nats::RequestErrorKind::NoResponders => {
+                    NatsError::NoResponders(subject.to_owned())
+                }
+                _ => client_error("request", subject, e),
+            }),
+        }
+    }
+
+    /// Waits until everything published so far has been handed to the server.
+    ///
+    /// # Errors
+    /// [`NatsError::Client`] if the connection is closed.
+    pub async fn flush(&self) -> Result<(), NatsError> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| client_error("flush", "", e))
+    }
+}
+
+fn client_error(op: &'static str, subject: &str, e: impl std::fmt::Display) -> NatsError {
+    NatsError::Client {
+        op,
+        subject: subject.to_owned(),
+        reason: e.to_string(),
+    }
+}

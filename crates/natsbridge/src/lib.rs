@@ -1,0 +1,18 @@
+//! `natsbridge`: Liftbridge's NATS layer.
+//!
+//! - [`envelope`]: the frame around structured messages (publishes with keys and acks, acks,
+//!   replication, Raft join, metadata propagation and more: 15 message types), with an optional
+//!   CRC-32C. Decoding arbitrary bytes never panics.
+//! - [`subjects`]: every subject under a namespace, and subject validation with clear errors.
+//! - [`connection`]: named NATS connections with Liftbridge's reconnect policy, publish with
+//!   headers, subscribe and queue subscribe, and requests with timeouts.
+//!
+//! It works with any NATS server: the embedded one (`natsd`) or a real `nats-server` cluster.
+
+pub mod connection;
+pub mod envelope;
+pub mod subjects;
+
+pub use connection::{Connection, NatsConfig, NatsError, connection_name};
+pub use envelope::{EnvelopeError, MsgType, ReplicationResponse};
+pub use subjects::{SubjectError, Subjects};

@@ -1,0 +1,376 @@
+//! Every NATS subject liftbridge-rs uses, under one namespace, and subject validation.
+//!
+//! The layout is Liftbridge's, so a mixed deployment would see the same traffic in the same
+//! places:
+//!
+//! | subject | use |
+//! |---|---|
+//! | `<stream subject>` / `<stream subject>.<n>` | partition 0 / partition n of a stream |
+//! | `<ns>.raft.metadata.<node>.accept` | Raft messages to a node |
+//! | `<ns>.raft.metadata.join` | join requests |
+//! | `<ns>.raft.metadata.bootstrap` | detection of a second seed |
+//! | `<ns>.raft.metadata.info` | server info survey |
+//! | `<ns>.raft.metadata.status.<server>` | partition status questions |
+//! | `<ns>.raft.metadata.propagate` | operations forwarded to the metadata leader |
+//! | `<ns>.<stream>.<p>.replicate` | follower fetches |
+//! | `<ns>.<stream>.<p>.offset` | leader-epoch end-offset questions |
+//! | `<ns>.notify.<server>` | partition notifications |
+//! | `<ns>.ack.<unique>` | ack inboxes |
+//! | `<ns>.activity`, `<ns>.cursors[.<p>]` | internal streams |
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The namespace when none is configured, as Liftbridge's `clustering.namespace`.
+pub const DEFAULT_NAMESPACE: &str = "liftbridge-default";
+
+/// Why a subject or name is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubjectError {
+    /// Nothing at all.
+    #[error("{what} is empty")]
+    Empty {
+        /// What was being checked.
+        what: &'static str,
+    },
+    /// A space, tab or line break.
+    #[error("{what} {value:?} contains whitespace")]
+    Whitespace {
+        /// What was being checked.
+        what: &'static str,
+        /// The offending value.
+        value: String,
+    },
+    /// Two dots in a row, or a dot at either end.
+    #[error("{what} {value:?} has an empty token")]
+    EmptyToken {
+        /// What was being checked.
+        what: &'static str,
+        /// The offending value.
+        value: String,
+    },
+    /// `*` or `>` where it is not allowed.
+    #[error("{what} {value:?} has a misplaced wildcard")]
+    Wildcard {
+        /// What was being checked.
+        what: &'static str,
+        /// The offending value.
+        value: String,
+    },
+}
+
+fn check_common(what: &'static str, s: &str) -> Result<(), SubjectError> {
+    if s.is_empty() {
+        return Err(SubjectError::Empty { what });
+    }
+    if s.chars().any(char::is_whitespace) {
+        return Err(SubjectError::Whitespace {
+            what,
+            value: s.to_owned(),
+        });
+    }
+    if s.split('.').any(str::is_empty) {
+        return Err(SubjectError::EmptyToken {
+            what,
+            value: s.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A subject a stream may attach to: wildcards are allowed where NATS allows them (`*` as a whole
+/// token, `>` as the whole last token), so a stream can record `orders.*` or `orders.>`.
+///
+/// # Errors
+/// Empty, whitespace, an empty token, or a misplaced wildcard.
+pub fn validate_subject(s: &str) -> Result<(), SubjectError> {
+    check_common("subject", s)?;
+    let tokens: Vec<&str> = s.split('.').collect();
+    let last = tokens.len() - 1;
+    for (i, t) in tokens.iter().enumerate() {
+        let ok = match *t {
+            "*" => true,
+            ">" => i == last,
+            t => !t.contains(['*', '>']),
+        };
+        if !ok {
+            return Err(SubjectError::Wildcard {
+                what: "subject",
+                value: s.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A subject to publish on: no wildcards at all.
+///
+/// # Errors
+/// As [`validate_subject`], or any wildcard.
+pub fn validate_publish_subject(s: &str) -> Result<(), SubjectError> {
+    validate_subject(s)?;
+    if s.split('.').any(|t| t == "*" || t == ">") {
+        return Err(SubjectError::Wildcard {
+            what: "publish subject",
+            value: s.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A stream name or namespace, which becomes part of internal subjects. Dots are allowed (they
+/// only add tokens); whitespace and wildcards are not, since they would change what the subjects
+/// match. Liftbridge does not check stream names at all.
+///
+/// # Errors
+/// Empty, whitespace, an empty token, or any wildcard character.
+pub fn validate_name(what: &'static str, s: &str) -> Result<(), SubjectError> {
+    check_common(what, s)?;
+    if s.contains(['*', '>']) {
+        return Err(SubjectError::Wildcard {
+            what,
+            value: s.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The subject of partition `partition` of a stream on `subject`: partition 0 is the stream's
+/// subject itself, partition n is `<subject>.<n>`.
+pub fn partition_subject(subject: &str, partition: i32) -> String {
+    if partition == 0 {
+        subject.to_owned()
+    } else {
+        format!("{subject}.{partition}")
+    }
+}
+
+/// Subjects of one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    ns: String,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Subjects {
+            ns: DEFAULT_NAMESPACE.to_owned(),
+        }
+    }
+}
+
+impl Subjects {
+    /// Subjects under namespace `ns`.
+    ///
+    /// # Errors
+    /// As [`validate_name`].
+    pub fn new(ns: &str) -> Result<Self, SubjectError> {
+        validate_name("namespace", ns)?;
+        Ok(Subjects { ns: ns.to_owned() })
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// Prefix of every metadata Raft subject: `<ns>.raft.metadata.`.
+    pub fn raft_prefix(&self) -> String {
+        format!("{}.raft.metadata.", self.ns)
+    }
+
+    /// Raft messages addressed to node `node`.
+    pub fn raft_accept(&self, node: &str) -> String {
+        format!("{}.raft.metadata.{node}.accept", self.ns)
+    }
+
+    /// Requests to join the metadata group.
+    pub fn raft_join(&self) -> String {
+        format!("{}.raft.metadata.join", self.ns)
+    }
+
+    /// Where seeds announce themselves, to detect a second seed.
+    pub fn raft_bootstrap(&self) -> String {
+        format!("{}.raft.metadata.bootstrap", self.ns)
+    }
+
+    /// The server info survey.
+    pub fn server_info(&self) -> String {
+        format!("{}.raft.metadata.info", self.ns)
+    }
+
+    /// Partition status questions for server `server`.
+    pub fn partition_status(&self, server: &str) -> String {
+        format!("{}.raft.metadata.status.{server}", self.ns)
+    }
+
+    /// Operations forwarded to the metadata leader.
+    pub fn propagate(&self) -> String {
+        format!("{}.raft.metadata.propagate", self.ns)
+    }
+
+    /// Follower fetches for a partition.
+    pub fn replicate(&self, stream: &str, partition: i32) -> String {
+        format!("{}.{stream}.{partition}.replicate", self.ns)
+    }
+
+    /// Leader-epoch end-offset questions for a partition.
+    pub fn leader_epoch_offset(&self, stream: &str, partition: i32) -> String {
+        format!("{}.{stream}.{partition}.offset", self.ns)
+    }
+
+    /// Partition notifications for server `server`.
+    pub fn notify(&self, server: &str) -> String {
+        format!("{}.notify.{server}", self.ns)
+    }
+
+    /// A fresh, unique ack inbox: `<ns>.ack.<unique>`.
+    pub fn ack_inbox(&self) -> String {
+        format!("{}.ack.{}", self.ns, unique_id())
+    }
+
+    /// The activity stream's subject.
+    pub fn activity(&self) -> String {
+        format!("{}.activity", self.ns)
+    }
+
+    /// The cursors stream's subject (its partition n is `<ns>.cursors.<n>`).
+    pub fn cursors(&self) -> String {
+        format!("{}.cursors", self.ns)
+    }
+}
+
+/// A 22-character identifier unique within this process and, with overwhelming likelihood,
+/// across processes: a per-process random prefix and a counter, in base 62.
+pub fn unique_id() -> String {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let stack = &t as *const u64 as u64;
+        t ^ (std::process::id() as u64).rotate_left(32) ^ stack.rotate_left(17)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = String::with_capacity(22);
+    for mut v in [seed, n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n] {
+        for _ in 0..11 {
+            out.push(alphabet[(v % 62) as usize] as char);
+            v /= 62;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_liftbridges_layout() {
+        let s = Subjects::default();
+        assert_eq!(
+            s.raft_accept("n1"),
+            "liftbridge-default.raft.metadata.n1.accept"
+        );
+        assert_eq!(s.raft_join(), "liftbridge-default.raft.metadata.join");
+        assert_eq!(
+            s.raft_bootstrap(),
+            "liftbridge-default.raft.metadata.bootstrap"
+        );
+        assert_eq!(s.server_info(), "liftbridge-default.raft.metadata.info");
+        assert_eq!(
+            s.partition_status("srv"),
+            "liftbridge-default.raft.metadata.status.srv"
+        );
+        assert_eq!(s.propagate(), "liftbridge-default.raft.metadata.propagate");
+        assert_eq!(
+            s.replicate("orders", 2),
+            "liftbridge-default.orders.2.replicate"
+        );
+        assert_eq!(
+            s.leader_epoch_offset("orders", 0),
+            "liftbridge-default.orders.0.offset"
+        );
+        assert_eq!(s.notify("srv"), "liftbridge-default.notify.srv");
+        assert_eq!(s.activity(), "liftbridge-default.activity");
+        assert_eq!(s.cursors(), "liftbridge-default.cursors");
+        let inbox = s.ack_inbox();
+        assert!(
+            inbox.starts_with("liftbridge-default.ack.")
+                && inbox.len() == "liftbridge-default.ack.".len() + 22
+        );
+        assert_ne!(s.ack_inbox(), inbox);
+        let custom = Subjects::new("prod").unwrap();
+        assert_eq!(custom.replicate("a", 1), "prod.a.1.replicate");
+        assert_eq!(custom.raft_prefix(), "prod.raft.metadata.");
+    }
+
+    #[test]
+    fn partition_subjects() {
+        assert_eq!(partition_subject("orders", 0), "orders");
+        assert_eq!(partition_subject("orders", 3), "orders.3");
+    }
+
+    #[test]
+    fn validation_says_what_is_wrong() {
+        for ok in ["a", "a.b", "orders.*", "orders.>", "*.x", ">"] {
+            validate_subject(ok).unwrap();
+        }
+        assert_eq!(
+            validate_subject(""),
+            Err(SubjectError::Empty { what: "subject" })
+        );
+        assert!(matches!(
+            validate_subject("a b"),
+            Err(SubjectError::Whitespace { .. })
+        ));
+        assert!(matches!(
+            validate_subject("a\t"),
+            Err(SubjectError::Whitespace { .. })
+        ));
+        assert!(matches!(
+            validate_subject("a..b"),
+            Err(SubjectError::EmptyToken { .. })
+        ));
+        assert!(matches!(
+            validate_subject(".a"),
+            Err(SubjectError::EmptyToken { .. })
+        ));
+        assert!(matches!(
+            validate_subject("a.>.b"),
+            Err(SubjectError::Wildcard { .. })
+        ));
+        assert!(matches!(
+            validate_subject("a.b*"),
+            Err(SubjectError::Wildcard { .. })
+        ));
+        assert!(matches!(
+            validate_publish_subject("a.*"),
+            Err(SubjectError::Wildcard { .. })
+        ));
+        validate_publish_subject("a.b").unwrap();
+        validate_name("stream", "my.stream").unwrap();
+        assert!(matches!(
+            validate_name("stream", "my stream"),
+            Err(SubjectError::Whitespace { .. })
+        ));
+        assert!(matches!(
+            validate_name("stream", "s*"),
+            Err(SubjectError::Wildcard { .. })
+        ));
+        assert_eq!(
+            validate_subject("a b").unwrap_err().to_string(),
+            "subject \"a b\" contains whitespace"
+        );
+        assert!(Subjects::new("bad ns").is_err());
+    }
+
+    #[test]
+    fn unique_ids_do_not_repeat() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| unique_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+    }
+}

@@ -1,0 +1,208 @@
+//! The connection wrapper against our embedded server and against the real nats-server.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use natsbridge::{Connection, NatsConfig, NatsError, connection_name};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+enum Server {
+    Ours(natsd::Server),
+    Reference(Child, u16),
+}
+
+impl Server {
+    async fn start(reference: bool) -> Server {
+        if !reference {
+            let cfg = natsd::ServerConfig {
+                port: 0,
+                ..Default::default()
+            };
+            return Server::Ours(natsd::Server::start(cfg).await.unwrap());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the reference `nats-server` must be installed");
+        let deadline = Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Server::Reference(child, port)
+    }
+
+    fn config(&self) -> NatsConfig {
+        let url = match self {
+            Server::Ours(s) => s.client_url(),
+            Server::Reference(_, port) => format!("nats://127.0.0.1:{port}"),
+        };
+        NatsConfig {
+            servers: vec![url],
+            ..NatsConfig::default()
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Server::Ours(s) => s.shutdown().await,
+            Server::Reference(mut c, _) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+async fn round_trip(c: &Connection) {
+    let r = c.request("_SYNC.roundtrip", Bytes::new(), WAIT).await;
+    assert!(matches!(r, Err(NatsError::NoResponders(_))), "{r:?}");
+}
+
+async fn scenario(reference: bool) {
+    let server = Server::start(reference).await;
+    let cfg = server.config();
+    let name = connection_name("liftbridge-default", "srv1", "streams");
+    assert_eq!(name, "LIFT.liftbridge-default.srv1.streams");
+    let a = Connection::connect(&cfg, &name).await.unwrap();
+    let b = Connection::connect(&cfg, "LIFT.liftbridge-default.srv1.acks")
+        .await
+        .unwrap();
+    assert_eq!(a.name(), name);
+
+    // Publish with headers and a reply subject; the subscriber sees all of it.
+    let mut sub = b.subscribe("orders.*").await.unwrap();
+    round_trip(&b).await;
+    let mut h = natsbridge::connection::Headers::new();
+    h.insert("Nats-Msg-Id", "1");
+    a.publish_with(
+        "orders.new",
+        Some("reply.here"),
+        h,
+        Bytes::from_static(b"o1"),
+    )
+    .await
+    .unwrap();
+    let m = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (m.subject.as_str(), m.reply.as_deref(), &m.payload[..]),
+        ("orders.new", Some("reply.here"), &b"o1"[..])
+    );
+    assert_eq!(
+        m.headers.unwrap().get("Nats-Msg-Id").map(|v| v.as_str()),
+        Some("1")
+    );
+
+    // A queue group: each message to one member; an empty group is a plain subscription.
+    let mut q1 = a.queue_subscribe("jobs", "workers").await.unwrap();
+    let mut q2 = b.queue_subscribe("jobs", "workers").await.unwrap();
+    let mut all = b.queue_subscribe("jobs", "").await.unwrap();
+    round_trip(&a).await;
+    round_trip(&b).await;
+    for i in 0..20 {
+        a.publish("jobs", Bytes::from(i.to_string())).await.unwrap();
+    }
+    round_trip(&a).await;
+    let mut count = 0;
+    for q in [&mut q1, &mut q2] {
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), q.next()).await {
+            count += 1;
+        }
+    }
+    assert_eq!(count, 20);
+    for _ in 0..20 {
+        tokio::time::timeout(WAIT, all.next())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    // Requests: an answer, no responders, and a timeout.
+    let mut svc = b.subscribe("svc").await.unwrap();
+    let mut mute = b.subscribe("mute").await.unwrap();
+    round_trip(&b).await;
+    let b2 = b.clone();
+    let responder = tokio::spawn(async move {
+        let m = svc.next().await.unwrap();
+        b2.publish(
+            m.reply.as_ref().unwrap().as_str(),
+            Bytes::from_static(b"pong"),
+        )
+        .await
+        .unwrap();
+        b2.flush().await.unwrap();
+    });
+    let reply = a
+        .request("svc", Bytes::from_static(b"ping"), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(&reply.payload[..], b"pong");
+    responder.await.unwrap();
+    assert!(
+        matches!(a.request("nobody", Bytes::new(), WAIT).await, Err(NatsError::NoResponders(s)) if s == "nobody")
+    );
+    let short = Duration::from_millis(200);
+    assert!(matches!(
+        a.request("mute", Bytes::new(), short).await,
+        Err(NatsError::Timeout { .. })
+    ));
+    assert!(
+        tokio::time::timeout(WAIT, mute.next())
+            .await
+            .unwrap()
+            .is_some(),
+        "the request did arrive"
+    );
+
+    // A bad subject is refused before it reaches the server.
+    assert!(matches!(
+        a.subscribe("a..b").await,
+        Err(NatsError::InvalidSubject(_))
+    ));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_the_embedded_server() {
+    scenario(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_nats_server() {
+    scenario(true).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = NatsConfig {
+        servers: vec![format!("nats://127.0.0.1:{port}")],
+        connect_timeout: Duration::from_millis(500),
+        ..NatsConfig::default()
+    };
+    let err = Connection::connect(&cfg, "x").await.unwrap_err();
+    assert!(
+        matches!(&err, NatsError::Connect { servers, .. } if servers.contains(&port.to_string())),
+        "{err}"
+    );
+}
