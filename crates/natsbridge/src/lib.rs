@@ -3,6 +3,7 @@
 //! - [`envelope`]: the frame around structured messages (publishes with keys and acks, acks,
 //!   replication, Raft join, metadata propagation and more: 15 message types), with an optional
 //!   CRC-32C. Decoding arbitrary bytes never panics.
+//! - [`payload`]: which protobuf message each type carries, so encoding picks the type for you.
 //! - [`subjects`]: every subject under a namespace, and subject validation with clear errors.
 //! - [`connection`]: named NATS connections with Liftbridge's reconnect policy, publish with
 //!   headers, subscribe and queue subscribe, and requests with timeouts.
@@ -11,6 +12,7 @@
 
 pub mod connection;
 pub mod envelope;
+pub mod payload;
 pub mod subjects;
 
 pub use connection::{Connection, NatsConfig, NatsError, connection_name};
