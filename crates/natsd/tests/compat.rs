@@ -25,6 +25,7 @@ struct Opts {
     max_payload: Option<usize>,
     max_pending: Option<usize>,
     token: Option<String>,
+    user: Option<(String, String)>,
 }
 
 struct TestServer {
@@ -60,6 +61,9 @@ impl TestServer {
                     cfg.max_pending = n;
                 }
                 cfg.auth = opts.token.clone().map(natsd::Auth::Token);
+                if let Some((user, password)) = opts.user.clone() {
+                    cfg.auth = Some(natsd::Auth::User { user, password });
+                }
                 let server = natsd::Server::start(cfg).await.unwrap();
                 TestServer {
                     port,
@@ -78,6 +82,11 @@ impl TestServer {
                 }
                 if let Some(t) = &opts.token {
                     conf.push_str(&format!("authorization {{ token: \"{t}\" }}\n"));
+                }
+                if let Some((u, p)) = &opts.user {
+                    conf.push_str(&format!(
+                        "authorization {{ user: \"{u}\", password: \"{p}\" }}\n"
+                    ));
                 }
                 let path = dir.path().join("nats.conf");
                 std::fs::write(&path, conf).unwrap();
@@ -243,6 +252,7 @@ both!(
     reconnect_after_restart,
     protocol_errors,
     authentication,
+    user_and_password,
     verbose_and_echo,
 );
 
@@ -641,6 +651,36 @@ async fn authentication(kind: Kind) {
     let mut sub = c.subscribe("t").await.unwrap();
     c.publish("t", Bytes::from_static(b"in")).await.unwrap();
     assert_eq!(&next(&mut sub).await.payload[..], b"in");
+    s.stop().await;
+}
+
+async fn user_and_password(kind: Kind) {
+    let s = TestServer::start(
+        kind,
+        Opts {
+            user: Some(("ada".into(), "pw".into())),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let (mut raw, info) = Raw::connect(&s).await;
+    assert_eq!(info["auth_required"], true);
+    raw.send("CONNECT {\"verbose\":false,\"user\":\"ada\",\"pass\":\"nope\"}\r\n")
+        .await;
+    assert_eq!(
+        raw.line().await.as_deref(),
+        Some("-ERR 'Authorization Violation'")
+    );
+    assert!(raw.closed().await);
+    let (mut raw, _) = Raw::connect(&s).await;
+    raw.send("CONNECT {\"verbose\":false,\"user\":\"ada\",\"pass\":\"pw\"}\r\nPING\r\n")
+        .await;
+    assert_eq!(raw.line().await.as_deref(), Some("PONG"));
+    let c = async_nats::ConnectOptions::with_user_and_password("ada".into(), "pw".into())
+        .connect(s.url())
+        .await
+        .unwrap();
+    sync(&c).await;
     s.stop().await;
 }
 

@@ -1,0 +1,91 @@
+//! Behaviour of our server that the reference has no counterpart for in the same form.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_closes_everyone_and_frees_the_port() {
+    let server = natsd::Server::start(natsd::ServerConfig {
+        port: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    let client = async_nats::connect(server.client_url()).await.unwrap();
+    let mut sub = client.subscribe("x").await.unwrap();
+    client
+        .publish("x", Bytes::from_static(b"before"))
+        .await
+        .unwrap();
+    assert_eq!(
+        &tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .payload[..],
+        b"before"
+    );
+
+    // A raw connection: it must see the connection end after the shutdown.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut line = String::new();
+    rd.read_line(&mut line).await.unwrap();
+    wr.write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n")
+        .await
+        .unwrap();
+    line.clear();
+    rd.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "PONG\r\n");
+    assert_eq!(server.connections(), 2);
+    assert_eq!(server.subscriptions(), 1);
+
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+        .await
+        .expect("shutdown hangs");
+    line.clear();
+    let n = tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "the connection should be closed, got {line:?}");
+    // The port is free again.
+    let again = natsd::Server::start(natsd::ServerConfig {
+        port: addr.port(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(again.connections(), 0);
+    again.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_settings_and_busy_ports_are_clear_errors() {
+    let bad = natsd::ServerConfig {
+        port: 0,
+        max_payload: 2_000_000,
+        max_pending: 1_000_000,
+        ..Default::default()
+    };
+    let err = natsd::Server::start(bad).await.unwrap_err().to_string();
+    assert!(err.contains("max_payload"), "{err}");
+    let first = natsd::Server::start(natsd::ServerConfig {
+        port: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let busy = natsd::ServerConfig {
+        port: first.local_addr().port(),
+        ..Default::default()
+    };
+    let err = natsd::Server::start(busy).await.unwrap_err().to_string();
+    assert!(err.contains("cannot listen"), "{err}");
+    first.shutdown().await;
+}
