@@ -1,0 +1,776 @@
+//! The metadata state machine: streams, partitions and consumer groups, changed only by applying
+//! committed log entries.
+//!
+//! `apply` is deterministic. The same entries at the same indexes give the same state and the same
+//! results on every node. It does no I/O, reads no clock and draws no random numbers. Preconditions
+//! (exists, not found, leader and epoch match) are checked at apply time, so every node reaches the
+//! same verdict, and the verdict goes back to the proposer as a typed result.
+//!
+//! # Epochs (as Liftbridge's)
+//! - Creating a stream sets each partition's `leader_epoch` and `epoch` to the entry's index.
+//! - A leader change sets both to the index. An ISR change sets `epoch` to the index.
+//! - An op on a partition whose `epoch` is already ≥ the entry's index is ignored, so replaying
+//!   a log over restored state is idempotent.
+//!
+//! # Recovery
+//! While the node replays its log after a restart ([`Fsm::start_recovery`]), a deleted stream is
+//! only tombstoned. A later re-creation in the same replay brings it back without losing data.
+//! [`Fsm::finish_recovery`] then drops the streams that stayed deleted and reports them, so
+//! their data is deleted once rather than deleted and recreated.
+
+use std::collections::BTreeMap;
+
+use liftbridge_proto::internal::{self, Op, RaftLog};
+use prost::Message;
+
+/// Why an operation was refused. The same verdict on every node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpError {
+    /// The stream (or group) exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The stream, partition, group or member does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The op's view of the world is stale: leader or epoch mismatch, replica not assigned.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The op itself is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+/// One partition's replicated state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    /// The partition number.
+    pub id: i32,
+    /// The NATS subject it records.
+    pub subject: String,
+    /// The queue group for its subscription ("" for none).
+    pub group: String,
+    /// Requested replication factor.
+    pub replication_factor: i32,
+    /// Brokers holding a replica.
+    pub replicas: Vec<String>,
+    /// The leading broker.
+    pub leader: String,
+    /// The in-sync replicas.
+    pub isr: Vec<String>,
+    /// Changes with each leader change.
+    pub leader_epoch: u64,
+    /// Changes with each leader or ISR change.
+    pub epoch: u64,
+    /// Paused: no leader work until a publish or subscribe resumes it.
+    pub paused: bool,
+    /// Read-only: no more writes.
+    pub readonly: bool,
+}
+
+/// One stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamState {
+    /// Its name.
+    pub name: String,
+    /// The NATS subject it records.
+    pub subject: String,
+    /// Per-stream settings.
+    pub config: internal::StreamConfig,
+    /// When it was created (ns since the epoch, from the proposer).
+    pub creation_timestamp: i64,
+    /// Its partitions by id.
+    pub partitions: BTreeMap<i32, PartitionState>,
+    /// Deleted during recovery; see the module docs.
+    pub tombstoned: bool,
+}
+
+/// One consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupState {
+    /// Its id.
+    pub id: String,
+    /// Members and the streams each consumes.
+    pub members: BTreeMap<String, Vec<String>>,
+    /// The broker coordinating it.
+    pub coordinator: String,
+    /// Changes with each membership or coordinator change.
+    pub epoch: u64,
+}
+
+/// What applying an entry changed, for watchers (in apply order).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A stream was created (or un-tombstoned during recovery).
+    StreamCreated {
+        /// Its name.
+        stream: String,
+    },
+    /// A stream was deleted; its data can go.
+    StreamDeleted {
+        /// Its name.
+        stream: String,
+    },
+    /// A partition's leader, ISR or epochs changed.
+    PartitionChanged {
+        /// The stream.
+        stream: String,
+        /// The partition.
+        partition: i32,
+    },
+    /// Partitions were paused.
+    Paused {
+        /// The stream.
+        stream: String,
+        /// The partitions.
+        partitions: Vec<i32>,
+    },
+    /// Partitions were resumed.
+    Resumed {
+        /// The stream.
+        stream: String,
+        /// The partitions.
+        partitions: Vec<i32>,
+    },
+    /// Partitions became read-only or writable.
+    Readonly {
+        /// The stream.
+        stream: String,
+        /// The partitions.
+        partitions: Vec<i32>,
+        /// The new flag.
+        readonly: bool,
+    },
+    /// A consumer group changed.
+    GroupChanged {
+        /// The group.
+        group: String,
+    },
+    /// The leader asked for activity-stream publication up to this Raft index.
+    PublishActivity {
+        /// The index.
+        raft_index: u64,
+    },
+}
+
+/// The result of applying one entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The verdict for the proposer.
+    pub result: Result<(), OpError>,
+    /// What changed (empty when refused or ignored).
+    pub events: Vec<Event>,
+    /// For a join: the group's coordinator and epoch.
+    pub join: Option<(String, u64)>,
+}
+
+impl Applied {
+    fn ok(events: Vec<Event>) -> Applied {
+        Applied {
+            result: Ok(()),
+            events,
+            join: None,
+        }
+    }
+
+    fn err(e: OpError) -> Applied {
+        Applied {
+            result: Err(e),
+            events: Vec::new(),
+            join: None,
+        }
+    }
+}
+
+/// The metadata state machine.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fsm {
+    streams: BTreeMap<String, StreamState>,
+    groups: BTreeMap<String, GroupState>,
+    applied_index: u64,
+    recovering: bool,
+}
+
+fn missing_body(op: &str) -> Applied {
+    Applied::err(OpError::InvalidArgument(format!(
+        "{op} entry without its body"
+    )))
+}
+
+impl Fsm {
+    /// An empty state.
+    pub fn new() -> Self {
+        Fsm::default()
+    }
+
+    /// Streams by name, tombstoned ones included.
+    pub fn streams(&self) -> &BTreeMap<String, StreamState> {
+        &self.streams
+    }
+
+    /// A live (not tombstoned) stream.
+    pub fn stream(&self, name: &str) -> Option<&StreamState> {
+        self.streams.get(name).filter(|s| !s.tombstoned)
+    }
+
+    /// A partition of a live stream.
+    pub fn partition(&self, stream: &str, id: i32) -> Option<&PartitionState> {
+        self.stream(stream).and_then(|s| s.partitions.get(&id))
+    }
+
+    /// Consumer groups by id.
+    pub fn groups(&self) -> &BTreeMap<String, GroupState> {
+        &self.groups
+    }
+
+    /// The index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Enters recovery: deletes only tombstone until [`finish_recovery`](Fsm::finish_recovery).
+    pub fn start_recovery(&mut self) {
+        self.recovering = true;
+    }
+
+    /// Ends recovery: streams still tombstoned are removed and reported as deleted.
+    pub fn finish_recovery(&mut self) -> Vec<Event> {
+        self.recovering = false;
+        let gone: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.tombstoned)
+            .map(|(n, _)| n.clone())
+            .collect();
+        gone.into_iter()
+            .map(|stream| {
+                self.streams.remove(&stream);
+                Event::StreamDeleted { stream }
+            })
+            .collect()
+    }
+
+    /// Applies a committed entry at Raft index `index`. Entries at or below the last applied
+    /// index are ignored (a replay).
+    pub fn apply(&mut self, entry: &RaftLog, index: u64) -> Applied {
+        if index <= self.applied_index {
+            return Applied::ok(Vec::new());
+        }
+        self.applied_index = index;
+        let Ok(op) = Op::try_from(entry.op) else {
+            return Applied::err(OpError::InvalidArgument(format!("unknown op {}", entry.op)));
+        };
+        match op {
+            Op::CreateStream => match entry
+                .create_stream_op
+                .as_ref()
+                .and_then(|o| o.stream.as_ref())
+            {
+                Some(s) => self.create_stream(s, index),
+                None => missing_body("CreateStream"),
+            },
+            Op::DeleteStream => match &entry.delete_stream_op {
+                Some(o) => self.delete_stream(&o.stream),
+                None => missing_body("DeleteStream"),
+            },
+            Op::ShrinkIsr => match &entry.shrink_isr_op {
+                Some(o) => self.change_isr(
+                    &o.stream,
+                    o.partition,
+                    &o.replica_to_remove,
+                    false,
+                    &o.leader,
+                    o.leader_epoch,
+                    index,
+                ),
+                None => missing_body("ShrinkISR"),
+            },
+            Op::ExpandIsr => match &entry.expand_isr_op {
+                Some(o) => self.change_isr(
+                    &o.stream,
+                    o.partition,
+                    &o.replica_to_add,
+                    true,
+                    &o.leader,
+                    o.leader_epoch,
+                    index,
+                ),
+                None => missing_body("ExpandISR"),
+            },
+            Op::ChangeLeader => match &entry.change_leader_op {
+                Some(o) => self.change_leader(&o.stream, o.partition, &o.leader, index),
+                None => missing_body("ChangeLeader"),
+            },
+            Op::PauseStream => match &entry.pause_stream_op {
+                Some(o) => self.set_paused(&o.stream, &o.partitions, true),
+                None => missing_body("PauseStream"),
+            },
+            Op::ResumeStream => match &entry.resume_stream_op {
+                Some(o) => self.set_paused(&o.stream, &o.partitions, false),
+                None => missing_body("ResumeStream"),
+            },
+            Op::SetStreamReadonly => match &entry.set_stream_readonly_op {
+                Some(o) => self.set_readonly(&o.stream, &o.partitions, o.readonly),
+                None => missing_body("SetStreamReadonly"),
+            },
+            Op::PublishActivity => match &entry.publish_activity_op {
+                Some(o) => Applied::ok(vec![Event::PublishActivity {
+                    raft_index: o.raft_index,
+                }]),
+                None => missing_body("PublishActivity"),
+            },
+            Op::CreateConsumerGroup => match entry
+                .create_consumer_group_op
+                .as_ref()
+                .and_then(|o| o.consumer_group.as_ref())
+            {
+                Some(g) => self.create_group(g, index),
+                None => missing_body("CreateConsumerGroup"),
+            },
+            Op::JoinConsumerGroup => match &entry.join_consumer_group_op {
+                Some(o) => self.join_group(&o.group_id, &o.consumer_id, &o.streams, index),
+                None => missing_body("JoinConsumerGroup"),
+            },
+            Op::LeaveConsumerGroup => match &entry.leave_consumer_group_op {
+                Some(o) => self.leave_group(&o.group_id, &o.consumer_id, index),
+                None => missing_body("LeaveConsumerGroup"),
+            },
+            Op::ChangeConsumerGroupCoordinator => match &entry.change_consumer_group_coordinator_op
+            {
+                Some(o) => self.change_coordinator(&o.group_id, &o.coordinator, index),
+                None => missing_body("ChangeConsumerGroupCoordinator"),
+            },
+            Op::ReportLeader | Op::ReportConsumerGroupCoordinator => {
+                Applied::err(OpError::InvalidArgument(
+                    "report ops are handled by the metadata leader and never logged".into(),
+                ))
+            }
+        }
+    }
+
+    fn create_stream(&mut self, s: &internal::Stream, index: u64) -> Applied {
+        if s.name.is_empty() || s.partitions.is_empty() {
+            return Applied::err(OpError::InvalidArgument(
+                "a stream needs a name and at least one partition".into(),
+            ));
+        }
+        if self
+            .streams
+            .get(&s.name)
+            .is_some_and(|existing| !existing.tombstoned)
+        {
+            return Applied::err(OpError::AlreadyExists(format!(
+                "stream {} already exists",
+                s.name
+            )));
+        }
+        let mut partitions = BTreeMap::new();
+        for p in &s.partitions {
+            if partitions.contains_key(&p.id) {
+                return Applied::err(OpError::InvalidArgument(format!(
+                    "partition {} given twice",
+                    p.id
+                )));
+            }
+            partitions.insert(
+                p.id,
+                PartitionState {
+                    id: p.id,
+                    subject: p.subject.clone(),
+                    group: p.group.clone(),
+                    replication_factor: p.replication_factor,
+                    replicas: p.replicas.clone(),
+                    leader: p.leader.clone(),
+                    // The ISR starts as every replica.
+                    isr: p.replicas.clone(),
+                    leader_epoch: index,
+                    epoch: index,
+                    paused: false,
+                    readonly: false,
+                },
+            );
+        }
+        self.streams.insert(
+            s.name.clone(),
+            StreamState {
+                name: s.name.clone(),
+                subject: s.subject.clone(),
+                config: s.config.unwrap_or_default(),
+                creation_timestamp: s.creation_timestamp,
+                partitions,
+                tombstoned: false,
+            },
+        );
+        Applied::ok(vec![Event::StreamCreated {
+            stream: s.name.clone(),
+        }])
+    }
+
+    fn delete_stream(&mut self, name: &str) -> Applied {
+        let Some(s) = self.streams.get_mut(name).filter(|s| !s.tombstoned) else {
+            return Applied::err(OpError::NotFound(format!("stream {name} not found")));
+        };
+        if self.recovering {
+            s.tombstoned = true;
+            return Applied::ok(Vec::new());
+        }
+        self.streams.remove(name);
+        Applied::ok(vec![Event::StreamDeleted {
+            stream: name.to_owned(),
+        }])
+    }
+
+    fn partition_mut(&mut self, stream: &str, id: i32) -> Result<&mut PartitionState, OpError> {
+        let s = self
+            .streams
+            .get_mut(stream)
+            .filter(|s| !s.tombstoned)
+            .ok_or_else(|| OpError::NotFound(format!("stream {stream} not found")))?;
+        s.partitions.get_mut(&id).ok_or_else(|| {
+            OpError::NotFound(format!("partition {id} of stream {stream} not found"))
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn change_isr(
+        &mut self,
+        stream: &str,
+        id: i32,
+        replica: &str,
+        add: bool,
+        leader: &str,
+        leader_epoch: u64,
+        index: u64,
+    ) -> Applied {
+        let p = match self.partition_mut(stream, id) {
+            Ok(p) => p,
+            Err(e) => return Applied::err(e),
+        };
+        if p.epoch >= index {
+            return Applied::ok(Vec::new()); // replayed
+        }
+        if p.leader != leader || p.leader_epoch != leader_epoch {
+            return Applied::err(OpError::FailedPrecondition(format!(
+                "leader generation mismatch: the partition's leader is {} at epoch {}, the request says {leader} at epoch {leader_epoch}",
+                p.leader, p.leader_epoch
+            )));
+        }
+        if !p.replicas.iter().any(|r| r == replica) {
+            return Applied::err(OpError::FailedPrecondition(format!(
+                "{replica} is not a replica of the partition"
+            )));
+        }
+        let present = p.isr.iter().any(|r| r == replica);
+        match (add, present) {
+            (true, false) => p.isr.push(replica.to_owned()),
+            (false, true) => p.isr.retain(|r| r != replica),
+            _ => return Applied::ok(Vec::new()), // already so
+        }
+        p.epoch = index;
+        Applied::ok(vec![Event::PartitionChanged {
+            stream: stream.to_owned(),
+            partition: id,
+        }])
+    }
+
+    fn change_leader(&mut self, stream: &str, id: i32, leader: &str, index: u64) -> Applied {
+        let p = match self.partition_mut(stream, id) {
+            Ok(p) => p,
+            Err(e) => return Applied::err(e),
+        };
+        if p.epoch >= index {
+            return Applied::ok(Vec::new());
+        }
+        if !p.replicas.iter().any(|r| r == leader) {
+            return Applied::err(OpError::FailedPrecondition(format!(
+                "{leader} is not a replica of the partition"
+            )));
+        }
+        p.leader = leader.to_owned();
+        if !p.isr.iter().any(|r| r == leader) {
+            p.isr.push(leader.to_owned());
+        }
+        p.leader_epoch = index;
+        p.epoch = index;
+        Applied::ok(vec![Event::PartitionChanged {
+            stream: stream.to_owned(),
+            partition: id,
+        }])
+    }
+
+    /// The partitions an op names: all of them when none are named.
+    fn select(&mut self, stream: &str, partitions: &[i32]) -> Result<Vec<i32>, OpError> {
+        let s = self
+            .streams
+            .get(stream)
+            .filter(|s| !s.tombstoned)
+            .ok_or_else(|| OpError::NotFound(format!("stream {stream} not found")))?;
+        if partitions.is_empty() {
+            return Ok(s.partitions.keys().copied().collect());
+        }
+        for id in partitions {
+            if !s.partitions.contains_key(id) {
+                return Err(OpError::NotFound(format!(
+                    "partition {id} of stream {stream} not found"
+                )));
+            }
+        }
+        Ok(partitions.to_vec())
+    }
+
+    fn set_paused(&mut self, stream: &str, partitions: &[i32], paused: bool) -> Applied {
+        let ids = match self.select(stream, partitions) {
+            Ok(ids) => ids,
+            Err(e) => return Applied::err(e),
+        };
+        let s = self.streams.get_mut(stream).expect("selected");
+        for id in &ids {
+            s.partitions.get_mut(id).expect("selected").paused = paused;
+        }
+        let (stream, partitions) = (stream.to_owned(), ids);
+        Applied::ok(vec![if paused {
+            Event::Paused { stream, partitions }
+        } else {
+            Event::Resumed { stream, partitions }
+        }])
+    }
+
+    fn set_readonly(&mut self, stream: &str, partitions: &[i32], readonly: bool) -> Applied {
+        let ids = match self.select(stream, partitions) {
+            Ok(ids) => ids,
+            Err(e) => return Applied::err(e),
+        };
+        let s = self.streams.get_mut(stream).expect("selected");
+        for id in &ids {
+            s.partitions.get_mut(id).expect("selected").readonly = readonly;
+        }
+        Applied::ok(vec![Event::Readonly {
+            stream: stream.to_owned(),
+            partitions: ids,
+            readonly,
+        }])
+    }
+
+    fn create_group(&mut self, g: &internal::ConsumerGroup, index: u64) -> Applied {
+        if g.id.is_empty() {
+            return Applied::err(OpError::InvalidArgument(
+                "a consumer group needs an id".into(),
+            ));
+        }
+        if self.groups.contains_key(&g.id) {
+            return Applied::err(OpError::AlreadyExists(format!(
+                "consumer group {} already exists",
+                g.id
+            )));
+        }
+        let members = g
+            .members
+            .iter()
+            .map(|m| (m.id.clone(), m.streams.clone()))
+            .collect();
+        self.groups.insert(
+            g.id.clone(),
+            GroupState {
+                id: g.id.clone(),
+                members,
+                coordinator: g.coordinator.clone(),
+                epoch: index,
+            },
+        );
+        let mut applied = Applied::ok(vec![Event::GroupChanged {
+            group: g.id.clone(),
+        }]);
+        applied.join = Some((g.coordinator.clone(), index));
+        applied
+    }
+
+    fn join_group(
+        &mut self,
+        group: &str,
+        consumer: &str,
+        streams: &[String],
+        index: u64,
+    ) -> Applied {
+        let Some(g) = self.groups.get_mut(group) else {
+            return Applied::err(OpError::NotFound(format!(
+                "consumer group {group} not found"
+            )));
+        };
+        if g.members.contains_key(consumer) {
+            return Applied::err(OpError::AlreadyExists(format!(
+                "consumer {consumer} is already a member of {group}"
+            )));
+        }
+        g.members.insert(consumer.to_owned(), streams.to_vec());
+        g.epoch = index;
+        let mut applied = Applied::ok(vec![Event::GroupChanged {
+            group: group.to_owned(),
+        }]);
+        applied.join = Some((g.coordinator.clone(), index));
+        applied
+    }
+
+    fn leave_group(&mut self, group: &str, consumer: &str, index: u64) -> Applied {
+        let Some(g) = self.groups.get_mut(group) else {
+            return Applied::err(OpError::NotFound(format!(
+                "consumer group {group} not found"
+            )));
+        };
+        if g.members.remove(consumer).is_none() {
+            return Applied::err(OpError::NotFound(format!(
+                "consumer {consumer} is not a member of {group}"
+            )));
+        }
+        g.epoch = index;
+        if g.members.is_empty() {
+            self.groups.remove(group);
+        }
+        Applied::ok(vec![Event::GroupChanged {
+            group: group.to_owned(),
+        }])
+    }
+
+    fn change_coordinator(&mut self, group: &str, coordinator: &str, index: u64) -> Applied {
+        let Some(g) = self.groups.get_mut(group) else {
+            return Applied::err(OpError::NotFound(format!(
+                "consumer group {group} not found"
+            )));
+        };
+        if g.epoch >= index {
+            return Applied::ok(Vec::new());
+        }
+        g.coordinator = coordinator.to_owned();
+        g.epoch = index;
+        Applied::ok(vec![Event::GroupChanged {
+            group: group.to_owned(),
+        }])
+    }
+
+    /// The state as a snapshot: `u32 BE length | MetadataSnapshot`, as Liftbridge writes it.
+    /// Tombstoned streams are left out.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let snap = internal::MetadataSnapshot {
+            streams: self
+                .streams
+                .values()
+                .filter(|s| !s.tombstoned)
+                .map(|s| internal::Stream {
+                    name: s.name.clone(),
+                    subject: s.subject.clone(),
+                    config: Some(s.config),
+                    creation_timestamp: s.creation_timestamp,
+                    partitions: s
+                        .partitions
+                        .values()
+                        .map(|p| internal::Partition {
+                            subject: p.subject.clone(),
+                            stream: s.name.clone(),
+                            id: p.id,
+                            group: p.group.clone(),
+                            replication_factor: p.replication_factor,
+                            replicas: p.replicas.clone(),
+                            leader: p.leader.clone(),
+                            isr: p.isr.clone(),
+                            leader_epoch: p.leader_epoch,
+                            epoch: p.epoch,
+                            paused: p.paused,
+                            readonly: p.readonly,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            groups: self
+                .groups
+                .values()
+                .map(|g| internal::ConsumerGroup {
+                    id: g.id.clone(),
+                    members: g
+                        .members
+                        .iter()
+                        .map(|(id, streams)| internal::Consumer {
+                            id: id.clone(),
+                            streams: streams.clone(),
+                        })
+                        .collect(),
+                    coordinator: g.coordinator.clone(),
+                    epoch: g.epoch,
+                })
+                .collect(),
+        };
+        let body = snap.encode_to_vec();
+        let mut out = Vec::with_capacity(4 + body.len());
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Replaces the state with a snapshot taken at Raft index `index`.
+    ///
+    /// # Errors
+    /// [`OpError::InvalidArgument`] when the bytes are not a snapshot; the state is unchanged.
+    pub fn restore(&mut self, bytes: &[u8], index: u64) -> Result<(), OpError> {
+        let bad = |why: &str| OpError::InvalidArgument(format!("invalid metadata snapshot: {why}"));
+        if bytes.len() < 4 {
+            return Err(bad("shorter than its length prefix"));
+        }
+        let len = u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+        if bytes.len() - 4 != len {
+            return Err(bad("length prefix does not match"));
+        }
+        let snap =
+            internal::MetadataSnapshot::decode(&bytes[4..]).map_err(|e| bad(&e.to_string()))?;
+        let mut fresh = Fsm {
+            applied_index: index,
+            recovering: self.recovering,
+            ..Fsm::default()
+        };
+        for s in snap.streams {
+            let partitions = s
+                .partitions
+                .iter()
+                .map(|p| {
+                    (
+                        p.id,
+                        PartitionState {
+                            id: p.id,
+                            subject: p.subject.clone(),
+                            group: p.group.clone(),
+                            replication_factor: p.replication_factor,
+                            replicas: p.replicas.clone(),
+                            leader: p.leader.clone(),
+                            isr: p.isr.clone(),
+                            leader_epoch: p.leader_epoch,
+                            epoch: p.epoch,
+                            paused: p.paused,
+                            readonly: p.readonly,
+                        },
+                    )
+                })
+                .collect();
+            fresh.streams.insert(
+                s.name.clone(),
+                StreamState {
+                    name: s.name,
+                    subject: s.subject,
+                    config: s.config.unwrap_or_default(),
+                    creation_timestamp: s.creation_timestamp,
+                    partitions,
+                    tombstoned: false,
+                },
+            );
+        }
+        for g in snap.groups {
+            fresh.groups.insert(
+                g.id.clone(),
+                GroupState {
+                    id: g.id,
+                    members: g.members.into_iter().map(|m| (m.id, m.streams)).collect(),
+                    coordinator: g.coordinator,
+                    epoch: g.epoch,
+                },
+            );
+        }
+        *self = fresh;
+        Ok(())
+    }
+}

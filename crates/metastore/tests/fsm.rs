@@ -1,0 +1,427 @@
+//! The metadata state machine: preconditions, epochs, recovery, snapshots and replay.
+
+use liftbridge_proto::internal::{self, Op, RaftLog};
+use metastore::{Event, Fsm, OpError};
+use proptest::prelude::*;
+
+fn partition(stream: &str, id: i32, replicas: &[&str]) -> internal::Partition {
+    internal::Partition {
+        subject: format!("{stream}.subject"),
+        stream: stream.into(),
+        id,
+        replication_factor: replicas.len() as i32,
+        replicas: replicas.iter().map(|r| r.to_string()).collect(),
+        leader: replicas[0].into(),
+        ..Default::default()
+    }
+}
+
+fn create(stream: &str, partitions: i32) -> RaftLog {
+    RaftLog {
+        op: Op::CreateStream as i32,
+        create_stream_op: Some(internal::CreateStreamOp {
+            stream: Some(internal::Stream {
+                name: stream.into(),
+                subject: format!("{stream}.subject"),
+                partitions: (0..partitions)
+                    .map(|i| partition(stream, i, &["a", "b", "c"]))
+                    .collect(),
+                creation_timestamp: 1,
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    }
+}
+
+fn delete(stream: &str) -> RaftLog {
+    RaftLog {
+        op: Op::DeleteStream as i32,
+        delete_stream_op: Some(internal::DeleteStreamOp {
+            stream: stream.into(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn shrink(stream: &str, p: i32, replica: &str, leader: &str, epoch: u64) -> RaftLog {
+    RaftLog {
+        op: Op::ShrinkIsr as i32,
+        shrink_isr_op: Some(internal::ShrinkIsrOp {
+            stream: stream.into(),
+            partition: p,
+            replica_to_remove: replica.into(),
+            leader: leader.into(),
+            leader_epoch: epoch,
+        }),
+        ..Default::default()
+    }
+}
+
+fn expand(stream: &str, p: i32, replica: &str, leader: &str, epoch: u64) -> RaftLog {
+    RaftLog {
+        op: Op::ExpandIsr as i32,
+        expand_isr_op: Some(internal::ExpandIsrOp {
+            stream: stream.into(),
+            partition: p,
+            replica_to_add: replica.into(),
+            leader: leader.into(),
+            leader_epoch: epoch,
+        }),
+        ..Default::default()
+    }
+}
+
+fn change_leader(stream: &str, p: i32, leader: &str) -> RaftLog {
+    RaftLog {
+        op: Op::ChangeLeader as i32,
+        change_leader_op: Some(internal::ChangeLeaderOp {
+            stream: stream.into(),
+            partition: p,
+            leader: leader.into(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn pause(stream: &str, partitions: &[i32], resume: bool) -> RaftLog {
+    if resume {
+        RaftLog {
+            op: Op::ResumeStream as i32,
+            resume_stream_op: Some(internal::ResumeStreamOp {
+                stream: stream.into(),
+                partitions: partitions.to_vec(),
+            }),
+            ..Default::default()
+        }
+    } else {
+        RaftLog {
+            op: Op::PauseStream as i32,
+            pause_stream_op: Some(internal::PauseStreamOp {
+                stream: stream.into(),
+                partitions: partitions.to_vec(),
+                resume_all: false,
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+fn readonly(stream: &str, partitions: &[i32], on: bool) -> RaftLog {
+    RaftLog {
+        op: Op::SetStreamReadonly as i32,
+        set_stream_readonly_op: Some(internal::SetStreamReadonlyOp {
+            stream: stream.into(),
+            partitions: partitions.to_vec(),
+            readonly: on,
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn streams_are_created_once_and_deleted_once() {
+    let mut f = Fsm::new();
+    let a = f.apply(&create("s", 2), 1);
+    assert_eq!(a.result, Ok(()));
+    assert_eq!(a.events, vec![Event::StreamCreated { stream: "s".into() }]);
+    let p = f.partition("s", 1).unwrap();
+    assert_eq!(
+        (p.leader.as_str(), p.isr.len(), p.leader_epoch, p.epoch),
+        ("a", 3, 1, 1)
+    );
+    assert!(matches!(
+        f.apply(&create("s", 1), 2).result,
+        Err(OpError::AlreadyExists(_))
+    ));
+    assert_eq!(
+        f.apply(&delete("s"), 3).events,
+        vec![Event::StreamDeleted { stream: "s".into() }]
+    );
+    assert!(matches!(
+        f.apply(&delete("s"), 4).result,
+        Err(OpError::NotFound(_))
+    ));
+    assert!(f.stream("s").is_none());
+    assert_eq!(
+        f.apply(&create("s", 1), 5).result,
+        Ok(()),
+        "a deleted name can be reused"
+    );
+}
+
+#[test]
+fn isr_changes_check_the_leader_generation_and_set_the_epoch() {
+    let mut f = Fsm::new();
+    f.apply(&create("s", 1), 1);
+    let stale = f.apply(&shrink("s", 0, "c", "a", 0), 2);
+    assert!(
+        matches!(stale.result, Err(OpError::FailedPrecondition(ref m)) if m.contains("leader generation mismatch"))
+    );
+    assert!(matches!(
+        f.apply(&shrink("s", 0, "c", "b", 1), 3).result,
+        Err(OpError::FailedPrecondition(_))
+    ));
+    assert!(matches!(
+        f.apply(&shrink("s", 0, "z", "a", 1), 4).result,
+        Err(OpError::FailedPrecondition(_))
+    ));
+    assert!(matches!(
+        f.apply(&shrink("s", 7, "c", "a", 1), 5).result,
+        Err(OpError::NotFound(_))
+    ));
+    assert_eq!(f.apply(&shrink("s", 0, "c", "a", 1), 6).result, Ok(()));
+    let p = f.partition("s", 0).unwrap();
+    assert_eq!(
+        (p.isr.clone(), p.leader_epoch, p.epoch),
+        (vec!["a".to_string(), "b".to_string()], 1, 6)
+    );
+    assert_eq!(f.apply(&expand("s", 0, "c", "a", 1), 7).result, Ok(()));
+    assert_eq!(f.partition("s", 0).unwrap().isr.len(), 3);
+    assert_eq!(f.partition("s", 0).unwrap().epoch, 7);
+}
+
+#[test]
+fn a_leader_change_bumps_both_epochs() {
+    let mut f = Fsm::new();
+    f.apply(&create("s", 1), 1);
+    f.apply(&shrink("s", 0, "b", "a", 1), 2);
+    assert_eq!(f.apply(&change_leader("s", 0, "b"), 3).result, Ok(()));
+    let p = f.partition("s", 0).unwrap();
+    assert_eq!((p.leader.as_str(), p.leader_epoch, p.epoch), ("b", 3, 3));
+    assert!(
+        p.isr.contains(&"b".to_string()),
+        "the new leader is in the ISR"
+    );
+    assert!(matches!(
+        f.apply(&change_leader("s", 0, "z"), 4).result,
+        Err(OpError::FailedPrecondition(_))
+    ));
+    // The old leader's ISR change is now stale.
+    assert!(matches!(
+        f.apply(&shrink("s", 0, "c", "a", 1), 5).result,
+        Err(OpError::FailedPrecondition(_))
+    ));
+}
+
+#[test]
+fn pause_resume_and_readonly_select_partitions() {
+    let mut f = Fsm::new();
+    f.apply(&create("s", 3), 1);
+    let a = f.apply(&pause("s", &[], false), 2);
+    assert_eq!(
+        a.events,
+        vec![Event::Paused {
+            stream: "s".into(),
+            partitions: vec![0, 1, 2]
+        }]
+    );
+    f.apply(&pause("s", &[1], true), 3);
+    let paused: Vec<bool> = (0..3)
+        .map(|i| f.partition("s", i).unwrap().paused)
+        .collect();
+    assert_eq!(paused, [true, false, true]);
+    assert!(matches!(
+        f.apply(&pause("s", &[9], true), 4).result,
+        Err(OpError::NotFound(_))
+    ));
+    assert!(matches!(
+        f.apply(&pause("nope", &[], true), 5).result,
+        Err(OpError::NotFound(_))
+    ));
+    f.apply(&readonly("s", &[2], true), 6);
+    assert!(f.partition("s", 2).unwrap().readonly && !f.partition("s", 0).unwrap().readonly);
+}
+
+#[test]
+fn recovery_tombstones_deletes_until_it_ends() {
+    let mut f = Fsm::new();
+    f.start_recovery();
+    f.apply(&create("kept", 1), 1);
+    f.apply(&create("gone", 1), 2);
+    f.apply(&delete("kept"), 3);
+    assert!(
+        f.apply(&delete("gone"), 4).events.is_empty(),
+        "no deletion event during recovery"
+    );
+    assert!(
+        f.stream("kept").is_none() && f.streams().contains_key("kept"),
+        "tombstoned, data kept"
+    );
+    // Re-created during the replay: it comes back, with its data.
+    assert_eq!(f.apply(&create("kept", 1), 5).result, Ok(()));
+    assert_eq!(
+        f.finish_recovery(),
+        vec![Event::StreamDeleted {
+            stream: "gone".into()
+        }]
+    );
+    assert!(f.stream("kept").is_some() && !f.streams().contains_key("gone"));
+}
+
+#[test]
+fn consumer_groups() {
+    let mut f = Fsm::new();
+    let create_group = RaftLog {
+        op: Op::CreateConsumerGroup as i32,
+        create_consumer_group_op: Some(internal::CreateConsumerGroupOp {
+            consumer_group: Some(internal::ConsumerGroup {
+                id: "g".into(),
+                members: vec![internal::Consumer {
+                    id: "c1".into(),
+                    streams: vec!["s".into()],
+                }],
+                coordinator: "a".into(),
+                epoch: 0,
+            }),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(f.apply(&create_group, 1).join, Some(("a".into(), 1)));
+    let join = |c: &str| RaftLog {
+        op: Op::JoinConsumerGroup as i32,
+        join_consumer_group_op: Some(internal::JoinConsumerGroupOp {
+            group_id: "g".into(),
+            consumer_id: c.into(),
+            streams: vec!["s".into()],
+        }),
+        ..Default::default()
+    };
+    assert_eq!(f.apply(&join("c2"), 2).join, Some(("a".into(), 2)));
+    assert!(matches!(
+        f.apply(&join("c2"), 3).result,
+        Err(OpError::AlreadyExists(_))
+    ));
+    let coord = RaftLog {
+        op: Op::ChangeConsumerGroupCoordinator as i32,
+        change_consumer_group_coordinator_op: Some(internal::ChangeConsumerGroupCoordinatorOp {
+            group_id: "g".into(),
+            coordinator: "b".into(),
+        }),
+        ..Default::default()
+    };
+    f.apply(&coord, 4);
+    assert_eq!(
+        (f.groups()["g"].coordinator.as_str(), f.groups()["g"].epoch),
+        ("b", 4)
+    );
+    let leave = |c: &str| RaftLog {
+        op: Op::LeaveConsumerGroup as i32,
+        leave_consumer_group_op: Some(internal::LeaveConsumerGroupOp {
+            group_id: "g".into(),
+            consumer_id: c.into(),
+            expired: false,
+        }),
+        ..Default::default()
+    };
+    f.apply(&leave("c1"), 5);
+    assert!(matches!(
+        f.apply(&leave("c1"), 6).result,
+        Err(OpError::NotFound(_))
+    ));
+    f.apply(&leave("c2"), 7);
+    assert!(
+        f.groups().is_empty(),
+        "the last member leaving removes the group"
+    );
+}
+
+#[test]
+fn malformed_entries_are_refused_not_fatal() {
+    let mut f = Fsm::new();
+    let empty = RaftLog {
+        op: Op::CreateStream as i32,
+        ..Default::default()
+    };
+    assert!(matches!(
+        f.apply(&empty, 1).result,
+        Err(OpError::InvalidArgument(_))
+    ));
+    let unknown = RaftLog {
+        op: 99,
+        ..Default::default()
+    };
+    assert!(matches!(
+        f.apply(&unknown, 2).result,
+        Err(OpError::InvalidArgument(_))
+    ));
+    let report = RaftLog {
+        op: Op::ReportLeader as i32,
+        ..Default::default()
+    };
+    assert!(matches!(
+        f.apply(&report, 3).result,
+        Err(OpError::InvalidArgument(_))
+    ));
+    assert!(f.restore(b"xx", 4).is_err());
+    assert!(f.restore(&[0, 0, 0, 9, 1], 4).is_err());
+    assert_eq!(f.applied_index(), 3, "a bad snapshot changes nothing");
+}
+
+fn op() -> impl Strategy<Value = RaftLog> {
+    let stream = prop::sample::select(vec!["s0", "s1", "s2"]);
+    let replica = prop::sample::select(vec!["a", "b", "c"]);
+    prop_oneof![
+        (stream.clone(), 1..3i32).prop_map(|(s, n)| create(s, n)),
+        stream.clone().prop_map(delete),
+        (
+            stream.clone(),
+            0..2i32,
+            replica.clone(),
+            replica.clone(),
+            0..30u64
+        )
+            .prop_map(|(s, p, r, l, e)| shrink(s, p, r, l, e)),
+        (
+            stream.clone(),
+            0..2i32,
+            replica.clone(),
+            replica.clone(),
+            0..30u64
+        )
+            .prop_map(|(s, p, r, l, e)| expand(s, p, r, l, e)),
+        (stream.clone(), 0..2i32, replica).prop_map(|(s, p, l)| change_leader(s, p, l)),
+        (stream.clone(), any::<bool>()).prop_map(|(s, r)| pause(s, &[], r)),
+        (stream, any::<bool>()).prop_map(|(s, on)| readonly(s, &[0], on)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Snapshot at any index, restore, apply the rest: the same state as applying everything.
+    /// Replaying applied entries changes nothing.
+    #[test]
+    fn snapshots_and_replays_agree(ops in prop::collection::vec(op(), 1..40), cut in any::<prop::sample::Index>()) {
+        let mut full = Fsm::new();
+        let mut results = Vec::new();
+        for (i, e) in ops.iter().enumerate() {
+            results.push(full.apply(e, i as u64 + 1).result);
+        }
+        let k = cut.index(ops.len() + 1);
+        let mut prefix = Fsm::new();
+        for (i, e) in ops[..k].iter().enumerate() {
+            prefix.apply(e, i as u64 + 1);
+        }
+        let mut restored = Fsm::new();
+        restored.restore(&prefix.snapshot(), k as u64).unwrap();
+        for (i, e) in ops[k..].iter().enumerate() {
+            let r = restored.apply(e, (k + i) as u64 + 1);
+            prop_assert_eq!(&r.result, &results[k + i], "the same verdict after a restore");
+        }
+        prop_assert_eq!(restored.snapshot(), full.snapshot());
+        let before = full.snapshot();
+        for (i, e) in ops.iter().enumerate() {
+            prop_assert!(full.apply(e, i as u64 + 1).events.is_empty());
+        }
+        prop_assert_eq!(full.snapshot(), before);
+        // Epochs never exceed the index that set them, and a leader is always a replica.
+        for s in full.streams().values() {
+            for p in s.partitions.values() {
+                prop_assert!(p.leader_epoch <= p.epoch && p.epoch <= ops.len() as u64);
+                prop_assert!(p.replicas.contains(&p.leader));
+                prop_assert!(p.isr.iter().all(|r| p.replicas.contains(r)));
+            }
+        }
+    }
+}
