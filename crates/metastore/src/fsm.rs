@@ -228,6 +228,11 @@ impl Fsm {
         self.applied_index
     }
 
+    /// Whether a recovery replay is under way.
+    pub fn is_recovering(&self) -> bool {
+        self.recovering
+    }
+
     /// Enters recovery: deletes only tombstone until [`finish_recovery`](Fsm::finish_recovery).
     pub fn start_recovery(&mut self) {
         self.recovering = true;

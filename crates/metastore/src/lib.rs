@@ -1,11 +1,16 @@
 //! `metastore`: the cluster metadata of liftbridge-rs.
 //!
-//! Today this crate holds the metadata state machine ([`fsm::Fsm`]). It covers streams, partitions
-//! (replicas, leader, ISR, epochs, paused and read-only flags) and consumer groups, changed only
-//! by applying committed log entries deterministically. The Raft group that commits those entries
-//! (raft-rs, durable storage, transport over NATS, membership) builds on it; see
-//! `docs/architecture.md` for its status.
+//! - [`fsm`]: the metadata state machine. It covers streams, partitions (replicas, leader, ISR,
+//!   epochs, paused and read-only flags) and consumer groups, changed only by applying committed
+//!   log entries deterministically.
+//! - [`node`]: one member of the Raft group (raft-rs) that commits those entries, driven as a
+//!   state machine by its caller: ticks, proposals and messages in; messages, applied entries and
+//!   role changes out.
+//!
+//! Durable storage, the transport over NATS and membership build on these; see
+//! `docs/architecture.md` for their status.
 
 pub mod fsm;
+pub mod node;
 
 pub use fsm::{Applied, Event, Fsm, GroupState, OpError, PartitionState, StreamState};

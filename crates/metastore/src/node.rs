@@ -1,0 +1,350 @@
+//! One member of the metadata Raft group: a raft-rs `RawNode` and the [`Fsm`] it feeds.
+//!
+//! The node is a state machine too. Its driver hands it [`Input`]s (a clock tick, a proposal, a
+//! message from a peer) and gets back an [`Output`]: messages to send, entries applied with their
+//! verdicts, and role changes. The node owns no thread, socket or clock, so a test can run a whole
+//! cluster in one thread, with a seed.
+//!
+//! # The Ready contract
+//! [`MetaNode::drive`] follows raft-rs's documented order. It applies a snapshot, applies
+//! committed entries, persists new entries and the hard state, and only then returns messages.
+//! Because nothing goes out before the state it depends on is persisted, every message the driver
+//! sends is safe, leader messages included.
+
+use std::collections::HashMap;
+
+use liftbridge_proto::internal::RaftLog;
+use prost::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message};
+use raft::storage::MemStorage;
+use raft::{Config, RawNode, StateRole, Storage};
+
+use crate::fsm::{Applied, Event, Fsm};
+
+/// Why the node could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// raft-rs refused (for example, a proposal while no leader is known).
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// A message from a peer could not be decoded.
+    #[error("malformed raft message: {0}")]
+    Decode(String),
+}
+
+/// What the driver feeds the node.
+#[derive(Debug)]
+pub enum Input {
+    /// One clock tick (elections and heartbeats count ticks).
+    Tick,
+    /// Propose a metadata operation; `id` comes back with its verdict once applied.
+    Propose {
+        /// The caller's id for the proposal.
+        id: u64,
+        /// The operation (boxed: it is much larger than the other inputs).
+        entry: Box<RaftLog>,
+    },
+    /// Add a voter (or, with `learner`, a non-voting member).
+    AddMember {
+        /// The new member's Raft id.
+        node: u64,
+        /// Whether it joins as a learner.
+        learner: bool,
+    },
+    /// A message from a peer.
+    Message(Box<Message>),
+}
+
+/// One applied entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppliedEntry {
+    /// Its Raft index.
+    pub index: u64,
+    /// Its Raft term.
+    pub term: u64,
+    /// The proposal id, if this node proposed it.
+    pub proposal: Option<u64>,
+    /// The verdict and events.
+    pub applied: Applied,
+}
+
+/// What the driver must act on after an input.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Send each to its `to`.
+    pub messages: Vec<Message>,
+    /// Entries applied to the state machine, in order.
+    pub applied: Vec<AppliedEntry>,
+    /// The node's role, if it changed.
+    pub role: Option<StateRole>,
+}
+
+/// A member of the metadata group.
+pub struct MetaNode {
+    raw: RawNode<MemStorage>,
+    fsm: Fsm,
+    role: StateRole,
+    /// The commit index at start: replaying up to it is recovery.
+    recovery_until: u64,
+}
+
+impl std::fmt::Debug for MetaNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaNode")
+            .field("id", &self.raw.raft.id)
+            .field("term", &self.raw.raft.term)
+            .field("role", &self.role)
+            .field("applied", &self.fsm.applied_index())
+            .finish()
+    }
+}
+
+/// Election and heartbeat timing, in ticks (Liftbridge's defaults are 1 s and 100 ms).
+pub const ELECTION_TICKS: usize = 10;
+/// Heartbeat interval in ticks.
+pub const HEARTBEAT_TICKS: usize = 1;
+
+/// Initial storage for a node that starts with `voters` as the whole group (a seed starts with
+/// itself alone; a static peer list starts with every peer).
+pub fn bootstrap_storage(voters: &[u64]) -> MemStorage {
+    MemStorage::new_with_conf_state(ConfState::from((voters.to_vec(), vec![])))
+}
+
+/// Storage for a node that will be added by a configuration change.
+pub fn joining_storage() -> MemStorage {
+    MemStorage::new()
+}
+
+impl MetaNode {
+    /// Starts node `id` on `storage`, replaying what it holds. Everything replayed is applied in
+    /// recovery mode (see [`Fsm::start_recovery`]); recovery ends when the node has applied up to
+    /// the commit index it had at start.
+    ///
+    /// # Errors
+    /// [`NodeError::Raft`] for an invalid configuration.
+    pub fn new(id: u64, storage: MemStorage) -> Result<MetaNode, NodeError> {
+        let cfg = Config {
+            id,
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: HEARTBEAT_TICKS,
+            // Pre-vote and check-quorum keep a partitioned node from disrupting the group when it
+            // returns, and make a leader cut off from the majority step down.
+            pre_vote: true,
+            check_quorum: true,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            ..Config::default()
+        };
+        cfg.validate()?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let commit = storage.initial_state()?.hard_state.commit;
+        let raw = RawNode::new(&cfg, storage, &logger)?;
+        let mut fsm = Fsm::new();
+        if commit > 0 {
+            fsm.start_recovery();
+        }
+        Ok(MetaNode {
+            raw,
+            fsm,
+            role: StateRole::Follower,
+            recovery_until: commit,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// The current role.
+    pub fn role(&self) -> StateRole {
+        self.raw.raft.state
+    }
+
+    /// The leader this node knows of, if any.
+    pub fn leader(&self) -> Option<u64> {
+        let l = self.raw.raft.leader_id;
+        (l != raft::INVALID_ID).then_some(l)
+    }
+
+    /// The state machine.
+    pub fn fsm(&self) -> &Fsm {
+        &self.fsm
+    }
+
+    /// The storage, for a restart "with the disk intact".
+    pub fn storage(&self) -> MemStorage {
+        self.raw.raft.raft_log.store.clone()
+    }
+
+    /// Handles one input and returns what to do about it.
+    ///
+    /// # Errors
+    /// A proposal that raft-rs refuses (e.g. no known leader), or a malformed conf change.
+    pub fn handle(&mut self, input: Input) -> Result<Output, NodeError> {
+        match input {
+            Input::Tick => {
+                self.raw.tick();
+            }
+            Input::Propose { id, entry } => {
+                self.raw
+                    .propose(id.to_be_bytes().to_vec(), entry.encode_to_vec())?;
+            }
+            Input::AddMember { node, learner } => {
+                let mut cc = ConfChange::default();
+                cc.set_node_id(node);
+                cc.set_change_type(if learner {
+                    ConfChangeType::AddLearnerNode
+                } else {
+                    ConfChangeType::AddNode
+                });
+                self.raw.propose_conf_change(vec![], cc)?;
+            }
+            Input::Message(m) => {
+                // Messages for a node that was removed, or from a stale incarnation, are dropped
+                // by raft-rs itself; an error here is not fatal to the node.
+                let _ = self.raw.step(*m);
+            }
+        }
+        self.drive()
+    }
+
+    /// Runs the Ready loop until raft-rs has nothing more to do.
+    fn drive(&mut self) -> Result<Output, NodeError> {
+        let mut out = Output::default();
+        // Bounded: each round consumes what the previous one produced.
+        for _ in 0..64 {
+            if !self.raw.has_ready() {
+                break;
+            }
+            let store = self.storage();
+            let mut ready = self.raw.ready();
+            let mut messages = ready.take_messages();
+            if !ready.snapshot().is_empty() {
+                let snap = ready.snapshot().clone();
+                store.wl().apply_snapshot(snap.clone())?;
+                self.fsm
+                    .restore(&snap.data, snap.get_metadata().index)
+                    .map_err(|e| NodeError::Decode(e.to_string()))?;
+            }
+            self.apply(ready.take_committed_entries(), &mut out)?;
+            if !ready.entries().is_empty() {
+                store.wl().append(ready.entries())?;
+            }
+            if let Some(hs) = ready.hs() {
+                store.wl().set_hardstate(hs.clone());
+            }
+            messages.extend(ready.take_persisted_messages());
+            let mut light = self.raw.advance(ready);
+            if let Some(commit) = light.commit_index() {
+                store.wl().mut_hard_state().set_commit(commit);
+            }
+            messages.extend(light.take_messages());
+            self.apply(light.take_committed_entries(), &mut out)?;
+            self.raw.advance_apply();
+            out.messages.extend(messages);
+        }
+        let role = self.raw.raft.state;
+        if role != self.role {
+            self.role = role;
+            out.role = Some(role);
+        }
+        Ok(out)
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<(), NodeError> {
+        for entry in entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {} // a new leader's empty entry
+                EntryType::EntryNormal => {
+                    let applied = match RaftLog::decode(&entry.data[..]) {
+                        Ok(log) => self.fsm.apply(&log, entry.index),
+                        Err(e) => Applied {
+                            result: Err(crate::fsm::OpError::InvalidArgument(format!(
+                                "undecodable entry: {e}"
+                            ))),
+                            events: Vec::new(),
+                            join: None,
+                        },
+                    };
+                    let proposal = <[u8; 8]>::try_from(&entry.context[..])
+                        .ok()
+                        .map(u64::from_be_bytes);
+                    out.applied.push(AppliedEntry {
+                        index: entry.index,
+                        term: entry.term,
+                        proposal,
+                        applied,
+                    });
+                }
+                EntryType::EntryConfChange => {
+                    let mut cc = ConfChange::default();
+                    protobuf::Message::merge_from_bytes(&mut cc, &entry.data)
+                        .map_err(|e| NodeError::Decode(e.to_string()))?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.storage().wl().set_conf_state(cs);
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let mut cc = raft::eraftpb::ConfChangeV2::default();
+                    protobuf::Message::merge_from_bytes(&mut cc, &entry.data)
+                        .map_err(|e| NodeError::Decode(e.to_string()))?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.storage().wl().set_conf_state(cs);
+                }
+            }
+            if self.fsm.is_recovering() && entry.index >= self.recovery_until {
+                for e in self.fsm.finish_recovery() {
+                    out.applied.push(AppliedEntry {
+                        index: entry.index,
+                        term: entry.term,
+                        proposal: None,
+                        applied: Applied {
+                            result: Ok(()),
+                            events: vec![e],
+                            join: None,
+                        },
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Encodes a raft message for the wire (the transport carries these bytes).
+pub fn encode_message(m: &Message) -> Vec<u8> {
+    protobuf::Message::write_to_bytes(m).expect("a raft message always encodes")
+}
+
+/// Decodes a raft message from the wire.
+///
+/// # Errors
+/// [`NodeError::Decode`] for bytes that are not a raft message.
+pub fn decode_message(bytes: &[u8]) -> Result<Message, NodeError> {
+    let mut m = Message::default();
+    protobuf::Message::merge_from_bytes(&mut m, bytes)
+        .map_err(|e| NodeError::Decode(e.to_string()))?;
+    Ok(m)
+}
+
+/// Events of applied entries, in order: what a watcher sees.
+pub fn events(applied: &[AppliedEntry]) -> Vec<Event> {
+    applied
+        .iter()
+        .flat_map(|a| a.applied.events.clone())
+        .collect()
+}
+
+/// Proposals by id that have an answer in `applied`.
+pub fn verdicts(applied: &[AppliedEntry]) -> HashMap<u64, Applied> {
+    applied
+        .iter()
+        .filter_map(|a| a.proposal.map(|p| (p, a.applied.clone())))
+        .collect()
+}
