@@ -12,5 +12,6 @@
 
 pub mod fsm;
 pub mod node;
+pub mod storage;
 
 pub use fsm::{Applied, Event, Fsm, GroupState, OpError, PartitionState, StreamState};

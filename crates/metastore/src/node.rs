@@ -17,7 +17,9 @@ use liftbridge_proto::internal::RaftLog;
 use prost::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message};
 use raft::storage::MemStorage;
-use raft::{Config, RawNode, StateRole, Storage};
+use raft::{Config, RawNode, StateRole};
+
+use crate::storage::LogStore;
 
 use crate::fsm::{Applied, Event, Fsm};
 
@@ -81,15 +83,15 @@ pub struct Output {
 }
 
 /// A member of the metadata group.
-pub struct MetaNode {
-    raw: RawNode<MemStorage>,
+pub struct MetaNode<S: LogStore = MemStorage> {
+    raw: RawNode<S>,
     fsm: Fsm,
     role: StateRole,
     /// The commit index at start: replaying up to it is recovery.
     recovery_until: u64,
 }
 
-impl std::fmt::Debug for MetaNode {
+impl<S: LogStore> std::fmt::Debug for MetaNode<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MetaNode")
             .field("id", &self.raw.raft.id)
@@ -116,14 +118,14 @@ pub fn joining_storage() -> MemStorage {
     MemStorage::new()
 }
 
-impl MetaNode {
+impl<S: LogStore> MetaNode<S> {
     /// Starts node `id` on `storage`, replaying what it holds. Everything replayed is applied in
     /// recovery mode (see [`Fsm::start_recovery`]); recovery ends when the node has applied up to
     /// the commit index it had at start.
     ///
     /// # Errors
     /// [`NodeError::Raft`] for an invalid configuration.
-    pub fn new(id: u64, storage: MemStorage) -> Result<MetaNode, NodeError> {
+    pub fn new(id: u64, storage: S) -> Result<MetaNode<S>, NodeError> {
         let cfg = Config {
             id,
             election_tick: ELECTION_TICKS,
@@ -179,7 +181,7 @@ impl MetaNode {
     }
 
     /// The storage, for a restart "with the disk intact".
-    pub fn storage(&self) -> MemStorage {
+    pub fn storage(&self) -> S {
         self.raw.raft.raft_log.store.clone()
     }
 
@@ -228,22 +230,22 @@ impl MetaNode {
             let mut messages = ready.take_messages();
             if !ready.snapshot().is_empty() {
                 let snap = ready.snapshot().clone();
-                store.wl().apply_snapshot(snap.clone())?;
+                store.apply_snapshot(snap.clone())?;
                 self.fsm
                     .restore(&snap.data, snap.get_metadata().index)
                     .map_err(|e| NodeError::Decode(e.to_string()))?;
             }
             self.apply(ready.take_committed_entries(), &mut out)?;
             if !ready.entries().is_empty() {
-                store.wl().append(ready.entries())?;
+                store.append(ready.entries())?;
             }
             if let Some(hs) = ready.hs() {
-                store.wl().set_hardstate(hs.clone());
+                store.set_hard_state(hs.clone())?;
             }
             messages.extend(ready.take_persisted_messages());
             let mut light = self.raw.advance(ready);
             if let Some(commit) = light.commit_index() {
-                store.wl().mut_hard_state().set_commit(commit);
+                store.set_commit(commit)?;
             }
             messages.extend(light.take_messages());
             self.apply(light.take_committed_entries(), &mut out)?;
@@ -288,14 +290,14 @@ impl MetaNode {
                     protobuf::Message::merge_from_bytes(&mut cc, &entry.data)
                         .map_err(|e| NodeError::Decode(e.to_string()))?;
                     let cs = self.raw.apply_conf_change(&cc)?;
-                    self.storage().wl().set_conf_state(cs);
+                    self.storage().set_conf_state(cs)?;
                 }
                 EntryType::EntryConfChangeV2 => {
                     let mut cc = raft::eraftpb::ConfChangeV2::default();
                     protobuf::Message::merge_from_bytes(&mut cc, &entry.data)
                         .map_err(|e| NodeError::Decode(e.to_string()))?;
                     let cs = self.raw.apply_conf_change(&cc)?;
-                    self.storage().wl().set_conf_state(cs);
+                    self.storage().set_conf_state(cs)?;
                 }
             }
             if self.fsm.is_recovering() && entry.index >= self.recovery_until {

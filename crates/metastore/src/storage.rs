@@ -1,0 +1,351 @@
+//! Where a Raft node keeps its log, hard state, configuration and snapshot.
+//!
+//! [`LogStore`] is what the node needs: raft-rs's read side ([`raft::Storage`]) plus the writes a
+//! Ready round makes. There are two implementations:
+//! - `MemStorage` (raft-rs's own), for tests and simulations;
+//! - [`DiskStorage`]: a redb database, the well-kept embedded store, holds the durable copy. An
+//!   in-memory mirror serves raft-rs's reads. Every write commits to redb, fsync included, before
+//!   the mirror changes, so nothing is acknowledged that a crash could take back. Opening reloads
+//!   the mirror from the database.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use raft::Storage as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::storage::MemStorage;
+use redb::{ReadableDatabase, TableDefinition};
+
+/// The writes a Ready round makes, on top of raft-rs's read side.
+///
+/// Every method must be durable when it returns: the node sends messages that depend on it right
+/// after.
+pub trait LogStore: raft::Storage + Clone {
+    /// Appends entries, replacing any conflicting suffix.
+    fn append(&self, entries: &[Entry]) -> raft::Result<()>;
+    /// Replaces the hard state (term, vote, commit).
+    fn set_hard_state(&self, hs: HardState) -> raft::Result<()>;
+    /// Raises the commit index.
+    fn set_commit(&self, commit: u64) -> raft::Result<()>;
+    /// Replaces the membership.
+    fn set_conf_state(&self, cs: ConfState) -> raft::Result<()>;
+    /// Installs a snapshot, dropping the entries it covers.
+    fn apply_snapshot(&self, snap: Snapshot) -> raft::Result<()>;
+}
+
+impl LogStore for MemStorage {
+    fn append(&self, entries: &[Entry]) -> raft::Result<()> {
+        self.wl().append(entries)
+    }
+    fn set_hard_state(&self, hs: HardState) -> raft::Result<()> {
+        self.wl().set_hardstate(hs);
+        Ok(())
+    }
+    fn set_commit(&self, commit: u64) -> raft::Result<()> {
+        self.wl().mut_hard_state().set_commit(commit);
+        Ok(())
+    }
+    fn set_conf_state(&self, cs: ConfState) -> raft::Result<()> {
+        self.wl().set_conf_state(cs);
+        Ok(())
+    }
+    fn apply_snapshot(&self, snap: Snapshot) -> raft::Result<()> {
+        self.wl().apply_snapshot(snap)
+    }
+}
+
+const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_entries");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const HARD_STATE: &str = "hard_state";
+const CONF_STATE: &str = "conf_state";
+const SNAPSHOT: &str = "snapshot";
+
+fn store_err(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(raft::StorageError::Other(e.to_string().into()))
+}
+
+fn encode(m: &impl protobuf::Message) -> raft::Result<Vec<u8>> {
+    m.write_to_bytes().map_err(store_err)
+}
+
+fn decode<M: protobuf::Message + Default>(b: &[u8]) -> raft::Result<M> {
+    let mut m = M::default();
+    m.merge_from_bytes(b).map_err(store_err)?;
+    Ok(m)
+}
+
+/// Raft storage in a redb database file.
+#[derive(Clone)]
+pub struct DiskStorage {
+    mem: MemStorage,
+    db: Arc<redb::Database>,
+    /// The last installed snapshot, data included (raft-rs's mirror keeps only its metadata).
+    snapshot: Arc<parking_lot::Mutex<Option<Snapshot>>>,
+}
+
+impl std::fmt::Debug for DiskStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStorage").finish_non_exhaustive()
+    }
+}
+
+impl DiskStorage {
+    /// Opens (or creates) the database at `path` and loads it. A new database starts with
+    /// `initial` as its membership, if given (a seed or a static peer list); a node that will
+    /// join by configuration change starts with none.
+    ///
+    /// # Errors
+    /// A database that cannot be opened or read.
+    pub fn open(path: &Path, initial: Option<ConfState>) -> raft::Result<DiskStorage> {
+        let db = redb::Database::create(path).map_err(store_err)?;
+        let storage = DiskStorage {
+            mem: MemStorage::new(),
+            db: Arc::new(db),
+            snapshot: Arc::new(parking_lot::Mutex::new(None)),
+        };
+        let (snapshot, hard_state, conf_state, entries) = {
+            let txn = storage.db.begin_read().map_err(store_err)?;
+            let meta = match txn.open_table(META) {
+                Ok(t) => Some(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(store_err(e)),
+            };
+            let get = |key: &str| -> raft::Result<Option<Vec<u8>>> {
+                match &meta {
+                    Some(t) => Ok(t.get(key).map_err(store_err)?.map(|v| v.value().to_vec())),
+                    None => Ok(None),
+                }
+            };
+            let snapshot = get(SNAPSHOT)?.map(|b| decode::<Snapshot>(&b)).transpose()?;
+            let hard_state = get(HARD_STATE)?
+                .map(|b| decode::<HardState>(&b))
+                .transpose()?;
+            let conf_state = get(CONF_STATE)?
+                .map(|b| decode::<ConfState>(&b))
+                .transpose()?;
+            let mut entries = Vec::new();
+            match txn.open_table(ENTRIES) {
+                Ok(t) => {
+                    for row in t.range::<u64>(..).map_err(store_err)? {
+                        let (_, v) = row.map_err(store_err)?;
+                        entries.push(decode::<Entry>(v.value())?);
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(store_err(e)),
+            }
+            (snapshot, hard_state, conf_state, entries)
+        };
+        let fresh = snapshot.is_none()
+            && hard_state.is_none()
+            && conf_state.is_none()
+            && entries.is_empty();
+        if fresh {
+            if let Some(cs) = initial {
+                storage.set_conf_state(cs)?;
+            }
+            return Ok(storage);
+        }
+        if let Some(s) = snapshot {
+            storage.mem.wl().apply_snapshot(s.clone())?;
+            *storage.snapshot.lock() = Some(s);
+        }
+        let first = storage.mem.first_index()?;
+        {
+            let mut wl = storage.mem.wl();
+            let entries: Vec<Entry> = entries.into_iter().filter(|e| e.index >= first).collect();
+            if !entries.is_empty() {
+                wl.append(&entries)?;
+            }
+            if let Some(cs) = conf_state {
+                wl.set_conf_state(cs);
+            }
+            if let Some(hs) = hard_state {
+                wl.set_hardstate(hs);
+            }
+        }
+        Ok(storage)
+    }
+
+    fn write(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> raft::Result<()>,
+    ) -> raft::Result<()> {
+        let txn = self.db.begin_write().map_err(store_err)?;
+        f(&txn)?;
+        txn.commit().map_err(store_err)
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> raft::Result<()> {
+        self.write(|txn| {
+            txn.open_table(META)
+                .map_err(store_err)?
+                .insert(key, value)
+                .map_err(store_err)?;
+            Ok(())
+        })
+    }
+}
+
+impl raft::Storage for DiskStorage {
+    fn initial_state(&self) -> raft::Result<raft::RaftState> {
+        self.mem.initial_state()
+    }
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: raft::GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mem.term(idx)
+    }
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        match &*self.snapshot.lock() {
+            Some(s) if s.get_metadata().index >= request_index => Ok(s.clone()),
+            _ => self.mem.snapshot(request_index, to),
+        }
+    }
+}
+
+impl LogStore for DiskStorage {
+    fn append(&self, entries: &[Entry]) -> raft::Result<()> {
+        let Some(first) = entries.first().map(|e| e.index) else {
+            return Ok(());
+        };
+        let encoded: Vec<(u64, Vec<u8>)> = entries
+            .iter()
+            .map(|e| Ok((e.index, encode(e)?)))
+            .collect::<raft::Result<_>>()?;
+        self.write(|txn| {
+            let mut t = txn.open_table(ENTRIES).map_err(store_err)?;
+            // A conflicting suffix is replaced: drop everything from the first new index on.
+            t.retain_in(first.., |_, _| false).map_err(store_err)?;
+            for (i, b) in &encoded {
+                t.insert(*i, b.as_slice()).map_err(store_err)?;
+            }
+            Ok(())
+        })?;
+        self.mem.wl().append(entries)
+    }
+
+    fn set_hard_state(&self, hs: HardState) -> raft::Result<()> {
+        self.put_meta(HARD_STATE, &encode(&hs)?)?;
+        self.mem.wl().set_hardstate(hs);
+        Ok(())
+    }
+
+    fn set_commit(&self, commit: u64) -> raft::Result<()> {
+        let mut hs = self.mem.initial_state()?.hard_state;
+        hs.set_commit(commit);
+        self.set_hard_state(hs)
+    }
+
+    fn set_conf_state(&self, cs: ConfState) -> raft::Result<()> {
+        self.put_meta(CONF_STATE, &encode(&cs)?)?;
+        self.mem.wl().set_conf_state(cs);
+        Ok(())
+    }
+
+    fn apply_snapshot(&self, snap: Snapshot) -> raft::Result<()> {
+        let index = snap.get_metadata().index;
+        let bytes = encode(&snap)?;
+        let cs = encode(snap.get_metadata().get_conf_state())?;
+        self.write(|txn| {
+            let mut meta = txn.open_table(META).map_err(store_err)?;
+            meta.insert(SNAPSHOT, bytes.as_slice()).map_err(store_err)?;
+            meta.insert(CONF_STATE, cs.as_slice()).map_err(store_err)?;
+            drop(meta);
+            let mut t = txn.open_table(ENTRIES).map_err(store_err)?;
+            t.retain_in(..=index, |_, _| false).map_err(store_err)?;
+            Ok(())
+        })?;
+        self.mem.wl().apply_snapshot(snap.clone())?;
+        *self.snapshot.lock() = Some(snap);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raft::Storage;
+
+    use super::*;
+
+    fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+        Entry {
+            index,
+            term,
+            data: data.to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn everything_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        {
+            let s =
+                DiskStorage::open(&path, Some(ConfState::from((vec![1, 2, 3], vec![])))).unwrap();
+            s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")])
+                .unwrap();
+            // A new leader overwrites index 3 onward.
+            s.append(&[entry(3, 2, b"C"), entry(4, 2, b"d")]).unwrap();
+            let hs = HardState {
+                term: 2,
+                vote: 2,
+                ..Default::default()
+            };
+            s.set_hard_state(hs).unwrap();
+            s.set_commit(3).unwrap();
+        }
+        let s = DiskStorage::open(&path, None).unwrap();
+        let st = s.initial_state().unwrap();
+        assert_eq!(
+            (st.hard_state.term, st.hard_state.vote, st.hard_state.commit),
+            (2, 2, 3)
+        );
+        assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 4));
+        let got = s
+            .entries(1, 5, None, raft::GetEntriesContext::empty(false))
+            .unwrap();
+        let data: Vec<&[u8]> = got.iter().map(|e| &e.data[..]).collect();
+        assert_eq!(data, [&b"a"[..], b"b", b"C", b"d"]);
+        assert_eq!(s.term(3).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_entries_it_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        {
+            let s = DiskStorage::open(&path, Some(ConfState::from((vec![1], vec![])))).unwrap();
+            s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")])
+                .unwrap();
+            let mut snap = Snapshot {
+                data: b"state at 2".to_vec().into(),
+                ..Default::default()
+            };
+            snap.mut_metadata().index = 2;
+            snap.mut_metadata().term = 1;
+            snap.mut_metadata()
+                .set_conf_state(ConfState::from((vec![1, 2], vec![])));
+            s.apply_snapshot(snap).unwrap();
+        }
+        let s = DiskStorage::open(&path, None).unwrap();
+        assert_eq!(s.first_index().unwrap(), 3);
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2]);
+        assert_eq!(&s.snapshot(0, 0).unwrap().data[..], b"state at 2");
+    }
+}
