@@ -12,6 +12,7 @@
 
 pub mod fsm;
 pub mod node;
+pub mod service;
 pub mod storage;
 
 pub use fsm::{Applied, Event, Fsm, GroupState, OpError, PartitionState, StreamState};

@@ -1,0 +1,626 @@
+//! The metadata group on a network: a [`MetaNode`] on [`DiskStorage`], driven by one tokio task,
+//! talking to its peers over NATS.
+//!
+//! - **Transport:** a Raft message to node `n` is published, as its protobuf bytes, on
+//!   `<ns>.raft.metadata.<n>.accept`. Each node subscribes to its own subject, so no extra port
+//!   is needed.
+//! - **Membership:** a seed starts as a group of one and elects itself. A static peer list starts
+//!   with every peer as a voter. A joining node sends `RaftJoinRequest` envelopes to
+//!   `<ns>.raft.metadata.join` until the leader adds it by configuration change. Beyond
+//!   `max_quorum_size` voters, new members join as learners.
+//! - **Proposals from any node:** the leader proposes directly. A follower forwards a
+//!   `PropagatedRequest` envelope to `<ns>.raft.metadata.propagate`, which only the leader
+//!   subscribes to, and returns the leader's verdict as a typed [`MetaError`].
+//! - **Watch:** [`Metastore::watch`] streams role changes and applied events in apply order.
+//!
+//! Raft ids are 64-bit hashes of the server ids (FNV-1a), so a string id names a node everywhere.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use liftbridge_proto::internal::{self, Op, RaftLog};
+use natsbridge::{Connection, NatsError, Subjects, payload};
+use parking_lot::RwLock;
+use raft::StateRole;
+use raft::eraftpb::ConfState;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::fsm::{Applied, Event, Fsm, OpError};
+use crate::node::{self, Input, MetaNode, Output};
+use crate::storage::DiskStorage;
+
+/// How a node first finds its group. Ignored when its storage already holds a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Start a new group of one (Liftbridge's `raft.bootstrap.seed`).
+    Seed,
+    /// Start a new group of exactly these servers (`raft.bootstrap.peers`), this one included.
+    Peers(Vec<String>),
+    /// Ask an existing group's leader to add this node.
+    Join,
+}
+
+/// Settings of one metadata node.
+#[derive(Debug, Clone)]
+pub struct MetaConfig {
+    /// This server's id.
+    pub server_id: String,
+    /// Where the Raft database lives (`<dir>/raft.redb`).
+    pub data_dir: PathBuf,
+    /// How to find the group the first time.
+    pub bootstrap: Bootstrap,
+    /// Subjects and namespace.
+    pub subjects: Subjects,
+    /// One Raft tick. Default 100 ms: elections after about a second.
+    pub tick: Duration,
+    /// Deadline of a proposal, forwarded or not. Default 5 s, as Liftbridge.
+    pub request_timeout: Duration,
+    /// Join requests before giving up. Default 30, one a second, as Liftbridge.
+    pub join_attempts: u32,
+    /// Voters allowed; members beyond it join as learners. 0: no limit.
+    pub max_quorum_size: usize,
+}
+
+impl MetaConfig {
+    /// Settings with Liftbridge's defaults for `server_id` in `data_dir`.
+    pub fn new(
+        server_id: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+        bootstrap: Bootstrap,
+    ) -> Self {
+        MetaConfig {
+            server_id: server_id.into(),
+            data_dir: data_dir.into(),
+            bootstrap,
+            subjects: Subjects::default(),
+            tick: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(5),
+            join_attempts: 30,
+            max_quorum_size: 0,
+        }
+    }
+}
+
+/// What can go wrong with the metadata group.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetaError {
+    /// The operation was applied and refused.
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// No leader is known; retry later.
+    #[error("no metadata leader")]
+    NoLeader,
+    /// The proposal did not complete before its deadline (it may still commit).
+    #[error("metadata proposal timed out")]
+    Timeout,
+    /// This node lost leadership while the proposal was pending; retry.
+    #[error("lost metadata leadership before the proposal committed")]
+    LostLeadership,
+    /// The operation cannot be forwarded to a leader (only leaders originate it).
+    #[error("{0:?} cannot be proposed from a follower")]
+    NotForwardable(Op),
+    /// Joining the group failed.
+    #[error("could not join the metadata group: {0}")]
+    Join(String),
+    /// Storage failed.
+    #[error("raft storage: {0}")]
+    Storage(String),
+    /// NATS failed.
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    /// The node is shut down.
+    #[error("the metadata node is shut down")]
+    Closed,
+}
+
+/// What a watcher sees, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    /// This node's role changed.
+    Role {
+        /// Whether it now leads.
+        leader: bool,
+        /// The term.
+        term: u64,
+    },
+    /// An applied entry changed the metadata.
+    Applied {
+        /// The entry's Raft index.
+        index: u64,
+        /// What changed.
+        event: Event,
+    },
+}
+
+/// A stable, non-zero Raft id for a server id (64-bit FNV-1a).
+pub fn raft_id(server_id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in server_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+enum Command {
+    Propose {
+        entry: Box<RaftLog>,
+        reply: oneshot::Sender<Result<Applied, MetaError>>,
+    },
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Status {
+    leader: Option<u64>,
+    is_leader: bool,
+    term: u64,
+}
+
+/// A running metadata node. Cheap to clone.
+#[derive(Clone)]
+pub struct Metastore {
+    cfg: Arc<MetaConfig>,
+    conn: Connection,
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<WatchEvent>,
+    state: Arc<RwLock<Fsm>>,
+    status: Arc<RwLock<Status>>,
+}
+
+impl std::fmt::Debug for Metastore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metastore")
+            .field("server_id", &self.cfg.server_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metastore {
+    /// Opens the Raft database, joins or starts the group as configured, and starts the node's
+    /// task on the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`MetaError::Storage`] if the database cannot be opened, [`MetaError::Nats`] if the
+    /// subscription fails, [`MetaError::Join`] if no leader added this node in time.
+    pub async fn start(cfg: MetaConfig, conn: Connection) -> Result<Metastore, MetaError> {
+        let id = raft_id(&cfg.server_id);
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| MetaError::Storage(e.to_string()))?;
+        let initial = match &cfg.bootstrap {
+            Bootstrap::Seed => Some(ConfState::from((vec![id], vec![]))),
+            Bootstrap::Peers(peers) => {
+                let mut ids: Vec<u64> = peers.iter().map(|p| raft_id(p)).collect();
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+                Some(ConfState::from((ids, vec![])))
+            }
+            Bootstrap::Join => None,
+        };
+        let disk = DiskStorage::open(&cfg.data_dir.join("raft.redb"), initial)
+            .map_err(|e| MetaError::Storage(e.to_string()))?;
+        let fresh_joiner = {
+            use raft::Storage as _;
+            let st = disk
+                .initial_state()
+                .map_err(|e| MetaError::Storage(e.to_string()))?;
+            st.conf_state.voters.is_empty() && st.conf_state.learners.is_empty()
+        };
+        let node = MetaNode::new(id, disk).map_err(|e| MetaError::Storage(e.to_string()))?;
+        let raft_sub = conn
+            .subscribe(&cfg.subjects.raft_accept(&id.to_string()))
+            .await?;
+        let (commands, rx) = mpsc::channel(1024);
+        let (events, _) = broadcast::channel(4096);
+        let store = Metastore {
+            cfg: Arc::new(cfg),
+            conn: conn.clone(),
+            commands,
+            events: events.clone(),
+            state: Arc::new(RwLock::new(Fsm::new())),
+            status: Arc::new(RwLock::new(Status::default())),
+        };
+        let driver = Driver {
+            node,
+            store: store.clone(),
+            next_proposal: 1,
+            pending: HashMap::new(),
+            join_sub: None,
+            propagate_sub: None,
+        };
+        tokio::spawn(driver.run(rx, raft_sub));
+        if fresh_joiner {
+            store.join().await?;
+        }
+        Ok(store)
+    }
+
+    async fn join(&self) -> Result<(), MetaError> {
+        let req = internal::RaftJoinRequest {
+            node_id: self.cfg.server_id.clone(),
+            node_addr: raft_id(&self.cfg.server_id).to_string(),
+        };
+        let mut last = String::from("no leader answered");
+        for _ in 0..self.cfg.join_attempts.max(1) {
+            let sent = self
+                .conn
+                .request(
+                    &self.cfg.subjects.raft_join(),
+                    payload::encode(&req, false),
+                    Duration::from_secs(1),
+                )
+                .await;
+            match sent.map(|m| payload::decode::<internal::RaftJoinResponse>(&m.payload)) {
+                Ok(Ok(resp)) if resp.error.is_empty() => return Ok(()),
+                Ok(Ok(resp)) => last = resp.error,
+                Ok(Err(e)) => last = e.to_string(),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Err(MetaError::Join(last))
+    }
+
+    /// This node's Raft id.
+    pub fn raft_id(&self) -> u64 {
+        raft_id(&self.cfg.server_id)
+    }
+
+    /// Whether this node leads the group.
+    pub fn is_leader(&self) -> bool {
+        self.status.read().is_leader
+    }
+
+    /// The leader's Raft id, if known.
+    pub fn leader(&self) -> Option<u64> {
+        self.status.read().leader
+    }
+
+    /// Reads the current metadata.
+    pub fn with_state<T>(&self, f: impl FnOnce(&Fsm) -> T) -> T {
+        f(&self.state.read())
+    }
+
+    /// Role changes and applied events from now on, in order.
+    pub fn watch(&self) -> broadcast::Receiver<WatchEvent> {
+        self.events.subscribe()
+    }
+
+    /// Proposes an operation and waits for its verdict. On a follower it goes to the leader over
+    /// NATS. Waits up to `request_timeout` for a leader when none is known.
+    ///
+    /// # Errors
+    /// The operation's own refusal ([`MetaError::Op`]), or [`MetaError::NoLeader`],
+    /// [`MetaError::Timeout`], [`MetaError::LostLeadership`], [`MetaError::Closed`].
+    pub async fn propose(&self, entry: RaftLog) -> Result<Applied, MetaError> {
+        let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
+        loop {
+            let status = *self.status.read();
+            if status.is_leader {
+                let (reply, rx) = oneshot::channel();
+                self.commands
+                    .send(Command::Propose {
+                        entry: Box::new(entry),
+                        reply,
+                    })
+                    .await
+                    .map_err(|_| MetaError::Closed)?;
+                return match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err(MetaError::Closed),
+                    Err(_) => Err(MetaError::Timeout),
+                };
+            }
+            if status.leader.is_some() {
+                return self.forward(entry, deadline).await;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MetaError::NoLeader);
+            }
+            tokio::time::sleep(self.cfg.tick).await;
+        }
+    }
+
+    async fn forward(
+        &self,
+        entry: RaftLog,
+        deadline: tokio::time::Instant,
+    ) -> Result<Applied, MetaError> {
+        let req = to_propagated(&entry)?;
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(1));
+        let reply = match self
+            .conn
+            .request(
+                &self.cfg.subjects.propagate(),
+                payload::encode(&req, false),
+                left,
+            )
+            .await
+        {
+            Ok(m) => m,
+            Err(NatsError::Timeout { .. }) => return Err(MetaError::Timeout),
+            // The leader stepped down between our look and its subscription: no leader for now.
+            Err(NatsError::NoResponders(_)) => return Err(MetaError::NoLeader),
+            Err(e) => return Err(e.into()),
+        };
+        let resp = payload::decode::<internal::PropagatedResponse>(&reply.payload)
+            .map_err(|e| MetaError::Nats(NatsError::InvalidSubject(e.to_string())))?;
+        let result = match resp.error {
+            Some(e) if e.code != 0 => Err(op_error_from_code(e.code, e.msg)),
+            _ => Ok(()),
+        };
+        result?;
+        Ok(Applied {
+            result: Ok(()),
+            events: Vec::new(),
+            join: resp
+                .join_consumer_group_resp
+                .map(|j| (j.coordinator, j.epoch)),
+        })
+    }
+
+    /// Stops the node's task.
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+    }
+}
+
+/// gRPC status codes, as `PropagatedResponse.error.code` carries them.
+fn op_error_code(e: &OpError) -> u32 {
+    match e {
+        OpError::InvalidArgument(_) => 3,
+        OpError::NotFound(_) => 5,
+        OpError::AlreadyExists(_) => 6,
+        OpError::FailedPrecondition(_) => 9,
+    }
+}
+
+fn op_error_from_code(code: u32, msg: String) -> MetaError {
+    MetaError::Op(match code {
+        3 => OpError::InvalidArgument(msg),
+        5 => OpError::NotFound(msg),
+        6 => OpError::AlreadyExists(msg),
+        _ => OpError::FailedPrecondition(msg),
+    })
+}
+
+/// A log entry as the request a follower forwards (only ops a follower may originate).
+fn to_propagated(e: &RaftLog) -> Result<internal::PropagatedRequest, MetaError> {
+    let op = Op::try_from(e.op).unwrap_or(Op::CreateStream);
+    let mut r = internal::PropagatedRequest {
+        op: e.op,
+        ..Default::default()
+    };
+    match op {
+        Op::CreateStream => r.create_stream_op = e.create_stream_op.clone(),
+        Op::ShrinkIsr => r.shrink_isr_op = e.shrink_isr_op.clone(),
+        Op::ExpandIsr => r.expand_isr_op = e.expand_isr_op.clone(),
+        Op::DeleteStream => r.delete_stream_op = e.delete_stream_op.clone(),
+        Op::PauseStream => r.pause_stream_op = e.pause_stream_op.clone(),
+        Op::ResumeStream => r.resume_stream_op = e.resume_stream_op.clone(),
+        Op::SetStreamReadonly => r.set_stream_readonly_op = e.set_stream_readonly_op.clone(),
+        Op::JoinConsumerGroup => r.join_consumer_group_op = e.join_consumer_group_op.clone(),
+        Op::LeaveConsumerGroup => r.leave_consumer_group_op = e.leave_consumer_group_op.clone(),
+        other => return Err(MetaError::NotForwardable(other)),
+    }
+    Ok(r)
+}
+
+fn from_propagated(r: internal::PropagatedRequest) -> RaftLog {
+    RaftLog {
+        op: r.op,
+        create_stream_op: r.create_stream_op,
+        shrink_isr_op: r.shrink_isr_op,
+        expand_isr_op: r.expand_isr_op,
+        delete_stream_op: r.delete_stream_op,
+        pause_stream_op: r.pause_stream_op,
+        resume_stream_op: r.resume_stream_op,
+        set_stream_readonly_op: r.set_stream_readonly_op,
+        join_consumer_group_op: r.join_consumer_group_op,
+        leave_consumer_group_op: r.leave_consumer_group_op,
+        ..Default::default()
+    }
+}
+
+/// Who waits for a proposal's verdict.
+enum Waiter {
+    Local(oneshot::Sender<Result<Applied, MetaError>>),
+    Remote(String),
+}
+
+struct Driver {
+    node: MetaNode<DiskStorage>,
+    store: Metastore,
+    next_proposal: u64,
+    pending: HashMap<u64, Waiter>,
+    join_sub: Option<natsbridge::connection::Subscriber>,
+    propagate_sub: Option<natsbridge::connection::Subscriber>,
+}
+
+async fn next_or_pending(
+    sub: &mut Option<natsbridge::connection::Subscriber>,
+) -> Option<natsbridge::connection::Message> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut raft_sub: natsbridge::connection::Subscriber,
+    ) {
+        let mut tick = tokio::time::interval(self.store.cfg.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let out = tokio::select! {
+                _ = tick.tick() => self.node.handle(Input::Tick),
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Propose { entry, reply }) => self.propose(entry, Waiter::Local(reply)),
+                    Some(Command::Shutdown) | None => break,
+                },
+                Some(m) = raft_sub.next() => match node::decode_message(&m.payload) {
+                    Ok(msg) => self.node.handle(Input::Message(Box::new(msg))),
+                    Err(_) => continue, // not a raft message: ignore it
+                },
+                Some(m) = next_or_pending(&mut self.join_sub) => self.join(m).await,
+                Some(m) = next_or_pending(&mut self.propagate_sub) => match (m.reply.clone(), payload::decode::<internal::PropagatedRequest>(&m.payload)) {
+                    (Some(reply), Ok(req)) => self.propose(Box::new(from_propagated(req)), Waiter::Remote(reply.to_string())),
+                    _ => continue,
+                },
+            };
+            match out {
+                Ok(out) => self.act(out).await,
+                // A proposal raft-rs refused (e.g. while stepping down): the waiter was told.
+                Err(_) => continue,
+            }
+        }
+    }
+
+    fn propose(&mut self, entry: Box<RaftLog>, waiter: Waiter) -> Result<Output, node::NodeError> {
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        match self.node.handle(Input::Propose { id, entry }) {
+            Ok(out) => {
+                self.pending.insert(id, waiter);
+                Ok(out)
+            }
+            Err(e) => {
+                if let Waiter::Local(tx) = waiter {
+                    let _ = tx.send(Err(MetaError::LostLeadership));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn join(
+        &mut self,
+        m: natsbridge::connection::Message,
+    ) -> Result<Output, node::NodeError> {
+        let Some(reply) = m.reply.clone() else {
+            return Ok(Output::default());
+        };
+        let answer = |error: String| payload::encode(&internal::RaftJoinResponse { error }, false);
+        let req = match payload::decode::<internal::RaftJoinRequest>(&m.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.store.conn.publish(&reply, answer(e.to_string())).await;
+                return Ok(Output::default());
+            }
+        };
+        let id = raft_id(&req.node_id);
+        let voters = {
+            use raft::Storage as _;
+            self.node
+                .storage()
+                .initial_state()
+                .map(|s| s.conf_state.voters.len())
+                .unwrap_or(0)
+        };
+        let max = self.store.cfg.max_quorum_size;
+        let learner = max > 0 && voters >= max;
+        let result = self.node.handle(Input::AddMember { node: id, learner });
+        let error = match &result {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        };
+        let _ = self.store.conn.publish(&reply, answer(error)).await;
+        result
+    }
+
+    async fn act(&mut self, out: Output) {
+        for m in &out.messages {
+            let subject = self.store.cfg.subjects.raft_accept(&m.to.to_string());
+            // Raft tolerates loss: a failed publish is a lost message, retried by the protocol.
+            let _ = self
+                .store
+                .conn
+                .publish(&subject, Bytes::from(node::encode_message(m)))
+                .await;
+        }
+        if !out.applied.is_empty() {
+            *self.store.state.write() = self.node.fsm().clone();
+        }
+        for a in out.applied {
+            for e in &a.applied.events {
+                let _ = self.store.events.send(WatchEvent::Applied {
+                    index: a.index,
+                    event: e.clone(),
+                });
+            }
+            let Some(waiter) = a.proposal.and_then(|p| self.pending.remove(&p)) else {
+                continue;
+            };
+            match waiter {
+                Waiter::Local(tx) => {
+                    let _ = tx.send(
+                        a.applied
+                            .result
+                            .clone()
+                            .map(|()| a.applied.clone())
+                            .map_err(MetaError::Op),
+                    );
+                }
+                Waiter::Remote(reply) => {
+                    let resp = internal::PropagatedResponse {
+                        op: 0,
+                        error: a.applied.result.as_ref().err().map(|e| internal::Error {
+                            code: op_error_code(e),
+                            msg: e.to_string(),
+                        }),
+                        join_consumer_group_resp: a.applied.join.clone().map(
+                            |(coordinator, epoch)| {
+                                internal::propagated_response::JoinConsumerGroupResponse {
+                                    coordinator,
+                                    epoch,
+                                }
+                            },
+                        ),
+                    };
+                    let _ = self
+                        .store
+                        .conn
+                        .publish(&reply, payload::encode(&resp, false))
+                        .await;
+                }
+            }
+        }
+        let is_leader = self.node.role() == StateRole::Leader;
+        let status = Status {
+            leader: self.node.leader(),
+            is_leader,
+            term: self.node.term(),
+        };
+        *self.store.status.write() = status;
+        if let Some(role) = out.role {
+            let _ = self.store.events.send(WatchEvent::Role {
+                leader: role == StateRole::Leader,
+                term: status.term,
+            });
+            if role == StateRole::Leader {
+                let subjects = &self.store.cfg.subjects;
+                self.join_sub = self.store.conn.subscribe(&subjects.raft_join()).await.ok();
+                self.propagate_sub = self.store.conn.subscribe(&subjects.propagate()).await.ok();
+            } else {
+                self.join_sub = None;
+                self.propagate_sub = None;
+                // Proposals made as leader may never commit now; their callers retry.
+                for (_, w) in self.pending.drain() {
+                    if let Waiter::Local(tx) = w {
+                        let _ = tx.send(Err(MetaError::LostLeadership));
+                    }
+                }
+            }
+        }
+    }
+}

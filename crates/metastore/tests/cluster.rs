@@ -1,0 +1,196 @@
+//! Three metadata nodes on NATS (our embedded server): a seed, two joiners, proposals from
+//! followers, watchers, and the loss of the leader.
+
+use std::time::{Duration, Instant};
+
+use liftbridge_proto::internal::{self, Op, RaftLog};
+use metastore::service::{Bootstrap, MetaConfig, MetaError, Metastore, WatchEvent, raft_id};
+use metastore::{Event, OpError};
+use natsbridge::{Connection, NatsConfig};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn create(name: &str) -> RaftLog {
+    RaftLog {
+        op: Op::CreateStream as i32,
+        create_stream_op: Some(internal::CreateStreamOp {
+            stream: Some(internal::Stream {
+                name: name.into(),
+                subject: name.into(),
+                partitions: vec![internal::Partition {
+                    id: 0,
+                    replicas: vec!["a".into()],
+                    leader: "a".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn node(
+    nats: &NatsConfig,
+    dir: &std::path::Path,
+    id: &str,
+    bootstrap: Bootstrap,
+) -> Metastore {
+    let conn = Connection::connect(nats, &format!("LIFT.test.{id}.raft"))
+        .await
+        .unwrap();
+    let mut cfg = MetaConfig::new(id, dir.join(id), bootstrap);
+    cfg.tick = Duration::from_millis(20);
+    Metastore::start(cfg, conn).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_forms_forwards_and_survives_its_leader() {
+    let server = natsd::Server::start(natsd::ServerConfig {
+        port: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let nats = NatsConfig {
+        servers: vec![server.client_url()],
+        ..NatsConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+
+    let a = node(&nats, dir.path(), "a", Bootstrap::Seed).await;
+    until("the seed to lead", || a.is_leader()).await;
+    let mut watch_a = a.watch();
+    a.propose(create("first")).await.unwrap();
+
+    let b = node(&nats, dir.path(), "b", Bootstrap::Join).await;
+    let c = node(&nats, dir.path(), "c", Bootstrap::Join).await;
+    let mut watch_c = c.watch();
+    until("the joiners to catch up", || {
+        b.with_state(|f| f.stream("first").is_some())
+            && c.with_state(|f| f.stream("first").is_some())
+    })
+    .await;
+    assert_eq!(b.leader(), Some(raft_id("a")));
+
+    // A follower's proposal goes to the leader and its verdict comes back, typed.
+    c.propose(create("second")).await.unwrap();
+    match c.propose(create("second")).await {
+        Err(MetaError::Op(OpError::AlreadyExists(m))) => assert!(m.contains("second")),
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    // Leaders originate leader changes; a follower cannot forward one.
+    let change = RaftLog {
+        op: Op::ChangeLeader as i32,
+        change_leader_op: Some(Default::default()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        c.propose(change).await,
+        Err(MetaError::NotForwardable(Op::ChangeLeader))
+    ));
+    until("everyone to have the second stream", || {
+        a.with_state(|f| f.stream("second").is_some())
+            && b.with_state(|f| f.stream("second").is_some())
+    })
+    .await;
+
+    // Watchers see the applied events in order.
+    let mut seen_a = Vec::new();
+    while let Ok(ev) = watch_a.try_recv() {
+        if let WatchEvent::Applied {
+            event: Event::StreamCreated { stream },
+            ..
+        } = ev
+        {
+            seen_a.push(stream);
+        }
+    }
+    assert_eq!(seen_a, ["first", "second"]);
+    let mut seen_c = Vec::new();
+    while let Ok(ev) = watch_c.try_recv() {
+        if let WatchEvent::Applied {
+            event: Event::StreamCreated { stream },
+            ..
+        } = ev
+        {
+            seen_c.push(stream);
+        }
+    }
+    assert!(seen_c.ends_with(&["second".to_string()]), "{seen_c:?}");
+
+    // The leader goes; the other two elect a new one and keep everything committed.
+    a.shutdown().await;
+    until("a new leader", || b.is_leader() || c.is_leader()).await;
+    let survivor = if b.is_leader() { &c } else { &b };
+    survivor.propose(create("third")).await.unwrap();
+    for n in [&b, &c] {
+        until("the third stream", || {
+            n.with_state(|f| f.stream("third").is_some())
+        })
+        .await;
+        n.with_state(|f| assert!(f.stream("first").is_some() && f.stream("second").is_some()));
+    }
+    b.shutdown().await;
+    c.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarts_from_its_database() {
+    let server = natsd::Server::start(natsd::ServerConfig {
+        port: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let nats = NatsConfig {
+        servers: vec![server.client_url()],
+        ..NatsConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&nats, dir.path(), "solo", Bootstrap::Seed).await;
+    until("the seed to lead", || a.is_leader()).await;
+    a.propose(create("kept")).await.unwrap();
+    a.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The bootstrap setting is ignored now: the database says who the group is.
+    let again = node(&nats, dir.path(), "solo", Bootstrap::Join).await;
+    until("the restarted node to lead with its state", || {
+        again.is_leader() && again.with_state(|f| f.stream("kept").is_some())
+    })
+    .await;
+    again.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_join_with_no_group_is_a_clear_error() {
+    let server = natsd::Server::start(natsd::ServerConfig {
+        port: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let nats = NatsConfig {
+        servers: vec![server.client_url()],
+        ..NatsConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let conn = Connection::connect(&nats, "LIFT.test.lonely.raft")
+        .await
+        .unwrap();
+    let mut cfg = MetaConfig::new("lonely", dir.path().join("lonely"), Bootstrap::Join);
+    cfg.join_attempts = 2;
+    let err = Metastore::start(cfg, conn).await.unwrap_err();
+    assert!(matches!(err, MetaError::Join(_)), "{err}");
+    server.shutdown().await;
+}
