@@ -65,8 +65,11 @@ pub struct AppliedEntry {
     pub index: u64,
     /// Its Raft term.
     pub term: u64,
-    /// The proposal id, if this node proposed it.
+    /// The proposal id (it travels with the entry, so every node sees it).
     pub proposal: Option<u64>,
+    /// Replayed from this node's own log after a restart: the broker must not act on it as new
+    /// (Liftbridge's "recovered" apply: no partitions started twice).
+    pub recovered: bool,
     /// The verdict and events.
     pub applied: Applied,
 }
@@ -282,6 +285,7 @@ impl<S: LogStore> MetaNode<S> {
                         index: entry.index,
                         term: entry.term,
                         proposal,
+                        recovered: entry.index <= self.recovery_until,
                         applied,
                     });
                 }
@@ -306,6 +310,7 @@ impl<S: LogStore> MetaNode<S> {
                         index: entry.index,
                         term: entry.term,
                         proposal: None,
+                        recovered: false,
                         applied: Applied {
                             result: Ok(()),
                             events: vec![e],

@@ -132,6 +132,9 @@ pub enum WatchEvent {
     Applied {
         /// The entry's Raft index.
         index: u64,
+        /// Replayed from this node's log after a restart: already acted on before the restart.
+        /// A broker starts partitions for these once, when recovery ends, not one by one.
+        recovered: bool,
         /// What changed.
         event: Event,
     },
@@ -171,6 +174,8 @@ pub struct Metastore {
     events: broadcast::Sender<WatchEvent>,
     state: Arc<RwLock<Fsm>>,
     status: Arc<RwLock<Status>>,
+    /// Subscribed before the node's task started, so the first watcher sees the whole replay.
+    first_watch: Arc<parking_lot::Mutex<Option<broadcast::Receiver<WatchEvent>>>>,
 }
 
 impl std::fmt::Debug for Metastore {
@@ -216,7 +221,7 @@ impl Metastore {
             .subscribe(&cfg.subjects.raft_accept(&id.to_string()))
             .await?;
         let (commands, rx) = mpsc::channel(1024);
-        let (events, _) = broadcast::channel(4096);
+        let (events, first) = broadcast::channel(4096);
         let store = Metastore {
             cfg: Arc::new(cfg),
             conn: conn.clone(),
@@ -224,6 +229,7 @@ impl Metastore {
             events: events.clone(),
             state: Arc::new(RwLock::new(Fsm::new())),
             status: Arc::new(RwLock::new(Status::default())),
+            first_watch: Arc::new(parking_lot::Mutex::new(Some(first))),
         };
         let driver = Driver {
             node,
@@ -286,9 +292,14 @@ impl Metastore {
         f(&self.state.read())
     }
 
-    /// Role changes and applied events from now on, in order.
+    /// Role changes and applied events, in order. The first call gets everything since
+    /// [`start`](Metastore::start), the replay of the log included (up to 4096 events buffered);
+    /// later calls get events from then on.
     pub fn watch(&self) -> broadcast::Receiver<WatchEvent> {
-        self.events.subscribe()
+        self.first_watch
+            .lock()
+            .take()
+            .unwrap_or_else(|| self.events.subscribe())
     }
 
     /// Proposes an operation and waits for its verdict. On a follower it goes to the leader over
@@ -555,6 +566,7 @@ impl Driver {
             for e in &a.applied.events {
                 let _ = self.store.events.send(WatchEvent::Applied {
                     index: a.index,
+                    recovered: a.recovered,
                     event: e.clone(),
                 });
             }
