@@ -709,6 +709,15 @@ impl Fsm {
         out
     }
 
+    /// Empties the state, as of Raft index `index` (a snapshot with no metadata in it).
+    pub fn reset(&mut self, index: u64) {
+        *self = Fsm {
+            applied_index: index,
+            recovering: self.recovering,
+            ..Fsm::default()
+        };
+    }
+
     /// Replaces the state with a snapshot taken at Raft index `index`.
     ///
     /// # Errors

@@ -16,10 +16,9 @@ use std::collections::HashMap;
 use liftbridge_proto::internal::RaftLog;
 use prost::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message};
-use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
 
-use crate::storage::LogStore;
+use crate::storage::{LogStore, MemStore};
 
 use crate::fsm::{Applied, Event, Fsm};
 
@@ -83,15 +82,22 @@ pub struct Output {
     pub applied: Vec<AppliedEntry>,
     /// The node's role, if it changed.
     pub role: Option<StateRole>,
+    /// The state was replaced by a snapshot at this index (a node that joined or fell behind):
+    /// watchers must re-read all of it.
+    pub restored: Option<u64>,
 }
 
 /// A member of the metadata group.
-pub struct MetaNode<S: LogStore = MemStorage> {
+pub struct MetaNode<S: LogStore = MemStore> {
     raw: RawNode<S>,
     fsm: Fsm,
     role: StateRole,
     /// The commit index at start: replaying up to it is recovery.
     recovery_until: u64,
+    /// The applied index of the last snapshot offered to storage.
+    offered_at: u64,
+    /// The last Raft index applied, of any entry type (the FSM counts only metadata entries).
+    applied: u64,
 }
 
 impl<S: LogStore> std::fmt::Debug for MetaNode<S> {
@@ -110,15 +116,37 @@ pub const ELECTION_TICKS: usize = 10;
 /// Heartbeat interval in ticks.
 pub const HEARTBEAT_TICKS: usize = 1;
 
+/// Index of the bootstrap snapshot. The initial membership is recorded in a snapshot here,
+/// rather than only in local storage, so that the log of a bootstrapped group starts after it. A
+/// node that joins with an empty log is then sent this snapshot and learns the whole initial
+/// membership. Without it, a joiner would know only the members added after it, and could form a
+/// group that leaves the seed out.
+pub const BOOTSTRAP_INDEX: u64 = 5;
+
+/// The snapshot a new group starts from: the initial membership and an empty state.
+pub fn bootstrap_snapshot(cs: ConfState) -> raft::eraftpb::Snapshot {
+    let mut snap = raft::eraftpb::Snapshot::default();
+    snap.mut_metadata().index = BOOTSTRAP_INDEX;
+    snap.mut_metadata().term = BOOTSTRAP_INDEX;
+    snap.mut_metadata().set_conf_state(cs);
+    snap
+}
+
 /// Initial storage for a node that starts with `voters` as the whole group (a seed starts with
 /// itself alone; a static peer list starts with every peer).
-pub fn bootstrap_storage(voters: &[u64]) -> MemStorage {
-    MemStorage::new_with_conf_state(ConfState::from((voters.to_vec(), vec![])))
+pub fn bootstrap_storage(voters: &[u64]) -> MemStore {
+    let s = MemStore::new();
+    s.apply_snapshot(bootstrap_snapshot(ConfState::from((
+        voters.to_vec(),
+        vec![],
+    ))))
+    .expect("an empty storage takes any snapshot");
+    s
 }
 
 /// Storage for a node that will be added by a configuration change.
-pub fn joining_storage() -> MemStorage {
-    MemStorage::new()
+pub fn joining_storage() -> MemStore {
+    MemStore::new()
 }
 
 impl<S: LogStore> MetaNode<S> {
@@ -144,9 +172,11 @@ impl<S: LogStore> MetaNode<S> {
         cfg.validate()?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let commit = storage.initial_state()?.hard_state.commit;
+        let snapshot_index = storage.first_index()?.saturating_sub(1);
         let raw = RawNode::new(&cfg, storage, &logger)?;
         let mut fsm = Fsm::new();
-        if commit > 0 {
+        // Entries beyond the snapshot that were committed before the restart are a replay.
+        if commit > snapshot_index {
             fsm.start_recovery();
         }
         Ok(MetaNode {
@@ -154,6 +184,8 @@ impl<S: LogStore> MetaNode<S> {
             fsm,
             role: StateRole::Follower,
             recovery_until: commit,
+            offered_at: 0,
+            applied: snapshot_index,
         })
     }
 
@@ -176,6 +208,22 @@ impl<S: LogStore> MetaNode<S> {
     pub fn leader(&self) -> Option<u64> {
         let l = self.raw.raft.leader_id;
         (l != raft::INVALID_ID).then_some(l)
+    }
+
+    /// The last Raft index applied (entries of every type).
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    /// Whether a membership change is proposed and not yet applied (raft-rs allows one at a time).
+    pub fn has_pending_conf_change(&self) -> bool {
+        self.raw.raft.has_pending_conf()
+    }
+
+    /// Whether `node` is a voter or learner of the group.
+    pub fn is_member(&self, node: u64) -> bool {
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        conf.voters.contains(&node) || conf.learners.contains(&node)
     }
 
     /// The state machine.
@@ -234,9 +282,17 @@ impl<S: LogStore> MetaNode<S> {
             if !ready.snapshot().is_empty() {
                 let snap = ready.snapshot().clone();
                 store.apply_snapshot(snap.clone())?;
-                self.fsm
-                    .restore(&snap.data, snap.get_metadata().index)
-                    .map_err(|e| NodeError::Decode(e.to_string()))?;
+                let index = snap.get_metadata().index;
+                if snap.data.is_empty() {
+                    // The bootstrap snapshot: membership only, no metadata yet.
+                    self.fsm.reset(index);
+                } else {
+                    self.fsm
+                        .restore(&snap.data, index)
+                        .map_err(|e| NodeError::Decode(e.to_string()))?;
+                }
+                self.applied = self.applied.max(index);
+                out.restored = Some(index);
             }
             self.apply(ready.take_committed_entries(), &mut out)?;
             if !ready.entries().is_empty() {
@@ -255,6 +311,9 @@ impl<S: LogStore> MetaNode<S> {
             self.raw.advance_apply();
             out.messages.extend(messages);
         }
+        if self.applied > self.offered_at {
+            self.offer_snapshot()?;
+        }
         let role = self.raw.raft.state;
         if role != self.role {
             self.role = role;
@@ -265,6 +324,7 @@ impl<S: LogStore> MetaNode<S> {
 
     fn apply(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<(), NodeError> {
         for entry in entries {
+            self.applied = self.applied.max(entry.index);
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {} // a new leader's empty entry
                 EntryType::EntryNormal => {
@@ -320,6 +380,27 @@ impl<S: LogStore> MetaNode<S> {
                 }
             }
         }
+        Ok(())
+    }
+}
+
+impl<S: LogStore> MetaNode<S> {
+    /// Offers storage a snapshot of the applied state with the current membership, for followers
+    /// that need one. The metadata is small, so this runs after every batch of applied entries.
+    fn offer_snapshot(&mut self) -> Result<(), NodeError> {
+        let index = self.applied;
+        let store = self.storage();
+        let term = store.term(index)?;
+        let mut snap = raft::eraftpb::Snapshot {
+            data: self.fsm.snapshot().into(),
+            ..Default::default()
+        };
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = term;
+        snap.mut_metadata()
+            .set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        store.offer_snapshot(snap);
+        self.offered_at = index;
         Ok(())
     }
 }

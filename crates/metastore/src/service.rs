@@ -128,6 +128,13 @@ pub enum WatchEvent {
         /// The term.
         term: u64,
     },
+    /// The whole state was replaced by a snapshot from the leader (this node joined, or fell too
+    /// far behind). Events before it may be missing: re-read the state with
+    /// [`Metastore::with_state`].
+    Restored {
+        /// The snapshot's Raft index.
+        index: u64,
+    },
     /// An applied entry changed the metadata.
     Applied {
         /// The entry's Raft index.
@@ -158,11 +165,21 @@ enum Command {
     Shutdown,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Status {
-    leader: Option<u64>,
-    is_leader: bool,
-    term: u64,
+/// A node's view of the group, for monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Status {
+    /// The leader's Raft id, if known.
+    pub leader: Option<u64>,
+    /// Whether this node leads.
+    pub is_leader: bool,
+    /// The current term.
+    pub term: u64,
+    /// The highest index known committed.
+    pub commit: u64,
+    /// The last index in this node's log.
+    pub last_index: u64,
+    /// The last index applied to the metadata.
+    pub applied: u64,
 }
 
 /// A running metadata node. Cheap to clone.
@@ -238,6 +255,7 @@ impl Metastore {
             pending: HashMap::new(),
             join_sub: None,
             propagate_sub: None,
+            published: u64::MAX,
         };
         tokio::spawn(driver.run(rx, raft_sub));
         if fresh_joiner {
@@ -262,7 +280,17 @@ impl Metastore {
                 )
                 .await;
             match sent.map(|m| payload::decode::<internal::RaftJoinResponse>(&m.payload)) {
-                Ok(Ok(resp)) if resp.error.is_empty() => return Ok(()),
+                Ok(Ok(resp)) if resp.error.is_empty() => {
+                    // Accepted: joined once a leader talks to this node.
+                    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+                    while tokio::time::Instant::now() < until {
+                        if self.status().leader.is_some() {
+                            return Ok(());
+                        }
+                        tokio::time::sleep(self.cfg.tick).await;
+                    }
+                    last = "accepted, but no leader contacted this node".into();
+                }
                 Ok(Ok(resp)) => last = resp.error,
                 Ok(Err(e)) => last = e.to_string(),
                 Err(e) => last = e.to_string(),
@@ -285,6 +313,11 @@ impl Metastore {
     /// The leader's Raft id, if known.
     pub fn leader(&self) -> Option<u64> {
         self.status.read().leader
+    }
+
+    /// This node's view of the group.
+    pub fn status(&self) -> Status {
+        *self.status.read()
     }
 
     /// Reads the current metadata.
@@ -453,6 +486,8 @@ struct Driver {
     pending: HashMap<u64, Waiter>,
     join_sub: Option<natsbridge::connection::Subscriber>,
     propagate_sub: Option<natsbridge::connection::Subscriber>,
+    /// The applied index of the state last published to readers.
+    published: u64,
 }
 
 async fn next_or_pending(
@@ -530,6 +565,16 @@ impl Driver {
             }
         };
         let id = raft_id(&req.node_id);
+        if self.node.is_member(id) {
+            // A member that restarts and asks again is already in.
+            let _ = self.store.conn.publish(&reply, answer(String::new())).await;
+            return Ok(Output::default());
+        }
+        if self.node.has_pending_conf_change() {
+            let busy = "a membership change is in progress; retry".to_string();
+            let _ = self.store.conn.publish(&reply, answer(busy)).await;
+            return Ok(Output::default());
+        }
         let voters = {
             use raft::Storage as _;
             self.node
@@ -559,8 +604,13 @@ impl Driver {
                 .publish(&subject, Bytes::from(node::encode_message(m)))
                 .await;
         }
-        if !out.applied.is_empty() {
+        // Entries or a restored snapshot: publish the state whenever the applied index moves.
+        if self.node.applied_index() != self.published {
             *self.store.state.write() = self.node.fsm().clone();
+            self.published = self.node.applied_index();
+        }
+        if let Some(index) = out.restored {
+            let _ = self.store.events.send(WatchEvent::Restored { index });
         }
         for a in out.applied {
             for e in &a.applied.events {
@@ -608,10 +658,24 @@ impl Driver {
             }
         }
         let is_leader = self.node.role() == StateRole::Leader;
+        let (commit, last_index) = {
+            use raft::Storage as _;
+            let store = self.node.storage();
+            (
+                store
+                    .initial_state()
+                    .map(|s| s.hard_state.commit)
+                    .unwrap_or(0),
+                store.last_index().unwrap_or(0),
+            )
+        };
         let status = Status {
             leader: self.node.leader(),
             is_leader,
             term: self.node.term(),
+            commit,
+            last_index,
+            applied: self.node.applied_index(),
         };
         *self.store.status.write() = status;
         if let Some(role) = out.role {

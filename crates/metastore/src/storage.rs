@@ -31,26 +31,91 @@ pub trait LogStore: raft::Storage + Clone {
     fn set_conf_state(&self, cs: ConfState) -> raft::Result<()>;
     /// Installs a snapshot, dropping the entries it covers.
     fn apply_snapshot(&self, snap: Snapshot) -> raft::Result<()>;
+    /// Offers a snapshot of the current applied state (metadata and membership) for followers
+    /// that need one: a node that joins, or one too far behind. It is served by
+    /// [`raft::Storage::snapshot`] and kept in memory only; the log is not compacted.
+    fn offer_snapshot(&self, snap: Snapshot);
 }
 
-impl LogStore for MemStorage {
+/// The most recent snapshot offered by the node.
+#[derive(Clone, Default)]
+struct Offered(Arc<parking_lot::Mutex<Option<Snapshot>>>);
+
+impl Offered {
+    /// The offered snapshot if it reaches `request_index`.
+    fn serve(&self, request_index: u64) -> Option<Snapshot> {
+        self.0
+            .lock()
+            .clone()
+            .filter(|s| s.get_metadata().index >= request_index)
+    }
+}
+
+/// In-memory storage for tests and simulations: raft-rs's `MemStorage`, plus offered snapshots.
+#[derive(Clone, Default)]
+pub struct MemStore {
+    mem: MemStorage,
+    offered: Offered,
+}
+
+impl MemStore {
+    /// An empty store (a node that will join).
+    pub fn new() -> Self {
+        MemStore::default()
+    }
+}
+
+impl raft::Storage for MemStore {
+    fn initial_state(&self) -> raft::Result<raft::RaftState> {
+        self.mem.initial_state()
+    }
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: raft::GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mem.term(idx)
+    }
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        match self.offered.serve(request_index) {
+            Some(s) => Ok(s),
+            None => self.mem.snapshot(request_index, to),
+        }
+    }
+}
+
+impl LogStore for MemStore {
     fn append(&self, entries: &[Entry]) -> raft::Result<()> {
-        self.wl().append(entries)
+        self.mem.wl().append(entries)
     }
     fn set_hard_state(&self, hs: HardState) -> raft::Result<()> {
-        self.wl().set_hardstate(hs);
+        self.mem.wl().set_hardstate(hs);
         Ok(())
     }
     fn set_commit(&self, commit: u64) -> raft::Result<()> {
-        self.wl().mut_hard_state().set_commit(commit);
+        self.mem.wl().mut_hard_state().set_commit(commit);
         Ok(())
     }
     fn set_conf_state(&self, cs: ConfState) -> raft::Result<()> {
-        self.wl().set_conf_state(cs);
+        self.mem.wl().set_conf_state(cs);
         Ok(())
     }
     fn apply_snapshot(&self, snap: Snapshot) -> raft::Result<()> {
-        self.wl().apply_snapshot(snap)
+        self.mem.wl().apply_snapshot(snap)
+    }
+    fn offer_snapshot(&self, snap: Snapshot) {
+        *self.offered.0.lock() = Some(snap);
     }
 }
 
@@ -81,6 +146,7 @@ pub struct DiskStorage {
     db: Arc<redb::Database>,
     /// The last installed snapshot, data included (raft-rs's mirror keeps only its metadata).
     snapshot: Arc<parking_lot::Mutex<Option<Snapshot>>>,
+    offered: Offered,
 }
 
 impl std::fmt::Debug for DiskStorage {
@@ -102,6 +168,7 @@ impl DiskStorage {
             mem: MemStorage::new(),
             db: Arc::new(db),
             snapshot: Arc::new(parking_lot::Mutex::new(None)),
+            offered: Offered::default(),
         };
         let (snapshot, hard_state, conf_state, entries) = {
             let txn = storage.db.begin_read().map_err(store_err)?;
@@ -142,7 +209,7 @@ impl DiskStorage {
             && entries.is_empty();
         if fresh {
             if let Some(cs) = initial {
-                storage.set_conf_state(cs)?;
+                storage.apply_snapshot(crate::node::bootstrap_snapshot(cs))?;
             }
             return Ok(storage);
         }
@@ -210,6 +277,9 @@ impl raft::Storage for DiskStorage {
         self.mem.last_index()
     }
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        if let Some(s) = self.offered.serve(request_index) {
+            return Ok(s);
+        }
         match &*self.snapshot.lock() {
             Some(s) if s.get_metadata().index >= request_index => Ok(s.clone()),
             _ => self.mem.snapshot(request_index, to),
@@ -273,6 +343,10 @@ impl LogStore for DiskStorage {
         *self.snapshot.lock() = Some(snap);
         Ok(())
     }
+
+    fn offer_snapshot(&self, snap: Snapshot) {
+        *self.offered.0.lock() = Some(snap);
+    }
 }
 
 #[cfg(test)]
@@ -295,8 +369,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.redb");
         {
-            let s =
-                DiskStorage::open(&path, Some(ConfState::from((vec![1, 2, 3], vec![])))).unwrap();
+            let s = DiskStorage::open(&path, None).unwrap();
+            s.set_conf_state(ConfState::from((vec![1, 2, 3], vec![])))
+                .unwrap();
             s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")])
                 .unwrap();
             // A new leader overwrites index 3 onward.
@@ -326,11 +401,27 @@ mod tests {
     }
 
     #[test]
+    fn a_new_group_starts_from_the_bootstrap_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        drop(DiskStorage::open(&path, Some(ConfState::from((vec![7, 8], vec![])))).unwrap());
+        // Reopened, with the initial membership ignored: the file decides.
+        let s = DiskStorage::open(&path, Some(ConfState::from((vec![1], vec![])))).unwrap();
+        let st = s.initial_state().unwrap();
+        assert_eq!(st.conf_state.voters, vec![7, 8]);
+        assert_eq!(s.first_index().unwrap(), crate::node::BOOTSTRAP_INDEX + 1);
+        assert_eq!(
+            s.snapshot(0, 0).unwrap().get_metadata().index,
+            crate::node::BOOTSTRAP_INDEX
+        );
+    }
+
+    #[test]
     fn a_snapshot_replaces_the_entries_it_covers() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.redb");
         {
-            let s = DiskStorage::open(&path, Some(ConfState::from((vec![1], vec![])))).unwrap();
+            let s = DiskStorage::open(&path, None).unwrap();
             s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")])
                 .unwrap();
             let mut snap = Snapshot {

@@ -194,3 +194,42 @@ async fn a_join_with_no_group_is_a_clear_error() {
     assert!(matches!(err, MetaError::Join(_)), "{err}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_leader_rejoins_and_catches_up() {
+    let server = natsd::Server::start(natsd::ServerConfig {
+        port: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let nats = NatsConfig {
+        servers: vec![server.client_url()],
+        ..NatsConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&nats, dir.path(), "a", Bootstrap::Seed).await;
+    until("the seed to lead", || a.is_leader()).await;
+    let b = node(&nats, dir.path(), "b", Bootstrap::Join).await;
+    let c = node(&nats, dir.path(), "c", Bootstrap::Join).await;
+    a.propose(create("s1")).await.unwrap();
+    until("all to have s1", || {
+        [&a, &b, &c]
+            .iter()
+            .all(|n| n.with_state(|f| f.stream("s1").is_some()))
+    })
+    .await;
+    a.shutdown().await;
+    until("a new leader", || b.is_leader() || c.is_leader()).await;
+    let l = if b.is_leader() { &b } else { &c };
+    l.propose(create("s2")).await.unwrap();
+    let a = node(&nats, dir.path(), "a", Bootstrap::Join).await;
+    until("the old leader to catch up", || {
+        a.with_state(|f| f.stream("s2").is_some())
+    })
+    .await;
+    for n in [&a, &b, &c] {
+        n.shutdown().await;
+    }
+    server.shutdown().await;
+}

@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use liftbridge_proto::internal::{self, Op, RaftLog};
 use metastore::node::{self, Input, MetaNode};
+use metastore::storage::MemStore as MemStorage;
 use metastore::{Event, OpError};
 use raft::eraftpb::Message;
-use raft::storage::MemStorage;
 use raft::{StateRole, Storage};
 
 struct Rng(u64);
