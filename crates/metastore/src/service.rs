@@ -107,6 +107,12 @@ pub enum MetaError {
     /// Joining the group failed.
     #[error("could not join the metadata group: {0}")]
     Join(String),
+    /// Another server already bootstrapped as seed in this namespace. Two seeds would form two
+    /// separate groups that each believe they own the metadata.
+    #[error(
+        "server {0} is already a seed in this namespace; start this one with --join or a peer list"
+    )]
+    SecondSeed(String),
     /// Storage failed.
     #[error("raft storage: {0}")]
     Storage(String),
@@ -134,6 +140,11 @@ pub enum WatchEvent {
     Restored {
         /// The snapshot's Raft index.
         index: u64,
+    },
+    /// Another seed appeared in this namespace; this node stopped (see [`MetaError::SecondSeed`]).
+    SecondSeed {
+        /// The other seed's server id.
+        server: String,
     },
     /// An applied entry changed the metadata.
     Applied {
@@ -233,6 +244,13 @@ impl Metastore {
                 .map_err(|e| MetaError::Storage(e.to_string()))?;
             st.conf_state.voters.is_empty() && st.conf_state.learners.is_empty()
         };
+        let seed = cfg.bootstrap == Bootstrap::Seed;
+        if seed {
+            // A seed answers seed surveys with its id; ask before starting a fresh group.
+            if let Some(other) = find_other_seed(&conn, &cfg.subjects, &cfg.server_id).await? {
+                return Err(MetaError::SecondSeed(other));
+            }
+        }
         let node = MetaNode::new(id, disk).map_err(|e| MetaError::Storage(e.to_string()))?;
         let raft_sub = conn
             .subscribe(&cfg.subjects.raft_accept(&id.to_string()))
@@ -258,6 +276,9 @@ impl Metastore {
             published: u64::MAX,
         };
         tokio::spawn(driver.run(rx, raft_sub));
+        if seed {
+            tokio::spawn(guard_seed(store.clone()).await?);
+        }
         if fresh_joiner {
             store.join().await?;
         }
@@ -414,6 +435,65 @@ impl Metastore {
     pub async fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown).await;
     }
+}
+
+/// Asks every seed in the namespace for its id (a `ServerInfoRequest` on the bootstrap subject);
+/// returns another server's id if one answers within a second.
+async fn find_other_seed(
+    conn: &Connection,
+    subjects: &Subjects,
+    me: &str,
+) -> Result<Option<String>, MetaError> {
+    let req = payload::encode(&internal::ServerInfoRequest { id: me.to_owned() }, false);
+    match conn
+        .request(&subjects.raft_bootstrap(), req, Duration::from_secs(1))
+        .await
+    {
+        Ok(m) => Ok(payload::decode::<internal::ServerInfoResponse>(&m.payload)
+            .ok()
+            .map(|r| r.id)
+            .filter(|id| id != me)),
+        Err(NatsError::NoResponders(_) | NatsError::Timeout { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Answers seed surveys for this seed, and every 10 s looks for another seed; on finding one it
+/// stops the node and tells watchers.
+async fn guard_seed(store: Metastore) -> Result<impl std::future::Future<Output = ()>, MetaError> {
+    let mut survey = store
+        .conn
+        .subscribe(&store.cfg.subjects.raft_bootstrap())
+        .await?;
+    Ok(async move {
+        let mut check = tokio::time::interval(Duration::from_secs(10));
+        check.tick().await;
+        loop {
+            tokio::select! {
+                Some(m) = survey.next() => {
+                    let asker = payload::decode::<internal::ServerInfoRequest>(&m.payload).map(|r| r.id).unwrap_or_default();
+                    if asker == store.cfg.server_id {
+                        continue; // our own survey
+                    }
+                    if let Some(reply) = m.reply {
+                        let resp = internal::ServerInfoResponse { id: store.cfg.server_id.clone(), ..Default::default() };
+                        let _ = store.conn.publish(reply.as_str(), payload::encode(&resp, false)).await;
+                    }
+                }
+                _ = check.tick() => {
+                    if let Ok(Some(other)) = find_other_seed(&store.conn, &store.cfg.subjects, &store.cfg.server_id).await {
+                        let _ = store.events.send(WatchEvent::SecondSeed { server: other });
+                        store.shutdown().await;
+                        return;
+                    }
+                }
+                else => return,
+            }
+            if store.commands.is_closed() {
+                return;
+            }
+        }
+    })
 }
 
 /// gRPC status codes, as `PropagatedResponse.error.code` carries them.

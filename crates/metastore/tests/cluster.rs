@@ -233,3 +233,40 @@ async fn a_stopped_leader_rejoins_and_catches_up() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_seed_in_one_namespace_is_refused() {
+    let server = natsd::Server::start(natsd::ServerConfig {
+        port: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let nats = NatsConfig {
+        servers: vec![server.client_url()],
+        ..NatsConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let first = node(&nats, dir.path(), "first", Bootstrap::Seed).await;
+    until("the first seed to lead", || first.is_leader()).await;
+    let conn = Connection::connect(&nats, "LIFT.test.second.raft")
+        .await
+        .unwrap();
+    let cfg = MetaConfig::new("second", dir.path().join("second"), Bootstrap::Seed);
+    match Metastore::start(cfg, conn.clone()).await {
+        Err(MetaError::SecondSeed(other)) => assert_eq!(other, "first"),
+        other => panic!("expected SecondSeed, got {other:?}"),
+    }
+    // Another namespace is another cluster: a seed there is fine.
+    let mut cfg = MetaConfig::new("other-ns", dir.path().join("other-ns"), Bootstrap::Seed);
+    cfg.subjects = natsbridge::Subjects::new("elsewhere").unwrap();
+    cfg.tick = Duration::from_millis(20);
+    let elsewhere = Metastore::start(cfg, conn).await.unwrap();
+    until("the other namespace's seed to lead", || {
+        elsewhere.is_leader()
+    })
+    .await;
+    first.shutdown().await;
+    elsewhere.shutdown().await;
+    server.shutdown().await;
+}

@@ -94,6 +94,7 @@ fn main() -> ExitCode {
                 Ok(WatchEvent::Role { leader, term }) => {
                     format!("ROLE {} {term}", if leader { "leader" } else { "follower" })
                 }
+                Ok(WatchEvent::SecondSeed { server }) => format!("SECOND_SEED {server}"),
                 Ok(WatchEvent::Restored { index }) => {
                     let streams =
                         store.with_state(|f| f.streams().keys().cloned().collect::<Vec<_>>());
