@@ -98,6 +98,8 @@ pub struct MetaNode<S: LogStore = MemStore> {
     offered_at: u64,
     /// The last Raft index applied, of any entry type (the FSM counts only metadata entries).
     applied: u64,
+    /// Compact the log once this many applied entries follow the last snapshot (0: never).
+    snapshot_threshold: u64,
 }
 
 impl<S: LogStore> std::fmt::Debug for MetaNode<S> {
@@ -110,6 +112,9 @@ impl<S: LogStore> std::fmt::Debug for MetaNode<S> {
             .finish()
     }
 }
+
+/// Applied entries after the last snapshot that trigger a compaction of the log.
+pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 8192;
 
 /// Election and heartbeat timing, in ticks (Liftbridge's defaults are 1 s and 100 ms).
 pub const ELECTION_TICKS: usize = 10;
@@ -157,7 +162,24 @@ impl<S: LogStore> MetaNode<S> {
     /// # Errors
     /// [`NodeError::Raft`] for an invalid configuration.
     pub fn new(id: u64, storage: S) -> Result<MetaNode<S>, NodeError> {
+        Self::with_election_range(id, storage, None)
+    }
+
+    /// As [`new`](MetaNode::new), with the election timeout drawn from `[min, max)` ticks instead
+    /// of raft-rs's default `[10, 20)`. A range of one tick makes the node deterministic, for
+    /// simulations that replay a seed.
+    ///
+    /// # Errors
+    /// As [`new`](MetaNode::new).
+    pub fn with_election_range(
+        id: u64,
+        storage: S,
+        range: Option<(usize, usize)>,
+    ) -> Result<MetaNode<S>, NodeError> {
+        let (min, max) = range.unwrap_or((0, 0));
         let cfg = Config {
+            min_election_tick: min,
+            max_election_tick: max,
             id,
             election_tick: ELECTION_TICKS,
             heartbeat_tick: HEARTBEAT_TICKS,
@@ -175,6 +197,13 @@ impl<S: LogStore> MetaNode<S> {
         let snapshot_index = storage.first_index()?.saturating_sub(1);
         let raw = RawNode::new(&cfg, storage, &logger)?;
         let mut fsm = Fsm::new();
+        // A compacted log starts from its snapshot: restore the state it holds first.
+        if let Some(snap) = raw.raft.raft_log.store.persisted_snapshot()
+            && !snap.data.is_empty()
+        {
+            fsm.restore(&snap.data, snap.get_metadata().index)
+                .map_err(|e| NodeError::Decode(e.to_string()))?;
+        }
         // Entries beyond the snapshot that were committed before the restart are a replay.
         if commit > snapshot_index {
             fsm.start_recovery();
@@ -186,6 +215,7 @@ impl<S: LogStore> MetaNode<S> {
             recovery_until: commit,
             offered_at: 0,
             applied: snapshot_index,
+            snapshot_threshold: DEFAULT_SNAPSHOT_THRESHOLD,
         })
     }
 
@@ -311,9 +341,22 @@ impl<S: LogStore> MetaNode<S> {
             self.raw.advance_apply();
             out.messages.extend(messages);
         }
+        // raft-rs waits for a report on every snapshot it sends. The transport cannot confirm
+        // delivery, so report it done when handed out: a lost one shows up as rejected appends,
+        // and the leader sends it again.
+        let snapshot_targets: Vec<u64> = out
+            .messages
+            .iter()
+            .filter(|m| m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
+            .map(|m| m.to)
+            .collect();
+        for to in snapshot_targets {
+            self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+        }
         if self.applied > self.offered_at {
             self.offer_snapshot()?;
         }
+        self.maybe_compact()?;
         let role = self.raw.raft.state;
         if role != self.role {
             self.role = role;
@@ -327,6 +370,9 @@ impl<S: LogStore> MetaNode<S> {
             self.applied = self.applied.max(entry.index);
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {} // a new leader's empty entry
+                // Already in the state (restored from a snapshot at or after it): a replay that
+                // must not be reported again, or its proposal would get a second verdict.
+                EntryType::EntryNormal if entry.index <= self.fsm.applied_index() => {}
                 EntryType::EntryNormal => {
                     let applied = match RaftLog::decode(&entry.data[..]) {
                         Ok(log) => self.fsm.apply(&log, entry.index),
@@ -385,6 +431,27 @@ impl<S: LogStore> MetaNode<S> {
 }
 
 impl<S: LogStore> MetaNode<S> {
+    /// Sets how many applied entries after the last snapshot trigger a compaction (0: never).
+    pub fn set_snapshot_threshold(&mut self, entries: u64) {
+        self.snapshot_threshold = entries;
+    }
+
+    /// Persists a snapshot of the applied state and drops the log before it, once enough
+    /// entries have been applied since the last one.
+    fn maybe_compact(&mut self) -> Result<(), NodeError> {
+        let store = self.storage();
+        let first = store.first_index()?;
+        if self.snapshot_threshold == 0 || self.applied < first + self.snapshot_threshold {
+            return Ok(());
+        }
+        let snap = store.snapshot(self.applied, 0)?;
+        if snap.get_metadata().index != self.applied || snap.data.is_empty() {
+            return Ok(()); // the offered snapshot is not current yet
+        }
+        store.compact(snap)?;
+        Ok(())
+    }
+
     /// Offers storage a snapshot of the applied state with the current membership, for followers
     /// that need one. The metadata is small, so this runs after every batch of applied entries.
     fn offer_snapshot(&mut self) -> Result<(), NodeError> {

@@ -63,6 +63,9 @@ pub struct MetaConfig {
     pub join_attempts: u32,
     /// Voters allowed; members beyond it join as learners. 0: no limit.
     pub max_quorum_size: usize,
+    /// Applied entries after the last snapshot that trigger a compaction of the Raft log
+    /// (Liftbridge's `raft.snapshot.threshold`). Default 8192; 0 never compacts.
+    pub snapshot_threshold: u64,
 }
 
 impl MetaConfig {
@@ -81,6 +84,7 @@ impl MetaConfig {
             request_timeout: Duration::from_secs(5),
             join_attempts: 30,
             max_quorum_size: 0,
+            snapshot_threshold: crate::node::DEFAULT_SNAPSHOT_THRESHOLD,
         }
     }
 }
@@ -251,7 +255,8 @@ impl Metastore {
                 return Err(MetaError::SecondSeed(other));
             }
         }
-        let node = MetaNode::new(id, disk).map_err(|e| MetaError::Storage(e.to_string()))?;
+        let mut node = MetaNode::new(id, disk).map_err(|e| MetaError::Storage(e.to_string()))?;
+        node.set_snapshot_threshold(cfg.snapshot_threshold);
         let raft_sub = conn
             .subscribe(&cfg.subjects.raft_accept(&id.to_string()))
             .await?;

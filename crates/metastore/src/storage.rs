@@ -35,6 +35,11 @@ pub trait LogStore: raft::Storage + Clone {
     /// that need one: a node that joins, or one too far behind. It is served by
     /// [`raft::Storage::snapshot`] and kept in memory only; the log is not compacted.
     fn offer_snapshot(&self, snap: Snapshot);
+    /// Compacts the log: persists `snap` (the applied state at its index) and drops the entries
+    /// before its index. Entries after it stay.
+    fn compact(&self, snap: Snapshot) -> raft::Result<()>;
+    /// The last snapshot persisted (installed or compacted), data included, if any.
+    fn persisted_snapshot(&self) -> Option<Snapshot>;
 }
 
 /// The most recent snapshot offered by the node.
@@ -56,6 +61,7 @@ impl Offered {
 pub struct MemStore {
     mem: MemStorage,
     offered: Offered,
+    persisted: Offered,
 }
 
 impl MemStore {
@@ -79,7 +85,10 @@ impl raft::Storage for MemStore {
         self.mem.entries(low, high, max_size, context)
     }
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.mem.term(idx)
+        match self.persisted.0.lock().as_ref() {
+            Some(s) if s.get_metadata().index == idx => Ok(s.get_metadata().term),
+            _ => self.mem.term(idx),
+        }
     }
     fn first_index(&self) -> raft::Result<u64> {
         self.mem.first_index()
@@ -88,7 +97,11 @@ impl raft::Storage for MemStore {
         self.mem.last_index()
     }
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        match self.offered.serve(request_index) {
+        match self
+            .offered
+            .serve(request_index)
+            .or_else(|| self.persisted.serve(request_index))
+        {
             Some(s) => Ok(s),
             None => self.mem.snapshot(request_index, to),
         }
@@ -112,10 +125,20 @@ impl LogStore for MemStore {
         Ok(())
     }
     fn apply_snapshot(&self, snap: Snapshot) -> raft::Result<()> {
-        self.mem.wl().apply_snapshot(snap)
+        self.mem.wl().apply_snapshot(snap.clone())?;
+        *self.persisted.0.lock() = Some(snap);
+        Ok(())
     }
     fn offer_snapshot(&self, snap: Snapshot) {
         *self.offered.0.lock() = Some(snap);
+    }
+    fn compact(&self, snap: Snapshot) -> raft::Result<()> {
+        self.mem.wl().compact(snap.get_metadata().index)?;
+        *self.persisted.0.lock() = Some(snap);
+        Ok(())
+    }
+    fn persisted_snapshot(&self) -> Option<Snapshot> {
+        self.persisted.0.lock().clone()
     }
 }
 
@@ -268,7 +291,10 @@ impl raft::Storage for DiskStorage {
         self.mem.entries(low, high, max_size, context)
     }
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.mem.term(idx)
+        match self.snapshot.lock().as_ref() {
+            Some(s) if s.get_metadata().index == idx => Ok(s.get_metadata().term),
+            _ => self.mem.term(idx),
+        }
     }
     fn first_index(&self) -> raft::Result<u64> {
         self.mem.first_index()
@@ -347,6 +373,27 @@ impl LogStore for DiskStorage {
     fn offer_snapshot(&self, snap: Snapshot) {
         *self.offered.0.lock() = Some(snap);
     }
+
+    fn compact(&self, snap: Snapshot) -> raft::Result<()> {
+        let index = snap.get_metadata().index;
+        let bytes = encode(&snap)?;
+        self.write(|txn| {
+            txn.open_table(META)
+                .map_err(store_err)?
+                .insert(SNAPSHOT, bytes.as_slice())
+                .map_err(store_err)?;
+            let mut t = txn.open_table(ENTRIES).map_err(store_err)?;
+            t.retain_in(..index, |_, _| false).map_err(store_err)?;
+            Ok(())
+        })?;
+        self.mem.wl().compact(index)?;
+        *self.snapshot.lock() = Some(snap);
+        Ok(())
+    }
+
+    fn persisted_snapshot(&self) -> Option<Snapshot> {
+        self.snapshot.lock().clone()
+    }
 }
 
 #[cfg(test)]
@@ -414,6 +461,43 @@ mod tests {
             s.snapshot(0, 0).unwrap().get_metadata().index,
             crate::node::BOOTSTRAP_INDEX
         );
+    }
+
+    #[test]
+    fn compaction_keeps_later_entries_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        {
+            let s = DiskStorage::open(&path, None).unwrap();
+            s.append(&[
+                entry(1, 1, b"a"),
+                entry(2, 1, b"b"),
+                entry(3, 2, b"c"),
+                entry(4, 2, b"d"),
+            ])
+            .unwrap();
+            let mut snap = Snapshot {
+                data: b"state at 3".to_vec().into(),
+                ..Default::default()
+            };
+            snap.mut_metadata().index = 3;
+            snap.mut_metadata().term = 2;
+            s.compact(snap).unwrap();
+            assert_eq!(s.term(3).unwrap(), 2);
+            assert!(
+                s.entries(1, 3, None, raft::GetEntriesContext::empty(false))
+                    .is_err(),
+                "compacted"
+            );
+        }
+        let s = DiskStorage::open(&path, None).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (4, 4));
+        assert_eq!(s.term(3).unwrap(), 2);
+        assert_eq!(&s.persisted_snapshot().unwrap().data[..], b"state at 3");
+        let rest = s
+            .entries(4, 5, None, raft::GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(&rest[0].data[..], b"d");
     }
 
     #[test]

@@ -56,6 +56,13 @@ fn create(name: &str) -> RaftLog {
     }
 }
 
+/// A fixed election timeout per node (raft-rs would draw one at random): different per node, so
+/// elections settle, and the same on every run, so a seed replays exactly.
+fn election(id: u64) -> (usize, usize) {
+    let t = node::ELECTION_TICKS + 2 * id as usize;
+    (t, t + 1)
+}
+
 struct Sim {
     seed: u64,
     rng: Rng,
@@ -73,6 +80,8 @@ struct Sim {
     applied: HashMap<u64, Vec<(u64, Option<u64>)>>,
     next_proposal: u64,
     verdicts: HashMap<u64, Result<(), OpError>>,
+    /// Log compaction threshold: tiny on odd seeds, so lagging and restarted nodes need snapshots.
+    compaction: u64,
 }
 
 impl Sim {
@@ -92,11 +101,14 @@ impl Sim {
             applied: HashMap::new(),
             next_proposal: 1,
             verdicts: HashMap::new(),
+            compaction: if seed % 2 == 1 { 4 } else { 0 },
         };
         for id in ids.clone() {
             let disk = node::bootstrap_storage(&ids);
             sim.disks.insert(id, disk.clone());
-            sim.nodes.insert(id, MetaNode::new(id, disk).unwrap());
+            let mut n = MetaNode::with_election_range(id, disk, Some(election(id))).unwrap();
+            n.set_snapshot_threshold(sim.compaction);
+            sim.nodes.insert(id, n);
             sim.applied.insert(id, Vec::new());
         }
         sim
@@ -235,8 +247,10 @@ impl Sim {
 
     fn restart(&mut self, id: u64) {
         let disk = self.disks[&id].clone();
-        let n =
-            MetaNode::new(id, disk).unwrap_or_else(|e| self.fail(format!("restart of {id}: {e}")));
+        let n = MetaNode::with_election_range(id, disk, Some(election(id)))
+            .unwrap_or_else(|e| self.fail(format!("restart of {id}: {e}")));
+        let mut n = n;
+        n.set_snapshot_threshold(self.compaction);
         self.nodes.insert(id, n);
         self.applied.insert(id, Vec::new());
         // Replay what is on disk.
