@@ -181,7 +181,7 @@ enum Command {
 }
 
 /// A node's view of the group, for monitoring.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
     /// The leader's Raft id, if known.
     pub leader: Option<u64>,
@@ -195,6 +195,10 @@ pub struct Status {
     pub last_index: u64,
     /// The last index applied to the metadata.
     pub applied: u64,
+    /// Voting members' Raft ids.
+    pub voters: Vec<u64>,
+    /// Non-voting members' Raft ids.
+    pub learners: Vec<u64>,
 }
 
 /// A running metadata node. Cheap to clone.
@@ -343,7 +347,7 @@ impl Metastore {
 
     /// This node's view of the group.
     pub fn status(&self) -> Status {
-        *self.status.read()
+        self.status.read().clone()
     }
 
     /// Reads the current metadata.
@@ -370,7 +374,7 @@ impl Metastore {
     pub async fn propose(&self, entry: RaftLog) -> Result<Applied, MetaError> {
         let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
         loop {
-            let status = *self.status.read();
+            let status = self.status.read().clone();
             if status.is_leader {
                 let (reply, rx) = oneshot::channel();
                 self.commands
@@ -743,15 +747,14 @@ impl Driver {
             }
         }
         let is_leader = self.node.role() == StateRole::Leader;
-        let (commit, last_index) = {
+        let (commit, last_index, conf) = {
             use raft::Storage as _;
             let store = self.node.storage();
+            let state = store.initial_state().unwrap_or_default();
             (
-                store
-                    .initial_state()
-                    .map(|s| s.hard_state.commit)
-                    .unwrap_or(0),
+                state.hard_state.commit,
                 store.last_index().unwrap_or(0),
+                state.conf_state,
             )
         };
         let status = Status {
@@ -761,12 +764,15 @@ impl Driver {
             commit,
             last_index,
             applied: self.node.applied_index(),
+            voters: conf.voters,
+            learners: conf.learners,
         };
+        let term = status.term;
         *self.store.status.write() = status;
         if let Some(role) = out.role {
             let _ = self.store.events.send(WatchEvent::Role {
                 leader: role == StateRole::Leader,
-                term: status.term,
+                term,
             });
             if role == StateRole::Leader {
                 let subjects = &self.store.cfg.subjects;

@@ -270,3 +270,72 @@ async fn a_second_seed_in_one_namespace_is_refused() {
     elsewhere.shutdown().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_peer_list_forms_a_group_and_extras_join_as_learners() {
+    let server = natsd::Server::start(natsd::ServerConfig {
+        port: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let nats = NatsConfig {
+        servers: vec![server.client_url()],
+        ..NatsConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let peers = Bootstrap::Peers(vec!["p1".into(), "p2".into(), "p3".into()]);
+    let start = |id: &'static str, bootstrap: Bootstrap| {
+        let nats = nats.clone();
+        let path = dir.path().join(id);
+        async move {
+            let conn = Connection::connect(&nats, &format!("LIFT.test.{id}.raft"))
+                .await
+                .unwrap();
+            let mut cfg = MetaConfig::new(id, path, bootstrap);
+            cfg.tick = Duration::from_millis(20);
+            cfg.max_quorum_size = 3;
+            Metastore::start(cfg, conn).await.unwrap()
+        }
+    };
+    let (p1, p2, p3) = tokio::join!(
+        start("p1", peers.clone()),
+        start("p2", peers.clone()),
+        start("p3", peers)
+    );
+    until("one of the peers to lead", || {
+        [&p1, &p2, &p3].iter().filter(|n| n.is_leader()).count() == 1
+    })
+    .await;
+    p2.propose(create("shared")).await.unwrap();
+    let voters = {
+        let mut v: Vec<u64> = ["p1", "p2", "p3"].iter().map(|p| raft_id(p)).collect();
+        v.sort_unstable();
+        v
+    };
+    let sorted = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(sorted(p1.status().voters), voters);
+    // A fourth server, beyond max_quorum_size = 3, joins as a learner and still gets everything.
+    let p4 = start("p4", Bootstrap::Join).await;
+    until("the learner to catch up", || {
+        p4.with_state(|f| f.stream("shared").is_some())
+    })
+    .await;
+    until("the leader to list the learner", || {
+        let leader = [&p1, &p2, &p3]
+            .into_iter()
+            .find(|n| n.is_leader())
+            .map(|n| n.status());
+        leader.is_some_and(|s| {
+            s.learners == vec![raft_id("p4")] && sorted(s.voters.clone()) == voters
+        })
+    })
+    .await;
+    for n in [&p1, &p2, &p3, &p4] {
+        n.shutdown().await;
+    }
+    server.shutdown().await;
+}
