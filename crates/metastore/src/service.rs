@@ -1,9 +1,9 @@
 //! The metadata group on a network: a [`MetaNode`] on [`DiskStorage`], driven by one tokio task,
 //! talking to its peers over NATS.
 //!
-//! - **Transport:** a Raft message to node `n` is published, as its protobuf bytes, on
-//!   `<ns>.raft.metadata.<n>.accept`. Each node subscribes to its own subject, so no extra port
-//!   is needed.
+//! - **Transport:** a Raft message to node `n` is published on `<ns>.raft.metadata.<n>.accept`:
+//!   its protobuf bytes in an envelope of type `RaftMessage`, with a CRC-32C. Each node subscribes
+//!   to its own subject, so no extra port is needed.
 //! - **Membership:** a seed starts as a group of one and elects itself. A static peer list starts
 //!   with every peer as a voter. A joining node sends `RaftJoinRequest` envelopes to
 //!   `<ns>.raft.metadata.join` until the leader adds it by configuration change. Beyond
@@ -20,9 +20,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use liftbridge_proto::internal::{self, Op, RaftLog};
+use natsbridge::envelope::{self, MsgType};
 use natsbridge::{Connection, NatsError, Subjects, payload};
 use parking_lot::RwLock;
 use raft::StateRole;
@@ -603,10 +603,15 @@ impl Driver {
                     Some(Command::Propose { entry, reply }) => self.propose(entry, Waiter::Local(reply)),
                     Some(Command::Shutdown) | None => break,
                 },
-                Some(m) = raft_sub.next() => match node::decode_message(&m.payload) {
-                    Ok(msg) => self.node.handle(Input::Message(Box::new(msg))),
-                    Err(_) => continue, // not a raft message: ignore it
-                },
+                Some(m) = raft_sub.next() => {
+                    let decoded = envelope::decode(&m.payload, MsgType::RaftMessage)
+                        .map_err(|e| e.to_string())
+                        .and_then(|raw| node::decode_message(raw).map_err(|e| e.to_string()));
+                    match decoded {
+                        Ok(msg) => self.node.handle(Input::Message(Box::new(msg))),
+                        Err(_) => continue, // not a well-formed raft message: ignore it
+                    }
+                }
                 Some(m) = next_or_pending(&mut self.join_sub) => self.join(m).await,
                 Some(m) = next_or_pending(&mut self.propagate_sub) => match (m.reply.clone(), payload::decode::<internal::PropagatedRequest>(&m.payload)) {
                     (Some(reply), Ok(req)) => self.propose(Box::new(from_propagated(req)), Waiter::Remote(reply.to_string())),
@@ -690,7 +695,10 @@ impl Driver {
             let _ = self
                 .store
                 .conn
-                .publish(&subject, Bytes::from(node::encode_message(m)))
+                .publish(
+                    &subject,
+                    envelope::encode(MsgType::RaftMessage, &node::encode_message(m), true),
+                )
                 .await;
         }
         // Entries or a restored snapshot: publish the state whenever the applied index moves.

@@ -60,11 +60,15 @@ pub enum MsgType {
     PartitionStatusResponse = 13,
     /// A wake-up for followers: new data on a partition.
     PartitionNotification = 14,
+    /// A raft-rs message between metadata nodes (protobuf-2 bytes). Our extension: Liftbridge's
+    /// Raft library had its own framing, so Liftbridge has no type for it. It travels only on
+    /// liftbridge-rs's own Raft subjects.
+    RaftMessage = 15,
 }
 
 impl MsgType {
     /// Every type, in wire order.
-    pub const ALL: [MsgType; 15] = [
+    pub const ALL: [MsgType; 16] = [
         MsgType::Publish,
         MsgType::Ack,
         MsgType::ReplicationRequest,
@@ -80,6 +84,7 @@ impl MsgType {
         MsgType::PartitionStatusRequest,
         MsgType::PartitionStatusResponse,
         MsgType::PartitionNotification,
+        MsgType::RaftMessage,
     ];
 
     /// The type with this wire value.
@@ -340,10 +345,10 @@ mod tests {
             Err(EnvelopeError::BadHeaderLen(200))
         );
         let mut bad = good.to_vec();
-        bad[7] = 15;
+        bad[7] = 16;
         assert_eq!(
             decode(&bad, MsgType::Ack),
-            Err(EnvelopeError::UnknownType(15))
+            Err(EnvelopeError::UnknownType(16))
         );
         let mut bad = good.to_vec();
         *bad.last_mut().unwrap() ^= 1;

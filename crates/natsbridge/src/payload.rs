@@ -181,6 +181,7 @@ mod tests {
             &mut seen,
         );
         seen.push(MsgType::ReplicationResponse); // binary, covered in envelope's tests
+        seen.push(MsgType::RaftMessage); // protobuf-2 bytes, carried by metastore
         seen.sort_by_key(|t| *t as u8);
         assert_eq!(seen, MsgType::ALL.to_vec(), "every type has its payload");
     }

@@ -5,7 +5,7 @@ use natsbridge::envelope::{self, MsgType};
 use proptest::prelude::*;
 
 fn msg_type() -> impl Strategy<Value = MsgType> {
-    (0u8..15).prop_map(|v| MsgType::from_u8(v).unwrap())
+    (0u8..16).prop_map(|v| MsgType::from_u8(v).unwrap())
 }
 
 proptest! {
