@@ -1,34 +1,17 @@
 //! Three metadata nodes on NATS (our embedded server): a seed, two joiners, proposals from
 //! followers, watchers, and the loss of the leader.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use liftbridge_proto::internal::{self, Op, RaftLog};
+use common::create;
+use liftbridge_proto::internal::{Op, RaftLog};
 use metastore::service::{Bootstrap, MetaConfig, MetaError, Metastore, WatchEvent, raft_id};
 use metastore::{Event, OpError};
 use natsbridge::{Connection, NatsConfig};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn create(name: &str) -> RaftLog {
-    RaftLog {
-        op: Op::CreateStream as i32,
-        create_stream_op: Some(internal::CreateStreamOp {
-            stream: Some(internal::Stream {
-                name: name.into(),
-                subject: name.into(),
-                partitions: vec![internal::Partition {
-                    id: 0,
-                    replicas: vec!["a".into()],
-                    leader: "a".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-        }),
-        ..Default::default()
-    }
-}
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -54,16 +37,7 @@ async fn node(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_forms_forwards_and_survives_its_leader() {
-    let server = natsd::Server::start(natsd::ServerConfig {
-        port: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let nats = NatsConfig {
-        servers: vec![server.client_url()],
-        ..NatsConfig::default()
-    };
+    let (server, nats) = common::nats().await;
     let dir = tempfile::tempdir().unwrap();
 
     let a = node(&nats, dir.path(), "a", Bootstrap::Seed).await;
@@ -146,16 +120,7 @@ async fn a_group_forms_forwards_and_survives_its_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarts_from_its_database() {
-    let server = natsd::Server::start(natsd::ServerConfig {
-        port: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let nats = NatsConfig {
-        servers: vec![server.client_url()],
-        ..NatsConfig::default()
-    };
+    let (server, nats) = common::nats().await;
     let dir = tempfile::tempdir().unwrap();
     let a = node(&nats, dir.path(), "solo", Bootstrap::Seed).await;
     until("the seed to lead", || a.is_leader()).await;
@@ -174,16 +139,7 @@ async fn a_node_restarts_from_its_database() {
 
 #[tokio::test]
 async fn a_join_with_no_group_is_a_clear_error() {
-    let server = natsd::Server::start(natsd::ServerConfig {
-        port: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let nats = NatsConfig {
-        servers: vec![server.client_url()],
-        ..NatsConfig::default()
-    };
+    let (server, nats) = common::nats().await;
     let dir = tempfile::tempdir().unwrap();
     let conn = Connection::connect(&nats, "LIFT.test.lonely.raft")
         .await
@@ -197,16 +153,7 @@ async fn a_join_with_no_group_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_leader_rejoins_and_catches_up() {
-    let server = natsd::Server::start(natsd::ServerConfig {
-        port: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let nats = NatsConfig {
-        servers: vec![server.client_url()],
-        ..NatsConfig::default()
-    };
+    let (server, nats) = common::nats().await;
     let dir = tempfile::tempdir().unwrap();
     let a = node(&nats, dir.path(), "a", Bootstrap::Seed).await;
     until("the seed to lead", || a.is_leader()).await;
@@ -236,16 +183,7 @@ async fn a_stopped_leader_rejoins_and_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_seed_in_one_namespace_is_refused() {
-    let server = natsd::Server::start(natsd::ServerConfig {
-        port: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let nats = NatsConfig {
-        servers: vec![server.client_url()],
-        ..NatsConfig::default()
-    };
+    let (server, nats) = common::nats().await;
     let dir = tempfile::tempdir().unwrap();
     let first = node(&nats, dir.path(), "first", Bootstrap::Seed).await;
     until("the first seed to lead", || first.is_leader()).await;
@@ -273,16 +211,7 @@ async fn a_second_seed_in_one_namespace_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_peer_list_forms_a_group_and_extras_join_as_learners() {
-    let server = natsd::Server::start(natsd::ServerConfig {
-        port: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let nats = NatsConfig {
-        servers: vec![server.client_url()],
-        ..NatsConfig::default()
-    };
+    let (server, nats) = common::nats().await;
     let dir = tempfile::tempdir().unwrap();
     let peers = Bootstrap::Peers(vec!["p1".into(), "p2".into(), "p3".into()]);
     let start = |id: &'static str, bootstrap: Bootstrap| {

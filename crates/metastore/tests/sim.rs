@@ -10,9 +10,12 @@
 //! committed was lost across crashes. A failure names its seed; `SIM_SEED=<n>` replays one seed,
 //! and `SIM_SEEDS=<n>` runs more.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 
-use liftbridge_proto::internal::{self, Op, RaftLog};
+use common::create;
+
 use metastore::node::{self, Input, MetaNode};
 use metastore::storage::MemStore as MemStorage;
 use metastore::{Event, OpError};
@@ -33,26 +36,6 @@ impl Rng {
     }
     fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
-    }
-}
-
-fn create(name: &str) -> RaftLog {
-    RaftLog {
-        op: Op::CreateStream as i32,
-        create_stream_op: Some(internal::CreateStreamOp {
-            stream: Some(internal::Stream {
-                name: name.into(),
-                subject: name.into(),
-                partitions: vec![internal::Partition {
-                    id: 0,
-                    replicas: vec!["a".into()],
-                    leader: "a".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-        }),
-        ..Default::default()
     }
 }
 
