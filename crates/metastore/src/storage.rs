@@ -3,8 +3,8 @@
 //! [`LogStore`] is what the node needs: raft-rs's read side ([`raft::Storage`]) plus the writes a
 //! Ready round makes. There are two implementations:
 //! - `MemStorage` (raft-rs's own), for tests and simulations;
-//! - [`DiskStorage`]: a redb database, the well-kept embedded store, holds the durable copy. An
-//!   in-memory mirror serves raft-rs's reads. Every write commits to redb, fsync included, before
+//! - [`DiskStorage`]: a redb database, the well-kept embedded store, holds the durable copy. A
+//!   [`MemStore`] mirror serves raft-rs's reads, so both stores follow the same read rules. Every write commits to redb, fsync included, before
 //!   the mirror changes, so nothing is acknowledged that a crash could take back. Opening reloads
 //!   the mirror from the database.
 
@@ -165,11 +165,9 @@ fn decode<M: protobuf::Message + Default>(b: &[u8]) -> raft::Result<M> {
 /// Raft storage in a redb database file.
 #[derive(Clone)]
 pub struct DiskStorage {
-    mem: MemStorage,
+    /// The mirror that serves reads; every write reaches it after the database.
+    mem: MemStore,
     db: Arc<redb::Database>,
-    /// The last installed snapshot, data included (raft-rs's mirror keeps only its metadata).
-    snapshot: Arc<parking_lot::Mutex<Option<Snapshot>>>,
-    offered: Offered,
 }
 
 impl std::fmt::Debug for DiskStorage {
@@ -188,10 +186,8 @@ impl DiskStorage {
     pub fn open(path: &Path, initial: Option<ConfState>) -> raft::Result<DiskStorage> {
         let db = redb::Database::create(path).map_err(store_err)?;
         let storage = DiskStorage {
-            mem: MemStorage::new(),
+            mem: MemStore::new(),
             db: Arc::new(db),
-            snapshot: Arc::new(parking_lot::Mutex::new(None)),
-            offered: Offered::default(),
         };
         let (snapshot, hard_state, conf_state, entries) = {
             let txn = storage.db.begin_read().map_err(store_err)?;
@@ -236,13 +232,13 @@ impl DiskStorage {
             }
             return Ok(storage);
         }
+        // Load the mirror only: all of this is in the database already.
         if let Some(s) = snapshot {
-            storage.mem.wl().apply_snapshot(s.clone())?;
-            *storage.snapshot.lock() = Some(s);
+            storage.mem.apply_snapshot(s)?;
         }
         let first = storage.mem.first_index()?;
         {
-            let mut wl = storage.mem.wl();
+            let mut wl = storage.mem.mem.wl();
             let entries: Vec<Entry> = entries.into_iter().filter(|e| e.index >= first).collect();
             if !entries.is_empty() {
                 wl.append(&entries)?;
@@ -291,10 +287,7 @@ impl raft::Storage for DiskStorage {
         self.mem.entries(low, high, max_size, context)
     }
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        match self.snapshot.lock().as_ref() {
-            Some(s) if s.get_metadata().index == idx => Ok(s.get_metadata().term),
-            _ => self.mem.term(idx),
-        }
+        self.mem.term(idx)
     }
     fn first_index(&self) -> raft::Result<u64> {
         self.mem.first_index()
@@ -303,13 +296,7 @@ impl raft::Storage for DiskStorage {
         self.mem.last_index()
     }
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        if let Some(s) = self.offered.serve(request_index) {
-            return Ok(s);
-        }
-        match &*self.snapshot.lock() {
-            Some(s) if s.get_metadata().index >= request_index => Ok(s.clone()),
-            _ => self.mem.snapshot(request_index, to),
-        }
+        self.mem.snapshot(request_index, to)
     }
 }
 
@@ -331,13 +318,12 @@ impl LogStore for DiskStorage {
             }
             Ok(())
         })?;
-        self.mem.wl().append(entries)
+        self.mem.append(entries)
     }
 
     fn set_hard_state(&self, hs: HardState) -> raft::Result<()> {
         self.put_meta(HARD_STATE, &encode(&hs)?)?;
-        self.mem.wl().set_hardstate(hs);
-        Ok(())
+        self.mem.set_hard_state(hs)
     }
 
     fn set_commit(&self, commit: u64) -> raft::Result<()> {
@@ -348,8 +334,7 @@ impl LogStore for DiskStorage {
 
     fn set_conf_state(&self, cs: ConfState) -> raft::Result<()> {
         self.put_meta(CONF_STATE, &encode(&cs)?)?;
-        self.mem.wl().set_conf_state(cs);
-        Ok(())
+        self.mem.set_conf_state(cs)
     }
 
     fn apply_snapshot(&self, snap: Snapshot) -> raft::Result<()> {
@@ -365,13 +350,11 @@ impl LogStore for DiskStorage {
             t.retain_in(..=index, |_, _| false).map_err(store_err)?;
             Ok(())
         })?;
-        self.mem.wl().apply_snapshot(snap.clone())?;
-        *self.snapshot.lock() = Some(snap);
-        Ok(())
+        self.mem.apply_snapshot(snap)
     }
 
     fn offer_snapshot(&self, snap: Snapshot) {
-        *self.offered.0.lock() = Some(snap);
+        self.mem.offer_snapshot(snap);
     }
 
     fn compact(&self, snap: Snapshot) -> raft::Result<()> {
@@ -386,13 +369,11 @@ impl LogStore for DiskStorage {
             t.retain_in(..index, |_, _| false).map_err(store_err)?;
             Ok(())
         })?;
-        self.mem.wl().compact(index)?;
-        *self.snapshot.lock() = Some(snap);
-        Ok(())
+        self.mem.compact(snap)
     }
 
     fn persisted_snapshot(&self) -> Option<Snapshot> {
-        self.snapshot.lock().clone()
+        self.mem.persisted_snapshot()
     }
 }
 
