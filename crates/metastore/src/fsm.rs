@@ -523,37 +523,45 @@ impl Fsm {
         Ok(partitions.to_vec())
     }
 
-    fn set_paused(&mut self, stream: &str, partitions: &[i32], paused: bool) -> Applied {
-        let ids = match self.select(stream, partitions) {
-            Ok(ids) => ids,
-            Err(e) => return Applied::err(e),
-        };
+    /// Applies `change` to the partitions an op names (all when none are named) and returns
+    /// their ids.
+    fn update_selected(
+        &mut self,
+        stream: &str,
+        partitions: &[i32],
+        change: impl Fn(&mut PartitionState),
+    ) -> Result<Vec<i32>, OpError> {
+        let ids = self.select(stream, partitions)?;
         let s = self.streams.get_mut(stream).expect("selected");
         for id in &ids {
-            s.partitions.get_mut(id).expect("selected").paused = paused;
+            change(s.partitions.get_mut(id).expect("selected"));
         }
-        let (stream, partitions) = (stream.to_owned(), ids);
-        Applied::ok(vec![if paused {
-            Event::Paused { stream, partitions }
-        } else {
-            Event::Resumed { stream, partitions }
-        }])
+        Ok(ids)
+    }
+
+    fn set_paused(&mut self, stream: &str, partitions: &[i32], paused: bool) -> Applied {
+        match self.update_selected(stream, partitions, |p| p.paused = paused) {
+            Ok(partitions) => {
+                let stream = stream.to_owned();
+                Applied::ok(vec![if paused {
+                    Event::Paused { stream, partitions }
+                } else {
+                    Event::Resumed { stream, partitions }
+                }])
+            }
+            Err(e) => Applied::err(e),
+        }
     }
 
     fn set_readonly(&mut self, stream: &str, partitions: &[i32], readonly: bool) -> Applied {
-        let ids = match self.select(stream, partitions) {
-            Ok(ids) => ids,
-            Err(e) => return Applied::err(e),
-        };
-        let s = self.streams.get_mut(stream).expect("selected");
-        for id in &ids {
-            s.partitions.get_mut(id).expect("selected").readonly = readonly;
+        match self.update_selected(stream, partitions, |p| p.readonly = readonly) {
+            Ok(partitions) => Applied::ok(vec![Event::Readonly {
+                stream: stream.to_owned(),
+                partitions,
+                readonly,
+            }]),
+            Err(e) => Applied::err(e),
         }
-        Applied::ok(vec![Event::Readonly {
-            stream: stream.to_owned(),
-            partitions: ids,
-            readonly,
-        }])
     }
 
     fn create_group(&mut self, g: &internal::ConsumerGroup, index: u64) -> Applied {

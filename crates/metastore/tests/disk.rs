@@ -1,33 +1,19 @@
 //! A group on durable storage: stop every node, reopen them from their database files, and the
 //! group carries on with everything it committed.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
-use liftbridge_proto::internal::{self, Op, RaftLog};
+use liftbridge_proto::internal::RaftLog;
 use metastore::node::{Input, MetaNode};
 use metastore::storage::DiskStorage;
 use raft::StateRole;
 use raft::eraftpb::{ConfState, Message};
 
 fn create(name: &str) -> Box<RaftLog> {
-    Box::new(RaftLog {
-        op: Op::CreateStream as i32,
-        create_stream_op: Some(internal::CreateStreamOp {
-            stream: Some(internal::Stream {
-                name: name.into(),
-                subject: name.into(),
-                partitions: vec![internal::Partition {
-                    id: 0,
-                    replicas: vec!["a".into()],
-                    leader: "a".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-        }),
-        ..Default::default()
-    })
+    Box::new(common::create(name))
 }
 
 fn open(dir: &Path) -> HashMap<u64, MetaNode<DiskStorage>> {
