@@ -393,7 +393,7 @@ impl Session {
                         Some(m) if sub.delivered.load(Ordering::Acquire) < m => {
                             sub.max.store(m, Ordering::Release);
                         }
-                        _ => self.drop_sub(&sub),
+                        _ => remove_sub(&self.shared, &sub),
                     }
                 }
                 self.ok();
@@ -487,10 +487,6 @@ impl Session {
         self.conn.subs.lock().insert(sid, sub.clone());
         self.shared.sublist.insert(sub);
         self.ok();
-    }
-
-    fn drop_sub(&self, sub: &Arc<Subscription>) {
-        remove_sub(&self.shared, sub);
     }
 
     fn next_random(&mut self) -> u64 {
