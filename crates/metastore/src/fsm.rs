@@ -83,6 +83,9 @@ pub struct StreamState {
     pub partitions: BTreeMap<i32, PartitionState>,
     /// Deleted during recovery; see the module docs.
     pub tombstoned: bool,
+    /// The last pause asked for a publish to one partition to resume all paused partitions.
+    /// Snapshots carry it in `Stream.resumeAll` (field 6, our addition).
+    pub resume_all: bool,
 }
 
 /// One consumer group.
@@ -307,7 +310,15 @@ impl Fsm {
                 None => missing_body("ChangeLeader"),
             },
             Op::PauseStream => match &entry.pause_stream_op {
-                Some(o) => self.set_paused(&o.stream, &o.partitions, true),
+                Some(o) => {
+                    let applied = self.set_paused(&o.stream, &o.partitions, true);
+                    if applied.result.is_ok()
+                        && let Some(st) = self.streams.get_mut(&o.stream)
+                    {
+                        st.resume_all = o.resume_all;
+                    }
+                    applied
+                }
                 None => missing_body("PauseStream"),
             },
             Op::ResumeStream => match &entry.resume_stream_op {
@@ -404,6 +415,7 @@ impl Fsm {
                 creation_timestamp: s.creation_timestamp,
                 partitions,
                 tombstoned: false,
+                resume_all: false,
             },
         );
         Applied::ok(vec![Event::StreamCreated {
@@ -672,6 +684,7 @@ impl Fsm {
                     subject: s.subject.clone(),
                     config: Some(s.config),
                     creation_timestamp: s.creation_timestamp,
+                    resume_all: s.resume_all,
                     partitions: s
                         .partitions
                         .values()
@@ -778,6 +791,7 @@ impl Fsm {
                     creation_timestamp: s.creation_timestamp,
                     partitions,
                     tombstoned: false,
+                    resume_all: s.resume_all,
                 },
             );
         }

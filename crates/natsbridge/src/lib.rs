@@ -15,6 +15,11 @@ pub mod envelope;
 pub mod payload;
 pub mod subjects;
 
-pub use connection::{Connection, NatsConfig, NatsError, connection_name};
+pub use connection::{
+    Connection, Headers, Message, NatsConfig, NatsError, Subscriber, connection_name,
+};
 pub use envelope::{EnvelopeError, MsgType, ReplicationResponse};
-pub use subjects::{SubjectError, Subjects};
+pub use subjects::{
+    SubjectError, Subjects, partition_subject, unique_id, validate_name, validate_publish_subject,
+    validate_subject,
+};

@@ -1,0 +1,838 @@
+//! Configuration: Liftbridge's keys from a YAML file (flat dotted keys, nested maps, or both),
+//! then `LIFTBRIDGE_*` environment variables, then command-line flags, each winning over the one
+//! before. An unknown key in the file is an error that names it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use broker::{Bootstrap, BrokerConfig};
+use clap::Parser;
+use figment::Figment;
+use figment::providers::{Env, Format, Yaml};
+use figment::value::Value;
+
+/// What can be wrong with the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or is not YAML.
+    #[error("cannot load the configuration: {0}")]
+    Load(String),
+    /// A key Liftbridge does not know.
+    #[error("unknown configuration key {0:?}")]
+    UnknownKey(String),
+    /// A key with a value of the wrong type or range.
+    #[error("configuration key {key:?}: {reason}")]
+    Invalid {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The command line. Flags win over the file and the environment.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "liftbridged",
+    version,
+    about = "A durable, replicated message log for NATS"
+)]
+pub struct Flags {
+    /// Load configuration from this YAML file.
+    #[arg(short = 'c', long)]
+    pub config: Option<PathBuf>,
+    /// This server's id (default: the stored id, else a new random one).
+    #[arg(long = "id", visible_alias = "server-id")]
+    pub id: Option<String>,
+    /// The cluster namespace.
+    #[arg(long = "namespace", visible_alias = "ns")]
+    pub namespace: Option<String>,
+    /// NATS servers to connect to, comma-separated or repeated.
+    #[arg(short = 'n', long = "nats-servers", value_delimiter = ',')]
+    pub nats_servers: Vec<String>,
+    /// Run an embedded NATS server.
+    #[arg(short = 'e', long = "embedded-nats")]
+    pub embedded_nats: bool,
+    /// Configuration file of the embedded NATS server (implies --embedded-nats).
+    #[arg(long = "embedded-nats-config", visible_alias = "nc")]
+    pub embedded_nats_config: Option<PathBuf>,
+    /// Port of the embedded NATS server (default 4222).
+    #[arg(long = "embedded-nats-port")]
+    pub embedded_nats_port: Option<u16>,
+    /// Where to keep data.
+    #[arg(short = 'd', long = "data-dir")]
+    pub data_dir: Option<PathBuf>,
+    /// The host clients are told to connect to (and, without `listen`, the bind address).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// The gRPC port (default 9292; 0 picks a free one).
+    #[arg(short = 'p', long)]
+    pub port: Option<u16>,
+    /// Log level: debug, info, warn or error.
+    #[arg(short = 'l', long)]
+    pub level: Option<String>,
+    /// Start a new cluster with this server as its only member.
+    #[arg(long = "raft-bootstrap-seed")]
+    pub raft_bootstrap_seed: bool,
+    /// Start a new cluster of exactly these server ids (comma-separated).
+    #[arg(long = "raft-bootstrap-peers", value_delimiter = ',')]
+    pub raft_bootstrap_peers: Vec<String>,
+    /// TLS certificate (not available in this version).
+    #[arg(long = "tls-cert")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS key (not available in this version).
+    #[arg(long = "tls-key")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The embedded NATS server's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedNats {
+    /// Bind address. Default 127.0.0.1 (Liftbridge binds every interface).
+    pub host: String,
+    /// Port. Default 4222.
+    pub port: u16,
+    /// Largest payload, if set.
+    pub max_payload: Option<usize>,
+}
+
+/// The resolved configuration of one server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The broker's settings. The advertised port is fixed once the listener is bound.
+    pub broker: BrokerConfig,
+    /// Where the gRPC server binds.
+    pub bind: String,
+    /// Whether the advertised host was given (else it follows the bind host, or localhost).
+    pub host_given: bool,
+    /// The embedded NATS server, when one runs.
+    pub embedded_nats: Option<EmbeddedNats>,
+    /// The log level.
+    pub log_level: slog::Level,
+    /// Whether the server id came from the configuration (else it is generated or stored).
+    pub id_given: bool,
+    /// Whether a bootstrap mode was configured.
+    pub bootstrap_given: bool,
+}
+
+/// Every key Liftbridge accepts.
+const KNOWN: &[&str] = &[
+    "listen",
+    "host",
+    "port",
+    "data.dir",
+    "metadata.cache.max.age",
+    "batch.max.messages",
+    "batch.max.time",
+    "logging.level",
+    "logging.recovery",
+    "logging.raft",
+    "logging.nats",
+    "tls.key",
+    "tls.cert",
+    "tls.client.auth.enabled",
+    "tls.client.auth.ca",
+    "tls.client.authz.enabled",
+    "tls.client.authz.model",
+    "tls.client.authz.policy",
+    "nats.servers",
+    "nats.user",
+    "nats.password",
+    "nats.tls.cert",
+    "nats.tls.key",
+    "nats.tls.ca",
+    "nats.embedded",
+    "nats.embedded.config",
+    "nats.embedded.port",
+    "streams.retention.max.bytes",
+    "streams.retention.max.messages",
+    "streams.retention.max.age",
+    "streams.cleaner.interval",
+    "streams.segment.max.bytes",
+    "streams.segment.max.age",
+    "streams.compact.enabled",
+    "streams.compact.max.goroutines",
+    "streams.auto.pause.time",
+    "streams.auto.pause.disable.if.subscribers",
+    "streams.concurrency.control",
+    "streams.encryption",
+    "streams.sync.policy",
+    "clustering.server.id",
+    "clustering.namespace",
+    "clustering.raft.snapshot.retain",
+    "clustering.raft.snapshot.threshold",
+    "clustering.raft.cache.size",
+    "clustering.raft.bootstrap.seed",
+    "clustering.raft.bootstrap.peers",
+    "clustering.raft.max.quorum.size",
+    "clustering.replica.max.lag.time",
+    "clustering.replica.max.leader.timeout",
+    "clustering.replica.max.idle.wait",
+    "clustering.replica.fetch.timeout",
+    "clustering.min.insync.replicas",
+    "clustering.replication.max.bytes",
+    "activity.stream.enabled",
+    "activity.stream.publish.timeout",
+    "activity.stream.publish.ack.policy",
+    "cursors.stream.partitions",
+    "cursors.stream.replication.factor",
+    "cursors.stream.auto.pause.time",
+    "groups.consumer.timeout",
+    "groups.coordinator.timeout",
+    "telemetry.enabled",
+    "telemetry.interval.seconds",
+];
+
+/// Flattens nested maps into dotted keys: `{a: {b: 1}}` and `{"a.b": 1}` both give `a.b`.
+fn flatten(prefix: &str, v: Value, out: &mut BTreeMap<String, Value>) {
+    match v {
+        Value::Dict(_, d) => {
+            for (k, v) in d {
+                let key = if prefix.is_empty() {
+                    k.to_lowercase()
+                } else {
+                    format!("{prefix}.{}", k.to_lowercase())
+                };
+                // `nats.embedded: true` and `nats.embedded.config: x` may both appear.
+                flatten(&key, v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_owned(), other);
+        }
+    }
+}
+
+fn load_map(fig: Figment) -> Result<BTreeMap<String, Value>, ConfigError> {
+    let dict = fig
+        .extract::<figment::value::Dict>()
+        .map_err(|e| ConfigError::Load(e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for (k, v) in dict {
+        flatten(&k.to_lowercase(), v, &mut out);
+    }
+    Ok(out)
+}
+
+/// Reads a Go-style duration: `500ms`, `5s`, `2m`, `168h`, `1h30m`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += Duration::try_from_secs_f64(n * scale).ok()?;
+    }
+    Some(total)
+}
+
+struct Keys(BTreeMap<String, Value>);
+
+impl Keys {
+    fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::String(_, s)) => Ok(Some(s.clone())),
+            Some(Value::Num(_, n)) => Ok(n
+                .to_u128()
+                .map(|n| n.to_string())
+                .or_else(|| n.to_i128().map(|n| n.to_string()))),
+            Some(Value::Bool(_, b)) => Ok(Some(b.to_string())),
+            Some(_) => Err(Self::bad(key, "expected a string")),
+        }
+    }
+
+    fn int(&self, key: &str) -> Result<Option<i64>, ConfigError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::Num(_, n)) => n
+                .to_i128()
+                .and_then(|n| i64::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| Self::bad(key, "expected an integer")),
+            Some(Value::String(_, s)) => s
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| Self::bad(key, format!("expected an integer, not {s:?}"))),
+            Some(_) => Err(Self::bad(key, "expected an integer")),
+        }
+    }
+
+    fn boolean(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(_, b)) => Ok(Some(*b)),
+            Some(Value::String(_, s)) => match s.trim().to_lowercase().as_str() {
+                "true" | "1" | "yes" => Ok(Some(true)),
+                "false" | "0" | "no" => Ok(Some(false)),
+                _ => Err(Self::bad(key, format!("expected true or false, not {s:?}"))),
+            },
+            Some(_) => Err(Self::bad(key, "expected true or false")),
+        }
+    }
+
+    fn duration(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::String(_, s)) => parse_duration(s).map(Some).ok_or_else(|| {
+                Self::bad(
+                    key,
+                    format!("{s:?} is not a duration such as 500ms, 5s, 2m or 168h"),
+                )
+            }),
+            Some(Value::Num(_, n)) if n.to_i128() == Some(0) => Ok(Some(Duration::ZERO)),
+            Some(_) => Err(Self::bad(
+                key,
+                "a duration needs a unit, such as 500ms, 5s, 2m or 168h",
+            )),
+        }
+    }
+
+    fn list(&self, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::String(_, s)) => Ok(Some(
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+            )),
+            Some(Value::Array(_, items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(_, s) => Ok(s.clone()),
+                    _ => Err(Self::bad(key, "expected a list of strings")),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(Self::bad(key, "expected a list of strings")),
+        }
+    }
+}
+
+fn level(key: &str, s: &str) -> Result<slog::Level, ConfigError> {
+    match s.to_lowercase().as_str() {
+        "trace" => Ok(slog::Level::Trace),
+        "debug" => Ok(slog::Level::Debug),
+        "info" => Ok(slog::Level::Info),
+        "warn" | "warning" => Ok(slog::Level::Warning),
+        "error" => Ok(slog::Level::Error),
+        "fatal" | "panic" | "critical" => Ok(slog::Level::Critical),
+        _ => Err(Keys::bad(key, format!("unknown log level {s:?}"))),
+    }
+}
+
+/// Reads the few settings of a NATS server configuration file the embedded server honours:
+/// `host`/`listen` and `port`, `max_payload`.
+fn embedded_from_file(path: &Path, e: &mut EmbeddedNats) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| ConfigError::Load(format!("{}: {err}", path.display())))?;
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let Some((k, v)) = line
+            .split_once([':', '='])
+            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+        else {
+            continue;
+        };
+        let bad = |what: &str| ConfigError::Invalid {
+            key: format!("{} ({k})", path.display()),
+            reason: format!("{what}: {v:?}"),
+        };
+        match k {
+            "port" => e.port = v.parse().map_err(|_| bad("not a port"))?,
+            "host" | "net" => e.host = v.to_owned(),
+            "listen" => match v.rsplit_once(':') {
+                Some((h, p)) => {
+                    e.host = h.to_owned();
+                    e.port = p.parse().map_err(|_| bad("not host:port"))?;
+                }
+                None => e.port = v.parse().map_err(|_| bad("not a port"))?,
+            },
+            "max_payload" => e.max_payload = Some(v.parse().map_err(|_| bad("not a size"))?),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Loads the configuration: the file named by `--config`, the environment, then the flags.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for an unreadable file, an unknown key, or a bad value.
+    pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
+        let mut map = BTreeMap::new();
+        if let Some(path) = &flags.config {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "{} does not exist",
+                    path.display()
+                )));
+            }
+            let file = load_map(Figment::from(Yaml::file(path)))?;
+            if let Some(k) = file.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+                return Err(ConfigError::UnknownKey(k.clone()));
+            }
+            map.extend(file);
+        }
+        // LIFTBRIDGE_DATA_DIR → data.dir; variables that name no key are ignored, since the
+        // environment holds other things too (LIFTBRIDGE_ENCRYPTION_KEY).
+        let env = load_map(Figment::from(
+            Env::prefixed("LIFTBRIDGE_").map(|k| k.as_str().replace('_', ".").into()),
+        ))?;
+        map.extend(env.into_iter().filter(|(k, _)| KNOWN.contains(&k.as_str())));
+        Self::from_keys(Keys(map), flags)
+    }
+
+    fn from_keys(k: Keys, flags: &Flags) -> Result<Config, ConfigError> {
+        let namespace = flags
+            .namespace
+            .clone()
+            .or(k.string("clustering.namespace")?)
+            .unwrap_or_else(|| "liftbridge-default".into());
+        natsbridge::validate_name("namespace", &namespace)
+            .map_err(|e| Keys::bad("clustering.namespace", e.to_string()))?;
+        let data_dir = flags
+            .data_dir
+            .clone()
+            .or(k.string("data.dir")?.map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/tmp/liftbridge").join(&namespace));
+        let id = flags.id.clone().or(k.string("clustering.server.id")?);
+        let id_given = id.is_some();
+        let mut b = BrokerConfig::new(id.unwrap_or_default(), data_dir);
+        b.namespace = namespace;
+
+        // Addresses.
+        let listen = match k.0.get("listen") {
+            Some(Value::Num(_, n)) => n.to_u128().map(|p| format!("0.0.0.0:{p}")),
+            _ => k.string("listen")?,
+        };
+        let host = flags.host.clone().or(k.string("host")?);
+        let port = match flags.port {
+            Some(p) => p,
+            None => match k.int("port")? {
+                Some(p) => u16::try_from(p).map_err(|_| Keys::bad("port", "not a port number"))?,
+                None => 9292,
+            },
+        };
+        let bind = match (&listen, &host) {
+            (Some(l), _) if flags.port.is_none() && flags.host.is_none() => l.clone(),
+            (_, Some(h)) => format!("{h}:{port}"),
+            (Some(l), None) => match l.rsplit_once(':') {
+                Some((h, _)) => format!("{h}:{port}"),
+                None => format!("0.0.0.0:{port}"),
+            },
+            (None, None) => format!("0.0.0.0:{port}"),
+        };
+        b.advertise_host = host
+            .clone()
+            .or_else(|| {
+                listen
+                    .as_ref()
+                    .and_then(|l| l.rsplit_once(':').map(|(h, _)| h.to_owned()))
+            })
+            .filter(|h| !h.is_empty() && h != "0.0.0.0")
+            .unwrap_or_else(|| "localhost".into());
+        b.advertise_port = port;
+
+        let log_level = match &flags.level {
+            Some(l) => level("--level", l)?,
+            None => match k.string("logging.level")? {
+                Some(l) => level("logging.level", &l)?,
+                None => slog::Level::Info,
+            },
+        };
+        if let Some(v) = k.duration("metadata.cache.max.age")? {
+            b.metadata_cache_max_age = v;
+        }
+        if let Some(v) = k.int("batch.max.messages")? {
+            b.batch_max_messages = usize::try_from(v)
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| Keys::bad("batch.max.messages", "must be at least 1"))?;
+        }
+        if let Some(v) = k.duration("batch.max.time")? {
+            b.batch_max_time = v;
+        }
+        if flags.tls_cert.is_some()
+            || flags.tls_key.is_some()
+            || k.string("tls.cert")?.is_some()
+            || k.string("tls.key")?.is_some()
+        {
+            return Err(Keys::bad(
+                "tls.cert",
+                "TLS is not available in this version of the server",
+            ));
+        }
+
+        // NATS.
+        let mut servers = flags.nats_servers.clone();
+        if servers.is_empty() {
+            servers = k.list("nats.servers")?.unwrap_or_default();
+        }
+        let embedded_config = flags
+            .embedded_nats_config
+            .clone()
+            .or(k.string("nats.embedded.config")?.map(PathBuf::from));
+        let embedded_port = match flags.embedded_nats_port {
+            Some(p) => Some(p),
+            None => k
+                .int("nats.embedded.port")?
+                .map(|p| {
+                    u16::try_from(p)
+                        .map_err(|_| Keys::bad("nats.embedded.port", "not a port number"))
+                })
+                .transpose()?,
+        };
+        // Embedded unless NATS servers are given, or when asked for explicitly.
+        let embedded = flags.embedded_nats
+            || embedded_config.is_some()
+            || k.boolean("nats.embedded")?.unwrap_or(false)
+            || servers.is_empty();
+        let embedded_nats = if embedded {
+            let mut e = EmbeddedNats {
+                host: "127.0.0.1".into(),
+                port: 4222,
+                max_payload: None,
+            };
+            if let Some(path) = &embedded_config {
+                embedded_from_file(path, &mut e)?;
+            }
+            if let Some(p) = embedded_port {
+                e.port = p;
+            }
+            Some(e)
+        } else {
+            None
+        };
+        b.nats.servers = servers;
+        if let (Some(u), Some(p)) = (k.string("nats.user")?, k.string("nats.password")?) {
+            b.nats.user_password = Some((u, p));
+        }
+
+        // Streams.
+        let s = &mut b.streams;
+        if let Some(v) = k.int("streams.retention.max.bytes")? {
+            s.retention_max_bytes = v;
+        }
+        if let Some(v) = k.int("streams.retention.max.messages")? {
+            s.retention_max_messages = v;
+        }
+        if let Some(v) = k.duration("streams.retention.max.age")? {
+            s.retention_max_age = v;
+        }
+        if let Some(v) = k.duration("streams.cleaner.interval")? {
+            s.cleaner_interval = v;
+        }
+        if let Some(v) = k.int("streams.segment.max.bytes")? {
+            s.segment_max_bytes = v;
+        }
+        if let Some(v) = k.duration("streams.segment.max.age")? {
+            s.segment_max_age = Some(v);
+        }
+        if let Some(v) = k.boolean("streams.compact.enabled")? {
+            s.compact_enabled = v;
+        }
+        if let Some(v) = k.int("streams.compact.max.goroutines")? {
+            s.compact_max_goroutines = v as i32;
+        }
+        if let Some(v) = k.duration("streams.auto.pause.time")? {
+            s.auto_pause_time = v;
+        }
+        if let Some(v) = k.boolean("streams.auto.pause.disable.if.subscribers")? {
+            s.auto_pause_disable_if_subscribers = v;
+        }
+        if let Some(v) = k.boolean("streams.concurrency.control")? {
+            s.concurrency_control = v;
+        }
+        if let Some(v) = k.boolean("streams.encryption")? {
+            s.encryption = v;
+        }
+        if let Some(v) = k.string("streams.sync.policy")? {
+            b.sync = match v.as_str() {
+                "os" => commitlog::SyncPolicy::Os,
+                "always" => commitlog::SyncPolicy::Always,
+                other => match parse_duration(other) {
+                    Some(d) if !d.is_zero() => commitlog::SyncPolicy::Interval(d),
+                    _ => {
+                        return Err(Keys::bad(
+                            "streams.sync.policy",
+                            format!("{other:?}: expected os, always, or an interval such as 100ms"),
+                        ));
+                    }
+                },
+            };
+        }
+
+        // Clustering.
+        let seed = flags.raft_bootstrap_seed
+            || k.boolean("clustering.raft.bootstrap.seed")?
+                .unwrap_or(false);
+        let mut peers = flags.raft_bootstrap_peers.clone();
+        if peers.is_empty() {
+            peers = k
+                .list("clustering.raft.bootstrap.peers")?
+                .unwrap_or_default();
+        }
+        if seed && !peers.is_empty() {
+            return Err(Keys::bad(
+                "clustering.raft.bootstrap.seed",
+                "a seed and a peer list exclude each other",
+            ));
+        }
+        let bootstrap_given = seed || !peers.is_empty();
+        b.bootstrap = if seed {
+            Bootstrap::Seed
+        } else if !peers.is_empty() {
+            Bootstrap::Peers(peers)
+        } else if embedded_nats.is_some() {
+            // Alone on a private NATS server: a cluster of one.
+            Bootstrap::Seed
+        } else {
+            Bootstrap::Join
+        };
+        if let Some(v) = k.int("clustering.raft.snapshot.threshold")? {
+            b.raft_snapshot_threshold = v.max(0) as u64;
+        }
+        if let Some(v) = k.int("clustering.raft.max.quorum.size")? {
+            b.max_quorum_size = v.max(0) as usize;
+        }
+        if let Some(v) = k.int("clustering.min.insync.replicas")? {
+            b.min_insync_replicas = i32::try_from(v)
+                .ok()
+                .filter(|v| *v >= 1)
+                .ok_or_else(|| Keys::bad("clustering.min.insync.replicas", "must be at least 1"))?;
+        }
+        if let Some(v) = k.int("clustering.replication.max.bytes")? {
+            b.replication_max_bytes = u64::try_from(v)
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| Keys::bad("clustering.replication.max.bytes", "must be positive"))?;
+        }
+        for key in [
+            "clustering.replica.max.lag.time",
+            "clustering.replica.max.leader.timeout",
+            "clustering.replica.max.idle.wait",
+            "clustering.replica.fetch.timeout",
+            "groups.consumer.timeout",
+            "groups.coordinator.timeout",
+        ] {
+            k.duration(key)?;
+        }
+
+        // Internal streams.
+        if let Some(v) = k.boolean("activity.stream.enabled")? {
+            b.activity.enabled = v;
+        }
+        if let Some(v) = k.duration("activity.stream.publish.timeout")? {
+            b.activity.publish_timeout = v;
+        }
+        if let Some(v) = k.string("activity.stream.publish.ack.policy")? {
+            use liftbridge_proto::api::AckPolicy;
+            b.activity.publish_ack_policy = match v.to_lowercase().as_str() {
+                "all" => AckPolicy::All,
+                "leader" => AckPolicy::Leader,
+                "none" => AckPolicy::None,
+                _ => {
+                    return Err(Keys::bad(
+                        "activity.stream.publish.ack.policy",
+                        format!("{v:?}: expected all, leader or none"),
+                    ));
+                }
+            };
+        }
+        if let Some(v) = k.int("cursors.stream.partitions")? {
+            b.cursors.partitions = v.max(0) as i32;
+        }
+        if let Some(v) = k.int("cursors.stream.replication.factor")? {
+            b.cursors.replication_factor = v as i32;
+        }
+        if let Some(v) = k.duration("cursors.stream.auto.pause.time")? {
+            b.cursors.auto_pause_time = v;
+        }
+
+        Ok(Config {
+            broker: b,
+            bind,
+            host_given: host.is_some(),
+            embedded_nats,
+            log_level,
+            id_given,
+            bootstrap_given,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_yaml(yaml: &str, flags: &Flags) -> Result<Config, ConfigError> {
+        let map = load_map(Figment::from(Yaml::string(yaml)))?;
+        if let Some(k) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(ConfigError::UnknownKey(k.clone()));
+        }
+        Config::from_keys(Keys(map), flags)
+    }
+
+    #[test]
+    fn durations_read_as_go_writes_them() {
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(
+            parse_duration("168h"),
+            Some(Duration::from_secs(168 * 3600))
+        );
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("5x"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn flat_and_nested_keys_mean_the_same() {
+        let flags = Flags::default();
+        let flat = from_yaml(
+            "cursors.stream.partitions: 3\nstreams.retention.max.age: 2h\n",
+            &flags,
+        )
+        .unwrap();
+        let nested = from_yaml(
+            "cursors:\n  stream:\n    partitions: 3\nstreams:\n  retention.max.age: 2h\n",
+            &flags,
+        )
+        .unwrap();
+        for c in [flat, nested] {
+            assert_eq!(c.broker.cursors.partitions, 3);
+            assert_eq!(
+                c.broker.streams.retention_max_age,
+                Duration::from_secs(7200)
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let err = from_yaml("streams:\n  retention.max.agee: 2h\n", &Flags::default()).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::UnknownKey(k) if k == "streams.retention.max.agee"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_key() {
+        let err = from_yaml("batch.max.time: 5\n", &Flags::default()).unwrap_err();
+        assert!(err.to_string().contains("batch.max.time"), "{err}");
+        let err = from_yaml("port: many\n", &Flags::default()).unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_embedded_nats_and_a_seed() {
+        let c = from_yaml("{}", &Flags::default()).unwrap();
+        assert_eq!(c.embedded_nats.as_ref().map(|e| e.port), Some(4222));
+        assert_eq!(c.broker.bootstrap, Bootstrap::Seed);
+        assert_eq!(c.bind, "0.0.0.0:9292");
+        assert_eq!(c.broker.advertise_host, "localhost");
+        assert_eq!(
+            c.broker.data_dir,
+            PathBuf::from("/tmp/liftbridge/liftbridge-default")
+        );
+        assert_eq!(c.log_level, slog::Level::Info);
+    }
+
+    #[test]
+    fn external_nats_joins_unless_told_to_bootstrap() {
+        let c = from_yaml(
+            "nats.servers: [\"nats://10.0.0.1:4222\"]\n",
+            &Flags::default(),
+        )
+        .unwrap();
+        assert!(c.embedded_nats.is_none());
+        assert_eq!(c.broker.bootstrap, Bootstrap::Join);
+        assert_eq!(
+            c.broker.nats.servers,
+            vec!["nats://10.0.0.1:4222".to_string()]
+        );
+        let flags = Flags {
+            raft_bootstrap_seed: true,
+            ..Flags::default()
+        };
+        let c = from_yaml("nats.servers: [\"nats://10.0.0.1:4222\"]\n", &flags).unwrap();
+        assert_eq!(c.broker.bootstrap, Bootstrap::Seed);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let flags = Flags {
+            port: Some(7000),
+            embedded_nats_port: Some(4333),
+            host: Some("example.org".into()),
+            level: Some("debug".into()),
+            ..Flags::default()
+        };
+        let c = from_yaml(
+            "port: 9000\nnats.embedded.port: 4999\nlogging.level: error\n",
+            &flags,
+        )
+        .unwrap();
+        assert_eq!(c.broker.advertise_port, 7000);
+        assert_eq!(c.bind, "example.org:7000");
+        assert_eq!(c.broker.advertise_host, "example.org");
+        assert_eq!(c.embedded_nats.unwrap().port, 4333);
+        assert_eq!(c.log_level, slog::Level::Debug);
+    }
+
+    #[test]
+    fn listen_sets_the_bind_address_and_advertised_host() {
+        let c = from_yaml("listen: 127.0.0.1:9555\n", &Flags::default()).unwrap();
+        assert_eq!(c.bind, "127.0.0.1:9555");
+        assert_eq!(c.broker.advertise_host, "127.0.0.1");
+        let c = from_yaml(
+            "listen: 0.0.0.0:9555\nhost: broker1\nport: 9555\n",
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.broker.advertise_host, "broker1");
+    }
+}

@@ -1,0 +1,261 @@
+//! `liftbridged`: composition only. It reads the configuration, sets up logging, starts the
+//! embedded NATS server when asked, the broker, and the gRPC API, and stops them in reverse
+//! order on SIGINT or SIGTERM. It never calls home.
+
+pub mod config;
+
+use std::path::Path;
+use std::time::Duration;
+
+use broker::Broker;
+use prost::Message as _;
+use slog::{Drain, Logger, info, o};
+
+pub use config::{Config, ConfigError, EmbeddedNats, Flags};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The embedded NATS server could not start.
+    #[error("cannot start the embedded NATS server on {addr}: {reason}")]
+    Nats {
+        /// Where it tried to listen.
+        addr: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The gRPC port could not be bound.
+    #[error("cannot listen for gRPC on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The data folder could not be used.
+    #[error("data folder {path}: {reason}")]
+    DataDir {
+        /// The folder.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The broker failed to start.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+}
+
+/// A logger writing to standard error at `level`.
+pub fn logger(level: slog::Level) -> Logger {
+    let decorator = slog_term::TermDecorator::new().stderr().build();
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    let drain = slog_async::Async::new(drain).chan_size(4096).build().fuse();
+    Logger::root(drain.filter_level(level).fuse(), o!())
+}
+
+/// The server id kept in `<data>/liftbridge` (a `ServerState` protobuf, as Liftbridge). A stored
+/// id wins over a configured one, so a restarted server keeps its identity.
+fn server_id(cfg: &Config, log: &Logger) -> Result<String, StartError> {
+    let dir = &cfg.broker.data_dir;
+    let data_err = |e: std::io::Error| StartError::DataDir {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(data_err)?;
+    let path = dir.join("liftbridge");
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(state) = liftbridge_proto::internal::ServerState::decode(bytes.as_slice())
+        && !state.server_id.is_empty()
+    {
+        if cfg.id_given && state.server_id != cfg.broker.server_id {
+            slog::warn!(log, "using the stored server id instead of the configured one";
+                "stored" => &state.server_id, "configured" => &cfg.broker.server_id);
+        }
+        return Ok(state.server_id);
+    }
+    let id = if cfg.id_given {
+        cfg.broker.server_id.clone()
+    } else {
+        natsbridge::unique_id()
+    };
+    write_atomically(
+        &path,
+        &liftbridge_proto::internal::ServerState {
+            server_id: id.clone(),
+        }
+        .encode_to_vec(),
+    )
+    .map_err(data_err)?;
+    Ok(id)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A running server.
+pub struct Running {
+    broker: Broker,
+    api: api::Server,
+    nats: Option<natsd::Server>,
+    grpc_addr: std::net::SocketAddr,
+    nats_url: String,
+    logger: Logger,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("nats_url", &self.nats_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// Where the gRPC API listens.
+    pub fn grpc_addr(&self) -> std::net::SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The NATS server the broker uses.
+    pub fn nats_url(&self) -> &str {
+        &self.nats_url
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Stops the API and the broker (closing every log cleanly), then the embedded NATS server.
+    pub async fn shutdown(self) {
+        info!(self.logger, "shutting down");
+        // The API stops accepting calls while the broker closes its logs, which ends the open
+        // subscriptions (with Unavailable, so clients resubscribe elsewhere or later).
+        tokio::join!(self.api.shutdown(), self.broker.shutdown());
+        if let Some(n) = self.nats {
+            n.shutdown().await;
+        }
+        info!(self.logger, "stopped");
+    }
+}
+
+/// Starts everything `cfg` describes and waits until the broker is ready to serve.
+///
+/// # Errors
+/// [`StartError`] naming the part that failed.
+pub async fn start(mut cfg: Config, logger: Logger) -> Result<Running, StartError> {
+    cfg.broker.server_id = server_id(&cfg, &logger)?;
+    let nats = match &cfg.embedded_nats {
+        Some(e) => {
+            let mut nc = natsd::ServerConfig {
+                host: e.host.clone(),
+                port: e.port,
+                ..natsd::ServerConfig::default()
+            };
+            if let Some(m) = e.max_payload {
+                nc.max_payload = m;
+            }
+            let server = natsd::Server::start(nc)
+                .await
+                .map_err(|err| StartError::Nats {
+                    addr: format!("{}:{}", e.host, e.port),
+                    reason: err.to_string(),
+                })?;
+            cfg.broker.nats.servers = vec![server.client_url()];
+            info!(logger, "embedded NATS server started"; "url" => server.client_url());
+            Some(server)
+        }
+        None => None,
+    };
+    let listener = match tokio::net::TcpListener::bind(&cfg.bind).await {
+        Ok(l) => l,
+        Err(source) => {
+            if let Some(n) = nats {
+                n.shutdown().await;
+            }
+            return Err(StartError::Listen {
+                addr: cfg.bind.clone(),
+                source,
+            });
+        }
+    };
+    let grpc_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: cfg.bind.clone(),
+        source,
+    })?;
+    if cfg.broker.advertise_port == 0 {
+        cfg.broker.advertise_port = grpc_addr.port();
+    }
+    let nats_url = cfg.broker.nats.servers.join(",");
+    let broker = match Broker::start(cfg.broker.clone(), logger.clone()).await {
+        Ok(b) => b,
+        Err(e) => {
+            if let Some(n) = nats {
+                n.shutdown().await;
+            }
+            return Err(e.into());
+        }
+    };
+    if !broker.wait_ready(Duration::from_secs(30)).await {
+        slog::warn!(
+            logger,
+            "the metadata group is not ready yet; serving anyway"
+        );
+    }
+    let api = api::serve(broker.clone(), listener)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: cfg.bind.clone(),
+            source,
+        })?;
+    info!(logger, "liftbridged started"; "id" => broker.id(), "grpc" => %grpc_addr,
+        "advertised" => format!("{}:{}", cfg.broker.advertise_host, cfg.broker.advertise_port),
+        "nats" => &nats_url);
+    Ok(Running {
+        broker,
+        api,
+        nats,
+        grpc_addr,
+        nats_url,
+        logger,
+    })
+}
+
+/// Runs until SIGINT or SIGTERM, then stops cleanly. Returns the process exit code.
+pub async fn run(cfg: Config) -> i32 {
+    let logger = logger(cfg.log_level);
+    let running = match start(cfg, logger.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            slog::crit!(logger, "cannot start"; "error" => %e);
+            // Let the asynchronous drain print the message.
+            drop(logger);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            eprintln!("liftbridged: {e}");
+            return 1;
+        }
+    };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("liftbridged: cannot install the SIGTERM handler: {e}");
+            return 1;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!(logger, "SIGINT received"),
+        _ = term.recv() => info!(logger, "SIGTERM received"),
+    }
+    running.shutdown().await;
+    drop(logger);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    0
+}

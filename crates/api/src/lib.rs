@@ -1,0 +1,378 @@
+//! `api`: the gRPC face of a liftbridge-rs broker.
+//!
+//! [`Service`] implements Liftbridge's `proto.API` service (all 16 RPCs) on a
+//! [`broker::Broker`]. It checks requests, calls the broker, and is the only place where broker
+//! errors become gRPC status codes ([`status`]). [`serve`] runs it with the standard gRPC health
+//! service, which reports `proto.API` as SERVING while it runs.
+//!
+//! This crate never touches NATS or disk itself.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use broker::{Broker, BrokerError};
+use futures_util::{Stream, StreamExt};
+use liftbridge_proto::api::api_server::{Api, ApiServer};
+use liftbridge_proto::api::*;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The gRPC status for a broker error. The codes are Liftbridge's, with one deliberate change:
+/// a unary publish refused for a wrong expected offset is `Aborted` (a concurrency conflict),
+/// where Liftbridge says `Unknown`.
+pub fn status(e: BrokerError) -> Status {
+    match e {
+        BrokerError::InvalidArgument(m) => Status::invalid_argument(m),
+        BrokerError::NotFound(m) => Status::not_found(m),
+        BrokerError::AlreadyExists(m) => Status::already_exists(m),
+        BrokerError::FailedPrecondition(m) => Status::failed_precondition(m),
+        BrokerError::End(m) => Status::resource_exhausted(m),
+        BrokerError::Timeout(m) => Status::deadline_exceeded(m),
+        BrokerError::Unimplemented(m) => Status::unimplemented(m),
+        BrokerError::AckRefused(m) => Status::aborted(m),
+        BrokerError::Unavailable(m) => Status::unavailable(m),
+        BrokerError::Internal(m) => Status::internal(m),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// The deadline a client set with the `grpc-timeout` header, if any.
+pub fn deadline<T>(req: &Request<T>) -> Option<Duration> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    parse_timeout(v)
+}
+
+fn parse_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (n, unit) = v.split_at(v.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The `proto.API` service on a broker.
+#[derive(Debug, Clone)]
+pub struct Service {
+    broker: Broker,
+}
+
+impl Service {
+    /// The service for `broker`.
+    pub fn new(broker: Broker) -> Self {
+        Service { broker }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+const GROUPS_UNAVAILABLE: &str = "consumer groups are not available in this version of the server";
+
+#[tonic::async_trait]
+impl Api for Service {
+    async fn create_stream(
+        &self,
+        request: Request<CreateStreamRequest>,
+    ) -> Result<Response<CreateStreamResponse>, Status> {
+        self.broker
+            .create_stream(request.into_inner())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(CreateStreamResponse {}))
+    }
+
+    async fn delete_stream(
+        &self,
+        request: Request<DeleteStreamRequest>,
+    ) -> Result<Response<DeleteStreamResponse>, Status> {
+        self.broker
+            .delete_stream(&request.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(DeleteStreamResponse {}))
+    }
+
+    async fn pause_stream(
+        &self,
+        request: Request<PauseStreamRequest>,
+    ) -> Result<Response<PauseStreamResponse>, Status> {
+        let r = request.into_inner();
+        self.broker
+            .pause_stream(&r.name, r.partitions, r.resume_all)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(PauseStreamResponse {}))
+    }
+
+    async fn set_stream_readonly(
+        &self,
+        request: Request<SetStreamReadonlyRequest>,
+    ) -> Result<Response<SetStreamReadonlyResponse>, Status> {
+        let r = request.into_inner();
+        self.broker
+            .set_stream_readonly(&r.name, r.partitions, r.readonly)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(SetStreamReadonlyResponse {}))
+    }
+
+    type SubscribeStream = BoxStream<Message>;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let sub = self
+            .broker
+            .subscribe(request.into_inner())
+            .await
+            .map_err(status)?;
+        // The first frame is empty: it tells the client the subscription is in place.
+        let handshake = futures_util::stream::once(async { Ok(Message::default()) });
+        let out = handshake.chain(sub.map(|r| r.map_err(status)));
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn fetch_metadata(
+        &self,
+        request: Request<FetchMetadataRequest>,
+    ) -> Result<Response<FetchMetadataResponse>, Status> {
+        let d = deadline(&request);
+        Ok(Response::new(
+            self.broker.fetch_metadata(request.into_inner(), d).await,
+        ))
+    }
+
+    async fn fetch_partition_metadata(
+        &self,
+        request: Request<FetchPartitionMetadataRequest>,
+    ) -> Result<Response<FetchPartitionMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let metadata = self
+            .broker
+            .fetch_partition_metadata(&r.stream, r.partition)
+            .map_err(status)?;
+        Ok(Response::new(FetchPartitionMetadataResponse {
+            metadata: Some(metadata),
+        }))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let d = deadline(&request);
+        let ack = self
+            .broker
+            .publish(request.into_inner(), d)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(PublishResponse {
+            correlation_id: ack
+                .as_ref()
+                .map(|a| a.correlation_id.clone())
+                .unwrap_or_default(),
+            ack,
+            async_error: None,
+        }))
+    }
+
+    type PublishAsyncStream = BoxStream<PublishResponse>;
+
+    async fn publish_async(
+        &self,
+        request: Request<Streaming<PublishRequest>>,
+    ) -> Result<Response<Self::PublishAsyncStream>, Status> {
+        // A client error or cancellation ends the input like a clean close.
+        let input = request
+            .into_inner()
+            .take_while(|r| std::future::ready(r.is_ok()))
+            .filter_map(|r| std::future::ready(r.ok()));
+        let (tx, rx) = mpsc::channel(1024);
+        let broker = self.broker.clone();
+        tokio::spawn(async move { broker.publish_async(Box::pin(input), tx).await });
+        let out = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn publish_to_subject(
+        &self,
+        request: Request<PublishToSubjectRequest>,
+    ) -> Result<Response<PublishToSubjectResponse>, Status> {
+        let d = deadline(&request);
+        let ack = self
+            .broker
+            .publish_to_subject(request.into_inner(), d)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(PublishToSubjectResponse { ack }))
+    }
+
+    async fn set_cursor(
+        &self,
+        request: Request<SetCursorRequest>,
+    ) -> Result<Response<SetCursorResponse>, Status> {
+        self.broker
+            .set_cursor(request.into_inner())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(SetCursorResponse {}))
+    }
+
+    async fn fetch_cursor(
+        &self,
+        request: Request<FetchCursorRequest>,
+    ) -> Result<Response<FetchCursorResponse>, Status> {
+        let offset = self
+            .broker
+            .fetch_cursor(request.into_inner())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(FetchCursorResponse { offset }))
+    }
+
+    async fn join_consumer_group(
+        &self,
+        _request: Request<JoinConsumerGroupRequest>,
+    ) -> Result<Response<JoinConsumerGroupResponse>, Status> {
+        Err(Status::unimplemented(GROUPS_UNAVAILABLE))
+    }
+
+    async fn leave_consumer_group(
+        &self,
+        _request: Request<LeaveConsumerGroupRequest>,
+    ) -> Result<Response<LeaveConsumerGroupResponse>, Status> {
+        Err(Status::unimplemented(GROUPS_UNAVAILABLE))
+    }
+
+    async fn fetch_consumer_group_assignments(
+        &self,
+        _request: Request<FetchConsumerGroupAssignmentsRequest>,
+    ) -> Result<Response<FetchConsumerGroupAssignmentsResponse>, Status> {
+        Err(Status::unimplemented(GROUPS_UNAVAILABLE))
+    }
+
+    async fn report_consumer_group_coordinator(
+        &self,
+        _request: Request<ReportConsumerGroupCoordinatorRequest>,
+    ) -> Result<Response<ReportConsumerGroupCoordinatorResponse>, Status> {
+        Err(Status::unimplemented(GROUPS_UNAVAILABLE))
+    }
+}
+
+/// A running gRPC server.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    health: tonic_health::server::HealthReporter,
+}
+
+impl Server {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Reports NOT_SERVING, stops accepting calls, and waits for the server to finish.
+    pub async fn shutdown(mut self) {
+        self.health
+            .set_service_status(
+                liftbridge_proto::SERVICE_NAME,
+                tonic_health::ServingStatus::NotServing,
+            )
+            .await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
+        self.task.abort();
+    }
+}
+
+/// Serves the API for `broker` on `listener`, with the health service.
+pub async fn serve(broker: Broker, listener: tokio::net::TcpListener) -> std::io::Result<Server> {
+    let addr = listener.local_addr()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(
+            liftbridge_proto::SERVICE_NAME,
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(ApiServer::new(Service::new(broker)))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            }),
+    );
+    Ok(Server {
+        addr,
+        stop: Some(stop),
+        task,
+        health,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        assert_eq!(parse_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_timeout("9n"), Some(Duration::from_nanos(9)));
+        assert_eq!(parse_timeout("5"), None);
+        assert_eq!(parse_timeout("S"), None);
+        assert_eq!(parse_timeout("12x"), None);
+        assert_eq!(parse_timeout("1234567890S"), None);
+    }
+
+    #[test]
+    fn broker_errors_get_liftbridge_codes() {
+        let code = |e| status(e).code();
+        assert_eq!(
+            code(BrokerError::NotFound("x".into())),
+            tonic::Code::NotFound
+        );
+        assert_eq!(
+            code(BrokerError::End("x".into())),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(
+            code(BrokerError::FailedPrecondition("x".into())),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(BrokerError::AlreadyExists("x".into())),
+            tonic::Code::AlreadyExists
+        );
+        assert_eq!(
+            code(BrokerError::Timeout("x".into())),
+            tonic::Code::DeadlineExceeded
+        );
+        assert_eq!(
+            status(BrokerError::NotFound("No such partition".into())).message(),
+            "No such partition"
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! `broker`: a liftbridge-rs server's data plane, without its gRPC face.
+//!
+//! A [`Broker`] connects to NATS, runs this server's member of the metadata group
+//! (`metastore`), and keeps one commit log (`commitlog`) per partition it holds. While it leads
+//! a partition, it records the partition's NATS subject: every message published there, by a
+//! Liftbridge client (an envelope with key, headers and ack details) or by any NATS client (a
+//! plain payload), is appended, and acks go to the publisher's inbox by its ack policy.
+//!
+//! Each RPC of the API has an operation here ([`Broker::create_stream`],
+//! [`Broker::subscribe`], [`Broker::publish`], ...) that returns a [`BrokerError`] in the words
+//! Liftbridge uses; the `api` crate maps those to gRPC status codes.
+//!
+//! This crate never knows gRPC, and never reads configuration files or flags.
+
+mod activity;
+mod broker;
+mod config;
+mod error;
+mod ops;
+mod partition;
+
+pub use broker::{ACTIVITY_STREAM, Broker, CURSORS_STREAM};
+pub use config::{ActivityConfig, BrokerConfig, CursorsConfig, StreamDefaults, StreamSettings};
+pub use error::{BrokerError, Result};
+pub use metastore::service::Bootstrap;
+pub use ops::Subscription;
+pub use partition::EventTimes;

@@ -1,0 +1,860 @@
+//! The operations behind each RPC, with Liftbridge's validation order and messages.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use commitlog::{Isolation, Reader, ReverseReader};
+use futures_util::{Stream, StreamExt};
+use liftbridge_proto::api::{self, AckPolicy, ack, publish_async_error};
+use liftbridge_proto::internal::{self, Op, RaftLog};
+use natsbridge::payload;
+use prost::Message as _;
+use tokio::sync::mpsc;
+
+use crate::broker::{Broker, CURSORS_STREAM, internal_message};
+use crate::error::{BrokerError, Result};
+use crate::partition::Partition;
+
+/// Names of the internal streams, which clients may not create or delete.
+const RESERVED: [&str; 2] = [crate::broker::ACTIVITY_STREAM, CURSORS_STREAM];
+
+/// How long a PublishAsync session waits for its outstanding acks once the client is done.
+const ASYNC_DRAIN: Duration = Duration::from_secs(5);
+
+/// A subscription: committed messages in order (or newest first when reversed), ending with an
+/// error that says why it ended.
+pub type Subscription = Pin<Box<dyn Stream<Item = Result<api::Message>> + Send>>;
+
+fn check_stream_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(BrokerError::InvalidArgument("Name cannot be empty".into()));
+    }
+    // Names become folder names and NATS subject tokens.
+    if natsbridge::validate_name("stream name", name).is_err()
+        || name.contains(['/', '\\', '\0'])
+        || name == "."
+        || name == ".."
+    {
+        return Err(BrokerError::InvalidArgument(format!(
+            "Stream name {name:?} is invalid: it may not contain whitespace, '*', '>', '/', \
+             or an empty dot-separated token"
+        )));
+    }
+    Ok(())
+}
+
+impl Broker {
+    /// Creates a stream; see the CreateStream RPC.
+    ///
+    /// # Errors
+    /// InvalidArgument for a bad name, subject, replication factor or setting; AlreadyExists;
+    /// FailedPrecondition for encryption, which this version does not provide.
+    pub async fn create_stream(&self, req: api::CreateStreamRequest) -> Result<()> {
+        check_stream_name(&req.name)?;
+        if natsbridge::validate_subject(&req.subject).is_err() {
+            return Err(BrokerError::InvalidArgument("Subject is invalid".into()));
+        }
+        if RESERVED.contains(&req.name.as_str()) {
+            return Err(BrokerError::InvalidArgument("Stream is reserved".into()));
+        }
+        if req.encryption.is_some_and(|e| e.value)
+            || (req.encryption.is_none() && self.config().streams.encryption)
+        {
+            return Err(BrokerError::FailedPrecondition(
+                "encryption at rest is not available in this version of the server".into(),
+            ));
+        }
+        let n64 =
+            |v: Option<api::NullableInt64>| v.map(|v| internal::NullableInt64 { value: v.value });
+        let n32 =
+            |v: Option<api::NullableInt32>| v.map(|v| internal::NullableInt32 { value: v.value });
+        let nb =
+            |v: Option<api::NullableBool>| v.map(|v| internal::NullableBool { value: v.value });
+        let config = internal::StreamConfig {
+            retention_max_bytes: n64(req.retention_max_bytes),
+            retention_max_messages: n64(req.retention_max_messages),
+            retention_max_age: n64(req.retention_max_age),
+            cleaner_interval: n64(req.cleaner_interval),
+            segment_max_bytes: n64(req.segment_max_bytes),
+            segment_max_age: n64(req.segment_max_age),
+            compact_max_goroutines: n32(req.compact_max_goroutines),
+            compact_enabled: nb(req.compact_enabled),
+            auto_pause_time: n64(req.auto_pause_time),
+            auto_pause_disable_if_subscribers: nb(req.auto_pause_disable_if_subscribers),
+            min_isr: n32(req.min_isr),
+            optimistic_concurrency_control: nb(req.optimistic_concurrency_control),
+            encryption: nb(req.encryption),
+        };
+        // Refuse settings the log would refuse, before anything is recorded.
+        let settings = self
+            .config()
+            .streams
+            .settings(&config, self.config().min_insync_replicas);
+        crate::partition::log_options(&settings, self.config().sync)
+            .validate()
+            .map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
+        if settings.min_isr < 1 {
+            return Err(BrokerError::InvalidArgument(format!(
+                "minIsr must be at least 1, not {}",
+                settings.min_isr
+            )));
+        }
+        let entry = self.create_stream_entry(&req, config)?;
+        let applied = self.metadata().propose(entry).await?;
+        applied
+            .result
+            .map_err(metastore::service::MetaError::from)?;
+        self.reconcile().await;
+        for id in 0..req.partitions.max(1) {
+            self.wait_partition_started(&req.name, id, Duration::from_secs(5))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Deletes a stream and its data.
+    ///
+    /// # Errors
+    /// InvalidArgument for a reserved stream, NotFound "stream does not exist".
+    pub async fn delete_stream(&self, name: &str) -> Result<()> {
+        if RESERVED.contains(&name) {
+            return Err(BrokerError::InvalidArgument("Stream is reserved".into()));
+        }
+        let entry = RaftLog {
+            op: Op::DeleteStream as i32,
+            delete_stream_op: Some(internal::DeleteStreamOp {
+                stream: name.into(),
+            }),
+            ..Default::default()
+        };
+        self.propose_stream_op(entry).await?;
+        self.reconcile().await;
+        Ok(())
+    }
+
+    async fn propose_stream_op(&self, entry: RaftLog) -> Result<()> {
+        match self.metadata().propose(entry).await {
+            Ok(a) => match a.result {
+                Ok(()) => Ok(()),
+                Err(metastore::OpError::NotFound(m)) if m.contains("partition") => {
+                    Err(BrokerError::NotFound("partition does not exist".into()))
+                }
+                Err(metastore::OpError::NotFound(_)) => {
+                    Err(BrokerError::NotFound("stream does not exist".into()))
+                }
+                Err(e) => Err(metastore::service::MetaError::from(e).into()),
+            },
+            Err(metastore::service::MetaError::Op(metastore::OpError::NotFound(m))) => {
+                Err(BrokerError::NotFound(if m.contains("partition") {
+                    "partition does not exist".into()
+                } else {
+                    "stream does not exist".into()
+                }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn all_partitions(&self, name: &str, given: Vec<i32>) -> Result<Vec<i32>> {
+        if !given.is_empty() {
+            return Ok(given);
+        }
+        self.metadata()
+            .with_state(|f| {
+                f.stream(name)
+                    .map(|s| s.partitions.keys().copied().collect())
+            })
+            .ok_or_else(|| BrokerError::NotFound("stream not found".into()))
+    }
+
+    /// Pauses partitions (all when `partitions` is empty).
+    ///
+    /// # Errors
+    /// NotFound for an unknown stream or partition.
+    pub async fn pause_stream(
+        &self,
+        name: &str,
+        partitions: Vec<i32>,
+        resume_all: bool,
+    ) -> Result<()> {
+        let partitions = self.all_partitions(name, partitions)?;
+        let entry = RaftLog {
+            op: Op::PauseStream as i32,
+            pause_stream_op: Some(internal::PauseStreamOp {
+                stream: name.into(),
+                partitions,
+                resume_all,
+            }),
+            ..Default::default()
+        };
+        self.propose_stream_op(entry).await?;
+        self.reconcile().await;
+        Ok(())
+    }
+
+    /// Sets or clears the read-only flag of partitions (all when `partitions` is empty).
+    ///
+    /// # Errors
+    /// NotFound for an unknown stream or partition.
+    pub async fn set_stream_readonly(
+        &self,
+        name: &str,
+        partitions: Vec<i32>,
+        readonly: bool,
+    ) -> Result<()> {
+        let partitions = self.all_partitions(name, partitions)?;
+        let entry = RaftLog {
+            op: Op::SetStreamReadonly as i32,
+            set_stream_readonly_op: Some(internal::SetStreamReadonlyOp {
+                stream: name.into(),
+                partitions,
+                readonly,
+            }),
+            ..Default::default()
+        };
+        self.propose_stream_op(entry).await?;
+        self.reconcile().await;
+        Ok(())
+    }
+
+    /// Starts a subscription. The caller sends the handshake frame first.
+    ///
+    /// # Errors
+    /// As Liftbridge: InvalidArgument, NotFound "No such partition", FailedPrecondition
+    /// "Server not partition leader", End "Stream is empty" for STOP_LATEST on an empty
+    /// partition, InvalidArgument "Stop offset is before start offset".
+    pub async fn subscribe(&self, req: api::SubscribeRequest) -> Result<Subscription> {
+        if let Some(c) = &req.consumer
+            && !c.group_id.is_empty()
+        {
+            if c.consumer_id.is_empty() {
+                return Err(BrokerError::InvalidArgument(
+                    "Consumer id cannot be empty when group id is provided".into(),
+                ));
+            }
+            if req.read_isr_replica {
+                return Err(BrokerError::InvalidArgument(
+                    "Consumer groups not compatible with ReadISRReplica".into(),
+                ));
+            }
+            return Err(BrokerError::Unimplemented(
+                "consumer groups are not available in this version of the server".into(),
+            ));
+        }
+        let meta = self
+            .metadata()
+            .with_state(|f| f.partition(&req.stream, req.partition).cloned());
+        let Some(meta) = meta else {
+            return Err(BrokerError::NotFound("No such partition".into()));
+        };
+        if meta.leader != self.id() && !req.read_isr_replica {
+            return Err(BrokerError::FailedPrecondition(
+                "Server not partition leader".into(),
+            ));
+        }
+        if meta.paused && req.resume {
+            self.resume_for_publish(&req.stream, req.partition)
+                .await
+                .map_err(|e| BrokerError::Internal(format!("failed to resume partition: {e}")))?;
+        }
+        let Some(p) = self.partition(&req.stream, req.partition) else {
+            return Err(BrokerError::NotFound("No such partition".into()));
+        };
+        if p.role.paused {
+            return Err(BrokerError::FailedPrecondition(
+                "Partition is paused".into(),
+            ));
+        }
+        let (start, stop) = Broker::positions(&p, &req)?;
+        let guard = SubscriberGuard::new(&p);
+        if req.reverse {
+            let hw = p.log.high_watermark();
+            let from = start.min(hw);
+            if let Some(s) = stop
+                && s > from
+                && hw >= 0
+            {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "Stop offset is after start offset for a reverse subscription: {s} > {from}"
+                )));
+            }
+            let reader = p.log.reverse_reader(from, Isolation::Committed);
+            return Ok(reverse_stream(self.clone(), p, reader, stop, guard));
+        }
+        if let Some(s) = stop
+            && s < start
+        {
+            return Err(BrokerError::InvalidArgument(format!(
+                "Stop offset is before start offset: {s} < {start}"
+            )));
+        }
+        let reader = p.log.reader(start, Isolation::Committed);
+        Ok(forward_stream(self.clone(), p, reader, stop, guard))
+    }
+
+    /// Why a subscription's log went away: deleted, paused, or closed.
+    fn closed_reason(&self, p: &Partition) -> BrokerError {
+        if self.is_shutting_down() {
+            return BrokerError::Unavailable("the server is shutting down".into());
+        }
+        let state = self
+            .metadata()
+            .with_state(|f| f.partition(&p.stream, p.id).map(|m| m.paused));
+        match state {
+            None => BrokerError::NotFound("Stream deleted".into()),
+            Some(true) => BrokerError::FailedPrecondition("Partition paused".into()),
+            Some(false) => BrokerError::Internal("Partition closed".into()),
+        }
+    }
+
+    fn read_error(&self, p: &Partition, e: commitlog::Error) -> BrokerError {
+        match e {
+            commitlog::Error::EndOfReadonly => BrokerError::End("End of readonly partition".into()),
+            commitlog::Error::Closed => self.closed_reason(p),
+            e => BrokerError::internal("reading the partition", e),
+        }
+    }
+
+    /// Checks a publish and picks its subject; resumes a paused partition.
+    async fn prepare_publish(&self, req: &api::PublishRequest) -> Result<String> {
+        if req.stream.is_empty() {
+            return Err(BrokerError::InvalidArgument("no stream provided".into()));
+        }
+        let found = self.metadata().with_state(|f| {
+            f.stream(&req.stream).map(|s| {
+                (
+                    s.subject.clone(),
+                    s.partitions.get(&req.partition).map(|p| p.readonly),
+                    s.config.optimistic_concurrency_control.map(|v| v.value),
+                )
+            })
+        });
+        let Some((subject, partition, occ)) = found else {
+            return Err(BrokerError::NotFound(format!(
+                "no such stream: {}",
+                req.stream
+            )));
+        };
+        let Some(readonly) = partition else {
+            return Err(BrokerError::NotFound(format!(
+                "no such partition: {}",
+                req.partition
+            )));
+        };
+        if readonly {
+            return Err(BrokerError::FailedPrecondition(format!(
+                "readonly partition: {}",
+                req.partition
+            )));
+        }
+        let occ = occ.unwrap_or(self.config().streams.concurrency_control);
+        if occ && req.ack_policy == AckPolicy::None as i32 {
+            return Err(BrokerError::InvalidArgument(
+                "stream with concurrency control must have AckPolicy set".into(),
+            ));
+        }
+        self.resume_for_publish(&req.stream, req.partition).await?;
+        Ok(natsbridge::partition_subject(&subject, req.partition))
+    }
+
+    fn envelope_of(req: api::PublishRequest, subject: &str) -> api::Message {
+        api::Message {
+            key: req.key,
+            value: req.value,
+            stream: req.stream,
+            partition: req.partition,
+            subject: subject.into(),
+            headers: req.headers,
+            ack_inbox: req.ack_inbox,
+            correlation_id: req.correlation_id,
+            ack_policy: req.ack_policy,
+            offset: req.expected_offset,
+            ..Default::default()
+        }
+    }
+
+    /// A unary publish. Returns the ack, or `None` when the policy is NONE or there is no
+    /// deadline to wait within (as Liftbridge).
+    ///
+    /// # Errors
+    /// InvalidArgument, NotFound, FailedPrecondition (read-only), Timeout, and
+    /// [`BrokerError::AckRefused`] for an ack with an error (TOO_LARGE as InvalidArgument).
+    pub async fn publish(
+        &self,
+        req: api::PublishRequest,
+        deadline: Option<Duration>,
+    ) -> Result<Option<api::Ack>> {
+        let subject = self.prepare_publish(&req).await?;
+        let msg = Self::envelope_of(req, &subject);
+        let ack = self.publish_envelope(&subject, msg, deadline).await?;
+        match ack.as_ref().map(|a| ack::Error::try_from(a.ack_error)) {
+            Some(Ok(ack::Error::TooLarge)) => Err(BrokerError::InvalidArgument(
+                "Message exceeds maximum allowed size".into(),
+            )),
+            Some(Ok(ack::Error::IncorrectOffset)) => {
+                Err(BrokerError::AckRefused("Incorrect expected offset".into()))
+            }
+            Some(Ok(ack::Error::Encryption)) => {
+                Err(BrokerError::Internal("Failed to encrypt message".into()))
+            }
+            Some(Ok(ack::Error::Unknown)) | Some(Err(_)) => {
+                Err(BrokerError::AckRefused("Unknown ack error".into()))
+            }
+            _ => Ok(ack),
+        }
+    }
+
+    /// Publishes to a raw NATS subject. Returns the first ack, if waited for.
+    ///
+    /// # Errors
+    /// InvalidArgument for a bad subject; Timeout.
+    pub async fn publish_to_subject(
+        &self,
+        req: api::PublishToSubjectRequest,
+        deadline: Option<Duration>,
+    ) -> Result<Option<api::Ack>> {
+        if natsbridge::validate_publish_subject(&req.subject).is_err() {
+            return Err(BrokerError::InvalidArgument("Subject is invalid".into()));
+        }
+        let msg = api::Message {
+            key: req.key,
+            value: req.value,
+            subject: req.subject.clone(),
+            headers: req.headers,
+            ack_inbox: req.ack_inbox,
+            correlation_id: req.correlation_id,
+            ack_policy: req.ack_policy,
+            offset: -1,
+            ..Default::default()
+        };
+        self.publish_envelope(&req.subject, msg, deadline).await
+    }
+
+    /// Runs one PublishAsync session: reads requests until `input` ends, answers each with an
+    /// ack or an error on `out`, then waits up to 5 s for outstanding acks.
+    pub async fn publish_async<S>(&self, mut input: S, out: mpsc::Sender<api::PublishResponse>)
+    where
+        S: Stream<Item = api::PublishRequest> + Send + Unpin,
+    {
+        let inbox = self.inner.subjects.ack_inbox();
+        let mut acks = match self.inner.publishes.subscribe(&inbox).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = out
+                    .send(async_error(
+                        String::new(),
+                        publish_async_error::Code::Internal,
+                        format!("failed to subscribe to the ack inbox: {e}"),
+                    ))
+                    .await;
+                return;
+            }
+        };
+        let mut shutdown = self.shutdown_signal();
+        let mut inflight: usize = 0;
+        let mut input_done = false;
+        let drain_deadline = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
+        tokio::pin!(drain_deadline);
+        loop {
+            if input_done && inflight == 0 {
+                break;
+            }
+            tokio::select! {
+                req = input.next(), if !input_done => match req {
+                    Some(req) => {
+                        let cid = req.correlation_id.clone();
+                        let none = req.ack_policy == AckPolicy::None as i32;
+                        match self.prepare_publish(&req).await {
+                            Ok(subject) => {
+                                let mut msg = Self::envelope_of(req, &subject);
+                                msg.ack_inbox = inbox.clone();
+                                match self
+                                    .inner
+                                    .publishes
+                                    .publish(&subject, payload::encode(&msg, false))
+                                    .await
+                                {
+                                    Ok(()) if !none => inflight += 1,
+                                    Ok(()) => {}
+                                    Err(e) => {
+                                        let r = async_error(cid, publish_async_error::Code::Internal, e.to_string());
+                                        if out.send(r).await.is_err() { return; }
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                let code = match &e {
+                                    BrokerError::InvalidArgument(_) => publish_async_error::Code::BadRequest,
+                                    BrokerError::NotFound(_) => publish_async_error::Code::NotFound,
+                                    BrokerError::FailedPrecondition(_) => publish_async_error::Code::Readonly,
+                                    _ => publish_async_error::Code::Internal,
+                                };
+                                if out.send(async_error(cid, code, e.to_string())).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    None => {
+                        input_done = true;
+                        drain_deadline.as_mut().reset(tokio::time::Instant::now() + ASYNC_DRAIN);
+                    }
+                },
+                m = acks.next() => {
+                    let Some(m) = m else { break };
+                    let Ok(a) = payload::decode::<api::Ack>(&m.payload) else { continue };
+                    inflight = inflight.saturating_sub(1);
+                    let resp = match ack::Error::try_from(a.ack_error) {
+                        Ok(ack::Error::Ok) => api::PublishResponse {
+                            correlation_id: a.correlation_id.clone(),
+                            ack: Some(a),
+                            async_error: None,
+                        },
+                        other => {
+                            let (code, text) = match other {
+                                Ok(ack::Error::IncorrectOffset) => (publish_async_error::Code::IncorrectOffset, "incorrect expected offset"),
+                                Ok(ack::Error::TooLarge) => (publish_async_error::Code::BadRequest, "message exceeds maximum allowed size"),
+                                Ok(ack::Error::Encryption) => (publish_async_error::Code::EncryptionFailed, "failed to encrypt message"),
+                                _ => (publish_async_error::Code::Unknown, "unknown ack error"),
+                            };
+                            let cid = a.correlation_id.clone();
+                            let mut r = async_error(cid, code, text.into());
+                            r.ack = Some(api::Ack { correlation_id: String::new(), ..a });
+                            r
+                        }
+                    };
+                    if out.send(resp).await.is_err() {
+                        return;
+                    }
+                }
+                _ = &mut drain_deadline, if input_done => break,
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+
+    /// FetchMetadata: brokers, the requested streams (all when none), and groups.
+    pub async fn fetch_metadata(
+        &self,
+        req: api::FetchMetadataRequest,
+        deadline: Option<Duration>,
+    ) -> api::FetchMetadataResponse {
+        let brokers = self
+            .brokers(deadline.unwrap_or(Duration::from_secs(3)))
+            .await;
+        let stream_metadata = self.metadata().with_state(|f| {
+            let names: Vec<String> = if req.streams.is_empty() {
+                f.streams()
+                    .values()
+                    .filter(|s| !s.tombstoned)
+                    .map(|s| s.name.clone())
+                    .collect()
+            } else {
+                req.streams.clone()
+            };
+            names
+                .into_iter()
+                .map(|name| match f.stream(&name) {
+                    None => api::StreamMetadata {
+                        name,
+                        error: api::stream_metadata::Error::UnknownStream as i32,
+                        ..Default::default()
+                    },
+                    Some(s) => api::StreamMetadata {
+                        name,
+                        subject: s.subject.clone(),
+                        error: 0,
+                        creation_timestamp: s.creation_timestamp,
+                        partitions: s
+                            .partitions
+                            .values()
+                            .map(|p| (p.id, self.partition_metadata(&s.name, p)))
+                            .collect(),
+                    },
+                })
+                .collect()
+        });
+        let group_metadata = req
+            .groups
+            .into_iter()
+            .map(|g| api::ConsumerGroupMetadata {
+                group_id: g,
+                error: api::consumer_group_metadata::Error::UnknownGroup as i32,
+                ..Default::default()
+            })
+            .collect();
+        api::FetchMetadataResponse {
+            brokers,
+            stream_metadata,
+            group_metadata,
+        }
+    }
+
+    fn partition_metadata(
+        &self,
+        stream: &str,
+        p: &metastore::PartitionState,
+    ) -> api::PartitionMetadata {
+        let mut m = api::PartitionMetadata {
+            id: p.id,
+            leader: p.leader.clone(),
+            replicas: p.replicas.clone(),
+            isr: p.isr.clone(),
+            paused: p.paused,
+            readonly: p.readonly,
+            high_watermark: -1,
+            newest_offset: -1,
+            ..Default::default()
+        };
+        if let Some(local) = self.partition(stream, p.id) {
+            m.high_watermark = local.log.high_watermark();
+            m.newest_offset = local.log.newest_offset();
+            let s = *local.stats.lock();
+            m.messages_received_timestamps = Some(s.received.to_api());
+            m.pause_timestamps = Some(s.paused.to_api());
+            m.readonly_timestamps = Some(s.readonly.to_api());
+        }
+        m
+    }
+
+    /// FetchPartitionMetadata, answered by the partition's leader.
+    ///
+    /// # Errors
+    /// NotFound "partition not found"; FailedPrecondition when this server does not lead it.
+    pub fn fetch_partition_metadata(
+        &self,
+        stream: &str,
+        id: i32,
+    ) -> Result<api::PartitionMetadata> {
+        let meta = self
+            .metadata()
+            .with_state(|f| f.partition(stream, id).cloned())
+            .ok_or_else(|| BrokerError::NotFound("partition not found".into()))?;
+        if meta.leader != self.id() {
+            return Err(BrokerError::FailedPrecondition(
+                "The request should be sent to partition leader".into(),
+            ));
+        }
+        Ok(self.partition_metadata(stream, &meta))
+    }
+
+    /// The cursors partition of a cursor key, and checks that this server leads it.
+    fn cursor_partition(&self, key: &str) -> Result<(i32, String)> {
+        let found = self.metadata().with_state(|f| {
+            f.stream(CURSORS_STREAM)
+                .map(|s| (s.partitions.len() as u32, s.subject.clone()))
+        });
+        let Some((n, subject)) = found.filter(|(n, _)| *n > 0) else {
+            return Err(BrokerError::Internal(
+                "Cursors stream does not exist".into(),
+            ));
+        };
+        let partition = (crc32fast::hash(key.as_bytes()) % n) as i32;
+        let leads = self.metadata().with_state(|f| {
+            f.partition(CURSORS_STREAM, partition)
+                .is_some_and(|p| p.leader == self.id())
+        });
+        if !leads {
+            return Err(BrokerError::FailedPrecondition(format!(
+                "Server not leader for cursors partition {partition}"
+            )));
+        }
+        Ok((
+            partition,
+            natsbridge::partition_subject(&subject, partition),
+        ))
+    }
+
+    fn cursor_key(stream: &str, partition: i32, cursor_id: &str) -> Result<String> {
+        if stream.is_empty() {
+            return Err(BrokerError::InvalidArgument("No stream provided".into()));
+        }
+        if cursor_id.is_empty() {
+            return Err(BrokerError::InvalidArgument("No cursorId provided".into()));
+        }
+        Ok(format!("{cursor_id},{stream},{partition}"))
+    }
+
+    /// Stores a cursor in `__cursors`, waiting for it to commit.
+    ///
+    /// # Errors
+    /// InvalidArgument, Internal (no cursors stream, publish failure), FailedPrecondition (not
+    /// this cursor's partition leader).
+    pub async fn set_cursor(&self, req: api::SetCursorRequest) -> Result<()> {
+        let key = Self::cursor_key(&req.stream, req.partition, &req.cursor_id)?;
+        let (partition, subject) = self.cursor_partition(&key)?;
+        self.resume_for_publish(CURSORS_STREAM, partition).await?;
+        let value = internal::Cursor {
+            stream: req.stream,
+            partition: req.partition,
+            cursor_id: req.cursor_id,
+            offset: req.offset,
+        }
+        .encode_to_vec();
+        let msg = internal_message(
+            CURSORS_STREAM,
+            &subject,
+            Bytes::from(key.clone()),
+            Bytes::from(value),
+            AckPolicy::All,
+        );
+        let ack = self
+            .publish_envelope(&subject, msg, Some(Duration::from_secs(5)))
+            .await
+            .map_err(|e| BrokerError::Internal(format!("failed to set cursor: {e}")))?;
+        match ack {
+            Some(a) if a.ack_error == ack::Error::Ok as i32 => {
+                let mut cache = self.inner.cursor_cache.lock();
+                if cache.len() >= 512 && !cache.contains_key(&key) {
+                    if let Some(k) = cache.keys().next().cloned() {
+                        cache.remove(&k);
+                    }
+                }
+                cache.insert(key, req.offset);
+                Ok(())
+            }
+            _ => Err(BrokerError::Internal("failed to set cursor".into())),
+        }
+    }
+
+    /// Reads a cursor; -1 when none is set.
+    ///
+    /// # Errors
+    /// As [`set_cursor`](Broker::set_cursor).
+    pub async fn fetch_cursor(&self, req: api::FetchCursorRequest) -> Result<i64> {
+        let key = Self::cursor_key(&req.stream, req.partition, &req.cursor_id)?;
+        let (partition, _) = self.cursor_partition(&key)?;
+        if let Some(o) = self.inner.cursor_cache.lock().get(&key) {
+            return Ok(*o);
+        }
+        self.resume_for_publish(CURSORS_STREAM, partition).await?;
+        let Some(p) = self.partition(CURSORS_STREAM, partition) else {
+            return Err(BrokerError::Internal(
+                "cursors partition is not running".into(),
+            ));
+        };
+        let start = p.log.high_watermark();
+        let key2 = key.clone();
+        let found = tokio::task::spawn_blocking(move || -> commitlog::Result<i64> {
+            let mut r = p.log.reverse_reader(start, Isolation::Committed);
+            for _ in 0..u32::MAX {
+                let Some(rec) = r.next()? else { break };
+                if rec.key.as_deref() == Some(key2.as_bytes())
+                    && let Ok(c) = internal::Cursor::decode(rec.value.as_ref())
+                {
+                    return Ok(c.offset);
+                }
+            }
+            Ok(-1)
+        })
+        .await
+        .map_err(|e| BrokerError::internal("reading cursors", e))?
+        .map_err(|e| BrokerError::internal("reading cursors", e))?;
+        if found >= 0 {
+            self.inner.cursor_cache.lock().insert(key, found);
+        }
+        Ok(found)
+    }
+}
+
+fn async_error(
+    correlation_id: String,
+    code: publish_async_error::Code,
+    message: String,
+) -> api::PublishResponse {
+    api::PublishResponse {
+        ack: None,
+        async_error: Some(api::PublishAsyncError {
+            code: code as i32,
+            message,
+        }),
+        correlation_id,
+    }
+}
+
+/// Counts a partition's subscribers while alive (auto-pause may depend on it).
+struct SubscriberGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl SubscriberGuard {
+    fn new(p: &Partition) -> Self {
+        p.subscribers.fetch_add(1, Ordering::AcqRel);
+        SubscriberGuard(p.subscribers.clone())
+    }
+}
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn forward_stream(
+    broker: Broker,
+    p: Arc<Partition>,
+    mut reader: Reader,
+    stop: Option<i64>,
+    guard: SubscriberGuard,
+) -> Subscription {
+    let mut done = false;
+    let mut reached = false;
+    Box::pin(futures_util::stream::poll_fn(move |cx| {
+        let _ = &guard;
+        if done {
+            return Poll::Ready(None);
+        }
+        if reached {
+            done = true;
+            return Poll::Ready(Some(Err(BrokerError::End("Stop offset reached".into()))));
+        }
+        match reader.poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(r)) => {
+                if stop.is_some_and(|s| r.offset >= s) {
+                    reached = true;
+                }
+                Poll::Ready(Some(Ok(Broker::to_api(&p, r))))
+            }
+            Poll::Ready(Err(e)) => {
+                done = true;
+                Poll::Ready(Some(Err(broker.read_error(&p, e))))
+            }
+        }
+    }))
+}
+
+fn reverse_stream(
+    broker: Broker,
+    p: Arc<Partition>,
+    mut reader: ReverseReader,
+    stop: Option<i64>,
+    guard: SubscriberGuard,
+) -> Subscription {
+    let mut done = false;
+    Box::pin(futures_util::stream::poll_fn(move |_cx| {
+        let _ = &guard;
+        if done {
+            return Poll::Ready(None);
+        }
+        match reader.next() {
+            Ok(Some(r)) => {
+                if stop.is_some_and(|s| r.offset <= s) {
+                    done = true;
+                }
+                Poll::Ready(Some(Ok(Broker::to_api(&p, r))))
+            }
+            // Past the oldest message: a clean end.
+            Ok(None) => {
+                done = true;
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                done = true;
+                Poll::Ready(Some(Err(broker.read_error(&p, e))))
+            }
+        }
+    }))
+}

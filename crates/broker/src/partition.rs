@@ -1,0 +1,546 @@
+//! One partition on this broker: its commit log and, while it leads, the tasks that record the
+//! partition's NATS subject into the log, acknowledge publishers, pause it when idle and apply
+//! retention and compaction.
+//!
+//! # Invariants
+//! - Only the leader appends, and only from its ingest task, so offsets are assigned in the order
+//!   NATS delivered the messages.
+//! - The high watermark only moves forward, and only once the commit rule holds: the ISR is this
+//!   broker alone and min ISR is at most 1. Replication across brokers moves it otherwise.
+//! - An ack with policy ALL is sent only once the high watermark covers its offset; LEADER acks
+//!   after the write; NONE never (error acks are always sent).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use commitlog::{Log, LogOptions, Retention};
+use futures_util::{FutureExt, StreamExt};
+use liftbridge_proto::api::{self, AckPolicy, ack};
+use liftbridge_proto::internal::{self, Op, RaftLog};
+use natsbridge::envelope::{self, MsgType};
+use natsbridge::{Connection, Subscriber, payload};
+use parking_lot::Mutex;
+use slog::{Logger, error, info, warn};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{BrokerConfig, StreamSettings};
+use crate::error::{BrokerError, Result};
+
+/// Nanoseconds since the Unix epoch.
+pub(crate) fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
+}
+
+/// When something first and last happened (ns; 0 = never), as FetchPartitionMetadata reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventTimes {
+    /// The first time.
+    pub first: i64,
+    /// The latest time.
+    pub latest: i64,
+}
+
+impl EventTimes {
+    pub(crate) fn touch(&mut self, now: i64) {
+        if self.first == 0 {
+            self.first = now;
+        }
+        self.latest = now;
+    }
+
+    pub(crate) fn to_api(self) -> api::PartitionEventTimestamps {
+        api::PartitionEventTimestamps {
+            first_timestamp: self.first,
+            latest_timestamp: self.latest,
+        }
+    }
+}
+
+/// A partition's event times.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Stats {
+    pub received: EventTimes,
+    pub paused: EventTimes,
+    pub readonly: EventTimes,
+}
+
+/// What the metadata says this broker should do with a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Role {
+    pub leader: bool,
+    pub leader_epoch: u64,
+    pub paused: bool,
+    pub isr: Vec<String>,
+    pub group: String,
+}
+
+/// What the ingest task and acks need from the broker.
+pub(crate) struct Ctx {
+    pub cfg: Arc<BrokerConfig>,
+    pub streams_conn: Connection,
+    pub acks_conn: Connection,
+    pub meta: metastore::service::Metastore,
+    pub logger: Logger,
+}
+
+/// One partition's log and its running tasks.
+pub(crate) struct Partition {
+    pub stream: String,
+    pub id: i32,
+    /// The stream's subject (acks report it as `partitionSubject`).
+    pub stream_subject: String,
+    /// The subject this partition records.
+    pub subject: String,
+    pub settings: StreamSettings,
+    pub log: Log,
+    pub role: Role,
+    pub stats: Arc<Mutex<Stats>>,
+    pub subscribers: Arc<AtomicUsize>,
+    /// ALL-policy acks waiting for the high watermark, by offset.
+    pending: Mutex<BTreeMap<i64, api::Ack>>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.stream, self.id)
+    }
+}
+
+/// Options of a partition's log under these stream settings.
+pub(crate) fn log_options(s: &StreamSettings, sync: commitlog::SyncPolicy) -> LogOptions {
+    let positive = |v: i64| (v > 0).then_some(v as u64);
+    LogOptions {
+        segment_max_bytes: s.segment_max_bytes.max(0) as u64,
+        segment_max_age: (!s.segment_max_age.is_zero()).then_some(s.segment_max_age),
+        sync,
+        retention: Retention {
+            max_bytes: positive(s.retention_max_bytes),
+            max_messages: positive(s.retention_max_messages),
+            max_age: (!s.retention_max_age.is_zero()).then_some(s.retention_max_age),
+        },
+        ..LogOptions::default()
+    }
+}
+
+/// The data needed to open a partition.
+pub(crate) struct Spec<'a> {
+    pub stream: &'a str,
+    pub id: i32,
+    pub stream_subject: &'a str,
+    pub settings: StreamSettings,
+    pub role: Role,
+    pub readonly: bool,
+    pub stats: Arc<Mutex<Stats>>,
+}
+
+impl Partition {
+    /// Opens the log in `dir` and, if this broker leads and the partition is not paused, starts
+    /// recording its subject.
+    pub(crate) async fn open(
+        spec: Spec<'_>,
+        dir: std::path::PathBuf,
+        ctx: &Arc<Ctx>,
+    ) -> Result<Arc<Partition>> {
+        let opts = log_options(&spec.settings, ctx.cfg.sync);
+        let log = tokio::task::spawn_blocking(move || Log::open(dir, opts))
+            .await
+            .map_err(|e| BrokerError::internal("opening a log", e))?
+            .map_err(|e| BrokerError::internal("opening a log", e))?;
+        let report = log.recovery();
+        if !report.repaired.is_empty() || !report.removed_files.is_empty() {
+            warn!(ctx.logger, "recovered partition log";
+                "stream" => spec.stream, "partition" => spec.id,
+                "repaired_segments" => report.repaired.len(),
+                "truncated_bytes" => report.truncated_bytes());
+        }
+        log.set_readonly(spec.readonly);
+        let (stop, _) = watch::channel(false);
+        let p = Arc::new(Partition {
+            stream: spec.stream.to_owned(),
+            id: spec.id,
+            stream_subject: spec.stream_subject.to_owned(),
+            subject: natsbridge::partition_subject(spec.stream_subject, spec.id),
+            settings: spec.settings,
+            log,
+            role: spec.role,
+            stats: spec.stats,
+            subscribers: Arc::new(AtomicUsize::new(0)),
+            pending: Mutex::new(BTreeMap::new()),
+            stop,
+            tasks: Mutex::new(Vec::new()),
+        });
+        if p.role.paused {
+            p.log
+                .close()
+                .map_err(|e| BrokerError::internal("closing a paused log", e))?;
+            return Ok(p);
+        }
+        if p.role.leader {
+            p.start_leading(ctx).await?;
+        }
+        Ok(p)
+    }
+
+    async fn start_leading(self: &Arc<Self>, ctx: &Arc<Ctx>) -> Result<()> {
+        self.log
+            .assign_leader_epoch(self.role.leader_epoch)
+            .map_err(|e| BrokerError::internal("recording the leader epoch", e))?;
+        // Alone in the ISR, everything this leader holds is committed.
+        self.try_commit(ctx, self.log.newest_offset());
+        let sub = if self.role.group.is_empty() {
+            ctx.streams_conn.subscribe(&self.subject).await
+        } else {
+            ctx.streams_conn
+                .queue_subscribe(&self.subject, &self.role.group)
+                .await
+        }
+        .map_err(|e| BrokerError::internal("subscribing to the partition subject", e))?;
+        // A round trip (a request nobody answers), so that the subscription is in place at the
+        // server before anyone is told the partition started.
+        let _ = ctx
+            .streams_conn
+            .request(
+                &format!("_LIFT_SYNC.{}", natsbridge::unique_id()),
+                Bytes::new(),
+                Duration::from_secs(2),
+            )
+            .await;
+        let mut tasks = self.tasks.lock();
+        tasks.push(tokio::spawn(ingest(
+            self.clone(),
+            ctx.clone(),
+            sub,
+            self.stop.subscribe(),
+        )));
+        tasks.push(tokio::spawn(cleaner(
+            self.clone(),
+            ctx.logger.clone(),
+            self.stop.subscribe(),
+        )));
+        if !self.settings.auto_pause_time.is_zero() {
+            tasks.push(tokio::spawn(auto_pause(
+                self.clone(),
+                ctx.clone(),
+                self.stop.subscribe(),
+            )));
+        }
+        info!(ctx.logger, "leading partition"; "stream" => &self.stream, "partition" => self.id,
+            "epoch" => self.role.leader_epoch, "hw" => self.log.high_watermark());
+        Ok(())
+    }
+
+    /// Whether this broker leads the partition and it is running.
+    pub(crate) fn is_running_leader(&self) -> bool {
+        self.role.leader && !self.role.paused
+    }
+
+    /// Stops the tasks and closes the log. Subscribers see the log close.
+    pub(crate) async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let _ = self.log.checkpoint_high_watermark();
+        let _ = self.log.close();
+    }
+
+    /// Commits up to `offset` if the commit rule holds, and sends the ALL acks it covers.
+    fn try_commit(&self, ctx: &Ctx, offset: i64) {
+        let alone = self.role.isr.len() == 1 && self.role.isr[0] == ctx.cfg.server_id;
+        if !alone || self.settings.min_isr > 1 || offset < 0 {
+            return;
+        }
+        let hw = match self.log.set_high_watermark(offset) {
+            Ok(hw) => hw,
+            Err(e) => {
+                error!(ctx.logger, "setting the high watermark failed"; "error" => %e);
+                return;
+            }
+        };
+        let due: Vec<api::Ack> = {
+            let mut pending = self.pending.lock();
+            let rest = pending.split_off(&(hw + 1));
+            std::mem::replace(&mut *pending, rest)
+                .into_values()
+                .collect()
+        };
+        for mut a in due {
+            a.commit_timestamp = now_nanos();
+            send_ack(ctx, a);
+        }
+    }
+}
+
+/// Publishes an ack envelope to its inbox, in the background.
+fn send_ack(ctx: &Ctx, ack: api::Ack) {
+    if ack.ack_inbox.is_empty() {
+        return;
+    }
+    let conn = ctx.acks_conn.clone();
+    let data = payload::encode(&ack, false);
+    let logger = ctx.logger.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.publish(&ack.ack_inbox, data).await {
+            warn!(logger, "sending an ack failed"; "inbox" => &ack.ack_inbox, "error" => %e);
+        }
+    });
+}
+
+/// A message as received, before it gets an offset.
+struct Incoming {
+    msg: commitlog::Message,
+    subject: String,
+    ack_inbox: String,
+    correlation_id: String,
+    ack_policy: AckPolicy,
+    /// Optimistic concurrency: the offset the publisher expects; -1 for none.
+    expected_offset: i64,
+    size: usize,
+}
+
+/// Turns a NATS message into a log message: a Publish envelope gives key, headers and ack
+/// details; anything else is recorded whole as the value.
+fn incoming(m: &natsbridge::Message, leader_epoch: u64, now: i64) -> Incoming {
+    let subject = m.subject.to_string();
+    let reply = m.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
+    let mut out = Incoming {
+        msg: commitlog::Message {
+            key: None,
+            value: m.payload.clone(),
+            headers: Vec::new(),
+            timestamp: now,
+            leader_epoch,
+        },
+        subject: subject.clone(),
+        ack_inbox: String::new(),
+        correlation_id: String::new(),
+        ack_policy: AckPolicy::Leader,
+        // A plain NATS message carries no expectation (Liftbridge reads it as offset 0).
+        expected_offset: -1,
+        size: m.payload.len(),
+    };
+    if envelope::peek(&m.payload) == Ok(MsgType::Publish)
+        && let Ok(env) = payload::decode::<api::Message>(&m.payload)
+    {
+        out.msg.key = (!env.key.is_empty()).then_some(env.key);
+        out.msg.value = env.value;
+        let mut headers: Vec<(String, Bytes)> = env.headers.into_iter().collect();
+        headers.sort_by(|a, b| a.0.cmp(&b.0));
+        out.msg.headers = headers;
+        out.ack_inbox = env.ack_inbox;
+        out.correlation_id = env.correlation_id;
+        out.ack_policy = AckPolicy::try_from(env.ack_policy).unwrap_or(AckPolicy::Leader);
+        out.expected_offset = env.offset;
+    }
+    out.msg
+        .headers
+        .retain(|(k, _)| k != "subject" && k != "reply");
+    out.msg
+        .headers
+        .push(("subject".into(), Bytes::from(subject)));
+    out.msg.headers.push(("reply".into(), Bytes::from(reply)));
+    out
+}
+
+impl Partition {
+    fn ack_for(&self, m: &Incoming, offset: i64, error: ack::Error) -> api::Ack {
+        api::Ack {
+            stream: self.stream.clone(),
+            partition_subject: self.stream_subject.clone(),
+            msg_subject: m.subject.clone(),
+            offset,
+            ack_inbox: m.ack_inbox.clone(),
+            correlation_id: m.correlation_id.clone(),
+            ack_policy: m.ack_policy as i32,
+            reception_timestamp: m.msg.timestamp,
+            commit_timestamp: if error == ack::Error::Ok {
+                0
+            } else {
+                now_nanos()
+            },
+            ack_error: error as i32,
+        }
+    }
+
+    /// Appends one batch and sends its acks.
+    fn write_batch(&self, ctx: &Ctx, batch: Vec<Incoming>) {
+        let mut accepted = Vec::with_capacity(batch.len());
+        for m in batch {
+            if m.size as u64 > ctx.cfg.replication_max_bytes {
+                send_ack(ctx, self.ack_for(&m, 0, ack::Error::TooLarge));
+                continue;
+            }
+            if self.settings.concurrency_control
+                && m.expected_offset != -1
+                && m.expected_offset != self.log.next_offset()
+            {
+                send_ack(ctx, self.ack_for(&m, 0, ack::Error::IncorrectOffset));
+                continue;
+            }
+            accepted.push(m);
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let msgs: Vec<commitlog::Message> = accepted.iter().map(|m| m.msg.clone()).collect();
+        let info = match self.log.append(&msgs) {
+            Ok(info) => info,
+            Err(commitlog::Error::Readonly) => {
+                warn!(ctx.logger, "dropped messages sent to a read-only partition";
+                    "stream" => &self.stream, "partition" => self.id, "count" => msgs.len());
+                return;
+            }
+            Err(e) => {
+                error!(ctx.logger, "appending to a partition failed";
+                    "stream" => &self.stream, "partition" => self.id, "error" => %e);
+                return;
+            }
+        };
+        for (i, m) in accepted.iter().enumerate() {
+            let offset = info.first_offset + i as i64;
+            match m.ack_policy {
+                AckPolicy::Leader => {
+                    let mut a = self.ack_for(m, offset, ack::Error::Ok);
+                    a.commit_timestamp = now_nanos();
+                    send_ack(ctx, a);
+                }
+                AckPolicy::All if !m.ack_inbox.is_empty() => {
+                    self.pending
+                        .lock()
+                        .insert(offset, self.ack_for(m, offset, ack::Error::Ok));
+                }
+                _ => {}
+            }
+        }
+        self.try_commit(ctx, info.last_offset);
+    }
+}
+
+async fn ingest(
+    p: Arc<Partition>,
+    ctx: Arc<Ctx>,
+    mut sub: Subscriber,
+    mut stop: watch::Receiver<bool>,
+) {
+    let max = if p.settings.concurrency_control {
+        1
+    } else {
+        ctx.cfg.batch_max_messages.max(1)
+    };
+    let epoch = p.role.leader_epoch;
+    loop {
+        let first = tokio::select! {
+            m = sub.next() => m,
+            _ = stop.changed() => None,
+        };
+        let Some(first) = first else {
+            break;
+        };
+        let now = now_nanos();
+        p.stats.lock().received.touch(now);
+        let mut batch = vec![incoming(&first, epoch, now)];
+        let deadline = tokio::time::Instant::now() + ctx.cfg.batch_max_time;
+        while batch.len() < max {
+            let next = match sub.next().now_or_never() {
+                Some(m) => m,
+                None if ctx.cfg.batch_max_time.is_zero() => break,
+                None => match tokio::time::timeout_at(deadline, sub.next()).await {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
+            match next {
+                Some(m) => batch.push(incoming(&m, epoch, now)),
+                None => break,
+            }
+        }
+        let p2 = p.clone();
+        let ctx2 = ctx.clone();
+        // Appends may wait for the disk (sync policies); keep them off the async workers.
+        if tokio::task::spawn_blocking(move || p2.write_batch(&ctx2, batch))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = sub.unsubscribe().await;
+}
+
+async fn cleaner(p: Arc<Partition>, logger: Logger, mut stop: watch::Receiver<bool>) {
+    let every = p.settings.cleaner_interval.max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let log = p.log.clone();
+        let compact = p.settings.compact_enabled;
+        let result = tokio::task::spawn_blocking(move || -> commitlog::Result<(u64, u64)> {
+            log.roll_if_due()?;
+            let r = log.apply_retention()?;
+            let c = if compact {
+                log.compact()?.messages_removed
+            } else {
+                0
+            };
+            Ok((r.messages, c))
+        })
+        .await;
+        match result {
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((expired, compacted))) => info!(logger, "cleaned partition";
+                "stream" => &p.stream, "partition" => p.id,
+                "expired_messages" => expired, "compacted_messages" => compacted),
+            Ok(Err(commitlog::Error::Closed)) => return,
+            Ok(Err(e)) => warn!(logger, "cleaning a partition failed";
+                "stream" => &p.stream, "partition" => p.id, "error" => %e),
+            Err(_) => return,
+        }
+    }
+}
+
+async fn auto_pause(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    let limit = p.settings.auto_pause_time;
+    let started = Instant::now();
+    let started_ns = now_nanos();
+    loop {
+        let latest = p.stats.lock().received.latest.max(started_ns);
+        let idle = Duration::from_nanos((now_nanos() - latest).max(0) as u64);
+        let wait = if idle >= limit { limit } else { limit - idle };
+        tokio::select! {
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+            _ = stop.changed() => return,
+        }
+        let latest = p.stats.lock().received.latest.max(started_ns);
+        let idle = Duration::from_nanos((now_nanos() - latest).max(0) as u64);
+        let watched = p.settings.auto_pause_disable_if_subscribers
+            && p.subscribers.load(Ordering::Acquire) > 0;
+        if idle >= limit && started.elapsed() >= limit && !watched {
+            info!(ctx.logger, "pausing idle partition"; "stream" => &p.stream,
+                "partition" => p.id, "idle" => ?idle);
+            let entry = RaftLog {
+                op: Op::PauseStream as i32,
+                pause_stream_op: Some(internal::PauseStreamOp {
+                    stream: p.stream.clone(),
+                    partitions: vec![p.id],
+                    resume_all: false,
+                }),
+                ..Default::default()
+            };
+            match ctx.meta.propose(entry).await {
+                Ok(_) => return,
+                Err(e) => warn!(ctx.logger, "auto-pause failed"; "error" => %e),
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Helpers shared by the end-to-end tests: an in-process `liftbridged` on 127.0.0.1 with its
+//! embedded NATS server on a free port, and a gRPC client for it.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use liftbridge_proto::api::api_client::ApiClient;
+use liftbridge_proto::api::*;
+use tonic::transport::Channel;
+
+/// A server and the folder holding its data.
+pub struct TestServer {
+    pub running: Option<liftbridged::Running>,
+    pub dir: tempfile::TempDir,
+}
+
+/// Base configuration of a test server in `dir`.
+pub fn config(dir: &std::path::Path) -> liftbridged::Config {
+    let flags = liftbridged::Flags {
+        data_dir: Some(dir.to_path_buf()),
+        host: Some("127.0.0.1".into()),
+        port: Some(0),
+        embedded_nats_port: Some(0),
+        id: Some("a".into()),
+        ..Default::default()
+    };
+    let mut cfg = liftbridged::Config::load(&flags).expect("test configuration");
+    cfg.broker.cursors.partitions = 1;
+    cfg
+}
+
+/// Silent, unless `TEST_LOG` is set (to a level such as `debug`).
+fn quiet() -> slog::Logger {
+    match std::env::var("TEST_LOG") {
+        Ok(l) if l == "debug" => liftbridged::logger(slog::Level::Debug),
+        Ok(_) => liftbridged::logger(slog::Level::Info),
+        Err(_) => slog::Logger::root(slog::Discard, slog::o!()),
+    }
+}
+
+impl TestServer {
+    /// A fresh server with the test defaults.
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A fresh server whose configuration `tweak` adjusts.
+    pub async fn start_with(tweak: impl FnOnce(&mut liftbridged::Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        tweak(&mut cfg);
+        let running = liftbridged::start(cfg, quiet())
+            .await
+            .expect("server starts");
+        TestServer {
+            running: Some(running),
+            dir,
+        }
+    }
+
+    /// Stops the server and starts it again on the same data (new ports).
+    pub async fn restart_with(&mut self, tweak: impl FnOnce(&mut liftbridged::Config)) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        let mut cfg = config(self.dir.path());
+        tweak(&mut cfg);
+        self.running = Some(
+            liftbridged::start(cfg, quiet())
+                .await
+                .expect("server restarts"),
+        );
+    }
+
+    pub fn running(&self) -> &liftbridged::Running {
+        self.running.as_ref().expect("running")
+    }
+
+    pub async fn client(&self) -> ApiClient<Channel> {
+        ApiClient::connect(format!("http://{}", self.running().grpc_addr()))
+            .await
+            .expect("gRPC connect")
+    }
+
+    /// A NATS client on the server's NATS.
+    pub async fn nats(&self) -> async_nats::Client {
+        async_nats::connect(self.running().nats_url())
+            .await
+            .expect("NATS connect")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// A CreateStream request with defaults.
+pub fn stream(name: &str, subject: &str) -> CreateStreamRequest {
+    CreateStreamRequest {
+        name: name.into(),
+        subject: subject.into(),
+        ..Default::default()
+    }
+}
+
+/// A request with a deadline, so that publishes wait for their ack.
+pub fn with_deadline<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(Duration::from_secs(5));
+    r
+}
+
+/// Publishes `value` with ack policy LEADER and waits for the ack.
+pub async fn publish(c: &mut ApiClient<Channel>, stream: &str, value: &str) -> Ack {
+    let resp = c
+        .publish(with_deadline(PublishRequest {
+            stream: stream.into(),
+            value: value.to_owned().into(),
+            expected_offset: -1,
+            ..Default::default()
+        }))
+        .await
+        .expect("publish")
+        .into_inner();
+    resp.ack.expect("an ack")
+}
+
+/// A subscription request from a start position.
+pub fn sub(stream: &str, start: StartPosition) -> SubscribeRequest {
+    SubscribeRequest {
+        stream: stream.into(),
+        start_position: start as i32,
+        ..Default::default()
+    }
+}
+
+/// Opens a subscription and checks its empty handshake frame.
+pub async fn subscribe(
+    c: &mut ApiClient<Channel>,
+    req: SubscribeRequest,
+) -> Result<tonic::Streaming<Message>, tonic::Status> {
+    let mut s = c.subscribe(req).await?.into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("handshake in time");
+    match first {
+        Some(Ok(m)) => {
+            assert_eq!(
+                m,
+                Message::default(),
+                "the first frame is the empty handshake"
+            );
+            Ok(s)
+        }
+        Some(Err(e)) => Err(e),
+        None => panic!("subscription ended before its handshake"),
+    }
+}
+
+/// The next item of a subscription, within 5 s.
+pub async fn next(s: &mut tonic::Streaming<Message>) -> Result<Message, tonic::Status> {
+    tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("a message or an error in time")
+        .expect("the subscription did not end silently")
+}
+
+/// Whether nothing arrives within `wait`.
+pub async fn quiet_for(s: &mut tonic::Streaming<Message>, wait: Duration) -> bool {
+    tokio::time::timeout(wait, s.next()).await.is_err()
+}
