@@ -1,0 +1,190 @@
+//! What makes it Liftbridge: messages published by any NATS client are recorded, and envelopes
+//! get acks on their inbox by ack policy.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::StreamExt;
+use liftbridge_proto::api::*;
+use natsbridge::payload;
+
+fn envelope(value: &str, inbox: &str, policy: AckPolicy, cid: &str) -> Bytes {
+    let msg = Message {
+        key: Bytes::from_static(b"k1"),
+        value: Bytes::from(value.to_owned()),
+        headers: [("h".to_string(), Bytes::from_static(b"v"))]
+            .into_iter()
+            .collect(),
+        ack_inbox: inbox.into(),
+        correlation_id: cid.into(),
+        ack_policy: policy as i32,
+        offset: -1,
+        ..Default::default()
+    };
+    payload::encode(&msg, false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_nats_messages_are_recorded_as_values() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("plain", "plain.subject"))
+        .await
+        .unwrap();
+    let nc = srv.nats().await;
+    nc.publish_with_reply("plain.subject", "reply.here", "hello".into())
+        .await
+        .unwrap();
+    nc.flush().await.unwrap();
+    let mut s = subscribe(&mut c, sub("plain", StartPosition::Earliest))
+        .await
+        .unwrap();
+    let m = next(&mut s).await.unwrap();
+    assert_eq!(m.value.as_ref(), b"hello");
+    assert!(m.key.is_empty());
+    assert_eq!(m.subject, "plain.subject");
+    assert_eq!(m.reply_subject, "reply.here");
+    assert_eq!(
+        m.headers.get("subject").map(|v| v.as_ref()),
+        Some(&b"plain.subject"[..])
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_are_acked_by_policy() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("env", "env")).await.unwrap();
+    let nc = srv.nats().await;
+    let mut acks = nc.subscribe("my.acks").await.unwrap();
+    nc.publish("env", envelope("one", "my.acks", AckPolicy::Leader, "c1"))
+        .await
+        .unwrap();
+    nc.publish("env", envelope("two", "my.acks", AckPolicy::All, "c2"))
+        .await
+        .unwrap();
+    nc.publish("env", envelope("three", "my.acks", AckPolicy::None, "c3"))
+        .await
+        .unwrap();
+    nc.publish("env", envelope("four", "my.acks", AckPolicy::Leader, "c4"))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let m = tokio::time::timeout(Duration::from_secs(5), acks.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let a: Ack = payload::decode(&m.payload).unwrap();
+        assert_eq!(a.stream, "env");
+        assert_eq!(a.partition_subject, "env");
+        assert_eq!(a.ack_error, ack::Error::Ok as i32);
+        assert!(a.commit_timestamp >= a.reception_timestamp);
+        got.push((a.correlation_id, a.offset));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("c1".into(), 0), ("c2".into(), 1), ("c4".into(), 3)]
+    );
+    // No ack for policy NONE.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), acks.next())
+            .await
+            .is_err()
+    );
+    let mut s = subscribe(&mut c, sub("env", StartPosition::Earliest))
+        .await
+        .unwrap();
+    let m = next(&mut s).await.unwrap();
+    assert_eq!(m.key.as_ref(), b"k1");
+    assert_eq!(m.value.as_ref(), b"one");
+    assert_eq!(m.headers.get("h").map(|v| v.as_ref()), Some(&b"v"[..]));
+    // Ack details are not sent to subscribers.
+    assert!(m.ack_inbox.is_empty() && m.correlation_id.is_empty());
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcards_and_shared_subjects() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("star", "orders.*")).await.unwrap();
+    c.create_stream(stream("tail", "orders.>")).await.unwrap();
+    c.create_stream(stream("eu", "orders.eu")).await.unwrap();
+    c.create_stream(stream("eu2", "orders.eu")).await.unwrap();
+    let nc = srv.nats().await;
+    nc.publish("orders.eu", "1".into()).await.unwrap();
+    nc.publish("orders.us.west", "2".into()).await.unwrap();
+    nc.flush().await.unwrap();
+    let values = |name: &'static str, n: usize| {
+        let mut c = c.clone();
+        async move {
+            let mut s = subscribe(&mut c, sub(name, StartPosition::Earliest))
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            for _ in 0..n {
+                out.push(String::from_utf8(next(&mut s).await.unwrap().value.to_vec()).unwrap());
+            }
+            assert!(
+                quiet_for(&mut s, Duration::from_millis(150)).await,
+                "{name} got more"
+            );
+            out
+        }
+    };
+    assert_eq!(values("star", 1).await, vec!["1"]);
+    assert_eq!(values("tail", 2).await, vec!["1", "2"]);
+    assert_eq!(values("eu", 1).await, vec!["1"]);
+    assert_eq!(values("eu2", 1).await, vec!["1"]);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_get_a_too_large_ack() {
+    let srv = TestServer::start_with(|c| c.broker.replication_max_bytes = 64).await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("big", "big")).await.unwrap();
+    let err = c
+        .publish(with_deadline(PublishRequest {
+            stream: "big".into(),
+            value: vec![7u8; 200].into(),
+            expected_offset: -1,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let nc = srv.nats().await;
+    let mut acks = nc.subscribe("big.acks").await.unwrap();
+    nc.publish(
+        "big",
+        envelope(&"x".repeat(100), "big.acks", AckPolicy::Leader, "c"),
+    )
+    .await
+    .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), acks.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let a: Ack = payload::decode(&m.payload).unwrap();
+    assert_eq!(a.ack_error, ack::Error::TooLarge as i32);
+    // Nothing was written.
+    let md = c
+        .fetch_partition_metadata(FetchPartitionMetadataRequest {
+            stream: "big".into(),
+            partition: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .metadata
+        .unwrap();
+    assert_eq!(md.newest_offset, -1);
+    srv.stop().await;
+}

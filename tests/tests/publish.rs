@@ -1,0 +1,227 @@
+//! PublishAsync, optimistic concurrency control, and PublishToSubject.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use liftbridge_proto::api::*;
+use tonic::Code;
+
+fn req(stream: &str, value: String, cid: String) -> PublishRequest {
+    PublishRequest {
+        stream: stream.into(),
+        value: value.into(),
+        correlation_id: cid,
+        expected_offset: -1,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_in_flight_each_acked_once_in_order() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("a", "a")).await.unwrap();
+    const N: usize = 3000;
+    let (tx, rx) = tokio::sync::mpsc::channel(N + 2);
+    for i in 0..N {
+        tx.send(req("a", format!("v{i}"), format!("id{i}")))
+            .await
+            .unwrap();
+    }
+    // One bad request in the middle of good ones.
+    tx.send(req("nope", "x".into(), "bad".into()))
+        .await
+        .unwrap();
+    let mut out = c
+        .publish_async(tokio_stream_from(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut offsets: HashMap<String, i64> = HashMap::new();
+    let mut errors = Vec::new();
+    while offsets.len() + errors.len() < N + 1 {
+        let r = tokio::time::timeout(Duration::from_secs(10), out.next())
+            .await
+            .expect("responses keep coming")
+            .expect("stream open")
+            .unwrap();
+        if let Some(e) = r.async_error {
+            errors.push((r.correlation_id, e.code));
+            continue;
+        }
+        let ack = r.ack.unwrap();
+        assert_eq!(ack.correlation_id, r.correlation_id);
+        assert!(
+            offsets.insert(r.correlation_id, ack.offset).is_none(),
+            "acked twice"
+        );
+    }
+    assert_eq!(
+        errors,
+        vec![(
+            "bad".to_string(),
+            publish_async_error::Code::NotFound as i32
+        )]
+    );
+    for i in 0..N {
+        assert_eq!(
+            offsets[&format!("id{i}")],
+            i as i64,
+            "acks follow publish order"
+        );
+    }
+    drop(tx);
+    // The session ends once the client is done and every ack is in.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), out.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    srv.stop().await;
+}
+
+/// The requests sent on `rx`, as a stream.
+fn tokio_stream_from(
+    rx: tokio::sync::mpsc::Receiver<PublishRequest>,
+) -> impl futures_util::Stream<Item = PublishRequest> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimistic_concurrency_control() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    let mut r = stream("occ", "occ");
+    r.optimistic_concurrency_control = Some(NullableBool { value: true });
+    c.create_stream(r).await.unwrap();
+    let publish_at = |expected: i64, policy: AckPolicy| {
+        let mut c = c.clone();
+        async move {
+            c.publish(with_deadline(PublishRequest {
+                stream: "occ".into(),
+                value: "v".into(),
+                expected_offset: expected,
+                ack_policy: policy as i32,
+                ..Default::default()
+            }))
+            .await
+        }
+    };
+    let err = publish_at(0, AckPolicy::None).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::InvalidArgument,
+            "stream with concurrency control must have AckPolicy set"
+        )
+    );
+    assert_eq!(
+        publish_at(0, AckPolicy::Leader)
+            .await
+            .unwrap()
+            .into_inner()
+            .ack
+            .unwrap()
+            .offset,
+        0
+    );
+    assert_eq!(
+        publish_at(1, AckPolicy::Leader)
+            .await
+            .unwrap()
+            .into_inner()
+            .ack
+            .unwrap()
+            .offset,
+        1
+    );
+    // A stale expectation is a conflict.
+    let err = publish_at(1, AckPolicy::Leader).await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    // -1 skips the check.
+    assert_eq!(
+        publish_at(-1, AckPolicy::All)
+            .await
+            .unwrap()
+            .into_inner()
+            .ack
+            .unwrap()
+            .offset,
+        2
+    );
+    // The next expected offset comes from FetchPartitionMetadata.
+    let md = c
+        .clone()
+        .fetch_partition_metadata(FetchPartitionMetadataRequest {
+            stream: "occ".into(),
+            partition: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .metadata
+        .unwrap();
+    assert_eq!(
+        publish_at(md.newest_offset + 1, AckPolicy::Leader)
+            .await
+            .unwrap()
+            .into_inner()
+            .ack
+            .unwrap()
+            .offset,
+        3
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_to_subject_and_no_deadline() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    let mut r = stream("g", "grouped");
+    r.group = "workers".into();
+    c.create_stream(r).await.unwrap();
+    let ack = c
+        .publish_to_subject(with_deadline(PublishToSubjectRequest {
+            subject: "grouped".into(),
+            value: "raw".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .ack
+        .unwrap();
+    assert_eq!((ack.stream.as_str(), ack.offset), ("g", 0));
+    // Without a deadline the call returns at once, with no ack; the message is still written.
+    let resp = c
+        .publish(PublishRequest {
+            stream: "g".into(),
+            value: "later".into(),
+            expected_offset: -1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resp.ack.is_none());
+    let mut s = subscribe(&mut c, sub("g", StartPosition::Earliest))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut s).await.unwrap().value.as_ref(), b"raw");
+    assert_eq!(next(&mut s).await.unwrap().value.as_ref(), b"later");
+    let err = c
+        .publish_to_subject(with_deadline(PublishToSubjectRequest {
+            subject: "a.*".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    srv.stop().await;
+}
