@@ -281,6 +281,7 @@ impl Keys {
             None => Ok(None),
             Some(Value::Num(_, n)) => n
                 .to_i128()
+                .or_else(|| n.to_u128().and_then(|u| i128::try_from(u).ok()))
                 .and_then(|n| i64::try_from(n).ok())
                 .map(Some)
                 .ok_or_else(|| Self::bad(key, "expected an integer")),
@@ -315,7 +316,9 @@ impl Keys {
                     format!("{s:?} is not a duration such as 500ms, 5s, 2m or 168h"),
                 )
             }),
-            Some(Value::Num(_, n)) if n.to_i128() == Some(0) => Ok(Some(Duration::ZERO)),
+            Some(Value::Num(_, n)) if n.to_i128() == Some(0) || n.to_u128() == Some(0) => {
+                Ok(Some(Duration::ZERO))
+            }
             Some(_) => Err(Self::bad(
                 key,
                 "a duration needs a unit, such as 500ms, 5s, 2m or 168h",

@@ -38,6 +38,9 @@ pub const CURSORS_STREAM: &str = "__cursors";
 
 type Key = (String, i32);
 
+/// The survey's brokers: when taken, for which Raft members, and the list.
+type BrokerList = (Instant, Vec<u64>, Vec<api::Broker>);
+
 /// A running broker. Cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
@@ -66,7 +69,7 @@ pub(crate) struct Inner {
     stats: Mutex<HashMap<Key, Arc<Mutex<Stats>>>>,
     reconciling: tokio::sync::Mutex<()>,
     pub cursor_cache: Mutex<HashMap<String, i64>>,
-    brokers_cache: Mutex<Option<(Instant, Vec<u64>, Vec<api::Broker>)>>,
+    brokers_cache: Mutex<Option<BrokerList>>,
     activity_seen: AtomicU64,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -250,9 +253,6 @@ impl Broker {
                     Ok(WatchEvent::Applied { index, recovered: false, event }) => {
                         if self.inner.cfg.activity.enabled {
                             self.record_activity(index, &event);
-                        }
-                        if let Event::Resumed { .. } | Event::StreamCreated { .. } = event {
-                            // Start them now rather than at the next tick.
                         }
                     }
                     Ok(_) => {}

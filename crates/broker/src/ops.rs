@@ -709,10 +709,11 @@ impl Broker {
         match ack {
             Some(a) if a.ack_error == ack::Error::Ok as i32 => {
                 let mut cache = self.inner.cursor_cache.lock();
-                if cache.len() >= 512 && !cache.contains_key(&key) {
-                    if let Some(k) = cache.keys().next().cloned() {
-                        cache.remove(&k);
-                    }
+                if cache.len() >= 512
+                    && !cache.contains_key(&key)
+                    && let Some(k) = cache.keys().next().cloned()
+                {
+                    cache.remove(&k);
                 }
                 cache.insert(key, req.offset);
                 Ok(())

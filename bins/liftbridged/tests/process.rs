@@ -1,0 +1,205 @@
+//! The `liftbridged` binary as operators run it: flags, a YAML file, an external `nats-server`,
+//! and signals.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_liftbridged");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when dropped, so a failed test leaves nothing running.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn liftbridged(args: &[&str], dir: &Path) -> Proc {
+    Proc(
+        Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn sigterm(p: &mut Proc) -> std::process::ExitStatus {
+    let pid = p.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = p.0.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "liftbridged did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn create_and_publish(port: u16, name: &str) -> i64 {
+    use liftbridge_proto::api::*;
+    let mut c = api_client::ApiClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let _ = c
+        .create_stream(CreateStreamRequest {
+            name: name.into(),
+            subject: name.into(),
+            ..Default::default()
+        })
+        .await;
+    let mut req = tonic::Request::new(PublishRequest {
+        stream: name.into(),
+        value: "v".into(),
+        expected_offset: -1,
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_secs(5));
+    c.publish(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .ack
+        .unwrap()
+        .offset
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_nats_config_file_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, nats) = (free_port(), free_port());
+    let conf = dir.path().join("liftbridge.yaml");
+    std::fs::write(
+        &conf,
+        format!("listen: 127.0.0.1:{grpc}\nnats.embedded.port: {nats}\nclustering:\n  server.id: one\ncursors.stream.partitions: 1\nlogging.level: debug\n"),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let mut p = liftbridged(&["--config", conf.to_str().unwrap()], &data);
+    wait_port(grpc);
+    wait_port(nats);
+    assert_eq!(create_and_publish(grpc, "s").await, 0);
+    assert_eq!(create_and_publish(grpc, "s").await, 1);
+    assert!(sigterm(&mut p).success(), "a clean stop exits 0");
+    // The stored id, and the data, are there on restart; the file keeps the configured id.
+    let id = std::fs::read(data.join("liftbridge")).unwrap();
+    assert!(id.windows(3).any(|w| w == b"one"));
+    let mut p = liftbridged(&["--config", conf.to_str().unwrap()], &data);
+    wait_port(grpc);
+    assert_eq!(create_and_publish(grpc, "s").await, 2);
+    assert!(sigterm(&mut p).success());
+}
+
+#[test]
+fn an_unknown_key_stops_the_start_and_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bad.yaml");
+    std::fs::write(&conf, "streams:\n  retention.max.agee: 1h\n").unwrap();
+    let mut p = liftbridged(&["-c", conf.to_str().unwrap()], dir.path());
+    let status = p.0.wait().unwrap();
+    let mut err = String::new();
+    p.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("streams.retention.max.agee"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_nats_server() {
+    let nats_port = free_port();
+    let nats = Proc(
+        Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "the reference `nats-server` must be installed (apt-get install -y nats-server)",
+            ),
+    );
+    wait_port(nats_port);
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = free_port();
+    let url = format!("nats://127.0.0.1:{nats_port}");
+    let mut p = liftbridged(
+        &[
+            "--nats-servers",
+            &url,
+            "--raft-bootstrap-seed",
+            "--id",
+            "ext",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &grpc.to_string(),
+        ],
+        dir.path(),
+    );
+    wait_port(grpc);
+    assert_eq!(create_and_publish(grpc, "x").await, 0);
+    // A plain NATS publish through the real server is recorded.
+    let nc = async_nats::connect(&url).await.unwrap();
+    nc.publish("x", "from nats".into()).await.unwrap();
+    nc.flush().await.unwrap();
+    let mut c =
+        liftbridge_proto::api::api_client::ApiClient::connect(format!("http://127.0.0.1:{grpc}"))
+            .await
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let md = c
+            .fetch_partition_metadata(liftbridge_proto::api::FetchPartitionMetadataRequest {
+                stream: "x".into(),
+                partition: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .metadata
+            .unwrap();
+        if md.newest_offset == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the NATS message was not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(create_and_publish(grpc, "x").await, 2);
+    assert!(sigterm(&mut p).success());
+    drop(nats);
+}
