@@ -332,6 +332,8 @@ async fn activity_stream_reports_stream_operations() {
     })
     .await
     .unwrap();
+    // A publish resumes it.
+    publish(&mut c, "act", "wake").await;
     c.set_stream_readonly(SetStreamReadonlyRequest {
         name: "act".into(),
         partitions: vec![0],
@@ -374,6 +376,7 @@ async fn activity_stream_reports_stream_operations() {
         vec![
             ActivityStreamOp::CreateStream,
             ActivityStreamOp::PauseStream,
+            ActivityStreamOp::ResumeStream,
             ActivityStreamOp::SetStreamReadonly,
             ActivityStreamOp::DeleteStream
         ]

@@ -36,9 +36,14 @@ fn wait_port(port: u16) {
 }
 
 fn liftbridged(args: &[&str], dir: &Path) -> Proc {
+    liftbridged_env(args, dir, &[])
+}
+
+fn liftbridged_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Proc {
     Proc(
         Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .arg("--data-dir")
             .arg(dir)
             .stdout(Stdio::null())
@@ -154,19 +159,22 @@ async fn external_nats_server() {
     let dir = tempfile::tempdir().unwrap();
     let grpc = free_port();
     let url = format!("nats://127.0.0.1:{nats_port}");
-    let mut p = liftbridged(
+    // Settings from the environment: LIFTBRIDGE_<KEY WITH _ FOR .>.
+    let mut p = liftbridged_env(
         &[
             "--nats-servers",
             &url,
             "--raft-bootstrap-seed",
-            "--id",
-            "ext",
             "--host",
             "127.0.0.1",
             "--port",
             &grpc.to_string(),
         ],
         dir.path(),
+        &[
+            ("LIFTBRIDGE_CLUSTERING_SERVER_ID", "ext"),
+            ("LIFTBRIDGE_CURSORS_STREAM_PARTITIONS", "1"),
+        ],
     );
     wait_port(grpc);
     assert_eq!(create_and_publish(grpc, "x").await, 0);
@@ -200,6 +208,21 @@ async fn external_nats_server() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(create_and_publish(grpc, "x").await, 2);
+    // The cursors stream and the id come from the environment.
+    c.set_cursor(liftbridge_proto::api::SetCursorRequest {
+        stream: "x".into(),
+        partition: 0,
+        cursor_id: "c".into(),
+        offset: 1,
+    })
+    .await
+    .unwrap();
+    let md = c
+        .fetch_metadata(liftbridge_proto::api::FetchMetadataRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(md.brokers[0].id, "ext");
     assert!(sigterm(&mut p).success());
     drop(nats);
 }
