@@ -229,6 +229,25 @@ pub async fn start(mut cfg: Config, logger: Logger) -> Result<Running, StartErro
     })
 }
 
+/// Starts a single-node server keeping its data in `data_dir`, listening on 127.0.0.1 only, with
+/// its embedded NATS server; both ports are picked free. Cursors are on. Meant for tests and
+/// examples; it logs nothing.
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_local(data_dir: &Path) -> Result<Running, StartError> {
+    let flags = Flags {
+        data_dir: Some(data_dir.to_path_buf()),
+        host: Some("127.0.0.1".into()),
+        port: Some(0),
+        embedded_nats_port: Some(0),
+        ..Flags::default()
+    };
+    let mut cfg = Config::load(&flags)?;
+    cfg.broker.cursors.partitions = 1;
+    start(cfg, Logger::root(slog::Discard, o!())).await
+}
+
 /// Runs until SIGINT or SIGTERM, then stops cleanly. Returns the process exit code.
 pub async fn run(cfg: Config) -> i32 {
     let logger = logger(cfg.log_level);

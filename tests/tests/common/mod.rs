@@ -73,6 +73,31 @@ impl TestServer {
         );
     }
 
+    /// Stops the server and starts it again on the same data and the same ports, so that
+    /// clients find it where it was.
+    pub async fn restart_in_place(&mut self) {
+        let running = self.running.take().expect("running");
+        let grpc = running.grpc_addr();
+        let nats_port: u16 = running
+            .nats_url()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a NATS port");
+        running.shutdown().await;
+        let mut cfg = config(self.dir.path());
+        cfg.bind = grpc.to_string();
+        cfg.broker.advertise_port = grpc.port();
+        if let Some(e) = cfg.embedded_nats.as_mut() {
+            e.port = nats_port;
+        }
+        self.running = Some(
+            liftbridged::start(cfg, quiet())
+                .await
+                .expect("server restarts"),
+        );
+    }
+
     pub fn running(&self) -> &liftbridged::Running {
         self.running.as_ref().expect("running")
     }

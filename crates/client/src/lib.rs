@@ -1,0 +1,51 @@
+//! `liftbridge-client`: an async Rust client for [Liftbridge](https://liftbridge.io) servers,
+//! liftbridge-rs's `liftbridged` or the original. It speaks only the public gRPC API.
+//!
+//! - [`Client`]: connect to a list of brokers; create, delete, pause and make streams
+//!   read-only; fetch metadata; set and fetch cursors. Each call goes to the broker that can
+//!   serve it, and the metadata is refreshed when a leader moved.
+//! - Publishing: [`Client::publish`] waits for one ack, [`Client::publish_async`] keeps
+//!   thousands in flight on one stream per broker, [`Client::publish_to_subject`] publishes to a
+//!   raw NATS subject. Partitions are chosen explicitly, by key (CRC-32 like go-liftbridge), or
+//!   round-robin ([`Partitioner`]).
+//! - Subscribing: [`Client::subscribe`] gives a [`Subscription`], a `futures::Stream` of
+//!   [`Message`]s that resubscribes by itself when its broker goes away.
+//!
+//! ```
+//! use futures_util::StreamExt;
+//! use liftbridge_client::{Client, PublishOptions, StartAt, StreamOptions, SubscribeOptions};
+//!
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let server = liftbridged::start_local(dir.path()).await?;
+//! # let addr = server.grpc_addr().to_string();
+//! let client = Client::connect([addr]).await?;
+//! client.create_stream("greetings", "greetings", StreamOptions::default()).await?;
+//! client.publish("greetings", "hello", PublishOptions::default()).await?;
+//!
+//! let mut messages = client
+//!     .subscribe("greetings", SubscribeOptions::default().start(StartAt::Earliest))
+//!     .await?;
+//! let first = messages.next().await.expect("a message")?;
+//! assert_eq!((first.offset, first.value.as_ref()), (0, &b"hello"[..]));
+//! # client.close(); server.shutdown().await; Ok(()) }
+//! ```
+//!
+//! Connections are plain gRPC (HTTP/2 without TLS) for now.
+
+mod client;
+mod error;
+mod publish;
+mod subscribe;
+mod types;
+
+pub use client::{Client, ClientBuilder};
+pub use error::{Error, Result};
+pub use publish::PendingAck;
+pub use subscribe::Subscription;
+pub use types::{
+    Ack, AckPolicy, BrokerInfo, Message, Metadata, PartitionInfo, PartitionSet, Partitioner,
+    PublishOptions, StartAt, StopAt, StreamInfo, StreamOptions, SubscribeOptions,
+    partition_for_key,
+};
