@@ -188,3 +188,58 @@ async fn oversized_messages_get_a_too_large_ack() {
     assert_eq!(md.newest_offset, -1);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_in_one_group_share_the_subject() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    for name in ["g1", "g2"] {
+        let mut r = stream(name, "jobs");
+        r.group = "workers".into();
+        c.create_stream(r).await.unwrap();
+    }
+    c.create_stream(stream("all", "jobs")).await.unwrap();
+    let nc = srv.nats().await;
+    const N: usize = 40;
+    for i in 0..N {
+        nc.publish("jobs", format!("{i}").into()).await.unwrap();
+    }
+    nc.flush().await.unwrap();
+    // The stream outside the group sees everything; the group members split it.
+    let mut everything = subscribe(&mut c, sub("all", StartPosition::Earliest))
+        .await
+        .unwrap();
+    for i in 0..N {
+        assert_eq!(next(&mut everything).await.unwrap().offset, i as i64);
+    }
+    let newest = |name: &'static str| {
+        let mut c = c.clone();
+        async move {
+            c.fetch_partition_metadata(FetchPartitionMetadataRequest {
+                stream: name.into(),
+                partition: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .metadata
+            .unwrap()
+            .newest_offset
+        }
+    };
+    // Each message is recorded by exactly one group member (bounded wait for the last writes).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let total = newest("g1").await + 1 + newest("g2").await + 1;
+        assert!(total <= N as i64, "a message recorded twice: {total}");
+        if total == N as i64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {total} of {N} recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    srv.stop().await;
+}

@@ -827,6 +827,31 @@ mod tests {
     }
 
     #[test]
+    fn the_embedded_nats_file_gives_host_port_and_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nats.conf");
+        std::fs::write(
+            &path,
+            "# comment\nlisten: 127.0.0.1:4333\nmax_payload = 2048\ndebug: true\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            embedded_nats_config: Some(path.clone()),
+            ..Flags::default()
+        };
+        let c = from_yaml("nats.servers: [\"nats://10.0.0.1:4222\"]\n", &flags).unwrap();
+        let e = c
+            .embedded_nats
+            .expect("a config file implies embedded NATS");
+        assert_eq!(
+            (e.host.as_str(), e.port, e.max_payload),
+            ("127.0.0.1", 4333, Some(2048))
+        );
+        std::fs::write(&path, "port: lots\n").unwrap();
+        assert!(from_yaml("{}", &flags).is_err());
+    }
+
+    #[test]
     fn listen_sets_the_bind_address_and_advertised_host() {
         let c = from_yaml("listen: 127.0.0.1:9555\n", &Flags::default()).unwrap();
         assert_eq!(c.bind, "127.0.0.1:9555");
