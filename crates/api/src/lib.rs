@@ -312,7 +312,12 @@ pub async fn serve(broker: Broker, listener: tokio::net::TcpListener) -> std::io
         )
         .await;
     let (stop, stopped) = oneshot::channel::<()>();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small replies must not wait for Nagle's algorithm.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        s.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
     let task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
