@@ -71,6 +71,10 @@ pub(crate) struct Inner {
     pub cursor_cache: Mutex<HashMap<String, i64>>,
     brokers_cache: Mutex<Option<BrokerList>>,
     activity_seen: AtomicU64,
+    /// Unary publishes wait for acks on `<ack_prefix>.<n>`, all under one subscription.
+    ack_prefix: String,
+    ack_seq: AtomicU64,
+    pub local_acks: Arc<crate::acks::LocalAcks>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -112,9 +116,12 @@ impl Broker {
         let meta = Metastore::start(mc, raft_conn.clone())
             .await
             .map_err(|e| BrokerError::internal("starting the metadata node", e))?;
+        let ack_prefix = format!("{}.ack.{}", cfg.namespace, natsbridge::unique_id());
         let cfg = Arc::new(cfg);
+        let local_acks = Arc::new(crate::acks::LocalAcks::default());
         let ctx = Arc::new(Ctx {
             cfg: cfg.clone(),
+            local_acks: local_acks.clone(),
             streams_conn,
             acks_conn,
             meta: meta.clone(),
@@ -137,6 +144,9 @@ impl Broker {
                 cursor_cache: Mutex::new(HashMap::new()),
                 brokers_cache: Mutex::new(None),
                 activity_seen: AtomicU64::new(0),
+                ack_prefix,
+                ack_seq: AtomicU64::new(0),
+                local_acks,
                 shutdown,
                 tasks: Mutex::new(Vec::new()),
             }),
@@ -460,6 +470,23 @@ impl Broker {
     }
 
     async fn spawn_responders(&self) -> Result<()> {
+        // Acks of unary publishes, routed to their waiters by inbox.
+        let mut acks = self
+            .inner
+            .publishes
+            .subscribe(&format!("{}.*", self.inner.ack_prefix))
+            .await
+            .map_err(|e| BrokerError::internal("subscribing to the ack inboxes", e))?;
+        let b = self.clone();
+        let t = tokio::spawn(async move {
+            while let Some(m) = acks.next().await {
+                if let Ok(mut a) = payload::decode::<api::Ack>(&m.payload) {
+                    a.ack_inbox = m.subject.to_string();
+                    let _ = b.inner.local_acks.deliver(a);
+                }
+            }
+        });
+        self.inner.tasks.lock().push(t);
         // ServerInfo survey: every broker answers with its advertised address.
         let mut info_sub = self
             .inner
@@ -789,7 +816,8 @@ impl Broker {
     }
 
     /// Publishes one envelope to `subject` and, unless the policy is NONE or there is no
-    /// deadline, waits for its ack on a fresh inbox.
+    /// deadline, waits for its ack: on the broker's shared ack subscription, or on the client's
+    /// own inbox when it named one.
     pub(crate) async fn publish_envelope(
         &self,
         subject: &str,
@@ -797,35 +825,54 @@ impl Broker {
         deadline: Option<Duration>,
     ) -> Result<Option<api::Ack>> {
         let wait = msg.ack_policy != AckPolicy::None as i32 && deadline.is_some();
-        if msg.ack_inbox.is_empty() {
-            msg.ack_inbox = self.inner.subjects.ack_inbox();
-        }
-        let mut sub = if wait {
-            Some(
-                self.inner
-                    .publishes
-                    .subscribe(&msg.ack_inbox)
-                    .await
-                    .map_err(|e| BrokerError::internal("subscribing to the ack inbox", e))?,
-            )
-        } else {
-            None
-        };
-        self.inner
-            .publishes
-            .publish(subject, payload::encode(&msg, false))
-            .await
-            .map_err(|e| BrokerError::internal("publishing to NATS", e))?;
-        let (Some(sub), Some(limit)) = (sub.as_mut(), deadline) else {
+        let limit = deadline.unwrap_or_default();
+        let timeout = || BrokerError::Timeout("timed out waiting for the ack".into());
+        if !wait {
+            if msg.ack_inbox.is_empty() {
+                msg.ack_inbox = self.inner.subjects.ack_inbox();
+            }
+            self.nats_publish(subject, &msg).await?;
             return Ok(None);
-        };
+        }
+        if msg.ack_inbox.is_empty() {
+            let n = self.inner.ack_seq.fetch_add(1, Ordering::Relaxed);
+            msg.ack_inbox = format!("{}.{n}", self.inner.ack_prefix);
+            let rx = self.inner.local_acks.wait(&msg.ack_inbox);
+            let inbox = msg.ack_inbox.clone();
+            let result = async {
+                self.nats_publish(subject, &msg).await?;
+                match tokio::time::timeout(limit, rx).await {
+                    Ok(Ok(a)) => Ok(Some(a)),
+                    Ok(Err(_)) => Err(BrokerError::Internal("ack subscription closed".into())),
+                    Err(_) => Err(timeout()),
+                }
+            }
+            .await;
+            self.inner.local_acks.forget(&inbox);
+            return result;
+        }
+        let mut sub = self
+            .inner
+            .publishes
+            .subscribe(&msg.ack_inbox)
+            .await
+            .map_err(|e| BrokerError::internal("subscribing to the ack inbox", e))?;
+        self.nats_publish(subject, &msg).await?;
         match tokio::time::timeout(limit, sub.next()).await {
             Ok(Some(m)) => payload::decode::<api::Ack>(&m.payload)
                 .map(Some)
                 .map_err(|e| BrokerError::internal("decoding an ack", e)),
             Ok(None) => Err(BrokerError::Internal("ack subscription closed".into())),
-            Err(_) => Err(BrokerError::Timeout("timed out waiting for the ack".into())),
+            Err(_) => Err(timeout()),
         }
+    }
+
+    async fn nats_publish(&self, subject: &str, msg: &api::Message) -> Result<()> {
+        self.inner
+            .publishes
+            .publish(subject, payload::encode(msg, false))
+            .await
+            .map_err(|e| BrokerError::internal("publishing to NATS", e))
     }
 
     /// Resumes paused partitions for a publish to `partition` (all of them with resumeAll).

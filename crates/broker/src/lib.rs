@@ -12,6 +12,7 @@
 //!
 //! This crate never knows gRPC, and never reads configuration files or flags.
 
+mod acks;
 mod activity;
 mod broker;
 mod config;

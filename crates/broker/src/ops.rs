@@ -454,6 +454,10 @@ impl Broker {
                 return;
             }
         };
+        // Acks from partitions this broker leads arrive in process; others through NATS.
+        let (local_tx, mut local) = mpsc::unbounded_channel();
+        self.inner.local_acks.open_session(&inbox, local_tx);
+        let _session = SessionGuard(self.inner.local_acks.clone(), inbox.clone());
         let mut shutdown = self.shutdown_signal();
         let mut inflight: usize = 0;
         let mut input_done = false;
@@ -504,9 +508,14 @@ impl Broker {
                         drain_deadline.as_mut().reset(tokio::time::Instant::now() + ASYNC_DRAIN);
                     }
                 },
-                m = acks.next() => {
-                    let Some(m) = m else { break };
-                    let Ok(a) = payload::decode::<api::Ack>(&m.payload) else { continue };
+                a = async {
+                    tokio::select! {
+                        a = local.recv() => a.map(Some),
+                        m = acks.next() => m.map(|m| payload::decode::<api::Ack>(&m.payload).ok()),
+                    }
+                } => {
+                    let Some(a) = a else { break };
+                    let Some(a) = a else { continue };
                     inflight = inflight.saturating_sub(1);
                     let resp = match ack::Error::try_from(a.ack_error) {
                         Ok(ack::Error::Ok) => api::PublishResponse {
@@ -774,6 +783,15 @@ fn async_error(
             message,
         }),
         correlation_id,
+    }
+}
+
+/// Ends a PublishAsync session's in-process ack routing when the session ends.
+struct SessionGuard(Arc<crate::acks::LocalAcks>, String);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.close_session(&self.1);
     }
 }
 

@@ -83,6 +83,7 @@ pub(crate) struct Role {
 /// What the ingest task and acks need from the broker.
 pub(crate) struct Ctx {
     pub cfg: Arc<BrokerConfig>,
+    pub local_acks: Arc<crate::acks::LocalAcks>,
     pub streams_conn: Connection,
     pub acks_conn: Connection,
     pub meta: metastore::service::Metastore,
@@ -194,7 +195,8 @@ impl Partition {
             .assign_leader_epoch(self.role.leader_epoch)
             .map_err(|e| BrokerError::internal("recording the leader epoch", e))?;
         // Alone in the ISR, everything this leader holds is committed.
-        self.try_commit(ctx, self.log.newest_offset());
+        let due = self.try_commit(ctx, self.log.newest_offset());
+        send_acks(ctx, due).await;
         let sub = if self.role.group.is_empty() {
             ctx.streams_conn.subscribe(&self.subject).await
         } else {
@@ -253,46 +255,48 @@ impl Partition {
         let _ = self.log.close();
     }
 
-    /// Commits up to `offset` if the commit rule holds, and sends the ALL acks it covers.
-    fn try_commit(&self, ctx: &Ctx, offset: i64) {
+    /// Commits up to `offset` if the commit rule holds. Returns the ALL acks it makes due.
+    fn try_commit(&self, ctx: &Ctx, offset: i64) -> Vec<api::Ack> {
         let alone = self.role.isr.len() == 1 && self.role.isr[0] == ctx.cfg.server_id;
         if !alone || self.settings.min_isr > 1 || offset < 0 {
-            return;
+            return Vec::new();
         }
         let hw = match self.log.set_high_watermark(offset) {
             Ok(hw) => hw,
             Err(e) => {
                 error!(ctx.logger, "setting the high watermark failed"; "error" => %e);
-                return;
+                return Vec::new();
             }
         };
-        let due: Vec<api::Ack> = {
+        let mut due: Vec<api::Ack> = {
             let mut pending = self.pending.lock();
             let rest = pending.split_off(&(hw + 1));
             std::mem::replace(&mut *pending, rest)
                 .into_values()
                 .collect()
         };
-        for mut a in due {
-            a.commit_timestamp = now_nanos();
-            send_ack(ctx, a);
+        let now = now_nanos();
+        for a in &mut due {
+            a.commit_timestamp = now;
         }
+        due
     }
 }
 
-/// Publishes an ack envelope to its inbox, in the background.
-fn send_ack(ctx: &Ctx, ack: api::Ack) {
-    if ack.ack_inbox.is_empty() {
-        return;
-    }
-    let conn = ctx.acks_conn.clone();
-    let data = payload::encode(&ack, false);
-    let logger = ctx.logger.clone();
-    tokio::spawn(async move {
-        if let Err(e) = conn.publish(&ack.ack_inbox, data).await {
-            warn!(logger, "sending an ack failed"; "inbox" => &ack.ack_inbox, "error" => %e);
+/// Publishes acks to their inboxes, in order.
+async fn send_acks(ctx: &Ctx, acks: Vec<api::Ack>) {
+    for ack in acks {
+        if ack.ack_inbox.is_empty() {
+            continue;
         }
-    });
+        let Some(ack) = ctx.local_acks.deliver(ack) else {
+            continue;
+        };
+        let data = payload::encode(&ack, false);
+        if let Err(e) = ctx.acks_conn.publish(&ack.ack_inbox, data).await {
+            warn!(ctx.logger, "sending an ack failed"; "inbox" => &ack.ack_inbox, "error" => %e);
+        }
+    }
 }
 
 /// A message as received, before it gets an offset.
@@ -371,25 +375,26 @@ impl Partition {
         }
     }
 
-    /// Appends one batch and sends its acks.
-    fn write_batch(&self, ctx: &Ctx, batch: Vec<Incoming>) {
+    /// Appends one batch. Returns the acks to send, in order.
+    fn write_batch(&self, ctx: &Ctx, batch: Vec<Incoming>) -> Vec<api::Ack> {
+        let mut acks = Vec::new();
         let mut accepted = Vec::with_capacity(batch.len());
         for m in batch {
             if m.size as u64 > ctx.cfg.replication_max_bytes {
-                send_ack(ctx, self.ack_for(&m, 0, ack::Error::TooLarge));
+                acks.push(self.ack_for(&m, 0, ack::Error::TooLarge));
                 continue;
             }
             if self.settings.concurrency_control
                 && m.expected_offset != -1
                 && m.expected_offset != self.log.next_offset()
             {
-                send_ack(ctx, self.ack_for(&m, 0, ack::Error::IncorrectOffset));
+                acks.push(self.ack_for(&m, 0, ack::Error::IncorrectOffset));
                 continue;
             }
             accepted.push(m);
         }
         if accepted.is_empty() {
-            return;
+            return acks;
         }
         let msgs: Vec<commitlog::Message> = accepted.iter().map(|m| m.msg.clone()).collect();
         let info = match self.log.append(&msgs) {
@@ -397,21 +402,21 @@ impl Partition {
             Err(commitlog::Error::Readonly) => {
                 warn!(ctx.logger, "dropped messages sent to a read-only partition";
                     "stream" => &self.stream, "partition" => self.id, "count" => msgs.len());
-                return;
+                return acks;
             }
             Err(e) => {
                 error!(ctx.logger, "appending to a partition failed";
                     "stream" => &self.stream, "partition" => self.id, "error" => %e);
-                return;
+                return acks;
             }
         };
         for (i, m) in accepted.iter().enumerate() {
             let offset = info.first_offset + i as i64;
             match m.ack_policy {
-                AckPolicy::Leader => {
+                AckPolicy::Leader if !m.ack_inbox.is_empty() => {
                     let mut a = self.ack_for(m, offset, ack::Error::Ok);
                     a.commit_timestamp = now_nanos();
-                    send_ack(ctx, a);
+                    acks.push(a);
                 }
                 AckPolicy::All if !m.ack_inbox.is_empty() => {
                     self.pending
@@ -421,7 +426,8 @@ impl Partition {
                 _ => {}
             }
         }
-        self.try_commit(ctx, info.last_offset);
+        acks.extend(self.try_commit(ctx, info.last_offset));
+        acks
     }
 }
 
@@ -463,15 +469,18 @@ async fn ingest(
                 None => break,
             }
         }
-        let p2 = p.clone();
-        let ctx2 = ctx.clone();
-        // Appends may wait for the disk (sync policies); keep them off the async workers.
-        if tokio::task::spawn_blocking(move || p2.write_batch(&ctx2, batch))
-            .await
-            .is_err()
-        {
-            break;
-        }
+        let acks = if ctx.cfg.sync == commitlog::SyncPolicy::Os {
+            // A write to the page cache: quick enough to make here.
+            p.write_batch(&ctx, batch)
+        } else {
+            // Appends wait for the disk; keep them off the async workers.
+            let (p2, ctx2) = (p.clone(), ctx.clone());
+            match tokio::task::spawn_blocking(move || p2.write_batch(&ctx2, batch)).await {
+                Ok(acks) => acks,
+                Err(_) => break,
+            }
+        };
+        send_acks(&ctx, acks).await;
     }
     let _ = sub.unsubscribe().await;
 }
