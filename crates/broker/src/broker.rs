@@ -184,7 +184,7 @@ impl Broker {
             let caught_up = s.leader.is_some()
                 && s.applied >= s.commit
                 && !self.inner.meta.with_state(Fsm::is_recovering);
-            if caught_up && self.internal_streams_ready() {
+            if caught_up && self.internal_streams_ready() && self.partitions_running() {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -192,6 +192,25 @@ impl Broker {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Whether every partition the metadata gives this server has been opened here.
+    fn partitions_running(&self) -> bool {
+        let me = &self.inner.cfg.server_id;
+        let wanted: Vec<Key> = self.inner.meta.with_state(|f| {
+            f.streams()
+                .values()
+                .filter(|s| !s.tombstoned)
+                .flat_map(|s| {
+                    s.partitions
+                        .values()
+                        .filter(|p| p.replicas.contains(me))
+                        .map(|p| (s.name.clone(), p.id))
+                })
+                .collect()
+        });
+        let running = self.inner.partitions.read();
+        wanted.iter().all(|k| running.contains_key(k))
     }
 
     fn internal_streams_ready(&self) -> bool {
@@ -487,70 +506,63 @@ impl Broker {
             }
         });
         self.inner.tasks.lock().push(t);
-        // ServerInfo survey: every broker answers with its advertised address.
-        let mut info_sub = self
-            .inner
-            .raft_conn
-            .subscribe(&self.inner.subjects.server_info())
-            .await
-            .map_err(|e| BrokerError::internal("subscribing to server info", e))?;
+        // ServerInfo survey: every broker but the asker answers with its advertised address.
         let b = self.clone();
-        let t = tokio::spawn(async move {
-            while let Some(m) = info_sub.next().await {
-                let Some(reply) = m.reply.clone() else {
-                    continue;
-                };
-                let asker = payload::decode::<internal::ServerInfoRequest>(&m.payload)
-                    .map(|r| r.id)
-                    .unwrap_or_default();
-                if asker == b.inner.cfg.server_id {
-                    continue;
-                }
-                let resp = internal::ServerInfoResponse {
+        self.respond(
+            self.inner.subjects.server_info(),
+            move |req: internal::ServerInfoRequest| {
+                (req.id != b.inner.cfg.server_id).then(|| internal::ServerInfoResponse {
                     id: b.inner.cfg.server_id.clone(),
                     host: b.inner.cfg.advertise_host.clone(),
                     port: i32::from(b.inner.cfg.advertise_port),
-                };
-                let _ = b
-                    .inner
-                    .raft_conn
-                    .publish(&reply, payload::encode(&resp, false))
-                    .await;
-            }
-        });
-        self.inner.tasks.lock().push(t);
+                })
+            },
+        )
+        .await?;
         // PartitionStatus: whether this broker runs a partition, and leads it.
-        let mut status_sub = self
+        let b = self.clone();
+        self.respond(
+            self.inner
+                .subjects
+                .partition_status(&self.inner.cfg.server_id),
+            move |req: internal::PartitionStatusRequest| {
+                let p = b.partition(&req.stream, req.partition);
+                Some(internal::PartitionStatusResponse {
+                    exists: p.is_some(),
+                    is_leader: p.is_some_and(|p| p.is_running_leader()),
+                })
+            },
+        )
+        .await
+    }
+
+    /// Answers requests on `subject`: each decoded request that `answer` maps to a response gets
+    /// it as the reply; malformed requests and those without a reply subject are ignored.
+    async fn respond<Req, Resp>(
+        &self,
+        subject: String,
+        answer: impl Fn(Req) -> Option<Resp> + Send + 'static,
+    ) -> Result<()>
+    where
+        Req: payload::Payload + Send + 'static,
+        Resp: payload::Payload + Send + 'static,
+    {
+        let mut sub = self
             .inner
             .raft_conn
-            .subscribe(
-                &self
-                    .inner
-                    .subjects
-                    .partition_status(&self.inner.cfg.server_id),
-            )
+            .subscribe(&subject)
             .await
-            .map_err(|e| BrokerError::internal("subscribing to partition status", e))?;
-        let b = self.clone();
+            .map_err(|e| BrokerError::internal("subscribing to a request subject", e))?;
+        let conn = self.inner.raft_conn.clone();
         let t = tokio::spawn(async move {
-            while let Some(m) = status_sub.next().await {
+            while let Some(m) = sub.next().await {
                 let Some(reply) = m.reply.clone() else {
                     continue;
                 };
-                let Ok(req) = payload::decode::<internal::PartitionStatusRequest>(&m.payload)
-                else {
+                let Some(resp) = payload::decode::<Req>(&m.payload).ok().and_then(&answer) else {
                     continue;
                 };
-                let p = b.partition(&req.stream, req.partition);
-                let resp = internal::PartitionStatusResponse {
-                    exists: p.is_some(),
-                    is_leader: p.is_some_and(|p| p.is_running_leader()),
-                };
-                let _ = b
-                    .inner
-                    .raft_conn
-                    .publish(&reply, payload::encode(&resp, false))
-                    .await;
+                let _ = conn.publish(&reply, payload::encode(&resp, false)).await;
             }
         });
         self.inner.tasks.lock().push(t);

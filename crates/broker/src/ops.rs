@@ -742,6 +742,8 @@ impl Broker {
             return Ok(*o);
         }
         self.resume_for_publish(CURSORS_STREAM, partition).await?;
+        self.wait_partition_started(CURSORS_STREAM, partition, Duration::from_secs(5))
+            .await;
         let Some(p) = self.partition(CURSORS_STREAM, partition) else {
             return Err(BrokerError::Internal(
                 "cursors partition is not running".into(),

@@ -93,6 +93,13 @@ fn refusal(e: &api::PublishAsyncError) -> Error {
 }
 
 impl Client {
+    /// The publish's correlation id: the caller's, or a new unique one.
+    fn correlation_id(&self, opts: &PublishOptions) -> String {
+        opts.correlation_id
+            .clone()
+            .unwrap_or_else(|| self.next_correlation_id())
+    }
+
     /// Picks the partition of a publish by its options.
     async fn choose_partition(&self, stream: &str, opts: &PublishOptions) -> Result<i32> {
         if let Some(p) = opts.partition {
@@ -129,10 +136,7 @@ impl Client {
             partition,
             headers: opts.headers.clone(),
             ack_inbox: String::new(),
-            correlation_id: opts
-                .correlation_id
-                .clone()
-                .unwrap_or_else(|| self.next_correlation_id()),
+            correlation_id: self.correlation_id(opts),
             ack_policy: opts.ack_policy.to_api(),
             expected_offset: opts.expected_offset.unwrap_or(-1),
         })
@@ -209,10 +213,7 @@ impl Client {
             subject: subject.into(),
             headers: opts.headers.clone(),
             ack_inbox: String::new(),
-            correlation_id: opts
-                .correlation_id
-                .clone()
-                .unwrap_or_else(|| self.next_correlation_id()),
+            correlation_id: self.correlation_id(&opts),
             ack_policy: opts.ack_policy.to_api(),
         });
         r.set_timeout(opts.ack_wait);

@@ -423,6 +423,7 @@ fn plot(res: &Results, path: &Path) -> Result<(), String> {
         .y_desc("messages per second")
         .x_label_formatter(&|x| size_label(2f64.powf(*x).round() as usize))
         .x_labels(9)
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(|e| e.to_string())?;
     for ((kind, pts), color) in series.iter().zip([BLUE, GREEN, RED]) {
