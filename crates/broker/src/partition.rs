@@ -5,8 +5,10 @@
 //! # Invariants
 //! - Only the leader appends, and only from its ingest task, so offsets are assigned in the order
 //!   NATS delivered the messages.
-//! - The high watermark only moves forward, and only once the commit rule holds: the ISR is this
-//!   broker alone and min ISR is at most 1. Replication across brokers moves it otherwise.
+//! - The high watermark only moves forward, and only as the commit rule of
+//!   `replication::Leader` allows: every ISR member holds the offset and the ISR has at least
+//!   min ISR members. Until followers fetch (replication across brokers is not wired in yet),
+//!   only a partition whose ISR is this broker alone commits.
 //! - An ack with policy ALL is sent only once the high watermark covers its offset; LEADER acks
 //!   after the write; NONE never (error acks are always sent).
 
@@ -105,6 +107,8 @@ pub(crate) struct Partition {
     pub subscribers: Arc<AtomicUsize>,
     /// ALL-policy acks waiting for the high watermark, by offset.
     pending: Mutex<BTreeMap<i64, api::Ack>>,
+    /// The leader's commit state (created when it starts leading).
+    commit: Mutex<Option<replication::Leader>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -175,6 +179,7 @@ impl Partition {
             stats: spec.stats,
             subscribers: Arc::new(AtomicUsize::new(0)),
             pending: Mutex::new(BTreeMap::new()),
+            commit: Mutex::new(None),
             stop,
             tasks: Mutex::new(Vec::new()),
         });
@@ -257,10 +262,31 @@ impl Partition {
 
     /// Commits up to `offset` if the commit rule holds. Returns the ALL acks it makes due.
     fn try_commit(&self, ctx: &Ctx, offset: i64) -> Vec<api::Ack> {
-        let alone = self.role.isr.len() == 1 && self.role.isr[0] == ctx.cfg.server_id;
-        if !alone || self.settings.min_isr > 1 || offset < 0 {
+        // The commit rule lives in the replication state machine.
+        let advanced = {
+            let mut commit = self.commit.lock();
+            let commit = commit.get_or_insert_with(|| {
+                replication::Leader::new(
+                    ctx.cfg.server_id.clone(),
+                    self.role.leader_epoch,
+                    self.role.isr.iter().cloned(),
+                    self.role.isr.iter().cloned(),
+                    (self.log.newest_offset(), self.log.high_watermark()),
+                    replication::Settings {
+                        min_isr: self.settings.min_isr.max(1) as usize,
+                        ..replication::Settings::default()
+                    },
+                    0,
+                )
+            });
+            commit.on_append(offset).or_else(|| {
+                // Already committed by the leader's own state (a restart): make it visible.
+                (commit.hw() > self.log.high_watermark()).then(|| commit.hw())
+            })
+        };
+        let Some(offset) = advanced else {
             return Vec::new();
-        }
+        };
         let hw = match self.log.set_high_watermark(offset) {
             Ok(hw) => hw,
             Err(e) => {
