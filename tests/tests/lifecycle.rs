@@ -10,22 +10,6 @@ use liftbridge_proto::api::*;
 use prost::Message as _;
 use tonic::Code;
 
-async fn partition_md(
-    c: &mut api_client::ApiClient<tonic::transport::Channel>,
-    s: &str,
-    p: i32,
-) -> PartitionMetadata {
-    c.fetch_partition_metadata(FetchPartitionMetadataRequest {
-        stream: s.into(),
-        partition: p,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .metadata
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_and_resume() {
     let srv = TestServer::start().await;

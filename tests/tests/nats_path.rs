@@ -175,17 +175,7 @@ async fn oversized_messages_get_a_too_large_ack() {
     let a: Ack = payload::decode(&m.payload).unwrap();
     assert_eq!(a.ack_error, ack::Error::TooLarge as i32);
     // Nothing was written.
-    let md = c
-        .fetch_partition_metadata(FetchPartitionMetadataRequest {
-            stream: "big".into(),
-            partition: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .metadata
-        .unwrap();
-    assert_eq!(md.newest_offset, -1);
+    assert_eq!(partition_md(&mut c, "big", 0).await.newest_offset, -1);
     srv.stop().await;
 }
 
@@ -214,18 +204,7 @@ async fn streams_in_one_group_share_the_subject() {
     }
     let newest = |name: &'static str| {
         let mut c = c.clone();
-        async move {
-            c.fetch_partition_metadata(FetchPartitionMetadataRequest {
-                stream: name.into(),
-                partition: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .metadata
-            .unwrap()
-            .newest_offset
-        }
+        async move { partition_md(&mut c, name, 0).await.newest_offset }
     };
     // Each message is recorded by exactly one group member (bounded wait for the last writes).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

@@ -155,17 +155,7 @@ async fn optimistic_concurrency_control() {
         2
     );
     // The next expected offset comes from FetchPartitionMetadata.
-    let md = c
-        .clone()
-        .fetch_partition_metadata(FetchPartitionMetadataRequest {
-            stream: "occ".into(),
-            partition: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .metadata
-        .unwrap();
+    let md = partition_md(&mut c.clone(), "occ", 0).await;
     assert_eq!(
         publish_at(md.newest_offset + 1, AckPolicy::Leader)
             .await

@@ -266,7 +266,12 @@ impl Sim {
         {
             return;
         }
-        let at = self.now + 1 + self.rng.below(8);
+        self.enqueue(to, msg, 8);
+    }
+
+    /// Puts `msg` in flight to `to`, arriving within `max_delay` steps.
+    fn enqueue(&mut self, to: &str, msg: Msg, max_delay: u64) {
+        let at = self.now + 1 + self.rng.below(max_delay);
         self.seq += 1;
         self.net.push(Reverse(Pending {
             at,
@@ -276,6 +281,7 @@ impl Sim {
         }));
     }
 
+    /// Tells `to` the metadata (reliably: the metadata group retries until it is heard).
     fn send_meta(&mut self, to: &str) {
         let msg = Msg::Meta {
             version: self.meta.version,
@@ -283,14 +289,7 @@ impl Sim {
             epoch: self.meta.epoch,
             isr: self.meta.isr.clone(),
         };
-        let at = self.now + 1 + self.rng.below(15);
-        self.seq += 1;
-        self.net.push(Reverse(Pending {
-            at,
-            seq: self.seq,
-            to: to.to_owned(),
-            msg,
-        }));
+        self.enqueue(to, msg, 15);
     }
 
     fn broadcast_meta(&mut self) {

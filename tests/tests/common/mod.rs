@@ -197,3 +197,20 @@ pub async fn next(s: &mut tonic::Streaming<Message>) -> Result<Message, tonic::S
 pub async fn quiet_for(s: &mut tonic::Streaming<Message>, wait: Duration) -> bool {
     tokio::time::timeout(wait, s.next()).await.is_err()
 }
+
+/// A partition's metadata from its leader.
+pub async fn partition_md(
+    c: &mut ApiClient<Channel>,
+    stream: &str,
+    partition: i32,
+) -> PartitionMetadata {
+    c.fetch_partition_metadata(FetchPartitionMetadataRequest {
+        stream: stream.into(),
+        partition,
+    })
+    .await
+    .expect("partition metadata")
+    .into_inner()
+    .metadata
+    .expect("metadata in the response")
+}
