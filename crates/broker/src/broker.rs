@@ -393,6 +393,8 @@ impl Broker {
                     }
                     continue;
                 }
+                slog::debug!(self.inner.logger, "restarting partition"; "stream" => &key.0,
+                    "partition" => key.1, "was" => ?p.role, "now" => ?role);
                 p.stop().await;
                 self.inner.partitions.write().remove(&key);
             }
@@ -582,7 +584,15 @@ impl Broker {
                 .inner
                 .meta
                 .with_state(|f| f.partition(stream, id).map(|p| p.leader.clone()));
-            let Some(leader) = leader else { return false };
+            // Unknown here yet: this broker may not have applied the change (it was proposed
+            // through another broker). Wait for it rather than answer early.
+            let Some(leader) = leader else {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
             let started = if leader == self.inner.cfg.server_id {
                 self.partition(stream, id)
                     .is_some_and(|p| p.is_running_leader())

@@ -239,7 +239,7 @@ impl Partition {
                 self.stop.subscribe(),
             )));
         }
-        info!(ctx.logger, "leading partition"; "stream" => &self.stream, "partition" => self.id,
+        info!(ctx.logger, "leading partition"; "server" => &ctx.cfg.server_id, "stream" => &self.stream, "partition" => self.id, "subject" => &self.subject,
             "epoch" => self.role.leader_epoch, "hw" => self.log.high_watermark());
         Ok(())
     }
@@ -508,6 +508,7 @@ async fn ingest(
         };
         send_acks(&ctx, acks).await;
     }
+    slog::debug!(ctx.logger, "ingest stopped"; "stream" => &p.stream, "partition" => p.id);
     let _ = sub.unsubscribe().await;
 }
 

@@ -31,7 +31,7 @@ pub fn config(dir: &std::path::Path) -> liftbridged::Config {
 }
 
 /// Silent, unless `TEST_LOG` is set (to a level such as `debug`).
-fn quiet() -> slog::Logger {
+pub fn quiet() -> slog::Logger {
     match std::env::var("TEST_LOG") {
         Ok(l) if l == "debug" => liftbridged::logger(slog::Level::Debug),
         Ok(_) => liftbridged::logger(slog::Level::Info),
