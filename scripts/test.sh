@@ -5,5 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
+# An existing Python Liftbridge client, for the compatibility test.
+./scripts/compat-venv.sh
 cargo nextest run --workspace --all-targets --profile "$profile"
 cargo test --workspace --doc
