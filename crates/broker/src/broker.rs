@@ -1035,7 +1035,7 @@ impl Broker {
     }
 }
 
-/// A key for the ack inbox of an internal publish.
+/// An envelope for a publish the broker makes itself (cursors, activity events): no OCC check.
 pub(crate) fn internal_message(
     stream: &str,
     subject: &str,
