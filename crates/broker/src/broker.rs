@@ -696,24 +696,29 @@ impl Broker {
     }
 
     fn with_load(&self, mut list: Vec<api::Broker>) -> Vec<api::Broker> {
-        self.inner.meta.with_state(|f| {
-            for b in &mut list {
-                let (mut parts, mut leads) = (0, 0);
-                for s in f.streams().values().filter(|s| !s.tombstoned) {
-                    for p in s.partitions.values() {
-                        if p.replicas.contains(&b.id) {
-                            parts += 1;
-                        }
-                        if p.leader == b.id {
-                            leads += 1;
-                        }
-                    }
-                }
-                b.partition_count = parts;
-                b.leader_count = leads;
-            }
-        });
+        let (parts, leads) = self.loads();
+        for b in &mut list {
+            b.partition_count = parts.get(&b.id).copied().unwrap_or(0) as i32;
+            b.leader_count = leads.get(&b.id).copied().unwrap_or(0) as i32;
+        }
         list
+    }
+
+    /// Partitions held and partitions led, per server, over the live streams.
+    fn loads(&self) -> (HashMap<String, usize>, HashMap<String, usize>) {
+        self.inner.meta.with_state(|f| {
+            let mut held: HashMap<String, usize> = HashMap::new();
+            let mut led: HashMap<String, usize> = HashMap::new();
+            for s in f.streams().values().filter(|s| !s.tombstoned) {
+                for p in s.partitions.values() {
+                    for r in &p.replicas {
+                        *held.entry(r.clone()).or_default() += 1;
+                    }
+                    *led.entry(p.leader.clone()).or_default() += 1;
+                }
+            }
+            (held, led)
+        })
     }
 
     /// Builds the CreateStream entry: replicas on the least-loaded brokers, the leader the
@@ -756,19 +761,7 @@ impl Broker {
             )));
         }
         let partitions = req.partitions.max(1);
-        let (mut load, mut leads) = self.inner.meta.with_state(|f| {
-            let mut load: HashMap<String, usize> = HashMap::new();
-            let mut leads: HashMap<String, usize> = HashMap::new();
-            for s in f.streams().values().filter(|s| !s.tombstoned) {
-                for p in s.partitions.values() {
-                    for r in &p.replicas {
-                        *load.entry(r.clone()).or_default() += 1;
-                    }
-                    *leads.entry(p.leader.clone()).or_default() += 1;
-                }
-            }
-            (load, leads)
-        });
+        let (mut load, mut leads) = self.loads();
         let mut parts = Vec::with_capacity(partitions as usize);
         for id in 0..partitions {
             let mut order = servers.clone();

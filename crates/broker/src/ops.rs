@@ -137,25 +137,22 @@ impl Broker {
     }
 
     async fn propose_stream_op(&self, entry: RaftLog) -> Result<()> {
-        match self.metadata().propose(entry).await {
-            Ok(a) => match a.result {
-                Ok(()) => Ok(()),
-                Err(metastore::OpError::NotFound(m)) if m.contains("partition") => {
-                    Err(BrokerError::NotFound("partition does not exist".into()))
-                }
-                Err(metastore::OpError::NotFound(_)) => {
-                    Err(BrokerError::NotFound("stream does not exist".into()))
-                }
-                Err(e) => Err(metastore::service::MetaError::from(e).into()),
-            },
-            Err(metastore::service::MetaError::Op(metastore::OpError::NotFound(m))) => {
-                Err(BrokerError::NotFound(if m.contains("partition") {
-                    "partition does not exist".into()
-                } else {
-                    "stream does not exist".into()
-                }))
-            }
-            Err(e) => Err(e.into()),
+        use metastore::OpError;
+        use metastore::service::MetaError;
+        // A refusal comes back either as the applied verdict or, forwarded, as an error.
+        let verdict = match self.metadata().propose(entry).await {
+            Ok(a) => a.result,
+            Err(MetaError::Op(e)) => Err(e),
+            Err(e) => return Err(e.into()),
+        };
+        match verdict {
+            Ok(()) => Ok(()),
+            Err(OpError::NotFound(m)) => Err(BrokerError::NotFound(if m.contains("partition") {
+                "partition does not exist".into()
+            } else {
+                "stream does not exist".into()
+            })),
+            Err(e) => Err(MetaError::from(e).into()),
         }
     }
 

@@ -482,11 +482,9 @@ impl Client {
             stream: stream.into(),
             partition,
         };
-        let timeout = self.inner.request_timeout;
         let md = self
             .on_partition(stream, partition, false, |mut c| {
-                let mut r = tonic::Request::new(req.clone());
-                r.set_timeout(timeout);
+                let r = self.request(req.clone());
                 async move { c.fetch_partition_metadata(r).await }
             })
             .await?;
@@ -533,10 +531,8 @@ impl Client {
             cursor_id: cursor_id.into(),
             offset,
         };
-        let timeout = self.inner.request_timeout;
         self.on_partition(CURSORS_STREAM, p, false, |mut c| {
-            let mut r = tonic::Request::new(req.clone());
-            r.set_timeout(timeout);
+            let r = self.request(req.clone());
             async move { c.set_cursor(r).await }
         })
         .await?;
@@ -555,11 +551,9 @@ impl Client {
             partition,
             cursor_id: cursor_id.into(),
         };
-        let timeout = self.inner.request_timeout;
         let r = self
             .on_partition(CURSORS_STREAM, p, false, |mut c| {
-                let mut r = tonic::Request::new(req.clone());
-                r.set_timeout(timeout);
+                let r = self.request(req.clone());
                 async move { c.fetch_cursor(r).await }
             })
             .await?;
