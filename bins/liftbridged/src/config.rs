@@ -649,14 +649,26 @@ impl Config {
                 .filter(|v| *v > 0)
                 .ok_or_else(|| Keys::bad("clustering.replication.max.bytes", "must be positive"))?;
         }
-        for key in [
-            "clustering.replica.max.lag.time",
-            "clustering.replica.max.leader.timeout",
-            "clustering.replica.max.idle.wait",
-            "clustering.replica.fetch.timeout",
-            "groups.consumer.timeout",
-            "groups.coordinator.timeout",
-        ] {
+        let positive = |key: &str, v: Duration| {
+            if v.is_zero() {
+                Err(Keys::bad(key, "must be positive"))
+            } else {
+                Ok(v)
+            }
+        };
+        if let Some(v) = k.duration("clustering.replica.max.lag.time")? {
+            b.replica.max_lag_time = positive("clustering.replica.max.lag.time", v)?;
+        }
+        if let Some(v) = k.duration("clustering.replica.max.leader.timeout")? {
+            b.replica.max_leader_timeout = positive("clustering.replica.max.leader.timeout", v)?;
+        }
+        if let Some(v) = k.duration("clustering.replica.max.idle.wait")? {
+            b.replica.max_idle_wait = positive("clustering.replica.max.idle.wait", v)?;
+        }
+        if let Some(v) = k.duration("clustering.replica.fetch.timeout")? {
+            b.replica.fetch_timeout = positive("clustering.replica.fetch.timeout", v)?;
+        }
+        for key in ["groups.consumer.timeout", "groups.coordinator.timeout"] {
             k.duration(key)?;
         }
 

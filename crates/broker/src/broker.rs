@@ -103,6 +103,7 @@ impl Broker {
         let raft_conn = connect("raft").await?;
         let streams_conn = connect("streams").await?;
         let acks_conn = connect("acks").await?;
+        let repl_conn = connect("replication").await?;
         let publishes = connect("publishes").await?;
 
         let mut mc = MetaConfig::new(
@@ -124,6 +125,8 @@ impl Broker {
             local_acks: local_acks.clone(),
             streams_conn,
             acks_conn,
+            repl_conn,
+            subjects: subjects.clone(),
             meta: meta.clone(),
             logger: logger.clone(),
         });
@@ -152,6 +155,14 @@ impl Broker {
             }),
         };
         broker.spawn_responders().await?;
+        if let Some(reports) = broker.inner.meta.take_reports() {
+            let t = tokio::spawn(crate::replica::judge_reports(
+                broker.clone(),
+                reports,
+                broker.inner.shutdown.subscribe(),
+            ));
+            broker.inner.tasks.lock().push(t);
+        }
         let b = broker.clone();
         let t = tokio::spawn(async move { b.metadata_loop().await });
         broker.inner.tasks.lock().push(t);
@@ -323,8 +334,10 @@ impl Broker {
                         defaults.settings(&s.config, min_isr),
                         Role {
                             leader: p.leader == me,
+                            leader_id: p.leader.clone(),
                             leader_epoch: p.leader_epoch,
                             paused: p.paused,
+                            replicas: p.replicas.clone(),
                             isr: p.isr.clone(),
                             group: p.group.clone(),
                         },
@@ -386,11 +399,12 @@ impl Broker {
         for (key, subject, created, settings, role, readonly) in wanted {
             let existing = self.partition(&key.0, key.1);
             if let Some(p) = &existing {
-                if p.role == role && p.settings == settings {
+                if p.role.same_run(&role) && p.settings == settings {
                     if p.log.is_readonly() != readonly {
                         p.log.set_readonly(readonly);
                         p.stats.lock().readonly.touch(now_nanos());
                     }
+                    p.update_isr(&self.inner.ctx, &role.isr).await;
                     continue;
                 }
                 slog::debug!(self.inner.logger, "restarting partition"; "stream" => &key.0,
@@ -504,6 +518,25 @@ impl Broker {
                 if let Ok(mut a) = payload::decode::<api::Ack>(&m.payload) {
                     a.ack_inbox = m.subject.to_string();
                     let _ = b.inner.local_acks.deliver(a);
+                }
+            }
+        });
+        self.inner.tasks.lock().push(t);
+        // Partition notifications from leaders: wake the follower of that partition.
+        let mut notes = self
+            .inner
+            .ctx
+            .repl_conn
+            .subscribe(&self.inner.subjects.notify(&self.inner.cfg.server_id))
+            .await
+            .map_err(|e| BrokerError::internal("subscribing to partition notifications", e))?;
+        let b = self.clone();
+        let t = tokio::spawn(async move {
+            while let Some(m) = notes.next().await {
+                if let Ok(n) = payload::decode::<internal::PartitionNotification>(&m.payload)
+                    && let Some(p) = b.partition(&n.stream, n.partition)
+                {
+                    p.wake.notify_one();
                 }
             }
         });
@@ -705,7 +738,7 @@ impl Broker {
     }
 
     /// Partitions held and partitions led, per server, over the live streams.
-    fn loads(&self) -> (HashMap<String, usize>, HashMap<String, usize>) {
+    pub(crate) fn loads(&self) -> (HashMap<String, usize>, HashMap<String, usize>) {
         self.inner.meta.with_state(|f| {
             let mut held: HashMap<String, usize> = HashMap::new();
             let mut led: HashMap<String, usize> = HashMap::new();

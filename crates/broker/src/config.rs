@@ -174,6 +174,33 @@ impl Default for CursorsConfig {
     }
 }
 
+/// Replication timing (`clustering.replica.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// `replica.max.lag.time`: a follower that has not caught up for this long leaves the ISR.
+    /// Default 15 s.
+    pub max_lag_time: Duration,
+    /// `replica.max.leader.timeout`: a follower reports a leader it has not heard from for this
+    /// long. Default 15 s.
+    pub max_leader_timeout: Duration,
+    /// `replica.max.idle.wait`: how long a caught-up follower waits before fetching again (the
+    /// leader's notification ends the wait early). Default 10 s.
+    pub max_idle_wait: Duration,
+    /// `replica.fetch.timeout`: how long a follower waits for a fetch answer. Default 3 s.
+    pub fetch_timeout: Duration,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            max_lag_time: Duration::from_secs(15),
+            max_leader_timeout: Duration::from_secs(15),
+            max_idle_wait: Duration::from_secs(10),
+            fetch_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
 /// Everything a broker needs to run.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -203,6 +230,8 @@ pub struct BrokerConfig {
     pub replication_max_bytes: u64,
     /// `clustering.min.insync.replicas`.
     pub min_insync_replicas: i32,
+    /// `clustering.replica.*`.
+    pub replica: ReplicaConfig,
     /// `metadata.cache.max.age`: how long the broker list from a survey is reused.
     pub metadata_cache_max_age: Duration,
     /// Stream defaults.
@@ -234,6 +263,7 @@ impl BrokerConfig {
             batch_max_time: Duration::ZERO,
             replication_max_bytes: 1024 * 1024,
             min_insync_replicas: 1,
+            replica: ReplicaConfig::default(),
             metadata_cache_max_age: Duration::from_secs(120),
             streams: StreamDefaults::default(),
             sync: commitlog::SyncPolicy::Os,

@@ -19,9 +19,12 @@ mod config;
 mod error;
 mod ops;
 mod partition;
+mod replica;
 
 pub use broker::{ACTIVITY_STREAM, Broker, CURSORS_STREAM};
-pub use config::{ActivityConfig, BrokerConfig, CursorsConfig, StreamDefaults, StreamSettings};
+pub use config::{
+    ActivityConfig, BrokerConfig, CursorsConfig, ReplicaConfig, StreamDefaults, StreamSettings,
+};
 pub use error::{BrokerError, Result};
 pub use metastore::service::Bootstrap;
 pub use ops::Subscription;

@@ -248,10 +248,18 @@ impl Broker {
         let Some(meta) = meta else {
             return Err(BrokerError::NotFound("No such partition".into()));
         };
-        if meta.leader != self.id() && !req.read_isr_replica {
-            return Err(BrokerError::FailedPrecondition(
-                "Server not partition leader".into(),
-            ));
+        if meta.leader != self.id() {
+            if !req.read_isr_replica {
+                return Err(BrokerError::FailedPrecondition(
+                    "Server not partition leader".into(),
+                ));
+            }
+            // Liftbridge serves any replica here; only an in-sync one is known to be current.
+            if !meta.isr.iter().any(|r| r == self.id()) {
+                return Err(BrokerError::FailedPrecondition(
+                    "Server not in partition ISR".into(),
+                ));
+            }
         }
         if meta.paused && req.resume {
             self.resume_for_publish(&req.stream, req.partition)

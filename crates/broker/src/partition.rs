@@ -5,10 +5,11 @@
 //! # Invariants
 //! - Only the leader appends, and only from its ingest task, so offsets are assigned in the order
 //!   NATS delivered the messages.
+//! - On a follower, only the follower task appends, copying the leader's records byte for byte
+//!   (`replica.rs`).
 //! - The high watermark only moves forward, and only as the commit rule of
 //!   `replication::Leader` allows: every ISR member holds the offset and the ISR has at least
-//!   min ISR members. Until followers fetch (replication across brokers is not wired in yet),
-//!   only a partition whose ISR is this broker alone commits.
+//!   min ISR members. A follower adopts its leader's high watermark.
 //! - An ack with policy ALL is sent only once the high watermark covers its offset; LEADER acks
 //!   after the write; NONE never (error acks are always sent).
 
@@ -75,11 +76,28 @@ pub(crate) struct Stats {
 /// What the metadata says this broker should do with a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Role {
+    /// Whether this broker leads it.
     pub leader: bool,
+    /// The leader's server id.
+    pub leader_id: String,
     pub leader_epoch: u64,
     pub paused: bool,
+    pub replicas: Vec<String>,
     pub isr: Vec<String>,
     pub group: String,
+}
+
+impl Role {
+    /// Whether the partition runs the same way under both: everything but the ISR, which a
+    /// running leader takes in place.
+    pub(crate) fn same_run(&self, o: &Role) -> bool {
+        self.leader == o.leader
+            && self.leader_id == o.leader_id
+            && self.leader_epoch == o.leader_epoch
+            && self.paused == o.paused
+            && self.replicas == o.replicas
+            && self.group == o.group
+    }
 }
 
 /// What the ingest task and acks need from the broker.
@@ -88,6 +106,9 @@ pub(crate) struct Ctx {
     pub local_acks: Arc<crate::acks::LocalAcks>,
     pub streams_conn: Connection,
     pub acks_conn: Connection,
+    /// Fetches, epoch questions and notifications between replicas.
+    pub repl_conn: Connection,
+    pub subjects: natsbridge::Subjects,
     pub meta: metastore::service::Metastore,
     pub logger: Logger,
 }
@@ -108,8 +129,14 @@ pub(crate) struct Partition {
     /// ALL-policy acks waiting for the high watermark, by offset.
     pending: Mutex<BTreeMap<i64, api::Ack>>,
     /// The leader's commit state (created when it starts leading).
-    commit: Mutex<Option<replication::Leader>>,
-    stop: watch::Sender<bool>,
+    pub(crate) commit: Mutex<Option<replication::Leader>>,
+    /// The ISR last taken from the metadata.
+    isr: Mutex<Vec<String>>,
+    /// Leader: followers that fetched everything and wait for a notification.
+    pub(crate) waiting: Mutex<std::collections::BTreeSet<String>>,
+    /// Follower: the leader's notification that data arrived.
+    pub(crate) wake: tokio::sync::Notify,
+    pub(crate) stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -168,6 +195,7 @@ impl Partition {
         }
         log.set_readonly(spec.readonly);
         let (stop, _) = watch::channel(false);
+        let isr = spec.role.isr.clone();
         let p = Arc::new(Partition {
             stream: spec.stream.to_owned(),
             id: spec.id,
@@ -180,6 +208,9 @@ impl Partition {
             subscribers: Arc::new(AtomicUsize::new(0)),
             pending: Mutex::new(BTreeMap::new()),
             commit: Mutex::new(None),
+            isr: Mutex::new(isr),
+            waiting: Mutex::new(Default::default()),
+            wake: tokio::sync::Notify::new(),
             stop,
             tasks: Mutex::new(Vec::new()),
         });
@@ -191,17 +222,79 @@ impl Partition {
         }
         if p.role.leader {
             p.start_leading(ctx).await?;
+        } else {
+            let task = tokio::spawn(crate::replica::follow(
+                p.clone(),
+                ctx.clone(),
+                p.stop.subscribe(),
+            ));
+            p.tasks.lock().push(task);
         }
         Ok(p)
+    }
+
+    /// Takes a new ISR from the metadata. A leader commits with it at once.
+    pub(crate) async fn update_isr(&self, ctx: &Ctx, isr: &[String]) {
+        {
+            let mut seen = self.isr.lock();
+            if seen.as_slice() == isr {
+                return;
+            }
+            *seen = isr.to_vec();
+        }
+        let advanced = match self.commit.lock().as_mut() {
+            Some(l) => l.on_isr(isr.iter().cloned()),
+            None => None,
+        };
+        if let Some(hw) = advanced {
+            let due = self.advance_hw(ctx, hw);
+            send_acks(ctx, due).await;
+        }
     }
 
     async fn start_leading(self: &Arc<Self>, ctx: &Arc<Ctx>) -> Result<()> {
         self.log
             .assign_leader_epoch(self.role.leader_epoch)
             .map_err(|e| BrokerError::internal("recording the leader epoch", e))?;
+        let leader = replication::Leader::new(
+            ctx.cfg.server_id.clone(),
+            self.role.leader_epoch,
+            self.role.replicas.iter().cloned(),
+            self.role.isr.iter().cloned(),
+            (self.log.newest_offset(), self.log.high_watermark()),
+            crate::replica::settings(ctx, self.settings.min_isr),
+            crate::replica::now_ms(),
+        );
         // Alone in the ISR, everything this leader holds is committed.
-        let due = self.try_commit(ctx, self.log.newest_offset());
+        let hw = leader.hw();
+        *self.commit.lock() = Some(leader);
+        let due = self.advance_hw(ctx, hw);
         send_acks(ctx, due).await;
+        if self.role.replicas.len() > 1 {
+            let fetches = ctx
+                .repl_conn
+                .subscribe(&ctx.subjects.replicate(&self.stream, self.id))
+                .await
+                .map_err(|e| BrokerError::internal("subscribing to follower fetches", e))?;
+            let questions = ctx
+                .repl_conn
+                .subscribe(&ctx.subjects.leader_epoch_offset(&self.stream, self.id))
+                .await
+                .map_err(|e| BrokerError::internal("subscribing to epoch questions", e))?;
+            let mut tasks = self.tasks.lock();
+            tasks.push(tokio::spawn(crate::replica::serve_followers(
+                self.clone(),
+                ctx.clone(),
+                fetches,
+                questions,
+                self.stop.subscribe(),
+            )));
+            tasks.push(tokio::spawn(crate::replica::watch_isr(
+                self.clone(),
+                ctx.clone(),
+                self.stop.subscribe(),
+            )));
+        }
         let sub = if self.role.group.is_empty() {
             ctx.streams_conn.subscribe(&self.subject).await
         } else {
@@ -260,33 +353,26 @@ impl Partition {
         let _ = self.log.close();
     }
 
-    /// Commits up to `offset` if the commit rule holds. Returns the ALL acks it makes due.
+    /// The leader appended up to `offset`: commits what the commit rule allows. Returns the ALL
+    /// acks it makes due.
     fn try_commit(&self, ctx: &Ctx, offset: i64) -> Vec<api::Ack> {
         // The commit rule lives in the replication state machine.
-        let advanced = {
-            let mut commit = self.commit.lock();
-            let commit = commit.get_or_insert_with(|| {
-                replication::Leader::new(
-                    ctx.cfg.server_id.clone(),
-                    self.role.leader_epoch,
-                    self.role.isr.iter().cloned(),
-                    self.role.isr.iter().cloned(),
-                    (self.log.newest_offset(), self.log.high_watermark()),
-                    replication::Settings {
-                        min_isr: self.settings.min_isr.max(1) as usize,
-                        ..replication::Settings::default()
-                    },
-                    0,
-                )
-            });
-            commit.on_append(offset).or_else(|| {
-                // Already committed by the leader's own state (a restart): make it visible.
-                (commit.hw() > self.log.high_watermark()).then(|| commit.hw())
-            })
-        };
-        let Some(offset) = advanced else {
+        let advanced = self
+            .commit
+            .lock()
+            .as_mut()
+            .and_then(|c| c.on_append(offset));
+        match advanced {
+            Some(hw) => self.advance_hw(ctx, hw),
+            None => Vec::new(),
+        }
+    }
+
+    /// Raises the high watermark to `offset`. Returns the ALL acks it makes due.
+    pub(crate) fn advance_hw(&self, ctx: &Ctx, offset: i64) -> Vec<api::Ack> {
+        if offset <= self.log.high_watermark() {
             return Vec::new();
-        };
+        }
         let hw = match self.log.set_high_watermark(offset) {
             Ok(hw) => hw,
             Err(e) => {
@@ -310,7 +396,7 @@ impl Partition {
 }
 
 /// Publishes acks to their inboxes, in order.
-async fn send_acks(ctx: &Ctx, acks: Vec<api::Ack>) {
+pub(crate) async fn send_acks(ctx: &Ctx, acks: Vec<api::Ack>) {
     for ack in acks {
         if ack.ack_inbox.is_empty() {
             continue;
@@ -507,6 +593,7 @@ async fn ingest(
             }
         };
         send_acks(&ctx, acks).await;
+        crate::replica::notify_followers(&p, &ctx).await;
     }
     slog::debug!(ctx.logger, "ingest stopped"; "stream" => &p.stream, "partition" => p.id);
     let _ = sub.unsubscribe().await;

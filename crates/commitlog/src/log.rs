@@ -401,7 +401,9 @@ impl Log {
     /// # Errors
     /// [`Error::InvalidBatch`] when the bytes are not whole valid records, when offsets do not
     /// increase, or when the first offset is below [`next_offset`](Log::next_offset); plus the
-    /// errors of [`append`](Log::append). On error nothing is written.
+    /// errors of [`append`](Log::append) except [`Error::Readonly`]: the read-only flag does not
+    /// stop a follower from copying what its leader accepted before the partition became
+    /// read-only. On error nothing is written.
     pub fn append_raw(&self, data: &[u8]) -> Result<AppendInfo> {
         let mut metas = Vec::new();
         let mut at = 0usize;
@@ -436,7 +438,7 @@ impl Log {
         let last = metas.last().expect("non-empty").offset;
         let info = {
             let _w = self.inner.writer.lock();
-            self.inner.check_writable()?;
+            self.inner.check_healthy()?;
             let next = self.inner.next_offset.load(Ordering::Relaxed);
             if first < next {
                 return Err(Error::InvalidBatch(format!(
@@ -1003,12 +1005,18 @@ impl Inner {
     }
 
     fn check_writable(&self) -> Result<()> {
+        self.check_healthy()?;
+        if self.readonly.load(Ordering::Acquire) {
+            return Err(Error::Readonly);
+        }
+        Ok(())
+    }
+
+    /// Open and not failed (the read-only flag aside).
+    fn check_healthy(&self) -> Result<()> {
         self.check_open()?;
         if let Some(why) = self.failed.lock().clone() {
             return Err(Error::Failed(why));
-        }
-        if self.readonly.load(Ordering::Acquire) {
-            return Err(Error::Readonly);
         }
         Ok(())
     }

@@ -288,6 +288,8 @@ fn raw_batches_copy_a_log_byte_for_byte() {
     let follower_dir = tempfile::tempdir().unwrap();
     let leader = Log::open(leader_dir.path(), small()).unwrap();
     let follower = Log::open(follower_dir.path(), small()).unwrap();
+    // A read-only follower still copies what its leader accepted.
+    follower.set_readonly(true);
     for i in 0..40 {
         leader
             .append(&[msg(i).with_leader_epoch(1 + i as u64 / 20)])
@@ -324,6 +326,7 @@ fn raw_batches_copy_a_log_byte_for_byte() {
         Err(Error::InvalidBatch(_))
     ));
     assert_eq!(follower.next_offset(), 40);
+    assert!(matches!(follower.append(&[msg(40)]), Err(Error::Readonly)));
 }
 
 #[test]

@@ -12,6 +12,9 @@
 //!   `PropagatedRequest` envelope to `<ns>.raft.metadata.propagate`, which only the leader
 //!   subscribes to, and returns the leader's verdict as a typed [`MetaError`].
 //! - **Watch:** [`Metastore::watch`] streams role changes and applied events in apply order.
+//! - **Reports:** a `ReportLeader` is never logged. [`Metastore::report_leader`] hands it to the
+//!   leader (forwarded like a proposal), and the leader passes it to whoever took
+//!   [`Metastore::take_reports`]: the broker, which decides on failover.
 //!
 //! Raft ids are 64-bit hashes of the server ids (FNV-1a), so a string id names a node everywhere.
 
@@ -172,6 +175,15 @@ pub fn raft_id(server_id: &str) -> u64 {
     h.max(1)
 }
 
+/// A follower's report that a partition leader is silent, for the metadata leader to judge.
+#[derive(Debug)]
+pub struct LeaderReport {
+    /// The report.
+    pub op: internal::ReportLeaderOp,
+    /// Where the verdict goes: `Ok` when counted (or acted on), or the refusal.
+    pub reply: oneshot::Sender<Result<(), OpError>>,
+}
+
 enum Command {
     Propose {
         entry: Box<RaftLog>,
@@ -212,6 +224,8 @@ pub struct Metastore {
     status: Arc<RwLock<Status>>,
     /// Subscribed before the node's task started, so the first watcher sees the whole replay.
     first_watch: Arc<parking_lot::Mutex<Option<broadcast::Receiver<WatchEvent>>>>,
+    reports: mpsc::Sender<LeaderReport>,
+    reports_rx: Arc<parking_lot::Mutex<Option<mpsc::Receiver<LeaderReport>>>>,
 }
 
 impl std::fmt::Debug for Metastore {
@@ -266,6 +280,7 @@ impl Metastore {
             .await?;
         let (commands, rx) = mpsc::channel(1024);
         let (events, first) = broadcast::channel(4096);
+        let (reports, reports_rx) = mpsc::channel(1024);
         let store = Metastore {
             cfg: Arc::new(cfg),
             conn: conn.clone(),
@@ -274,6 +289,8 @@ impl Metastore {
             state: Arc::new(RwLock::new(Fsm::new())),
             status: Arc::new(RwLock::new(Status::default())),
             first_watch: Arc::new(parking_lot::Mutex::new(Some(first))),
+            reports,
+            reports_rx: Arc::new(parking_lot::Mutex::new(Some(reports_rx))),
         };
         let driver = Driver {
             node,
@@ -406,6 +423,14 @@ impl Metastore {
         deadline: tokio::time::Instant,
     ) -> Result<Applied, MetaError> {
         let req = to_propagated(&entry)?;
+        self.forward_request(req, deadline).await
+    }
+
+    async fn forward_request(
+        &self,
+        req: internal::PropagatedRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<Applied, MetaError> {
         let left = deadline
             .saturating_duration_since(tokio::time::Instant::now())
             .max(Duration::from_millis(1));
@@ -438,6 +463,58 @@ impl Metastore {
                 .join_consumer_group_resp
                 .map(|j| (j.coordinator, j.epoch)),
         })
+    }
+
+    /// The reports of silent partition leaders this node receives while it leads the group.
+    /// The first call gets the receiver; later calls get `None`. Until it is taken, reports are
+    /// queued, and time out if nobody takes them.
+    pub fn take_reports(&self) -> Option<mpsc::Receiver<LeaderReport>> {
+        self.reports_rx.lock().take()
+    }
+
+    /// Reports a silent partition leader to the metadata leader (Liftbridge's `ReportLeader`),
+    /// forwarding it when this node does not lead.
+    ///
+    /// # Errors
+    /// The leader's refusal ([`MetaError::Op`]: the partition is unknown, or the leader or epoch
+    /// moved on), or [`MetaError::NoLeader`], [`MetaError::Timeout`], [`MetaError::Closed`].
+    pub async fn report_leader(&self, op: internal::ReportLeaderOp) -> Result<(), MetaError> {
+        let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
+        loop {
+            let status = self.status.read().clone();
+            if status.is_leader {
+                return self.deliver_report(op, deadline).await;
+            }
+            if status.leader.is_some() {
+                let entry = RaftLog {
+                    op: Op::ReportLeader as i32,
+                    ..Default::default()
+                };
+                let mut req = to_propagated(&entry)?;
+                req.report_leader_op = Some(op);
+                return self.forward_request(req, deadline).await.map(|_| ());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MetaError::NoLeader);
+            }
+            tokio::time::sleep(self.cfg.tick).await;
+        }
+    }
+
+    async fn deliver_report(
+        &self,
+        op: internal::ReportLeaderOp,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), MetaError> {
+        let (reply, rx) = oneshot::channel();
+        self.reports
+            .try_send(LeaderReport { op, reply })
+            .map_err(|_| MetaError::Timeout)?;
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) => r.map_err(MetaError::Op),
+            Ok(Err(_)) => Err(MetaError::Closed),
+            Err(_) => Err(MetaError::Timeout),
+        }
     }
 
     /// Stops the node's task.
@@ -516,6 +593,10 @@ fn op_error_code(e: &OpError) -> u32 {
 }
 
 fn op_error_from_code(code: u32, msg: String) -> MetaError {
+    if code == 14 {
+        // The leader could not judge it now (no handler, or it stepped down): retry later.
+        return MetaError::NoLeader;
+    }
     MetaError::Op(match code {
         3 => OpError::InvalidArgument(msg),
         5 => OpError::NotFound(msg),
@@ -541,6 +622,8 @@ fn to_propagated(e: &RaftLog) -> Result<internal::PropagatedRequest, MetaError> 
         Op::SetStreamReadonly => r.set_stream_readonly_op = e.set_stream_readonly_op.clone(),
         Op::JoinConsumerGroup => r.join_consumer_group_op = e.join_consumer_group_op.clone(),
         Op::LeaveConsumerGroup => r.leave_consumer_group_op = e.leave_consumer_group_op.clone(),
+        // The caller fills in the report.
+        Op::ReportLeader => {}
         other => return Err(MetaError::NotForwardable(other)),
     }
     Ok(r)
@@ -614,6 +697,10 @@ impl Driver {
                 }
                 Some(m) = next_or_pending(&mut self.join_sub) => self.join(m).await,
                 Some(m) = next_or_pending(&mut self.propagate_sub) => match (m.reply.clone(), payload::decode::<internal::PropagatedRequest>(&m.payload)) {
+                    (Some(reply), Ok(req)) if req.op == Op::ReportLeader as i32 => {
+                        self.forwarded_report(req, reply.to_string());
+                        continue;
+                    }
                     (Some(reply), Ok(req)) => self.propose(Box::new(from_propagated(req)), Waiter::Remote(reply.to_string())),
                     _ => continue,
                 },
@@ -624,6 +711,40 @@ impl Driver {
                 Err(_) => continue,
             }
         }
+    }
+
+    /// A report forwarded by another node: judged by the report handler, answered when it decides.
+    fn forwarded_report(&self, req: internal::PropagatedRequest, reply: String) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + store.cfg.request_timeout;
+            let result = match req.report_leader_op {
+                Some(op) => store.deliver_report(op, deadline).await,
+                None => Err(MetaError::Op(OpError::InvalidArgument(
+                    "ReportLeader without its body".into(),
+                ))),
+            };
+            let error = match result {
+                Ok(()) => None,
+                Err(MetaError::Op(e)) => Some(internal::Error {
+                    code: op_error_code(&e),
+                    msg: e.to_string(),
+                }),
+                Err(e) => Some(internal::Error {
+                    code: 14, // Unavailable
+                    msg: e.to_string(),
+                }),
+            };
+            let resp = internal::PropagatedResponse {
+                op: Op::ReportLeader as i32,
+                error,
+                join_consumer_group_resp: None,
+            };
+            let _ = store
+                .conn
+                .publish(&reply, payload::encode(&resp, false))
+                .await;
+        });
     }
 
     fn propose(&mut self, entry: Box<RaftLog>, waiter: Waiter) -> Result<Output, node::NodeError> {

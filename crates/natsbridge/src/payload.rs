@@ -117,7 +117,11 @@ mod tests {
             &mut seen,
         );
         check(
-            internal::LeaderEpochOffsetResponse { end_offset: 40 },
+            internal::LeaderEpochOffsetResponse {
+                end_offset: 40,
+                leader_epoch: 3,
+                found: true,
+            },
             &mut seen,
         );
         check(

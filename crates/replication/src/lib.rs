@@ -501,6 +501,95 @@ pub fn failover_due(witnesses: usize, isr_size: usize) -> bool {
     witnesses > isr_size.saturating_sub(1) / 2
 }
 
+/// The metadata leader's tally of followers that report a partition's leader silent (spec §4.5).
+/// Reports count toward one leader at one epoch; a report for a newer generation starts over.
+/// A tally nobody adds to for `timeout` expires, so old reports do not combine with much later
+/// ones.
+#[derive(Debug, Clone)]
+pub struct FailoverTally<K: Ord> {
+    timeout: Millis,
+    tallies: BTreeMap<K, Tally>,
+}
+
+#[derive(Debug, Clone)]
+struct Tally {
+    leader: String,
+    epoch: u64,
+    witnesses: BTreeSet<String>,
+    expires: Millis,
+}
+
+impl<K: Ord + Clone> FailoverTally<K> {
+    /// An empty tally whose entries expire `timeout` after their latest report.
+    pub fn new(timeout: Millis) -> Self {
+        FailoverTally {
+            timeout,
+            tallies: BTreeMap::new(),
+        }
+    }
+
+    /// Counts `witness`'s report that `leader` (at `epoch`) of partition `key` is silent, the
+    /// partition's ISR having `isr_size` members. Returns true when failover is due (see
+    /// [`failover_due`]); the tally is then forgotten.
+    pub fn report(
+        &mut self,
+        key: K,
+        leader: &str,
+        epoch: u64,
+        witness: &str,
+        isr_size: usize,
+        now: Millis,
+    ) -> bool {
+        self.expire(now);
+        let t = self.tallies.entry(key.clone()).or_insert_with(|| Tally {
+            leader: leader.to_owned(),
+            epoch,
+            witnesses: BTreeSet::new(),
+            expires: now,
+        });
+        if t.leader != leader || t.epoch != epoch {
+            t.leader = leader.to_owned();
+            t.epoch = epoch;
+            t.witnesses.clear();
+        }
+        t.witnesses.insert(witness.to_owned());
+        t.expires = now + self.timeout;
+        if failover_due(t.witnesses.len(), isr_size) {
+            self.tallies.remove(&key);
+            return true;
+        }
+        false
+    }
+
+    /// How many distinct witnesses count against `key`'s leader now.
+    pub fn witnesses(&self, key: &K) -> usize {
+        self.tallies.get(key).map_or(0, |t| t.witnesses.len())
+    }
+
+    /// Forgets tallies with no report for the timeout.
+    pub fn expire(&mut self, now: Millis) {
+        self.tallies.retain(|_, t| t.expires > now);
+    }
+
+    /// Forgets everything (leadership of the metadata group was lost).
+    pub fn clear(&mut self) {
+        self.tallies.clear();
+    }
+}
+
+/// The new leader after a failover: an ISR member other than the old leader, the one leading
+/// the fewest partitions (`leading`), ties broken by id. `None` when the ISR has no one else.
+pub fn pick_leader<'a>(
+    isr: impl IntoIterator<Item = &'a String>,
+    old_leader: &str,
+    leading: impl Fn(&str) -> usize,
+) -> Option<String> {
+    isr.into_iter()
+        .filter(|r| r.as_str() != old_leader)
+        .min_by(|a, b| leading(a).cmp(&leading(b)).then_with(|| a.cmp(b)))
+        .cloned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -688,6 +777,40 @@ mod tests {
             divergence(Some((1, 5)), &[(2, 0)], 9),
             Divergence::TruncateAt(0)
         );
+    }
+
+    #[test]
+    fn a_tally_counts_distinct_witnesses_of_one_generation_until_it_expires() {
+        let mut t = FailoverTally::new(100);
+        assert!(!t.report("p", "a", 5, "b", 3, 0));
+        assert!(!t.report("p", "a", 5, "b", 3, 10), "the same witness twice");
+        assert_eq!(t.witnesses(&"p"), 1);
+        // A report about a newer generation starts over.
+        assert!(!t.report("p", "c", 6, "b", 3, 20));
+        assert!(t.report("p", "c", 6, "d", 3, 30), "two of an ISR of three");
+        assert_eq!(t.witnesses(&"p"), 0, "forgotten once due");
+        assert!(!t.report("q", "a", 5, "b", 3, 40));
+        assert!(
+            !t.report("q", "a", 5, "c", 3, 200),
+            "the first report expired"
+        );
+        assert!(t.report("r", "a", 5, "b", 2, 0), "ISR of two: one report");
+        t.report("s", "a", 5, "b", 3, 0);
+        t.clear();
+        assert_eq!(t.witnesses(&"s"), 0);
+    }
+
+    #[test]
+    fn the_new_leader_is_the_least_loaded_other_isr_member() {
+        let isr = s(&["a", "b", "c", "d"]);
+        let load = |r: &str| match r {
+            "a" => 0,
+            "b" => 3,
+            "c" => 1,
+            _ => 1,
+        };
+        assert_eq!(pick_leader(&isr, "a", load), Some("c".to_string()));
+        assert_eq!(pick_leader(&s(&["a"]), "a", load), None);
     }
 
     #[test]
