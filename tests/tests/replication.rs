@@ -25,6 +25,8 @@ struct Node {
 struct Cluster {
     nats: Option<natsd::Server>,
     nodes: Vec<Node>,
+    /// Applied to every broker's configuration.
+    tweak: fn(&mut liftbridged::Config),
 }
 
 fn node_config(dir: &std::path::Path, id: &str, nats_url: &str, seed: bool) -> liftbridged::Config {
@@ -48,6 +50,10 @@ fn node_config(dir: &std::path::Path, id: &str, nats_url: &str, seed: bool) -> l
 
 impl Cluster {
     async fn start() -> Cluster {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(tweak: fn(&mut liftbridged::Config)) -> Cluster {
         let nats = natsd::Server::start(natsd::ServerConfig {
             host: "127.0.0.1".into(),
             port: 0,
@@ -58,6 +64,7 @@ impl Cluster {
         let mut c = Cluster {
             nats: Some(nats),
             nodes: Vec::new(),
+            tweak,
         };
         for id in ["a", "b", "c"] {
             let dir = tempfile::tempdir().unwrap();
@@ -83,7 +90,8 @@ impl Cluster {
     async fn start_node(&mut self, id: &str) {
         let url = self.nats_url();
         let n = self.nodes.iter_mut().find(|n| n.id == id).expect("a node");
-        let cfg = node_config(n.dir.path(), id, &url, id == "a");
+        let mut cfg = node_config(n.dir.path(), id, &url, id == "a");
+        (self.tweak)(&mut cfg);
         n.running = Some(
             liftbridged::start(cfg, quiet())
                 .await
@@ -342,5 +350,205 @@ async fn a_lost_leader_is_replaced_and_no_acked_message_is_lost() {
         .await;
     let mut c = cluster.client(&old).await;
     assert_eq!(read_from(&mut c, "events", 40).await, expected, "on {old}");
+    cluster.stop().await;
+}
+
+/// A publish with policy `policy` that must be acked within `wait`.
+async fn try_publish(
+    c: &mut ApiClient<Channel>,
+    stream: &str,
+    value: &str,
+    policy: AckPolicy,
+    wait: Duration,
+) -> Result<Ack, tonic::Status> {
+    let mut req = tonic::Request::new(PublishRequest {
+        stream: stream.into(),
+        value: value.to_owned().into(),
+        ack_policy: policy as i32,
+        expected_offset: -1,
+        ..Default::default()
+    });
+    req.set_timeout(wait);
+    c.publish(req)
+        .await
+        .map(|r| r.into_inner().ack.expect("an ack"))
+}
+
+/// The replica of the partition that does not lead it, among `p`'s ISR.
+fn a_follower(p: &PartitionMetadata) -> String {
+    p.isr
+        .iter()
+        .find(|r| **r != p.leader)
+        .expect("a follower in the ISR")
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_with_policy_all_resume_once_a_dead_follower_leaves_the_isr() {
+    let mut cluster = Cluster::start().await;
+    let mut a = cluster.client("a").await;
+    a.create_stream(create("shrink", 3)).await.unwrap();
+    let p = cluster
+        .partition_until("shrink", "three in-sync replicas", |p| p.isr.len() == 3)
+        .await;
+    let mut leader = cluster.client(&p.leader).await;
+    publish_all(&mut leader, "shrink", &values("x", 5)).await;
+    let gone = a_follower(&p);
+    cluster.stop_node(&gone).await;
+    // Committed once the ISR no longer waits for the stopped follower.
+    let offsets = publish_all(&mut leader, "shrink", &values("y", 5)).await;
+    assert_eq!(offsets, (5..10).collect::<Vec<i64>>());
+    let p = cluster
+        .partition_until("shrink", "two in-sync replicas", |p| p.isr.len() == 2)
+        .await;
+    assert!(!p.isr.contains(&gone));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_leader_acks_at_once_while_policy_all_waits_for_a_dead_follower() {
+    // A follower stays in the ISR for a minute after it stops.
+    let mut cluster = Cluster::start_with(|c| {
+        c.broker.replica.max_lag_time = Duration::from_secs(60);
+        c.broker.replica.max_leader_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut a = cluster.client("a").await;
+    a.create_stream(create("dead", 3)).await.unwrap();
+    let p = cluster
+        .partition_until("dead", "three in-sync replicas", |p| p.isr.len() == 3)
+        .await;
+    let mut leader = cluster.client(&p.leader).await;
+    cluster.stop_node(&a_follower(&p)).await;
+    let ack = try_publish(
+        &mut leader,
+        "dead",
+        "leader",
+        AckPolicy::Leader,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("a LEADER ack despite the dead follower");
+    assert_eq!(ack.offset, 0);
+    let err = try_publish(
+        &mut leader,
+        "dead",
+        "all",
+        AckPolicy::All,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap_err();
+    // Not acked: the server's deadline or the client's own ends the wait.
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    // Neither message is committed: the high watermark waits for the follower.
+    assert_eq!(
+        partition_md(&mut leader, "dead", 0).await.high_watermark,
+        -1
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_follower_is_woken_by_new_data() {
+    // Without the leader's notification, a follower would wait a minute between fetches.
+    let cluster = Cluster::start_with(|c| {
+        c.broker.replica.max_idle_wait = Duration::from_secs(60);
+        c.broker.replica.max_leader_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let mut a = cluster.client("a").await;
+    a.create_stream(create("quiet", 2)).await.unwrap();
+    let p = cluster
+        .partition_until("quiet", "two in-sync replicas", |p| p.isr.len() == 2)
+        .await;
+    let mut leader = cluster.client(&p.leader).await;
+    // Let the follower find nothing and go idle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish(&mut leader, "quiet", "wake up").await;
+    let mut follower = cluster.client(&a_follower(&p)).await;
+    assert_eq!(
+        read_from(&mut follower, "quiet", 1).await,
+        vec![(0, "wake up".to_string())]
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_min_isr_nothing_commits_until_the_follower_returns() {
+    let mut cluster = Cluster::start_with(|c| c.broker.min_insync_replicas = 2).await;
+    let mut a = cluster.client("a").await;
+    a.create_stream(create("strict", 2)).await.unwrap();
+    let p = cluster
+        .partition_until("strict", "two in-sync replicas", |p| p.isr.len() == 2)
+        .await;
+    let leader_id = p.leader.clone();
+    let follower_id = a_follower(&p);
+    let mut leader = cluster.client(&leader_id).await;
+    publish_all(&mut leader, "strict", &values("c", 3)).await;
+    cluster.stop_node(&follower_id).await;
+    cluster
+        .partition_until("strict", "the follower out of the ISR", |p| {
+            p.isr.len() == 1
+        })
+        .await;
+    // Appended and acked by the leader, but not committed with one in-sync replica.
+    for v in values("u", 3) {
+        try_publish(
+            &mut leader,
+            "strict",
+            &v,
+            AckPolicy::Leader,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("a LEADER ack");
+    }
+    assert_eq!(
+        partition_md(&mut leader, "strict", 0).await.high_watermark,
+        2
+    );
+    // The leader restarts, then the follower returns: everything commits.
+    cluster.stop_node(&leader_id).await;
+    cluster.start_node(&leader_id).await;
+    cluster.start_node(&follower_id).await;
+    cluster
+        .partition_until("strict", "both replicas in the ISR", |p| p.isr.len() == 2)
+        .await;
+    let mut leader = cluster.client(&leader_id).await;
+    let all: Vec<String> = values("c", 3).into_iter().chain(values("u", 3)).collect();
+    let expected: Vec<(i64, String)> = (0..6).zip(all).collect();
+    assert_eq!(read_from(&mut leader, "strict", 6).await, expected);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_that_restart_and_take_over_at_once_keep_acked_messages() {
+    let mut cluster = Cluster::start().await;
+    let mut a = cluster.client("a").await;
+    a.create_stream(create("fast", 3)).await.unwrap();
+    let p = cluster
+        .partition_until("fast", "three in-sync replicas", |p| p.isr.len() == 3)
+        .await;
+    let mut leader = cluster.client(&p.leader).await;
+    publish_all(&mut leader, "fast", &values("k", 2)).await;
+    // Both followers restart, then the leader goes away at once.
+    for f in p.isr.iter().filter(|r| **r != p.leader) {
+        cluster.stop_node(f).await;
+        cluster.start_node(f).await;
+    }
+    let old = p.leader.clone();
+    cluster.stop_node(&old).await;
+    let p = cluster
+        .partition_until("fast", "a new leader", |p| {
+            !p.leader.is_empty() && p.leader != old
+        })
+        .await;
+    let mut leader = cluster.client(&p.leader).await;
+    let expected: Vec<(i64, String)> = (0..2).zip(values("k", 2)).collect();
+    assert_eq!(read_from(&mut leader, "fast", 2).await, expected);
     cluster.stop().await;
 }

@@ -249,6 +249,7 @@ impl Partition {
         if let Some(hw) = advanced {
             let due = self.advance_hw(ctx, hw);
             send_acks(ctx, due).await;
+            crate::replica::notify_followers(self, ctx, None).await;
         }
     }
 
@@ -593,7 +594,7 @@ async fn ingest(
             }
         };
         send_acks(&ctx, acks).await;
-        crate::replica::notify_followers(&p, &ctx).await;
+        crate::replica::notify_followers(&p, &ctx, None).await;
     }
     slog::debug!(ctx.logger, "ingest stopped"; "stream" => &p.stream, "partition" => p.id);
     let _ = sub.unsubscribe().await;

@@ -96,6 +96,8 @@ async fn answer_fetch(p: &Arc<Partition>, ctx: &Ctx, m: natsbridge::Message) {
     if let Some(hw) = advanced {
         let due = p.advance_hw(ctx, hw);
         send_acks(ctx, due).await;
+        // Idle followers learn the new high watermark now rather than after their idle wait.
+        notify_followers(p, ctx, Some(&req.replica_id)).await;
     }
     let FetchReply::Serve { from, .. } = answer else {
         p.waiting.lock().remove(&req.replica_id);
@@ -152,14 +154,22 @@ async fn answer_epoch_question(p: &Partition, ctx: &Ctx, m: natsbridge::Message)
         .await;
 }
 
-/// Leader: wakes followers waiting for data. Called after appends.
-pub(crate) async fn notify_followers(p: &Partition, ctx: &Ctx) {
+/// Leader: wakes followers waiting for data (after appends) or for a new high watermark, except
+/// `except`.
+pub(crate) async fn notify_followers(p: &Partition, ctx: &Ctx, except: Option<&str>) {
     let waiting: Vec<String> = {
         let mut w = p.waiting.lock();
         if w.is_empty() {
             return;
         }
-        std::mem::take(&mut *w).into_iter().collect()
+        let kept = except.filter(|e| w.contains(*e)).map(str::to_owned);
+        let all = std::mem::take(&mut *w);
+        if let Some(k) = kept {
+            w.insert(k);
+        }
+        all.into_iter()
+            .filter(|f| Some(f.as_str()) != except)
+            .collect()
     };
     let note = internal::PartitionNotification {
         stream: p.stream.clone(),
