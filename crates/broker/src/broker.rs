@@ -38,7 +38,7 @@ pub const CURSORS_STREAM: &str = "__cursors";
 
 type Key = (String, i32);
 
-/// The survey's brokers: when taken, for which Raft members, and the list.
+/// The survey's brokers: until when they may be reused, for which Raft members, and the list.
 type BrokerList = (Instant, Vec<u64>, Vec<api::Broker>);
 
 /// A running broker. Cheap to clone.
@@ -669,9 +669,9 @@ impl Broker {
             .copied()
             .collect();
         members.sort_unstable();
-        if let Some((at, m, list)) = &*self.inner.brokers_cache.lock()
+        if let Some((until, m, list)) = &*self.inner.brokers_cache.lock()
             && *m == members
-            && at.elapsed() < self.inner.cfg.metadata_cache_max_age
+            && Instant::now() < *until
         {
             return self.with_load(list.clone());
         }
@@ -724,7 +724,17 @@ impl Broker {
             }
         }
         found.sort_by(|a, b| a.id.cmp(&b.id));
-        *self.inner.brokers_cache.lock() = Some((Instant::now(), members, found.clone()));
+        // A survey some member missed (it is starting, or down) is kept only briefly, so the
+        // member shows up as soon as it answers.
+        let age = if found.len() >= members.len() {
+            self.inner.cfg.metadata_cache_max_age
+        } else {
+            self.inner
+                .cfg
+                .metadata_cache_max_age
+                .min(Duration::from_secs(1))
+        };
+        *self.inner.brokers_cache.lock() = Some((Instant::now() + age, members, found.clone()));
         self.with_load(found)
     }
 
