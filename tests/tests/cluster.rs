@@ -1,7 +1,7 @@
 //! Two brokers in one cluster: the second joins the first's metadata group over the first's
 //! embedded NATS. Metadata lists both, and calls that need the partition leader refuse on the
-//! other broker with Liftbridge's codes (replication itself is not wired in yet, so streams
-//! here have one replica).
+//! other broker with Liftbridge's codes. Streams here have one replica; `replication.rs` covers
+//! replicated ones.
 
 mod common;
 

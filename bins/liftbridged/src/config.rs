@@ -783,6 +783,29 @@ mod tests {
     }
 
     #[test]
+    fn replica_timings_are_read_and_must_be_positive() {
+        let c = from_yaml(
+            "clustering:\n  replica.max.lag.time: 2s\n  replica.max.leader.timeout: 3s\n  replica.max.idle.wait: 250ms\n  replica.fetch.timeout: 1s\n",
+            &Flags::default(),
+        )
+        .unwrap();
+        let r = c.broker.replica;
+        assert_eq!(r.max_lag_time, Duration::from_secs(2));
+        assert_eq!(r.max_leader_timeout, Duration::from_secs(3));
+        assert_eq!(r.max_idle_wait, Duration::from_millis(250));
+        assert_eq!(r.fetch_timeout, Duration::from_secs(1));
+        let d = from_yaml("{}", &Flags::default()).unwrap().broker.replica;
+        assert_eq!(d, broker::ReplicaConfig::default());
+        assert_eq!(d.max_lag_time, Duration::from_secs(15));
+        let err =
+            from_yaml("clustering.replica.fetch.timeout: 0\n", &Flags::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("clustering.replica.fetch.timeout"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn defaults_are_embedded_nats_and_a_seed() {
         let c = from_yaml("{}", &Flags::default()).unwrap();
         assert_eq!(c.embedded_nats.as_ref().map(|e| e.port), Some(4222));

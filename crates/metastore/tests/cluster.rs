@@ -268,3 +268,64 @@ async fn a_static_peer_list_forms_a_group_and_extras_join_as_learners() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_reports_reach_the_leaders_handler_and_its_verdict_comes_back() {
+    let (server, nats) = common::nats().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&nats, dir.path(), "a", Bootstrap::Seed).await;
+    until("the seed to lead", || a.is_leader()).await;
+    let b = node(&nats, dir.path(), "b", Bootstrap::Join).await;
+    until("b to know the leader", || b.leader() == Some(raft_id("a"))).await;
+    let mut reports = a.take_reports().expect("the first call takes the receiver");
+    assert!(a.take_reports().is_none(), "only once");
+    // The handler accepts reports from "b" and refuses the rest.
+    let handler = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(r) = reports.recv().await {
+            let verdict = if r.op.replica == "b" {
+                Ok(())
+            } else {
+                Err(OpError::FailedPrecondition(
+                    "Leader generation mismatch".into(),
+                ))
+            };
+            seen.push((r.op.stream.clone(), r.op.replica.clone()));
+            let _ = r.reply.send(verdict);
+            if seen.len() == 3 {
+                break;
+            }
+        }
+        seen
+    });
+    let report = |replica: &str| liftbridge_proto::internal::ReportLeaderOp {
+        stream: "s".into(),
+        partition: 0,
+        replica: replica.into(),
+        leader: "a".into(),
+        leader_epoch: 4,
+    };
+    // Forwarded from a follower, and made on the leader itself.
+    b.report_leader(report("b")).await.unwrap();
+    match b.report_leader(report("x")).await {
+        Err(MetaError::Op(OpError::FailedPrecondition(m))) => {
+            assert!(m.contains("mismatch"), "{m}")
+        }
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    a.report_leader(report("b")).await.unwrap();
+    let seen = handler.await.unwrap();
+    assert_eq!(
+        seen,
+        vec![
+            ("s".to_string(), "b".to_string()),
+            ("s".to_string(), "x".to_string()),
+            ("s".to_string(), "b".to_string())
+        ]
+    );
+    // Reports are never logged: the metadata holds nothing new.
+    assert!(a.with_state(|f| f.streams().is_empty()));
+    b.shutdown().await;
+    a.shutdown().await;
+    server.shutdown().await;
+}
