@@ -21,6 +21,9 @@
 //!
 //! # Invariants
 //! - The HW never decreases, and never passes an offset that some ISR member lacks.
+//! - Epochs only grow: a leader leads under an epoch newer than any before it, a follower
+//!   accepts only its leader's epoch, and a log records an epoch only if it is newer than every
+//!   epoch it holds.
 //! - Nothing commits while the ISR is smaller than min ISR.
 //! - A leader serves only followers of its own epoch; a follower accepts data only from the
 //!   leader and epoch it follows.
