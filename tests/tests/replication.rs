@@ -552,3 +552,88 @@ async fn followers_that_restart_and_take_over_at_once_keep_acked_messages() {
     assert_eq!(read_from(&mut leader, "fast", 2).await, expected);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_move_to_the_new_leader_after_a_failover() {
+    use liftbridge_client as lc;
+    let mut cluster = Cluster::start().await;
+    let mut a = cluster.client("a").await;
+    a.create_stream(create("moving", 3)).await.unwrap();
+    let p = cluster
+        .partition_until("moving", "three in-sync replicas", |p| p.isr.len() == 3)
+        .await;
+    let addrs: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|id| {
+            cluster
+                .node(id)
+                .running
+                .as_ref()
+                .unwrap()
+                .grpc_addr()
+                .to_string()
+        })
+        .collect();
+    let client = lc::Client::builder(addrs.iter().map(String::as_str))
+        .resubscribe_wait(Duration::from_secs(60))
+        .connect()
+        .await
+        .unwrap();
+    let mut from_leader = client
+        .subscribe(
+            "moving",
+            lc::SubscribeOptions::default().start(lc::StartAt::Earliest),
+        )
+        .await
+        .unwrap();
+    // A raw subscription on a follower, to see the error the client hides.
+    let follower = a_follower(&p);
+    let mut f = cluster.client(&follower).await;
+    let mut req = sub("moving", StartPosition::Earliest);
+    req.read_isr_replica = true;
+    let mut on_follower = subscribe(&mut f, req).await.unwrap();
+
+    let mut leader = cluster.client(&p.leader).await;
+    publish_all(&mut leader, "moving", &values("one", 3)).await;
+    for i in 0..3 {
+        let m = next(&mut on_follower).await.unwrap();
+        assert_eq!(m.offset, i);
+        let m = tokio::time::timeout(Duration::from_secs(10), from_leader.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (m.offset, m.value.as_ref()),
+            (i, format!("one-{i}").as_bytes())
+        );
+    }
+
+    let old = p.leader.clone();
+    cluster.stop_node(&old).await;
+    let p = cluster
+        .partition_until("moving", "a new leader", |p| {
+            !p.leader.is_empty() && p.leader != old
+        })
+        .await;
+    // The follower's partition runs again under the new leader: its subscribers are told to
+    // subscribe again, with a code clients retry on.
+    let err = next(&mut on_follower).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let mut leader = cluster.client(&p.leader).await;
+    publish_all(&mut leader, "moving", &values("two", 3)).await;
+    // The client's subscription found the new leader and goes on from where it was.
+    for i in 0..3 {
+        let m = tokio::time::timeout(Duration::from_secs(30), from_leader.next())
+            .await
+            .expect("the subscription resumed in time")
+            .expect("it did not end")
+            .expect("a message");
+        assert_eq!(
+            (m.offset, m.value.as_ref()),
+            (3 + i, format!("two-{i}").as_bytes())
+        );
+    }
+    client.close();
+    cluster.stop().await;
+}

@@ -301,18 +301,27 @@ impl Broker {
         Ok(forward_stream(self.clone(), p, reader, stop, guard))
     }
 
-    /// Why a subscription's log went away: deleted, paused, or closed.
+    /// Why a subscription's log went away: deleted, paused, its leader changed, or closed.
     fn closed_reason(&self, p: &Partition) -> BrokerError {
         if self.is_shutting_down() {
             return BrokerError::Unavailable("the server is shutting down".into());
         }
-        let state = self
-            .metadata()
-            .with_state(|f| f.partition(&p.stream, p.id).map(|m| m.paused));
+        let state = self.metadata().with_state(|f| {
+            f.partition(&p.stream, p.id)
+                .map(|m| (m.paused, m.leader.clone(), m.leader_epoch))
+        });
         match state {
             None => BrokerError::NotFound("Stream deleted".into()),
-            Some(true) => BrokerError::FailedPrecondition("Partition paused".into()),
-            Some(false) => BrokerError::Internal("Partition closed".into()),
+            Some((true, _, _)) => BrokerError::FailedPrecondition("Partition paused".into()),
+            // A new leader or epoch: the partition runs again under it; clients resubscribe.
+            Some((false, leader, epoch))
+                if leader != p.role.leader_id || epoch != p.role.leader_epoch =>
+            {
+                BrokerError::Unavailable(format!(
+                    "the partition's leader changed (now {leader}); subscribe again"
+                ))
+            }
+            Some(_) => BrokerError::Internal("Partition closed".into()),
         }
     }
 
