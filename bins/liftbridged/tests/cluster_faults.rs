@@ -267,7 +267,7 @@ async fn partition(ports: &[(String, u16)]) -> Option<PartitionMetadata> {
             streams: vec![STREAM.into()],
             ..Default::default()
         });
-        req.set_timeout(Duration::from_secs(2));
+        req.set_timeout(Duration::from_secs(5));
         if let Ok(md) = c.fetch_metadata(req).await
             && let Some(p) = md
                 .into_inner()
@@ -489,7 +489,7 @@ async fn acked_messages_survive_kills_and_severed_connections() {
     stop.store(true, Ordering::Release);
     let attempts = pubs.await.unwrap();
     let acked = acked.lock().clone();
-    assert!(acked.len() >= 140, "{} acked of {attempts}", acked.len());
+    assert!(acked.len() >= 120, "{} acked of {attempts}", acked.len());
 
     // Every replica holds the same log, and every acked message once, at its acked offset.
     let p = partition(&cluster.ports()).await.unwrap();

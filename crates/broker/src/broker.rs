@@ -702,7 +702,10 @@ impl Broker {
                         payload::encode(&req, false),
                     )
                     .await;
-                let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(3));
+                // Answers take a NATS round trip; a member that has not answered in a second is
+                // down or starting, and the caller's own deadline must leave room for the reply.
+                let wait = (timeout / 2).min(Duration::from_secs(1));
+                let deadline = tokio::time::Instant::now() + wait;
                 while found.len() <= others {
                     match tokio::time::timeout_at(deadline, sub.next()).await {
                         Ok(Some(m)) => {
@@ -724,15 +727,15 @@ impl Broker {
             }
         }
         found.sort_by(|a, b| a.id.cmp(&b.id));
-        // A survey some member missed (it is starting, or down) is kept only briefly, so the
-        // member shows up as soon as it answers.
+        // A survey some member missed (it is starting, or down) is kept only a few seconds, so
+        // the member shows up soon after it answers.
         let age = if found.len() >= members.len() {
             self.inner.cfg.metadata_cache_max_age
         } else {
             self.inner
                 .cfg
                 .metadata_cache_max_age
-                .min(Duration::from_secs(1))
+                .min(Duration::from_secs(5))
         };
         *self.inner.brokers_cache.lock() = Some((Instant::now() + age, members, found.clone()));
         self.with_load(found)

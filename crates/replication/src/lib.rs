@@ -371,7 +371,8 @@ pub struct Follower {
     settings: Settings,
     phase: Phase,
     last_contact: Millis,
-    reported: bool,
+    /// When the silent leader was last reported.
+    reported: Option<Millis>,
 }
 
 impl Follower {
@@ -390,7 +391,7 @@ impl Follower {
             settings,
             phase: Phase::Truncating,
             last_contact: now,
-            reported: false,
+            reported: None,
         };
         (
             f,
@@ -449,7 +450,7 @@ impl Follower {
             return Vec::new();
         }
         self.last_contact = now;
-        self.reported = false;
+        self.reported = None;
         let mut out = vec![FollowerAction::SetHw(hw)];
         if had_records {
             out.push(FollowerAction::Fetch);
@@ -481,7 +482,8 @@ impl Follower {
         }
     }
 
-    /// Time passed: fetch after an idle wait, report a silent leader once.
+    /// Time passed: fetch after an idle wait; report a silent leader, again after each further
+    /// timeout of silence.
     pub fn on_tick(&mut self, now: Millis) -> Vec<FollowerAction> {
         let mut out = Vec::new();
         if let Phase::Idle { until } = self.phase
@@ -490,8 +492,15 @@ impl Follower {
             self.phase = Phase::Fetching;
             out.push(FollowerAction::Fetch);
         }
-        if !self.reported && now.saturating_sub(self.last_contact) > self.settings.leader_timeout {
-            self.reported = true;
+        // Reported again after each further timeout of silence: a report can be lost (the
+        // metadata group may be electing a leader itself), and the tally forgets old ones.
+        let timeout = self.settings.leader_timeout;
+        let silent = now.saturating_sub(self.last_contact) > timeout;
+        let due = self
+            .reported
+            .is_none_or(|at| now.saturating_sub(at) > timeout);
+        if silent && due {
+            self.reported = Some(now);
             out.push(FollowerAction::ReportLeader);
         }
         out
@@ -747,7 +756,12 @@ mod tests {
         );
         assert_eq!(f.on_notify(), vec![FollowerAction::Fetch]);
         assert_eq!(f.on_tick(200), vec![FollowerAction::ReportLeader]);
-        assert!(f.on_tick(300).is_empty(), "reported once");
+        assert!(f.on_tick(300).is_empty(), "not again within the timeout");
+        assert_eq!(
+            f.on_tick(301),
+            vec![FollowerAction::ReportLeader],
+            "again after another timeout of silence"
+        );
     }
 
     #[test]
