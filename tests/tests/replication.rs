@@ -299,6 +299,27 @@ async fn a_follower_read_needs_an_in_sync_replica() {
         (err.code(), err.message()),
         (Code::FailedPrecondition, "Server not partition leader")
     );
+
+    // Placement by load: two more such streams spread replicas and leaders evenly.
+    a.create_stream(create("pair2", 2)).await.unwrap();
+    a.create_stream(create("pair3", 2)).await.unwrap();
+    let md = a
+        .fetch_metadata(FetchMetadataRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut leaders = Vec::new();
+    let mut held: std::collections::BTreeMap<String, usize> = Default::default();
+    for s in &md.stream_metadata {
+        let p = &s.partitions[&0];
+        leaders.push(p.leader.clone());
+        for r in &p.replicas {
+            *held.entry(r.clone()).or_default() += 1;
+        }
+    }
+    leaders.sort();
+    assert_eq!(leaders, vec!["a", "b", "c"], "one leader each");
+    assert_eq!(held.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
     cluster.stop().await;
 }
 
