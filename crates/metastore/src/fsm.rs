@@ -477,6 +477,12 @@ impl Fsm {
                 "{replica} is not a replica of the partition"
             )));
         }
+        if !add && replica == p.leader {
+            // The leader always holds what it commits; without it the ISR could elect no one.
+            return Applied::err(OpError::FailedPrecondition(format!(
+                "{replica} leads the partition and cannot leave its ISR"
+            )));
+        }
         let present = p.isr.iter().any(|r| r == replica);
         match (add, present) {
             (true, false) => p.isr.push(replica.to_owned()),

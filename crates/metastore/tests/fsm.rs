@@ -170,15 +170,20 @@ fn isr_changes_check_the_leader_generation_and_set_the_epoch() {
         f.apply(&shrink("s", 7, "c", "a", 1), 5).result,
         Err(OpError::NotFound(_))
     ));
-    assert_eq!(f.apply(&shrink("s", 0, "c", "a", 1), 6).result, Ok(()));
+    // The leader never leaves the ISR.
+    assert!(matches!(
+        f.apply(&shrink("s", 0, "a", "a", 1), 6).result,
+        Err(OpError::FailedPrecondition(ref m)) if m.contains("leads the partition")
+    ));
+    assert_eq!(f.apply(&shrink("s", 0, "c", "a", 1), 7).result, Ok(()));
     let p = f.partition("s", 0).unwrap();
     assert_eq!(
         (p.isr.clone(), p.leader_epoch, p.epoch),
-        (vec!["a".to_string(), "b".to_string()], 1, 6)
+        (vec!["a".to_string(), "b".to_string()], 1, 7)
     );
-    assert_eq!(f.apply(&expand("s", 0, "c", "a", 1), 7).result, Ok(()));
+    assert_eq!(f.apply(&expand("s", 0, "c", "a", 1), 8).result, Ok(()));
     assert_eq!(f.partition("s", 0).unwrap().isr.len(), 3);
-    assert_eq!(f.partition("s", 0).unwrap().epoch, 7);
+    assert_eq!(f.partition("s", 0).unwrap().epoch, 8);
 }
 
 #[test]
