@@ -4,7 +4,9 @@
 //! (`metastore`), and keeps one commit log (`commitlog`) per partition it holds. While it leads
 //! a partition, it records the partition's NATS subject: every message published there, by a
 //! Liftbridge client (an envelope with key, headers and ack details) or by any NATS client (a
-//! plain payload), is appended, and acks go to the publisher's inbox by its ack policy.
+//! plain payload), is appended, and acks go to the publisher's inbox by its ack policy. While
+//! it follows, it copies the leader's log over NATS; the leader commits once every in-sync
+//! replica holds a message, and a silent leader is replaced by an in-sync follower.
 //!
 //! Each RPC of the API has an operation here ([`Broker::create_stream`],
 //! [`Broker::subscribe`], [`Broker::publish`], ...) that returns a [`BrokerError`] in the words
