@@ -5,10 +5,11 @@
 //! again once it can; at the end every acked message is present exactly once, at its acked
 //! offset, in the same order on every replica.
 
+mod common;
+
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,34 +22,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
+use common::{Proc, free_port, nats_server, wait_port};
+
 const BIN: &str = env!("CARGO_BIN_EXE_liftbridged");
 const STREAM: &str = "faults";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A child process killed when dropped, so a failed test leaves nothing running.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A TCP proxy from a local port to NATS. Severing it drops every connection and refuses new
 /// ones until it is healed.
@@ -186,17 +163,7 @@ impl Cluster {
     async fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let nats_port = free_port();
-        let nats = Proc(
-            Command::new("nats-server")
-                .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect(
-                    "the reference `nats-server` must be installed (apt-get install -y nats-server)",
-                ),
-        );
-        wait_port(nats_port);
+        let nats = nats_server(nats_port);
         let mut brokers = Vec::new();
         for id in ["a", "b", "c"] {
             let proxy = Proxy::start(nats_port).await;

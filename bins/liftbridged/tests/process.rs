@@ -1,39 +1,16 @@
 //! The `liftbridged` binary as operators run it: flags, a YAML file, an external `nats-server`,
 //! and signals.
 
+mod common;
+
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Proc, free_port, nats_server, wait_port};
+
 const BIN: &str = env!("CARGO_BIN_EXE_liftbridged");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed when dropped, so a failed test leaves nothing running.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn liftbridged(args: &[&str], dir: &Path) -> Proc {
     liftbridged_env(args, dir, &[])
@@ -145,17 +122,7 @@ fn an_unknown_key_stops_the_start_and_is_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_nats_server() {
     let nats_port = free_port();
-    let nats = Proc(
-        Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "the reference `nats-server` must be installed (apt-get install -y nats-server)",
-            ),
-    );
-    wait_port(nats_port);
+    let nats = nats_server(nats_port);
     let dir = tempfile::tempdir().unwrap();
     let grpc = free_port();
     let url = format!("nats://127.0.0.1:{nats_port}");
