@@ -235,12 +235,20 @@ impl Partition {
 
     /// Takes a new ISR from the metadata. A leader commits with it at once.
     pub(crate) async fn update_isr(&self, ctx: &Ctx, isr: &[String]) {
-        {
+        let before = {
             let mut seen = self.isr.lock();
             if seen.as_slice() == isr {
                 return;
             }
-            *seen = isr.to_vec();
+            std::mem::replace(&mut *seen, isr.to_vec()).len()
+        };
+        let min = self.settings.min_isr.max(1) as usize;
+        if self.role.leader && isr.len() < min && before >= min {
+            warn!(ctx.logger, "partition below min ISR: nothing commits until followers catch up";
+                "stream" => &self.stream, "partition" => self.id, "isr" => ?isr, "min_isr" => min);
+        } else if self.role.leader && isr.len() >= min && before < min {
+            info!(ctx.logger, "partition back at min ISR"; "stream" => &self.stream,
+                "partition" => self.id, "isr" => ?isr);
         }
         let advanced = match self.commit.lock().as_mut() {
             Some(l) => l.on_isr(isr.iter().cloned()),

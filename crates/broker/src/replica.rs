@@ -313,14 +313,17 @@ pub(crate) async fn follow(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Re
                 let req = internal::LeaderEpochOffsetRequest {
                     leader_epoch: asked.unwrap_or(0),
                 };
-                let answer = ctx
-                    .repl_conn
-                    .request(&offset_subject, payload::encode(&req, false), fetch_timeout)
-                    .await
-                    .ok()
-                    .and_then(|m| {
-                        payload::decode::<internal::LeaderEpochOffsetResponse>(&m.payload).ok()
-                    });
+                let asked = ctx.repl_conn.request(
+                    &offset_subject,
+                    payload::encode(&req, false),
+                    fetch_timeout,
+                );
+                let Some(answer) = unless_stopped(&mut stop, asked).await else {
+                    break;
+                };
+                let answer = answer.ok().and_then(|m| {
+                    payload::decode::<internal::LeaderEpochOffsetResponse>(&m.payload).ok()
+                });
                 match answer {
                     Some(r) => {
                         let answer = r.found.then_some((r.leader_epoch, r.end_offset + 1));
@@ -363,10 +366,12 @@ pub(crate) async fn follow(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Re
                     offset: p.log.newest_offset(),
                     leader_epoch: epoch,
                 };
-                let sent = ctx
-                    .repl_conn
-                    .request(&replicate, payload::encode(&req, false), fetch_timeout)
-                    .await;
+                let asked =
+                    ctx.repl_conn
+                        .request(&replicate, payload::encode(&req, false), fetch_timeout);
+                let Some(sent) = unless_stopped(&mut stop, asked).await else {
+                    break;
+                };
                 let resp = sent
                     .ok()
                     .and_then(|m| envelope::decode_replication_response(&m.payload).ok())
@@ -435,6 +440,18 @@ pub(crate) async fn follow(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Re
         }
     }
     debug!(ctx.logger, "stopped following"; "stream" => &p.stream, "partition" => p.id);
+}
+
+/// Awaits `f` unless `stop` comes first (then `None`), so a partition stops without waiting
+/// out a request to a leader that does not answer.
+async fn unless_stopped<T>(
+    stop: &mut watch::Receiver<bool>,
+    f: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        v = f => Some(v),
+        _ = stop.changed() => None,
+    }
 }
 
 /// Sleeps `d` unless `stop` comes first; returns whether to stop.
