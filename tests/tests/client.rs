@@ -463,3 +463,42 @@ async fn a_subscription_survives_a_broker_restart() {
     );
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_publish_whose_ack_never_comes_times_out() {
+    // With min ISR 2 on a single broker nothing commits, so ALL acks never come.
+    let srv = TestServer::start_with(|c| c.broker.min_insync_replicas = 2).await;
+    let client = connect(&srv).await;
+    client
+        .create_stream("stuck", "stuck", StreamOptions::default())
+        .await
+        .unwrap();
+    let all = client
+        .publish_async(
+            "stuck",
+            "waits",
+            PublishOptions::default()
+                .ack_policy(AckPolicy::All)
+                .ack_wait(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+    let leader = client
+        .publish_async(
+            "stuck",
+            "acked",
+            PublishOptions::default().ack_policy(AckPolicy::Leader),
+        )
+        .await
+        .unwrap();
+    assert_eq!(leader.await.unwrap().unwrap().offset, 1);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), all)
+        .await
+        .expect("the pending ack gives up by itself");
+    match outcome {
+        Err(Error::Timeout(d)) => assert_eq!(d, Duration::from_millis(300)),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    client.close();
+    srv.stop().await;
+}

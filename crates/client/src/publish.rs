@@ -32,7 +32,9 @@ pub(crate) struct AsyncSession {
 #[must_use = "an ack future does nothing unless awaited"]
 pub struct PendingAck {
     rx: Option<oneshot::Receiver<Result<Option<Ack>>>>,
-    timeout: Pin<Box<tokio::time::Sleep>>,
+    /// When the wait ends; the timer is armed only if the ack is not in at the first poll.
+    deadline: tokio::time::Instant,
+    timeout: Option<Pin<Box<tokio::time::Sleep>>>,
     wait: Duration,
     cleanup: Option<(Waiters, String)>,
 }
@@ -54,7 +56,11 @@ impl Future for PendingAck {
             self.cleanup = None;
             return Poll::Ready(r.unwrap_or(Err(Error::Closed)));
         }
-        if self.timeout.as_mut().poll(cx).is_ready() {
+        let deadline = self.deadline;
+        let timeout = self
+            .timeout
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timeout.as_mut().poll(cx).is_ready() {
             if let Some((w, id)) = self.cleanup.take() {
                 w.lock().remove(&id);
             }
@@ -266,6 +272,8 @@ impl Client {
         };
         let none = opts.ack_policy == AckPolicy::None;
         let id = req.correlation_id.clone();
+        let deadline = tokio::time::Instant::now() + opts.ack_wait;
+        let mut req = Some(req);
         for _ in 0..2 {
             let (tx, waiters) = self.session(&addr).await?;
             let rx = if none {
@@ -275,13 +283,18 @@ impl Client {
                 waiters.lock().insert(id.clone(), ack_tx);
                 Some(ack_rx)
             };
-            if tx.send(req.clone()).await.is_ok() {
-                return Ok(PendingAck {
-                    rx,
-                    timeout: Box::pin(tokio::time::sleep(opts.ack_wait)),
-                    wait: opts.ack_wait,
-                    cleanup: (!none).then(|| (waiters.clone(), id.clone())),
-                });
+            match tx.send(req.take().expect("kept for a retry")).await {
+                Ok(()) => {
+                    return Ok(PendingAck {
+                        rx,
+                        deadline,
+                        timeout: None,
+                        wait: opts.ack_wait,
+                        cleanup: (!none).then(|| (waiters.clone(), id.clone())),
+                    });
+                }
+                // Sending hands the request back when the session is gone.
+                Err(mpsc::error::SendError(back)) => req = Some(back),
             }
             // The session died under us: forget it and open a new one.
             waiters.lock().remove(&id);
