@@ -404,6 +404,19 @@ impl Partition {
     }
 }
 
+/// Runs a write to a log: here under the OS sync policy (a copy to the page cache, quick
+/// enough), else on the blocking pool, since it waits for the disk. `None` if that task failed.
+pub(crate) async fn write_log<T: Send + 'static>(
+    sync: commitlog::SyncPolicy,
+    write: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    if sync == commitlog::SyncPolicy::Os {
+        Some(write())
+    } else {
+        tokio::task::spawn_blocking(write).await.ok()
+    }
+}
+
 /// Publishes acks to their inboxes, in order.
 pub(crate) async fn send_acks(ctx: &Ctx, acks: Vec<api::Ack>) {
     for ack in acks {
@@ -590,16 +603,9 @@ async fn ingest(
                 None => break,
             }
         }
-        let acks = if ctx.cfg.sync == commitlog::SyncPolicy::Os {
-            // A write to the page cache: quick enough to make here.
-            p.write_batch(&ctx, batch)
-        } else {
-            // Appends wait for the disk; keep them off the async workers.
-            let (p2, ctx2) = (p.clone(), ctx.clone());
-            match tokio::task::spawn_blocking(move || p2.write_batch(&ctx2, batch)).await {
-                Ok(acks) => acks,
-                Err(_) => break,
-            }
+        let (p2, ctx2) = (p.clone(), ctx.clone());
+        let Some(acks) = write_log(ctx.cfg.sync, move || p2.write_batch(&ctx2, batch)).await else {
+            break;
         };
         send_acks(&ctx, acks).await;
         crate::replica::notify_followers(&p, &ctx, None).await;

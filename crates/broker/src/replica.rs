@@ -32,7 +32,7 @@ use replication::{FetchReply, Follower, FollowerAction, IsrChange};
 use slog::{debug, info, warn};
 use tokio::sync::{mpsc, watch};
 
-use crate::partition::{Ctx, Partition, send_acks};
+use crate::partition::{Ctx, Partition, send_acks, write_log};
 
 /// Milliseconds on this process's monotonic clock, for the state machines.
 pub(crate) fn now_ms() -> u64 {
@@ -159,18 +159,17 @@ async fn answer_epoch_question(p: &Partition, ctx: &Ctx, m: natsbridge::Message)
 pub(crate) async fn notify_followers(p: &Partition, ctx: &Ctx, except: Option<&str>) {
     let waiting: Vec<String> = {
         let mut w = p.waiting.lock();
-        if w.is_empty() {
-            return;
-        }
-        let kept = except.filter(|e| w.contains(*e)).map(str::to_owned);
-        let all = std::mem::take(&mut *w);
-        if let Some(k) = kept {
-            w.insert(k);
-        }
-        all.into_iter()
+        let woken = w
+            .iter()
             .filter(|f| Some(f.as_str()) != except)
-            .collect()
+            .cloned()
+            .collect();
+        w.retain(|f| Some(f.as_str()) == except);
+        woken
     };
+    if waiting.is_empty() {
+        return;
+    }
     let note = internal::PartitionNotification {
         stream: p.stream.clone(),
         partition: p.id,
@@ -387,13 +386,10 @@ pub(crate) async fn follow(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Re
                 if !resp.records.is_empty() {
                     let log = p.log.clone();
                     let records = resp.records.clone();
-                    let appended = if ctx.cfg.sync == commitlog::SyncPolicy::Os {
-                        log.append_raw(&records)
-                    } else {
-                        match tokio::task::spawn_blocking(move || log.append_raw(&records)).await {
-                            Ok(r) => r,
-                            Err(_) => break,
-                        }
+                    let Some(appended) =
+                        write_log(ctx.cfg.sync, move || log.append_raw(&records)).await
+                    else {
+                        break;
                     };
                     match appended {
                         Ok(_) => had_records = true,
