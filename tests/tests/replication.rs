@@ -614,7 +614,17 @@ async fn subscriptions_move_to_the_new_leader_after_a_failover() {
     let mut f = cluster.client(&follower).await;
     let mut req = sub("moving", StartPosition::Earliest);
     req.read_isr_replica = true;
-    let mut on_follower = subscribe(&mut f, req).await.unwrap();
+    // The follower may not have opened its replica yet, though the metadata lists it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut on_follower = loop {
+        match subscribe(&mut f, req.clone()).await {
+            Ok(s) => break s,
+            Err(e) if e.code() == Code::NotFound && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("subscribing on the follower: {e:?}"),
+        }
+    };
 
     let mut leader = cluster.client(&p.leader).await;
     publish_all(&mut leader, "moving", &values("one", 3)).await;
