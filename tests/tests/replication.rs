@@ -213,11 +213,29 @@ async fn publish_all(c: &mut ApiClient<Channel>, stream: &str, values: &[String]
     offsets
 }
 
+/// Subscribes, retrying (as clients do) while the server answers `Unavailable` because its
+/// replica is still opening, which happens right after a stream is created or a leader moves.
+async fn subscribe_when_open(
+    c: &mut ApiClient<Channel>,
+    req: SubscribeRequest,
+) -> tonic::Streaming<Message> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match subscribe(c, req.clone()).await {
+            Ok(s) => return s,
+            Err(e) if e.code() == Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("subscribing to {}: {e:?}", req.stream),
+        }
+    }
+}
+
 /// Reads offsets 0..n as committed on broker `c` (the leader, or an ISR follower).
 async fn read_from(c: &mut ApiClient<Channel>, stream: &str, n: usize) -> Vec<(i64, String)> {
     let mut req = sub(stream, StartPosition::Earliest);
     req.read_isr_replica = true;
-    let mut s = subscribe(c, req).await.expect("subscribe");
+    let mut s = subscribe_when_open(c, req).await;
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while out.len() < n {
@@ -615,16 +633,7 @@ async fn subscriptions_move_to_the_new_leader_after_a_failover() {
     let mut req = sub("moving", StartPosition::Earliest);
     req.read_isr_replica = true;
     // The follower may not have opened its replica yet, though the metadata lists it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut on_follower = loop {
-        match subscribe(&mut f, req.clone()).await {
-            Ok(s) => break s,
-            Err(e) if e.code() == Code::NotFound && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("subscribing on the follower: {e:?}"),
-        }
-    };
+    let mut on_follower = subscribe_when_open(&mut f, req).await;
 
     let mut leader = cluster.client(&p.leader).await;
     publish_all(&mut leader, "moving", &values("one", 3)).await;

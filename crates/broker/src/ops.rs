@@ -223,7 +223,8 @@ impl Broker {
     /// # Errors
     /// As Liftbridge: InvalidArgument, NotFound "No such partition", FailedPrecondition
     /// "Server not partition leader", End "Stream is empty" for STOP_LATEST on an empty
-    /// partition, InvalidArgument "Stop offset is before start offset".
+    /// partition, InvalidArgument "Stop offset is before start offset"; Unavailable while
+    /// the replica the metadata assigns here is still opening.
     pub async fn subscribe(&self, req: api::SubscribeRequest) -> Result<Subscription> {
         if let Some(c) = &req.consumer
             && !c.group_id.is_empty()
@@ -266,8 +267,12 @@ impl Broker {
                 .await
                 .map_err(|e| BrokerError::Internal(format!("failed to resume partition: {e}")))?;
         }
-        let Some(p) = self.partition(&req.stream, req.partition) else {
-            return Err(BrokerError::NotFound("No such partition".into()));
+        let Some(p) = self.opened(&req.stream, req.partition, &meta).await else {
+            // The metadata lists this server, but its replica is not running yet (it is
+            // starting, or restarting under a new leader): a retry will find it.
+            return Err(BrokerError::Unavailable(
+                "Partition is not open on this server yet; retry".into(),
+            ));
         };
         if p.role.paused {
             return Err(BrokerError::FailedPrecondition(
@@ -299,6 +304,25 @@ impl Broker {
         }
         let reader = p.log.reader(start, Isolation::Committed);
         Ok(forward_stream(self.clone(), p, reader, stop, guard))
+    }
+
+    /// The local replica of a partition, running in the role `meta` gives it. When the
+    /// replica is missing or behind the metadata, reconciles once (the metadata may have
+    /// changed a moment ago) before giving up.
+    async fn opened(
+        &self,
+        stream: &str,
+        id: i32,
+        meta: &metastore::fsm::PartitionState,
+    ) -> Option<Arc<Partition>> {
+        let current = |p: &Arc<Partition>| {
+            p.role.leader_id == meta.leader && p.role.leader_epoch == meta.leader_epoch
+        };
+        if let Some(p) = self.partition(stream, id).filter(current) {
+            return Some(p);
+        }
+        self.reconcile().await;
+        self.partition(stream, id).filter(current)
     }
 
     /// Why a subscription's log went away: deleted, paused, its leader changed, or closed.
