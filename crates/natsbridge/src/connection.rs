@@ -98,12 +98,31 @@ impl Connection {
     /// # Errors
     /// [`NatsError::Connect`] when no server answers within `connect_timeout`.
     pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<Connection, NatsError> {
+        Self::open(cfg, name, true).await
+    }
+
+    /// Connects with the given name, asking the server never to deliver this connection's
+    /// own publishes to its own subscriptions (NATS `echo: false`).
+    ///
+    /// # Errors
+    /// As [`Connection::connect`].
+    pub async fn connect_without_echo(
+        cfg: &NatsConfig,
+        name: &str,
+    ) -> Result<Connection, NatsError> {
+        Self::open(cfg, name, false).await
+    }
+
+    async fn open(cfg: &NatsConfig, name: &str, echo: bool) -> Result<Connection, NatsError> {
         let wait = cfg.reconnect_wait;
         let mut opts = async_nats::ConnectOptions::new()
             .name(name)
             .max_reconnects(None)
             .reconnect_delay_callback(move |_| wait)
             .connection_timeout(cfg.connect_timeout);
+        if !echo {
+            opts = opts.no_echo();
+        }
         if let Some((user, password)) = &cfg.user_password {
             opts = opts.user_and_password(user.clone(), password.clone());
         }

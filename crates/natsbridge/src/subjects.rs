@@ -135,6 +135,21 @@ pub fn validate_name(what: &'static str, s: &str) -> Result<(), SubjectError> {
     Ok(())
 }
 
+/// Whether a message published on `subject` (no wildcards) reaches a subscription to
+/// `pattern`, by NATS's rules: `*` matches one token, a final `>` one or more.
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject_tokens = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, subject_tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(t)) if p == t => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
+}
+
 /// The subject of partition `partition` of a stream on `subject`: partition 0 is the stream's
 /// subject itself, partition n is `<subject>.<n>`.
 pub fn partition_subject(subject: &str, partition: i32) -> String {
@@ -267,6 +282,35 @@ pub fn unique_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn matching_follows_nats_wildcards() {
+        let cases = [
+            ("a.b", "a.b", true),
+            ("a.b", "a.c", false),
+            ("a.b", "a.b.c", false),
+            ("a.b.c", "a.b", false),
+            ("a.*", "a.b", true),
+            ("a.*", "a.b.c", false),
+            ("a.*", "a", false),
+            ("*.b", "a.b", true),
+            ("a.>", "a.b", true),
+            ("a.>", "a.b.c", true),
+            ("a.>", "a", false),
+            (">", "a.b", true),
+            ("*", "a", true),
+            ("*", "a.b", false),
+            ("a.*.c", "a.x.c", true),
+            ("a.*.c", "a.x.d", false),
+        ];
+        for (pattern, subject, want) in cases {
+            assert_eq!(
+                subject_matches(pattern, subject),
+                want,
+                "{pattern} vs {subject}"
+            );
+        }
+    }
 
     #[test]
     fn names_follow_liftbridges_layout() {

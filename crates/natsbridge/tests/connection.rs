@@ -109,6 +109,27 @@ async fn scenario(reference: bool) {
         Some("1")
     );
 
+    // Without echo, a connection's subscriptions miss its own publishes but get others'.
+    let quiet = Connection::connect_without_echo(&cfg, "LIFT.liftbridge-default.srv1.quiet")
+        .await
+        .unwrap();
+    let mut own = quiet.subscribe("echo.test").await.unwrap();
+    round_trip(&quiet).await;
+    quiet
+        .publish("echo.test", Bytes::from_static(b"mine"))
+        .await
+        .unwrap();
+    round_trip(&quiet).await;
+    b.publish("echo.test", Bytes::from_static(b"theirs"))
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(WAIT, own.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"theirs");
+    drop(own);
+
     // A queue group: each message to one member; an empty group is a plain subscription.
     let mut q1 = a.queue_subscribe("jobs", "workers").await.unwrap();
     let mut q2 = b.queue_subscribe("jobs", "workers").await.unwrap();
