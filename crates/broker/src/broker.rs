@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
-use crate::partition::{Ctx, Partition, Role, Spec, Stats, now_nanos};
+use crate::partition::{Ctx, LocalPublish, Partition, Role, Spec, Stats, now_nanos};
 
 /// The internal stream of metadata events.
 pub const ACTIVITY_STREAM: &str = "__activity";
@@ -101,7 +101,13 @@ impl Broker {
             }
         };
         let raft_conn = connect("raft").await?;
-        let streams_conn = connect("streams").await?;
+        // Echo off: publishes this broker takes reach its own partitions in process.
+        let streams_conn = Connection::connect_without_echo(
+            &cfg.nats,
+            &connection_name(&cfg.namespace, &cfg.server_id, "streams"),
+        )
+        .await
+        .map_err(|e| BrokerError::internal("connecting to NATS", e))?;
         let acks_conn = connect("acks").await?;
         let repl_conn = connect("replication").await?;
         let publishes = connect("publishes").await?;
@@ -892,7 +898,7 @@ impl Broker {
             if msg.ack_inbox.is_empty() {
                 msg.ack_inbox = self.inner.subjects.ack_inbox();
             }
-            self.nats_publish(subject, &msg).await?;
+            self.nats_publish(subject, msg).await?;
             return Ok(None);
         }
         if msg.ack_inbox.is_empty() {
@@ -901,7 +907,7 @@ impl Broker {
             let rx = self.inner.local_acks.wait(&msg.ack_inbox);
             let inbox = msg.ack_inbox.clone();
             let result = async {
-                self.nats_publish(subject, &msg).await?;
+                self.nats_publish(subject, msg).await?;
                 match tokio::time::timeout(limit, rx).await {
                     Ok(Ok(a)) => Ok(Some(a)),
                     Ok(Err(_)) => Err(BrokerError::Internal("ack subscription closed".into())),
@@ -918,7 +924,7 @@ impl Broker {
             .subscribe(&msg.ack_inbox)
             .await
             .map_err(|e| BrokerError::internal("subscribing to the ack inbox", e))?;
-        self.nats_publish(subject, &msg).await?;
+        self.nats_publish(subject, msg).await?;
         match tokio::time::timeout(limit, sub.next()).await {
             Ok(Some(m)) => payload::decode::<api::Ack>(&m.payload)
                 .map(Some)
@@ -928,12 +934,56 @@ impl Broker {
         }
     }
 
-    async fn nats_publish(&self, subject: &str, msg: &api::Message) -> Result<()> {
-        self.inner
-            .publishes
-            .publish(subject, payload::encode(msg, false))
+    /// Publishes an envelope on `subject`, as Liftbridge does, so that every stream and
+    /// subscriber on the subject gets it. The partitions this broker leads on the subject get it
+    /// in process instead, when no stream group is involved; then it goes to NATS on the
+    /// `streams` connection, whose echo is off, so that they do not get it twice.
+    pub(crate) async fn nats_publish(&self, subject: &str, msg: api::Message) -> Result<()> {
+        let data = payload::encode(&msg, false);
+        let size = data.len();
+        let conn = match self.local_queues(subject) {
+            Some(mut queues) if !queues.is_empty() => {
+                let last = queues.pop().expect("not empty");
+                for q in queues {
+                    let l = LocalPublish {
+                        subject: subject.to_owned(),
+                        envelope: msg.clone(),
+                        size,
+                    };
+                    // A partition that stopped meanwhile had stopped listening to NATS too.
+                    let _ = q.send(l).await;
+                }
+                let l = LocalPublish {
+                    subject: subject.to_owned(),
+                    envelope: msg,
+                    size,
+                };
+                let _ = last.send(l).await;
+                &self.inner.ctx.streams_conn
+            }
+            _ => &self.inner.publishes,
+        };
+        conn.publish(subject, data)
             .await
             .map_err(|e| BrokerError::internal("publishing to NATS", e))
+    }
+
+    /// The ingest queues of the partitions this broker leads whose subject matches `subject`.
+    /// `None` when one of them belongs to a stream group: NATS must then choose.
+    fn local_queues(&self, subject: &str) -> Option<Vec<tokio::sync::mpsc::Sender<LocalPublish>>> {
+        let parts = self.inner.partitions.read();
+        let mut out = Vec::new();
+        for p in parts.values() {
+            if !natsbridge::subject_matches(&p.subject, subject) {
+                continue;
+            }
+            match p.local_queue() {
+                Err(()) => return None,
+                Ok(Some(q)) => out.push(q.clone()),
+                Ok(None) => {}
+            }
+        }
+        Some(out)
     }
 
     /// Resumes paused partitions for a publish to `partition` (all of them with resumeAll).

@@ -514,12 +514,7 @@ impl Broker {
                             Ok(subject) => {
                                 let mut msg = Self::envelope_of(req, &subject);
                                 msg.ack_inbox = inbox.clone();
-                                match self
-                                    .inner
-                                    .publishes
-                                    .publish(&subject, payload::encode(&msg, false))
-                                    .await
-                                {
+                                match self.nats_publish(&subject, msg).await {
                                     Ok(()) if !none => inflight += 1,
                                     Ok(()) => {}
                                     Err(e) => {

@@ -4,7 +4,11 @@
 //!
 //! # Invariants
 //! - Only the leader appends, and only from its ingest task, so offsets are assigned in the order
-//!   NATS delivered the messages.
+//!   the ingest task takes messages: from NATS, and from publishes this broker took itself.
+//! - A publish this broker takes goes to its own leading partitions on the subject in process
+//!   and to NATS on the `streams` connection, which has echo off: each local partition gets it
+//!   exactly once. This holds only when no local partition on the subject belongs to a stream
+//!   group; otherwise the publish goes through NATS, whose queue group picks one member.
 //! - On a follower, only the follower task appends, copying the leader's records byte for byte
 //!   (`replica.rs`).
 //! - The high watermark only moves forward, and only as the commit rule of
@@ -27,7 +31,7 @@ use natsbridge::envelope::{self, MsgType};
 use natsbridge::{Connection, Subscriber, payload};
 use parking_lot::Mutex;
 use slog::{Logger, error, info, warn};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{BrokerConfig, StreamSettings};
@@ -138,7 +142,20 @@ pub(crate) struct Partition {
     pub(crate) wake: tokio::sync::Notify,
     pub(crate) stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Leader: the ingest task's queue for publishes this broker took itself.
+    local: std::sync::OnceLock<mpsc::Sender<LocalPublish>>,
 }
+
+/// A publish this broker took, handed to one of its own leading partitions without NATS.
+pub(crate) struct LocalPublish {
+    pub subject: String,
+    pub envelope: api::Message,
+    /// The size of the envelope as NATS would have carried it.
+    pub size: usize,
+}
+
+/// How many local publishes wait for a partition's ingest task before publishers wait.
+const LOCAL_QUEUE: usize = 4096;
 
 impl std::fmt::Debug for Partition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -213,6 +230,7 @@ impl Partition {
             wake: tokio::sync::Notify::new(),
             stop,
             tasks: Mutex::new(Vec::new()),
+            local: std::sync::OnceLock::new(),
         });
         if p.role.paused {
             p.log
@@ -304,6 +322,7 @@ impl Partition {
                 self.stop.subscribe(),
             )));
         }
+        let (local_tx, local_rx) = mpsc::channel(LOCAL_QUEUE);
         let sub = if self.role.group.is_empty() {
             ctx.streams_conn.subscribe(&self.subject).await
         } else {
@@ -322,11 +341,13 @@ impl Partition {
                 Duration::from_secs(2),
             )
             .await;
+        let _ = self.local.set(local_tx);
         let mut tasks = self.tasks.lock();
         tasks.push(tokio::spawn(ingest(
             self.clone(),
             ctx.clone(),
             sub,
+            local_rx,
             self.stop.subscribe(),
         )));
         tasks.push(tokio::spawn(cleaner(
@@ -344,6 +365,17 @@ impl Partition {
         info!(ctx.logger, "leading partition"; "server" => &ctx.cfg.server_id, "stream" => &self.stream, "partition" => self.id, "subject" => &self.subject,
             "epoch" => self.role.leader_epoch, "hw" => self.log.high_watermark());
         Ok(())
+    }
+
+    /// Leader of an ungrouped stream: where publishes this broker takes can be handed over.
+    /// `Err(())` when the partition is recorded through a NATS queue group.
+    pub(crate) fn local_queue(
+        &self,
+    ) -> std::result::Result<Option<&mpsc::Sender<LocalPublish>>, ()> {
+        match self.local.get() {
+            Some(_) if !self.role.group.is_empty() => Err(()),
+            q => Ok(q),
+        }
     }
 
     /// Whether this broker leads the partition and it is running.
@@ -450,6 +482,11 @@ struct Incoming {
 fn incoming(m: &natsbridge::Message, leader_epoch: u64, now: i64) -> Incoming {
     let subject = m.subject.to_string();
     let reply = m.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
+    if envelope::peek(&m.payload) == Ok(MsgType::Publish)
+        && let Ok(env) = payload::decode::<api::Message>(&m.payload)
+    {
+        return from_envelope(subject, reply, env, m.payload.len(), leader_epoch, now);
+    }
     let mut out = Incoming {
         msg: commitlog::Message {
             key: None,
@@ -466,27 +503,57 @@ fn incoming(m: &natsbridge::Message, leader_epoch: u64, now: i64) -> Incoming {
         expected_offset: -1,
         size: m.payload.len(),
     };
-    if envelope::peek(&m.payload) == Ok(MsgType::Publish)
-        && let Ok(env) = payload::decode::<api::Message>(&m.payload)
-    {
-        out.msg.key = (!env.key.is_empty()).then_some(env.key);
-        out.msg.value = env.value;
-        let mut headers: Vec<(String, Bytes)> = env.headers.into_iter().collect();
-        headers.sort_by(|a, b| a.0.cmp(&b.0));
-        out.msg.headers = headers;
-        out.ack_inbox = env.ack_inbox;
-        out.correlation_id = env.correlation_id;
-        out.ack_policy = AckPolicy::try_from(env.ack_policy).unwrap_or(AckPolicy::Leader);
-        out.expected_offset = env.offset;
-    }
-    out.msg
-        .headers
-        .retain(|(k, _)| k != "subject" && k != "reply");
-    out.msg
-        .headers
-        .push(("subject".into(), Bytes::from(subject)));
-    out.msg.headers.push(("reply".into(), Bytes::from(reply)));
+    out.msg.headers = vec![
+        ("subject".into(), Bytes::from(subject)),
+        ("reply".into(), Bytes::from(reply)),
+    ];
     out
+}
+
+/// A Publish envelope as a log message: key, headers and ack details from the envelope, plus
+/// the `subject` and `reply` headers of the NATS message that carried it.
+fn from_envelope(
+    subject: String,
+    reply: String,
+    env: api::Message,
+    size: usize,
+    leader_epoch: u64,
+    now: i64,
+) -> Incoming {
+    let mut headers: Vec<(String, Bytes)> = env
+        .headers
+        .into_iter()
+        .filter(|(k, _)| k != "subject" && k != "reply")
+        .collect();
+    headers.sort_by(|a, b| a.0.cmp(&b.0));
+    headers.push(("subject".into(), Bytes::from(subject.clone())));
+    headers.push(("reply".into(), Bytes::from(reply)));
+    Incoming {
+        msg: commitlog::Message {
+            key: (!env.key.is_empty()).then_some(env.key),
+            value: env.value,
+            headers,
+            timestamp: now,
+            leader_epoch,
+        },
+        subject,
+        ack_inbox: env.ack_inbox,
+        correlation_id: env.correlation_id,
+        ack_policy: AckPolicy::try_from(env.ack_policy).unwrap_or(AckPolicy::Leader),
+        expected_offset: env.offset,
+        size,
+    }
+}
+
+fn from_local(l: LocalPublish, leader_epoch: u64, now: i64) -> Incoming {
+    from_envelope(
+        l.subject,
+        String::new(),
+        l.envelope,
+        l.size,
+        leader_epoch,
+        now,
+    )
 }
 
 impl Partition {
@@ -569,6 +636,7 @@ async fn ingest(
     p: Arc<Partition>,
     ctx: Arc<Ctx>,
     mut sub: Subscriber,
+    mut local: mpsc::Receiver<LocalPublish>,
     mut stop: watch::Receiver<bool>,
 ) {
     let max = if p.settings.concurrency_control {
@@ -578,28 +646,42 @@ async fn ingest(
     };
     let epoch = p.role.leader_epoch;
     loop {
+        // The sender lives in `p`, so `local` never ends while this task runs.
         let first = tokio::select! {
-            m = sub.next() => m,
+            m = sub.next() => m.map(|m| incoming(&m, epoch, now_nanos())),
+            l = local.recv() => l.map(|l| from_local(l, epoch, now_nanos())),
             _ = stop.changed() => None,
         };
         let Some(first) = first else {
             break;
         };
-        let now = now_nanos();
+        let now = first.msg.timestamp;
         p.stats.lock().received.touch(now);
-        let mut batch = vec![incoming(&first, epoch, now)];
+        let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + ctx.cfg.batch_max_time;
         while batch.len() < max {
+            if let Ok(l) = local.try_recv() {
+                batch.push(from_local(l, epoch, now));
+                continue;
+            }
             let next = match sub.next().now_or_never() {
-                Some(m) => m,
+                Some(m) => m.map(|m| incoming(&m, epoch, now)),
                 None if ctx.cfg.batch_max_time.is_zero() => break,
-                None => match tokio::time::timeout_at(deadline, sub.next()).await {
-                    Ok(m) => m,
-                    Err(_) => break,
-                },
+                None => {
+                    let wait = async {
+                        tokio::select! {
+                            m = sub.next() => m.map(|m| incoming(&m, epoch, now)),
+                            l = local.recv() => l.map(|l| from_local(l, epoch, now)),
+                        }
+                    };
+                    match tokio::time::timeout_at(deadline, wait).await {
+                        Ok(m) => m,
+                        Err(_) => break,
+                    }
+                }
             };
             match next {
-                Some(m) => batch.push(incoming(&m, epoch, now)),
+                Some(m) => batch.push(m),
                 None => break,
             }
         }
