@@ -55,6 +55,31 @@ impl std::fmt::Debug for Broker {
     }
 }
 
+/// The partitions this broker leads, found by subject without a scan of them all.
+#[derive(Default)]
+struct Routes {
+    exact: HashMap<String, Vec<Arc<Partition>>>,
+    /// Partitions whose subject has wildcards, matched one by one.
+    wildcard: Vec<Arc<Partition>>,
+}
+
+impl Routes {
+    fn of<'a>(parts: impl Iterator<Item = &'a Arc<Partition>>) -> Routes {
+        let mut r = Routes::default();
+        for p in parts.filter(|p| p.is_running_leader()) {
+            if p.subject.split('.').any(|t| t == "*" || t == ">") {
+                r.wildcard.push(p.clone());
+            } else {
+                r.exact
+                    .entry(p.subject.clone())
+                    .or_default()
+                    .push(p.clone());
+            }
+        }
+        r
+    }
+}
+
 pub(crate) struct Inner {
     pub cfg: Arc<BrokerConfig>,
     pub subjects: Subjects,
@@ -64,6 +89,8 @@ pub(crate) struct Inner {
     pub raft_conn: Connection,
     pub logger: Logger,
     partitions: RwLock<HashMap<Key, Arc<Partition>>>,
+    /// The partitions this broker leads, by the subject they record; kept with `partitions`.
+    routes: RwLock<Routes>,
     /// Stream creation times of running partitions, to tell a re-created stream from the old one.
     created: Mutex<HashMap<String, i64>>,
     stats: Mutex<HashMap<Key, Arc<Mutex<Stats>>>>,
@@ -147,6 +174,7 @@ impl Broker {
                 raft_conn,
                 logger,
                 partitions: RwLock::new(HashMap::new()),
+                routes: RwLock::new(Routes::default()),
                 created: Mutex::new(HashMap::new()),
                 stats: Mutex::new(HashMap::new()),
                 reconciling: tokio::sync::Mutex::new(()),
@@ -258,18 +286,20 @@ impl Broker {
             let _ = t.await;
         }
         let _guard = self.inner.reconciling.lock().await;
-        let parts: Vec<_> = self
-            .inner
-            .partitions
-            .write()
-            .drain()
-            .map(|(_, p)| p)
-            .collect();
+        let parts: Vec<_> = self.edit_partitions(|map| map.drain().map(|(_, p)| p).collect());
         for p in parts {
             p.stop().await;
         }
         self.inner.meta.shutdown().await;
         info!(self.inner.logger, "broker stopped");
+    }
+
+    /// Changes the running partitions, and the routes with them.
+    fn edit_partitions<R>(&self, f: impl FnOnce(&mut HashMap<Key, Arc<Partition>>) -> R) -> R {
+        let mut map = self.inner.partitions.write();
+        let out = f(&mut map);
+        *self.inner.routes.write() = Routes::of(map.values());
+        out
     }
 
     /// The running partition object, if this server holds the partition.
@@ -370,11 +400,10 @@ impl Broker {
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
-            let parts: Vec<Arc<Partition>> = {
-                let mut map = self.inner.partitions.write();
+            let parts: Vec<Arc<Partition>> = self.edit_partitions(|map| {
                 let keys: Vec<Key> = map.keys().filter(|k| k.0 == name).cloned().collect();
                 keys.iter().filter_map(|k| map.remove(k)).collect()
-            };
+            });
             for p in parts {
                 p.stop().await;
             }
@@ -389,15 +418,14 @@ impl Broker {
             }
         }
         // Partitions no longer held here.
-        let dropped: Vec<Arc<Partition>> = {
-            let mut map = self.inner.partitions.write();
+        let dropped: Vec<Arc<Partition>> = self.edit_partitions(|map| {
             let keys: Vec<Key> = map
                 .keys()
                 .filter(|k| !wanted_keys.contains(*k))
                 .cloned()
                 .collect();
             keys.iter().filter_map(|k| map.remove(k)).collect()
-        };
+        });
         for p in dropped {
             p.stop().await;
         }
@@ -416,7 +444,7 @@ impl Broker {
                 slog::debug!(self.inner.logger, "restarting partition"; "stream" => &key.0,
                     "partition" => key.1, "was" => ?p.role, "now" => ?role);
                 p.stop().await;
-                self.inner.partitions.write().remove(&key);
+                self.edit_partitions(|map| map.remove(&key));
             }
             let stats = self
                 .inner
@@ -444,7 +472,7 @@ impl Broker {
             };
             match Partition::open(spec, dir, &self.inner.ctx).await {
                 Ok(p) => {
-                    self.inner.partitions.write().insert(key.clone(), p);
+                    self.edit_partitions(|map| map.insert(key.clone(), p));
                     self.inner.created.lock().insert(key.0.clone(), created);
                 }
                 Err(e) => warn!(self.inner.logger, "starting a partition failed";
@@ -971,12 +999,14 @@ impl Broker {
     /// The ingest queues of the partitions this broker leads whose subject matches `subject`.
     /// `None` when one of them belongs to a stream group: NATS must then choose.
     fn local_queues(&self, subject: &str) -> Option<Vec<tokio::sync::mpsc::Sender<LocalPublish>>> {
-        let parts = self.inner.partitions.read();
+        let routes = self.inner.routes.read();
+        let exact = routes.exact.get(subject).into_iter().flatten();
+        let wild = routes
+            .wildcard
+            .iter()
+            .filter(|p| natsbridge::subject_matches(&p.subject, subject));
         let mut out = Vec::new();
-        for p in parts.values() {
-            if !natsbridge::subject_matches(&p.subject, subject) {
-                continue;
-            }
+        for p in exact.chain(wild) {
             match p.local_queue() {
                 Err(()) => return None,
                 Ok(Some(q)) => out.push(q.clone()),
