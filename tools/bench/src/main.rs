@@ -448,6 +448,11 @@ fn plot(res: &Results, path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// mimalloc, as `liftbridged` uses, for the servers this binary runs with `serve` and for the
+/// clients of both systems alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("serve") {
