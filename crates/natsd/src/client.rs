@@ -42,6 +42,8 @@ pub struct Conn {
     /// Woken after each write to the socket, for publishers stalled on this connection.
     drained: Notify,
     subs: Mutex<HashMap<Bytes, Arc<Subscription>>>,
+    /// The name the client gave in CONNECT, if any.
+    pub(crate) name: std::sync::OnceLock<String>,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +66,7 @@ impl Conn {
             max_pending,
             drained: Notify::new(),
             subs: Mutex::new(HashMap::new()),
+            name: std::sync::OnceLock::new(),
         }
     }
 
@@ -155,6 +158,8 @@ struct ConnectInfo {
     user: Option<String>,
     #[serde(default)]
     pass: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 fn yes() -> bool {
@@ -451,6 +456,9 @@ impl Session {
         self.headers = info.headers;
         self.no_responders = info.no_responders;
         self.conn.headers.store(info.headers, Ordering::Release);
+        if let Some(name) = info.name {
+            let _ = self.conn.name.set(name);
+        }
         self.ok();
         true
     }

@@ -23,4 +23,4 @@ pub mod parser;
 mod server;
 pub mod sublist;
 
-pub use server::{Auth, COMPATIBLE_VERSION, Error, Server, ServerConfig};
+pub use server::{Auth, COMPATIBLE_VERSION, Error, Interest, Server, ServerConfig};

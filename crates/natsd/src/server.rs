@@ -161,6 +161,21 @@ impl Shared {
     }
 }
 
+/// Answers who would receive a message now; see [`Server::interest`].
+#[derive(Debug, Clone)]
+pub struct Interest(Arc<Shared>);
+
+impl Interest {
+    /// Whether a message published now on the literal `subject` would reach a subscription of
+    /// a connection not named `except` (the name a client gives in CONNECT). A subscription
+    /// made after the answer gets only later messages, as with any publish.
+    pub fn listened_by_others(&self, subject: &str, except: &str) -> bool {
+        self.0.sublist.any(subject, |s| {
+            s.conn.name.get().map(String::as_str) != Some(except)
+        })
+    }
+}
+
 /// A running server. Stop it with [`shutdown`](Server::shutdown); dropping it stops it too.
 #[derive(Debug)]
 pub struct Server {
@@ -227,6 +242,11 @@ impl Server {
     /// Subscriptions across all connections.
     pub fn subscriptions(&self) -> u64 {
         self.shared.sublist.len()
+    }
+
+    /// A handle that answers who listens on a subject, for code running beside the server.
+    pub fn interest(&self) -> Interest {
+        Interest(self.shared.clone())
     }
 
     /// Stops accepting, flushes and closes every connection, and waits (up to 5 s) for them.

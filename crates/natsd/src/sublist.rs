@@ -124,6 +124,32 @@ impl Sublist {
         removed
     }
 
+    /// Whether any subscription that a message on the literal `subject` would reach satisfies
+    /// `pred`. Allocates nothing.
+    pub fn any(&self, subject: &str, pred: impl Fn(&Subscription) -> bool) -> bool {
+        fn walk<'a>(
+            node: &Node,
+            mut tokens: impl Iterator<Item = &'a str> + Clone,
+            pred: &dyn Fn(&Subscription) -> bool,
+        ) -> bool {
+            let Some(first) = tokens.next() else {
+                return node.subs.iter().any(|s| pred(s));
+            };
+            if let Some(n) = node.children.get(">")
+                && n.subs.iter().any(|s| pred(s))
+            {
+                return true;
+            }
+            [first, "*"].into_iter().any(|t| {
+                node.children
+                    .get(t)
+                    .is_some_and(|n| walk(n, tokens.clone(), pred))
+            })
+        }
+        let root = self.root.read();
+        walk(&root, subject.split('.'), &pred)
+    }
+
     /// Everyone subscribed to a literal subject.
     pub fn matches(&self, subject: &str) -> Matches {
         fn collect<'a>(node: &'a Node, tokens: &[&str], out: &mut Vec<&'a Arc<Subscription>>) {

@@ -89,3 +89,76 @@ async fn bad_settings_and_busy_ports_are_clear_errors() {
     assert!(err.contains("cannot listen"), "{err}");
     first.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interest_tells_who_else_listens() {
+    let server = natsd::Server::start(natsd::ServerConfig {
+        port: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let interest = server.interest();
+    let named = |name: &str| {
+        async_nats::ConnectOptions::new()
+            .name(name)
+            .connect(server.client_url())
+    };
+    let me = named("me").await.unwrap();
+    let other = named("other").await.unwrap();
+    // A request nobody answers: its no-responders reply comes after everything sent before.
+    let sync = |c: async_nats::Client| async move {
+        let r = c.request("_SYNC.interest", Bytes::new()).await;
+        assert!(r.is_err(), "nobody answers {r:?}");
+    };
+    assert!(!interest.listened_by_others("orders.eu", "me"));
+
+    // Only my own subscriptions: nobody else listens.
+    let mine = me.subscribe("orders.*").await.unwrap();
+    sync(me.clone()).await;
+    assert!(!interest.listened_by_others("orders.eu", "me"));
+    assert!(interest.listened_by_others("orders.eu", "someone-else"));
+
+    // Another connection, through a wildcard, a literal, or a queue group. (A request would
+    // be caught by `>`, so this waits for the server to see each change instead.)
+    let until = |want: bool, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let what = what.to_owned();
+        let interest = interest.clone();
+        async move {
+            while interest.listened_by_others("orders.eu", "me") != want {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what}: still not {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    for pattern in ["orders.>", "orders.eu", "*.eu", ">"] {
+        let s = other.subscribe(pattern).await.unwrap();
+        until(true, pattern).await;
+        assert_eq!(
+            interest.listened_by_others("trades.us", "me"),
+            pattern == ">",
+            "{pattern}"
+        );
+        // Its own subscriptions do not count for the connection itself.
+        assert!(
+            !interest.listened_by_others("trades.us", "other"),
+            "{pattern}"
+        );
+        // Dropping a subscriber unsubscribes.
+        drop(s);
+        until(false, pattern).await;
+    }
+    let q = other
+        .queue_subscribe("orders.eu", "workers".into())
+        .await
+        .unwrap();
+    until(true, "queue group").await;
+    assert!(!interest.listened_by_others("orders.us", "me"));
+    assert!(!interest.listened_by_others("orders.eu.x", "me"));
+    drop((q, mine));
+    server.shutdown().await;
+}
