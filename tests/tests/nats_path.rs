@@ -282,3 +282,51 @@ async fn streams_in_one_group_share_the_subject() {
     }
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_publishes_reach_nats_subscribers_that_come_and_go() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("solo", "solo")).await.unwrap();
+    let publish = |value: &'static str| {
+        let mut c = c.clone();
+        async move {
+            let ack = c
+                .publish(with_deadline(PublishRequest {
+                    stream: "solo".into(),
+                    value: value.into(),
+                    expected_offset: -1,
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+                .ack
+                .expect("an ack");
+            ack.offset
+        }
+    };
+    // Nobody but the stream listens, then a NATS subscriber, then nobody again.
+    assert_eq!(publish("a").await, 0);
+    let nc = srv.nats().await;
+    let mut listener = nc.subscribe("solo").await.unwrap();
+    nc.flush().await.unwrap();
+    assert_eq!(publish("b").await, 1);
+    let m = tokio::time::timeout(Duration::from_secs(5), listener.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let env: liftbridge_proto::api::Message = payload::decode(&m.payload).unwrap();
+    assert_eq!(env.value.as_ref(), b"b");
+    drop(listener);
+    nc.flush().await.unwrap();
+    assert_eq!(publish("c").await, 2);
+    let mut s = subscribe(&mut c, sub("solo", StartPosition::Earliest))
+        .await
+        .unwrap();
+    for (i, v) in ["a", "b", "c"].iter().enumerate() {
+        let m = next(&mut s).await.unwrap();
+        assert_eq!((m.offset, m.value.as_ref()), (i as i64, v.as_bytes()));
+    }
+    srv.stop().await;
+}

@@ -170,6 +170,11 @@ pub async fn start(mut cfg: Config, logger: Logger) -> Result<Running, StartErro
                     reason: err.to_string(),
                 })?;
             cfg.broker.nats.servers = vec![server.client_url()];
+            // The server is in this process: publishes nobody else wants can skip it.
+            let interest = server.interest();
+            cfg.broker.interest = Some(broker::InterestProbe::new(move |subject, except| {
+                interest.listened_by_others(subject, except)
+            }));
             info!(logger, "embedded NATS server started"; "url" => server.client_url());
             Some(server)
         }

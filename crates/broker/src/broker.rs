@@ -965,7 +965,8 @@ impl Broker {
     /// Publishes an envelope on `subject`, as Liftbridge does, so that every stream and
     /// subscriber on the subject gets it. The partitions this broker leads on the subject get it
     /// in process instead, when no stream group is involved; then it goes to NATS on the
-    /// `streams` connection, whose echo is off, so that they do not get it twice.
+    /// `streams` connection, whose echo is off, so that they do not get it twice, and only if
+    /// someone else listens when the NATS server is in this process and can tell.
     pub(crate) async fn nats_publish(&self, subject: &str, msg: api::Message) -> Result<()> {
         let data = payload::encode(&msg, false);
         let size = data.len();
@@ -987,7 +988,14 @@ impl Broker {
                     size,
                 };
                 let _ = last.send(l).await;
-                &self.inner.ctx.streams_conn
+                let conn = &self.inner.ctx.streams_conn;
+                if let Some(probe) = &self.inner.cfg.interest
+                    && !probe.listened_by_others(subject, conn.name())
+                {
+                    // Nobody else would get it: the local partitions have it already.
+                    return Ok(());
+                }
+                conn
             }
             _ => &self.inner.publishes,
         };

@@ -2,6 +2,7 @@
 //! environment is the binary's job; this crate takes them ready-made.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use liftbridge_proto::api::AckPolicy;
@@ -243,6 +244,35 @@ pub struct BrokerConfig {
     pub activity: ActivityConfig,
     /// The cursors stream.
     pub cursors: CursorsConfig,
+    /// Who else listens on a subject, when the NATS server runs in this process (our
+    /// addition). With it, a publish that only this broker's own partitions want is not
+    /// sent to NATS at all.
+    pub interest: Option<InterestProbe>,
+}
+
+/// Answers whether anything but the named connection subscribes to a subject: given the
+/// subject and the connection name, whether a message published now would reach anyone else.
+#[derive(Clone)]
+pub struct InterestProbe(Arc<ProbeFn>);
+
+type ProbeFn = dyn Fn(&str, &str) -> bool + Send + Sync;
+
+impl InterestProbe {
+    /// A probe backed by `f(subject, except_connection_name)`.
+    pub fn new(f: impl Fn(&str, &str) -> bool + Send + Sync + 'static) -> InterestProbe {
+        InterestProbe(Arc::new(f))
+    }
+
+    /// Whether a message on `subject` would reach a connection not named `except`.
+    pub fn listened_by_others(&self, subject: &str, except: &str) -> bool {
+        (self.0)(subject, except)
+    }
+}
+
+impl std::fmt::Debug for InterestProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InterestProbe")
+    }
 }
 
 impl BrokerConfig {
@@ -269,6 +299,7 @@ impl BrokerConfig {
             sync: commitlog::SyncPolicy::Os,
             activity: ActivityConfig::default(),
             cursors: CursorsConfig::default(),
+            interest: None,
         }
     }
 }

@@ -25,7 +25,8 @@ mod replica;
 
 pub use broker::{ACTIVITY_STREAM, Broker, CURSORS_STREAM};
 pub use config::{
-    ActivityConfig, BrokerConfig, CursorsConfig, ReplicaConfig, StreamDefaults, StreamSettings,
+    ActivityConfig, BrokerConfig, CursorsConfig, InterestProbe, ReplicaConfig, StreamDefaults,
+    StreamSettings,
 };
 pub use error::{BrokerError, Result};
 pub use metastore::service::Bootstrap;
