@@ -182,6 +182,8 @@ pub struct Server {
     shared: Arc<Shared>,
     addr: SocketAddr,
     stop: watch::Sender<bool>,
+    /// The accept loop, which owns the listener.
+    accept: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -216,11 +218,12 @@ impl Server {
             shutdown,
             cfg,
         });
-        tokio::spawn(accept_loop(shared.clone(), listener));
+        let accept = tokio::spawn(accept_loop(shared.clone(), listener));
         Ok(Server {
             shared,
             addr: local,
             stop,
+            accept: Some(accept),
         })
     }
 
@@ -250,8 +253,13 @@ impl Server {
     }
 
     /// Stops accepting, flushes and closes every connection, and waits (up to 5 s) for them.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        // The port is free once the accept loop has dropped the listener; a restart on the
+        // same port right after this returns must find it free.
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
         let wait = async {
             loop {
                 let gone = self.shared.all_gone.notified();

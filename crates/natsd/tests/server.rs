@@ -162,3 +162,19 @@ async fn interest_tells_who_else_listens() {
     drop((q, mine));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_the_same_port_right_after_shutdown_binds() {
+    let mut port = 0;
+    for round in 0..20 {
+        let server = natsd::Server::start(natsd::ServerConfig {
+            port,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        port = server.local_addr().port();
+        // No clients: shutdown has nothing to wait for but the listener.
+        server.shutdown().await;
+    }
+}
