@@ -138,23 +138,35 @@ pub enum EnvelopeError {
 
 /// Frames `payload` as `ty`, with a CRC-32C of the payload when `crc` is set.
 pub fn encode(ty: MsgType, payload: &[u8], crc: bool) -> Bytes {
+    frame(ty, payload.len(), crc, |buf| buf.put_slice(payload))
+}
+
+/// Frames a protobuf message, encoding it straight into the frame.
+pub fn encode_message<M: prost::Message>(ty: MsgType, msg: &M, crc: bool) -> Bytes {
+    frame(ty, msg.encoded_len(), crc, |buf| {
+        msg.encode_raw(buf);
+    })
+}
+
+/// Writes the header, then `len` payload bytes through `write`, then fills in the CRC.
+fn frame(ty: MsgType, len: usize, crc: bool, write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
     let header_len = if crc { CRC_HEADER_LEN } else { MIN_HEADER_LEN };
-    let mut buf = Vec::with_capacity(header_len + payload.len());
+    let mut buf = Vec::with_capacity(header_len + len);
     buf.put_slice(&MAGIC);
     buf.put_u8(VERSION);
     buf.put_u8(header_len as u8);
     buf.put_u8(if crc { FLAG_CRC } else { 0 });
     buf.put_u8(ty as u8);
     if crc {
-        buf.put_u32(crc32c::crc32c(payload));
+        buf.put_u32(0);
     }
-    buf.put_slice(payload);
+    write(&mut buf);
+    debug_assert_eq!(buf.len(), header_len + len);
+    if crc {
+        let sum = crc32c::crc32c(&buf[header_len..]);
+        buf[MIN_HEADER_LEN..header_len].copy_from_slice(&sum.to_be_bytes());
+    }
     Bytes::from(buf)
-}
-
-/// Frames a protobuf message.
-pub fn encode_message<M: prost::Message>(ty: MsgType, msg: &M, crc: bool) -> Bytes {
-    encode(ty, &msg.encode_to_vec(), crc)
 }
 
 /// The type of an envelope, after checking its header (not its CRC).
