@@ -967,41 +967,49 @@ impl Broker {
     /// in process instead, when no stream group is involved; then it goes to NATS on the
     /// `streams` connection, whose echo is off, so that they do not get it twice, and only if
     /// someone else listens when the NATS server is in this process and can tell.
-    pub(crate) async fn nats_publish(&self, subject: &str, msg: api::Message) -> Result<()> {
-        let data = payload::encode(&msg, false);
-        let size = data.len();
-        let conn = match self.local_queues(subject) {
-            Some(mut queues) if !queues.is_empty() => {
-                let last = queues.pop().expect("not empty");
-                for q in queues {
-                    let l = LocalPublish {
-                        subject: subject.to_owned(),
-                        envelope: msg.clone(),
-                        size,
-                    };
-                    // A partition that stopped meanwhile had stopped listening to NATS too.
-                    let _ = q.send(l).await;
-                }
-                let l = LocalPublish {
-                    subject: subject.to_owned(),
-                    envelope: msg,
-                    size,
-                };
-                let _ = last.send(l).await;
-                let conn = &self.inner.ctx.streams_conn;
-                if let Some(probe) = &self.inner.cfg.interest
-                    && !probe.listened_by_others(subject, conn.name())
-                {
-                    // Nobody else would get it: the local partitions have it already.
-                    return Ok(());
-                }
-                conn
+    pub(crate) async fn nats_publish(&self, subject: &str, mut msg: api::Message) -> Result<()> {
+        let nats_error = |e| BrokerError::internal("publishing to NATS", e);
+        let queues = match self.local_queues(subject) {
+            Some(q) if !q.is_empty() => q,
+            _ => {
+                let data = payload::encode(&msg, false);
+                return self
+                    .inner
+                    .publishes
+                    .publish(subject, data)
+                    .await
+                    .map_err(nats_error);
             }
-            _ => &self.inner.publishes,
         };
-        conn.publish(subject, data)
-            .await
-            .map_err(|e| BrokerError::internal("publishing to NATS", e))
+        let conn = &self.inner.ctx.streams_conn;
+        let others = (self.inner.cfg.interest.as_ref())
+            .is_none_or(|p| p.listened_by_others(subject, conn.name()));
+        // Encoded only if NATS needs it; the size is the one NATS would carry either way.
+        let data = others.then(|| payload::encode(&msg, false));
+        let size = data.as_ref().map_or_else(
+            || natsbridge::envelope::MIN_HEADER_LEN + prost::Message::encoded_len(&msg),
+            Bytes::len,
+        );
+        let last = queues.len() - 1;
+        for (i, q) in queues.iter().enumerate() {
+            let envelope = if i == last {
+                std::mem::take(&mut msg)
+            } else {
+                msg.clone()
+            };
+            let l = LocalPublish {
+                subject: subject.to_owned(),
+                envelope,
+                size,
+            };
+            // A partition that stopped meanwhile had stopped listening to NATS too.
+            let _ = q.send(l).await;
+        }
+        match data {
+            Some(data) => conn.publish(subject, data).await.map_err(nats_error),
+            // Nobody else would get it: the local partitions have it already.
+            None => Ok(()),
+        }
     }
 
     /// The ingest queues of the partitions this broker leads whose subject matches `subject`.
