@@ -5,9 +5,9 @@
 //! # Invariants
 //! - Only the leader appends, and only from its ingest task, so offsets are assigned in the order
 //!   the ingest task takes messages: from NATS, and from publishes this broker took itself.
-//! - A publish this broker takes goes to its own leading partitions on the subject in process
-//!   and to NATS on the `streams` connection, which has echo off: each local partition gets it
-//!   exactly once. This holds only when no local partition on the subject belongs to a stream
+//! - A publish this broker takes goes to its own leading partitions on the subject in process,
+//!   and to NATS (unless the embedded server says nobody else listens) on the `streams`
+//!   connection, which has echo off: each local partition gets it exactly once. This holds only when no local partition on the subject belongs to a stream
 //!   group; otherwise the publish goes through NATS, whose queue group picks one member.
 //! - On a follower, only the follower task appends, copying the leader's records byte for byte
 //!   (`replica.rs`).
