@@ -127,50 +127,18 @@ impl Sublist {
     /// Whether any subscription that a message on the literal `subject` would reach satisfies
     /// `pred`. Allocates nothing.
     pub fn any(&self, subject: &str, pred: impl Fn(&Subscription) -> bool) -> bool {
-        fn walk<'a>(
-            node: &Node,
-            mut tokens: impl Iterator<Item = &'a str> + Clone,
-            pred: &dyn Fn(&Subscription) -> bool,
-        ) -> bool {
-            let Some(first) = tokens.next() else {
-                return node.subs.iter().any(|s| pred(s));
-            };
-            if let Some(n) = node.children.get(">")
-                && n.subs.iter().any(|s| pred(s))
-            {
-                return true;
-            }
-            [first, "*"].into_iter().any(|t| {
-                node.children
-                    .get(t)
-                    .is_some_and(|n| walk(n, tokens.clone(), pred))
-            })
-        }
         let root = self.root.read();
-        walk(&root, subject.split('.'), &pred)
+        walk(&root, subject.split('.'), &mut |s| pred(s))
     }
 
     /// Everyone subscribed to a literal subject.
     pub fn matches(&self, subject: &str) -> Matches {
-        fn collect<'a>(node: &'a Node, tokens: &[&str], out: &mut Vec<&'a Arc<Subscription>>) {
-            let Some((first, rest)) = tokens.split_first() else {
-                out.extend(node.subs.iter());
-                return;
-            };
-            if let Some(n) = node.children.get(*first) {
-                collect(n, rest, out);
-            }
-            if let Some(n) = node.children.get("*") {
-                collect(n, rest, out);
-            }
-            if let Some(n) = node.children.get(">") {
-                out.extend(n.subs.iter());
-            }
-        }
-        let tokens: Vec<&str> = subject.split('.').collect();
         let root = self.root.read();
         let mut found = Vec::new();
-        collect(&root, &tokens, &mut found);
+        walk(&root, subject.split('.'), &mut |s| {
+            found.push(s);
+            false
+        });
         let mut m = Matches::default();
         let mut group_index: HashMap<&str, usize> = HashMap::new();
         for s in found {
@@ -187,6 +155,29 @@ impl Sublist {
         }
         m
     }
+}
+
+/// Calls `f` on each subscription a message reaches whose remaining subject tokens are
+/// `tokens`, starting at `node`: literal matches, then `*`, then a trailing `>`. Stops at the
+/// first call that returns true, and returns whether one did.
+fn walk<'n>(
+    node: &'n Node,
+    mut tokens: std::str::Split<'_, char>,
+    f: &mut dyn FnMut(&'n Arc<Subscription>) -> bool,
+) -> bool {
+    let Some(first) = tokens.next() else {
+        return node.subs.iter().any(&mut *f);
+    };
+    for t in [first, "*"] {
+        if let Some(n) = node.children.get(t)
+            && walk(n, tokens.clone(), f)
+        {
+            return true;
+        }
+    }
+    node.children
+        .get(">")
+        .is_some_and(|n| n.subs.iter().any(&mut *f))
 }
 
 /// A subscription subject: non-empty tokens separated by `.`, no whitespace, `*` only as a whole
