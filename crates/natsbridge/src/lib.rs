@@ -20,6 +20,6 @@ pub use connection::{
 };
 pub use envelope::{EnvelopeError, MsgType, ReplicationResponse};
 pub use subjects::{
-    SubjectError, Subjects, partition_subject, subject_matches, unique_id, validate_name,
-    validate_publish_subject, validate_subject,
+    SubjectError, Subjects, has_wildcards, partition_subject, subject_matches, unique_id,
+    validate_name, validate_publish_subject, validate_subject,
 };

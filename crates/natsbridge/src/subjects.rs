@@ -109,7 +109,7 @@ pub fn validate_subject(s: &str) -> Result<(), SubjectError> {
 /// As [`validate_subject`], or any wildcard.
 pub fn validate_publish_subject(s: &str) -> Result<(), SubjectError> {
     validate_subject(s)?;
-    if s.split('.').any(|t| t == "*" || t == ">") {
+    if has_wildcards(s) {
         return Err(SubjectError::Wildcard {
             what: "publish subject",
             value: s.to_owned(),
@@ -133,6 +133,11 @@ pub fn validate_name(what: &'static str, s: &str) -> Result<(), SubjectError> {
         });
     }
     Ok(())
+}
+
+/// Whether a subject has a `*` or `>` token, so that it matches more than itself.
+pub fn has_wildcards(subject: &str) -> bool {
+    subject.split('.').any(|t| t == "*" || t == ">")
 }
 
 /// Whether a message published on `subject` (no wildcards) reaches a subscription to
