@@ -67,7 +67,7 @@ impl Routes {
     fn of<'a>(parts: impl Iterator<Item = &'a Arc<Partition>>) -> Routes {
         let mut r = Routes::default();
         for p in parts.filter(|p| p.is_running_leader()) {
-            if p.subject.split('.').any(|t| t == "*" || t == ">") {
+            if natsbridge::has_wildcards(&p.subject) {
                 r.wildcard.push(p.clone());
             } else {
                 r.exact
@@ -1023,11 +1023,10 @@ impl Broker {
             .filter(|p| natsbridge::subject_matches(&p.subject, subject));
         let mut out = Vec::new();
         for p in exact.chain(wild) {
-            match p.local_queue() {
-                Err(()) => return None,
-                Ok(Some(q)) => out.push(q.clone()),
-                Ok(None) => {}
+            if !p.role.group.is_empty() {
+                return None;
             }
+            out.extend(p.local_queue().cloned());
         }
         Some(out)
     }

@@ -7,8 +7,9 @@
 //!   the ingest task takes messages: from NATS, and from publishes this broker took itself.
 //! - A publish this broker takes goes to its own leading partitions on the subject in process,
 //!   and to NATS (unless the embedded server says nobody else listens) on the `streams`
-//!   connection, which has echo off: each local partition gets it exactly once. This holds only when no local partition on the subject belongs to a stream
-//!   group; otherwise the publish goes through NATS, whose queue group picks one member.
+//!   connection, which has echo off: each local partition gets it exactly once. This holds only
+//!   when no local partition on the subject belongs to a stream group; otherwise the publish
+//!   goes through NATS, whose queue group picks one member.
 //! - On a follower, only the follower task appends, copying the leader's records byte for byte
 //!   (`replica.rs`).
 //! - The high watermark only moves forward, and only as the commit rule of
@@ -367,15 +368,9 @@ impl Partition {
         Ok(())
     }
 
-    /// Leader of an ungrouped stream: where publishes this broker takes can be handed over.
-    /// `Err(())` when the partition is recorded through a NATS queue group.
-    pub(crate) fn local_queue(
-        &self,
-    ) -> std::result::Result<Option<&mpsc::Sender<LocalPublish>>, ()> {
-        match self.local.get() {
-            Some(_) if !self.role.group.is_empty() => Err(()),
-            q => Ok(q),
-        }
+    /// Leader: where publishes this broker takes can be handed to the ingest task.
+    pub(crate) fn local_queue(&self) -> Option<&mpsc::Sender<LocalPublish>> {
+        self.local.get()
     }
 
     /// Whether this broker leads the partition and it is running.
@@ -545,15 +540,38 @@ fn from_envelope(
     }
 }
 
-fn from_local(l: LocalPublish, leader_epoch: u64, now: i64) -> Incoming {
-    from_envelope(
-        l.subject,
-        String::new(),
-        l.envelope,
-        l.size,
-        leader_epoch,
-        now,
-    )
+/// A message for the ingest task, from either of its sources.
+enum Arrival {
+    Nats(natsbridge::Message),
+    Local(LocalPublish),
+}
+
+impl Arrival {
+    fn into_incoming(self, leader_epoch: u64, now: i64) -> Incoming {
+        match self {
+            Arrival::Nats(m) => incoming(&m, leader_epoch, now),
+            Arrival::Local(l) => from_envelope(
+                l.subject,
+                String::new(),
+                l.envelope,
+                l.size,
+                leader_epoch,
+                now,
+            ),
+        }
+    }
+}
+
+/// The next message from NATS or from this broker's own publishes; `None` once the
+/// subscription ends.
+async fn arrival(
+    sub: &mut Subscriber,
+    local: &mut mpsc::Receiver<LocalPublish>,
+) -> Option<Arrival> {
+    tokio::select! {
+        m = sub.next() => m.map(Arrival::Nats),
+        l = local.recv() => l.map(Arrival::Local),
+    }
 }
 
 impl Partition {
@@ -648,40 +666,29 @@ async fn ingest(
     loop {
         // The sender lives in `p`, so `local` never ends while this task runs.
         let first = tokio::select! {
-            m = sub.next() => m.map(|m| incoming(&m, epoch, now_nanos())),
-            l = local.recv() => l.map(|l| from_local(l, epoch, now_nanos())),
+            a = arrival(&mut sub, &mut local) => a,
             _ = stop.changed() => None,
         };
         let Some(first) = first else {
             break;
         };
-        let now = first.msg.timestamp;
+        let now = now_nanos();
         p.stats.lock().received.touch(now);
-        let mut batch = vec![first];
+        let mut batch = vec![first.into_incoming(epoch, now)];
         let deadline = tokio::time::Instant::now() + ctx.cfg.batch_max_time;
         while batch.len() < max {
-            if let Ok(l) = local.try_recv() {
-                batch.push(from_local(l, epoch, now));
-                continue;
-            }
-            let next = match sub.next().now_or_never() {
-                Some(m) => m.map(|m| incoming(&m, epoch, now)),
+            let next = match arrival(&mut sub, &mut local).now_or_never() {
+                Some(a) => a,
                 None if ctx.cfg.batch_max_time.is_zero() => break,
                 None => {
-                    let wait = async {
-                        tokio::select! {
-                            m = sub.next() => m.map(|m| incoming(&m, epoch, now)),
-                            l = local.recv() => l.map(|l| from_local(l, epoch, now)),
-                        }
-                    };
-                    match tokio::time::timeout_at(deadline, wait).await {
-                        Ok(m) => m,
+                    match tokio::time::timeout_at(deadline, arrival(&mut sub, &mut local)).await {
+                        Ok(a) => a,
                         Err(_) => break,
                     }
                 }
             };
             match next {
-                Some(m) => batch.push(m),
+                Some(a) => batch.push(a.into_incoming(epoch, now)),
                 None => break,
             }
         }
