@@ -85,6 +85,113 @@ async fn thousands_in_flight_each_acked_once_in_order() {
     srv.stop().await;
 }
 
+/// A burst of PublishAsync requests that mixes two partitions, requests that fail and
+/// requests that want no ack. The broker takes requests that are already there together; each
+/// partition must still record its messages in publish order, every request that wants an
+/// answer gets exactly one, and those with policy NONE are recorded without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_burst_keeps_each_partitions_order() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.create_stream(CreateStreamRequest {
+        partitions: 2,
+        ..stream("m", "m")
+    })
+    .await
+    .unwrap();
+    const N: usize = 600;
+    let (tx, rx) = tokio::sync::mpsc::channel(N + 2);
+    // What each partition should hold, in order.
+    let mut expected: [Vec<String>; 2] = Default::default();
+    let mut bad = Vec::new();
+    for i in 0..N {
+        let mut r = req("m", format!("v{i}"), format!("id{i}"));
+        match i % 7 {
+            3 => {
+                r.stream = "nope".into();
+                bad.push(r.correlation_id.clone());
+            }
+            5 => {
+                r.ack_policy = AckPolicy::None as i32;
+                r.partition = (i % 2) as i32;
+                expected[i % 2].push(format!("v{i}"));
+            }
+            _ => {
+                // Runs of three to the same partition, then a switch.
+                let part = (i / 3) % 2;
+                r.partition = part as i32;
+                expected[part].push(format!("v{i}"));
+            }
+        }
+        tx.send(r).await.unwrap();
+    }
+    let mut out = c
+        .publish_async(tokio_stream_from(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let answers = N - (0..N).filter(|i| i % 7 == 5).count();
+    let mut acked: HashMap<String, (i32, i64)> = HashMap::new();
+    let mut errors = Vec::new();
+    while acked.len() + errors.len() < answers {
+        let r = tokio::time::timeout(Duration::from_secs(10), out.next())
+            .await
+            .expect("responses keep coming")
+            .expect("stream open")
+            .unwrap();
+        if let Some(e) = r.async_error {
+            assert_eq!(e.code, publish_async_error::Code::NotFound as i32);
+            errors.push(r.correlation_id);
+            continue;
+        }
+        let ack = r.ack.unwrap();
+        let part = match ack.msg_subject.as_str() {
+            "m" => 0,
+            "m.1" => 1,
+            other => panic!("ack for an unexpected subject {other}"),
+        };
+        let place = (part, ack.offset);
+        assert!(acked.insert(r.correlation_id, place).is_none(), "acked twice");
+    }
+    errors.sort();
+    bad.sort();
+    assert_eq!(errors, bad);
+    // Each ack names the partition and offset where its message is recorded.
+    for (part, values) in expected.iter().enumerate() {
+        for (offset, v) in values.iter().enumerate() {
+            let id = v.replacen('v', "id", 1);
+            if let Some(place) = acked.get(&id) {
+                assert_eq!(*place, (part as i32, offset as i64), "ack of {id}");
+            }
+        }
+    }
+    drop(tx);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), out.next())
+            .await
+            .unwrap()
+            .is_none(),
+        "no answer for the requests with policy NONE"
+    );
+    for (part, values) in expected.iter().enumerate() {
+        let mut s = subscribe(
+            &mut c,
+            SubscribeRequest {
+                partition: part as i32,
+                ..sub("m", StartPosition::Earliest)
+            },
+        )
+        .await
+        .unwrap();
+        for (offset, v) in values.iter().enumerate() {
+            let m = next(&mut s).await.unwrap();
+            assert_eq!((m.offset, &m.value[..]), (offset as i64, v.as_bytes()));
+        }
+        assert!(quiet_for(&mut s, Duration::from_millis(200)).await);
+    }
+    srv.stop().await;
+}
+
 /// The requests sent on `rx`, as a stream.
 fn tokio_stream_from(
     rx: tokio::sync::mpsc::Receiver<PublishRequest>,

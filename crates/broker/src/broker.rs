@@ -962,59 +962,93 @@ impl Broker {
         }
     }
 
-    /// Publishes an envelope on `subject`, as Liftbridge does, so that every stream and
-    /// subscriber on the subject gets it. The partitions this broker leads on the subject get it
-    /// in process instead, when no stream group is involved; then it goes to NATS on the
-    /// `streams` connection, whose echo is off, so that they do not get it twice, and only if
-    /// someone else listens when the NATS server is in this process and can tell.
-    pub(crate) async fn nats_publish(&self, subject: &str, mut msg: api::Message) -> Result<()> {
+    /// Publishes an envelope on `subject`; see [`nats_publish_all`](Self::nats_publish_all).
+    pub(crate) async fn nats_publish(&self, subject: &str, msg: api::Message) -> Result<()> {
+        let mut results = self.nats_publish_all(subject, vec![msg]).await;
+        results.pop().unwrap_or(Ok(()))
+    }
+
+    /// Publishes envelopes on `subject`, in order, as Liftbridge does, so that every stream and
+    /// subscriber on the subject gets them. Returns one result per envelope.
+    ///
+    /// The partitions this broker leads on the subject get them in process instead, when no
+    /// stream group is involved: a single such partition that
+    /// [appends in place](Partition::appends_in_place) takes them all as one append in this
+    /// task; otherwise they go to the partitions' ingest queues. Then they go to NATS on the
+    /// `streams` connection, whose echo is off, so that those partitions do not get them
+    /// twice, and only if someone else listens when the NATS server is in this process and can
+    /// tell.
+    pub(crate) async fn nats_publish_all(
+        &self,
+        subject: &str,
+        msgs: Vec<api::Message>,
+    ) -> Vec<Result<()>> {
         let nats_error = |e| BrokerError::internal("publishing to NATS", e);
-        let queues = match self.local_queues(subject) {
-            Some(q) if !q.is_empty() => q,
+        let targets = match self.local_targets(subject) {
+            Some(t) if !t.is_empty() => t,
             _ => {
-                let data = payload::encode(&msg, false);
-                return self
-                    .inner
-                    .publishes
-                    .publish(subject, data)
-                    .await
-                    .map_err(nats_error);
+                let mut results = Vec::with_capacity(msgs.len());
+                for msg in &msgs {
+                    let data = payload::encode(msg, false);
+                    let r = self.inner.publishes.publish(subject, data).await;
+                    results.push(r.map_err(nats_error));
+                }
+                return results;
             }
         };
         let conn = &self.inner.ctx.streams_conn;
         let others = (self.inner.cfg.interest.as_ref())
             .is_none_or(|p| p.listened_by_others(subject, conn.name()));
-        // Encoded only if NATS needs it; the size is the one NATS would carry either way.
-        let data = others.then(|| payload::encode(&msg, false));
-        let size = data.as_ref().map_or_else(
-            || natsbridge::envelope::MIN_HEADER_LEN + prost::Message::encoded_len(&msg),
-            Bytes::len,
-        );
-        let last = queues.len() - 1;
-        for (i, q) in queues.iter().enumerate() {
-            let envelope = if i == last {
-                std::mem::take(&mut msg)
-            } else {
-                msg.clone()
-            };
-            let l = LocalPublish {
+        let mut to_nats = Vec::new();
+        let mut batch = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            // Encoded only if NATS needs it; the size is the one NATS would carry either way.
+            let data = others.then(|| payload::encode(&msg, false));
+            let size = data.as_ref().map_or_else(
+                || natsbridge::envelope::MIN_HEADER_LEN + prost::Message::encoded_len(&msg),
+                Bytes::len,
+            );
+            to_nats.extend(data);
+            batch.push(LocalPublish {
                 subject: subject.to_owned(),
-                envelope,
+                envelope: msg,
                 size,
-            };
-            // A partition that stopped meanwhile had stopped listening to NATS too.
-            let _ = q.send(l).await;
+            });
         }
-        match data {
-            Some(data) => conn.publish(subject, data).await.map_err(nats_error),
-            // Nobody else would get it: the local partitions have it already.
-            None => Ok(()),
+        let count = batch.len();
+        match targets.as_slice() {
+            [p] if p.appends_in_place(self.inner.cfg.sync) => {
+                p.append_in_place(&self.inner.ctx, batch).await;
+            }
+            _ => {
+                let last = targets.len() - 1;
+                for l in batch {
+                    let mut l = Some(l);
+                    for (i, p) in targets.iter().enumerate() {
+                        let Some(q) = p.local_queue() else { continue };
+                        let one = if i == last { l.take() } else { l.clone() };
+                        // A partition that stopped meanwhile had stopped listening to NATS too.
+                        if let Some(one) = one {
+                            let _ = q.send(one).await;
+                        }
+                    }
+                }
+            }
         }
+        if !others {
+            // Nobody else would get them: the local partitions have them already.
+            return (0..count).map(|_| Ok(())).collect();
+        }
+        let mut results = Vec::with_capacity(to_nats.len());
+        for data in to_nats {
+            results.push(conn.publish(subject, data).await.map_err(nats_error));
+        }
+        results
     }
 
-    /// The ingest queues of the partitions this broker leads whose subject matches `subject`.
-    /// `None` when one of them belongs to a stream group: NATS must then choose.
-    fn local_queues(&self, subject: &str) -> Option<Vec<tokio::sync::mpsc::Sender<LocalPublish>>> {
+    /// The partitions this broker leads, with their ingest running, whose subject matches
+    /// `subject`. `None` when one of them belongs to a stream group: NATS must then choose.
+    fn local_targets(&self, subject: &str) -> Option<Vec<Arc<Partition>>> {
         let routes = self.inner.routes.read();
         let exact = routes.exact.get(subject).into_iter().flatten();
         let wild = routes
@@ -1026,7 +1060,9 @@ impl Broker {
             if !p.role.group.is_empty() {
                 return None;
             }
-            out.extend(p.local_queue().cloned());
+            if p.local_queue().is_some() {
+                out.push(p.clone());
+            }
         }
         Some(out)
     }

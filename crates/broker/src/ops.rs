@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use commitlog::{Isolation, Reader, ReverseReader};
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use liftbridge_proto::api::{self, AckPolicy, ack, publish_async_error};
 use liftbridge_proto::internal::{self, Op, RaftLog};
 use natsbridge::payload;
@@ -499,6 +499,7 @@ impl Broker {
         let mut shutdown = self.shutdown_signal();
         let mut inflight: usize = 0;
         let mut input_done = false;
+        let batch_max = self.inner.cfg.batch_max_messages.max(1);
         let drain_deadline = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
         tokio::pin!(drain_deadline);
         loop {
@@ -506,37 +507,23 @@ impl Broker {
                 break;
             }
             tokio::select! {
-                req = input.next(), if !input_done => match req {
-                    Some(req) => {
-                        let cid = req.correlation_id.clone();
-                        let none = req.ack_policy == AckPolicy::None as i32;
-                        match self.prepare_publish(&req).await {
-                            Ok(subject) => {
-                                let mut msg = Self::envelope_of(req, &subject);
-                                msg.ack_inbox = inbox.clone();
-                                match self.nats_publish(&subject, msg).await {
-                                    Ok(()) if !none => inflight += 1,
-                                    Ok(()) => {}
-                                    Err(e) => {
-                                        let r = async_error(cid, publish_async_error::Code::Internal, e.to_string());
-                                        if out.send(r).await.is_err() { return; }
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                let code = match &e {
-                                    BrokerError::InvalidArgument(_) => publish_async_error::Code::BadRequest,
-                                    BrokerError::NotFound(_) => publish_async_error::Code::NotFound,
-                                    BrokerError::FailedPrecondition(_) => publish_async_error::Code::Readonly,
-                                    _ => publish_async_error::Code::Internal,
-                                };
-                                if out.send(async_error(cid, code, e.to_string())).await.is_err() {
-                                    return;
-                                }
-                            }
+                req = input.next(), if !input_done => {
+                    // The requests already received go on together, so that they can be
+                    // appended as one batch.
+                    let mut reqs = Vec::from_iter(req);
+                    let mut ended = reqs.is_empty();
+                    while !ended && reqs.len() < batch_max {
+                        match input.next().now_or_never() {
+                            Some(Some(req)) => reqs.push(req),
+                            Some(None) => ended = true,
+                            None => break,
                         }
                     }
-                    None => {
+                    match self.publish_session_batch(reqs, &inbox, &out).await {
+                        Some(waiting) => inflight += waiting,
+                        None => return,
+                    }
+                    if ended {
                         input_done = true;
                         drain_deadline.as_mut().reset(tokio::time::Instant::now() + ASYNC_DRAIN);
                     }
@@ -577,6 +564,80 @@ impl Broker {
                 _ = shutdown.changed() => break,
             }
         }
+    }
+
+    /// Publishes a PublishAsync session's requests, in order, with acks to `inbox`. Runs of
+    /// requests to the same subject are published together. Errors are answered on `out`.
+    /// Returns how many acks to wait for, or `None` once `out` is closed.
+    async fn publish_session_batch(
+        &self,
+        reqs: Vec<api::PublishRequest>,
+        inbox: &str,
+        out: &mpsc::Sender<api::PublishResponse>,
+    ) -> Option<usize> {
+        let mut run: Option<Run> = None;
+        let mut waiting = 0;
+        let mut reqs = reqs.into_iter().peekable();
+        while let Some(req) = reqs.next() {
+            let cid = req.correlation_id.clone();
+            let wants_ack = req.ack_policy != AckPolicy::None as i32;
+            match self.prepare_publish(&req).await {
+                Ok(subject) => {
+                    let mut msg = Self::envelope_of(req, &subject);
+                    msg.ack_inbox = inbox.to_owned();
+                    let r = run.get_or_insert_with(|| Run {
+                        subject,
+                        msgs: Vec::new(),
+                        replies: Vec::new(),
+                    });
+                    r.msgs.push(msg);
+                    r.replies.push((cid, wants_ack));
+                }
+                Err(e) => {
+                    let code = match &e {
+                        BrokerError::InvalidArgument(_) => publish_async_error::Code::BadRequest,
+                        BrokerError::NotFound(_) => publish_async_error::Code::NotFound,
+                        BrokerError::FailedPrecondition(_) => publish_async_error::Code::Readonly,
+                        _ => publish_async_error::Code::Internal,
+                    };
+                    out.send(async_error(cid, code, e.to_string())).await.ok()?;
+                }
+            }
+            // The run goes on while the next request is for the same partition, hence the same
+            // subject.
+            let next_joins = match (&run, reqs.peek()) {
+                (Some(r), Some(next)) => r
+                    .msgs
+                    .first()
+                    .is_some_and(|m| m.stream == next.stream && m.partition == next.partition),
+                _ => false,
+            };
+            if next_joins {
+                continue;
+            }
+            if let Some(Run {
+                subject,
+                msgs,
+                replies,
+            }) = run.take()
+            {
+                let results = self.nats_publish_all(&subject, msgs).await;
+                for (r, (cid, wants_ack)) in results.into_iter().zip(replies) {
+                    match r {
+                        Ok(()) => waiting += usize::from(wants_ack),
+                        Err(e) => {
+                            let r = async_error(
+                                cid,
+                                publish_async_error::Code::Internal,
+                                e.to_string(),
+                            );
+                            out.send(r).await.ok()?;
+                        }
+                    }
+                }
+            }
+        }
+        Some(waiting)
     }
 
     /// FetchMetadata: brokers, the requested streams (all when none), and groups.
@@ -822,6 +883,14 @@ fn async_error(
 }
 
 /// Ends a PublishAsync session's in-process ack routing when the session ends.
+/// PublishAsync requests to one partition, prepared and waiting to be published together.
+struct Run {
+    subject: String,
+    msgs: Vec<api::Message>,
+    /// For each message, its correlation id and whether it waits for an ack.
+    replies: Vec<(String, bool)>,
+}
+
 struct SessionGuard(Arc<crate::acks::LocalAcks>, String);
 
 impl Drop for SessionGuard {

@@ -145,9 +145,13 @@ pub(crate) struct Partition {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Leader: the ingest task's queue for publishes this broker took itself.
     local: std::sync::OnceLock<mpsc::Sender<LocalPublish>>,
+    /// Held for each append, so that the ingest task and publishers appending in place
+    /// ([`Partition::append_in_place`]) take turns.
+    write: Mutex<()>,
 }
 
 /// A publish this broker took, handed to one of its own leading partitions without NATS.
+#[derive(Clone)]
 pub(crate) struct LocalPublish {
     pub subject: String,
     pub envelope: api::Message,
@@ -232,6 +236,7 @@ impl Partition {
             stop,
             tasks: Mutex::new(Vec::new()),
             local: std::sync::OnceLock::new(),
+            write: Mutex::new(()),
         });
         if p.role.paused {
             p.log
@@ -378,6 +383,35 @@ impl Partition {
         self.role.leader && !self.role.paused
     }
 
+    /// Whether a publish this broker took may be appended by the publisher's own task instead
+    /// of being handed to the ingest task. That needs a started leader outside a stream group,
+    /// under the OS sync policy (an append is then a copy to the page cache, not a wait for the
+    /// disk), and without optimistic concurrency, whose check takes one message per append.
+    pub(crate) fn appends_in_place(&self, sync: commitlog::SyncPolicy) -> bool {
+        self.local.get().is_some()
+            && self.role.group.is_empty()
+            && sync == commitlog::SyncPolicy::Os
+            && !self.settings.concurrency_control
+    }
+
+    /// Appends publishes this broker took, in the caller's task, as one batch; then sends the
+    /// acks and wakes the followers, as the ingest task does. The caller checked
+    /// [`appends_in_place`](Self::appends_in_place) and keeps the batch within
+    /// `batch_max_messages`. Acks for this broker's own waiters are handed over before this
+    /// returns.
+    pub(crate) async fn append_in_place(&self, ctx: &Ctx, batch: Vec<LocalPublish>) {
+        let now = now_nanos();
+        self.stats.lock().received.touch(now);
+        let epoch = self.role.leader_epoch;
+        let batch = batch
+            .into_iter()
+            .map(|l| Arrival::Local(l).into_incoming(epoch, now))
+            .collect();
+        let acks = self.write_batch(ctx, batch);
+        send_acks(ctx, acks).await;
+        crate::replica::notify_followers(self, ctx, None).await;
+    }
+
     /// Stops the tasks and closes the log. Subscribers see the log close.
     pub(crate) async fn stop(&self) {
         let _ = self.stop.send(true);
@@ -463,6 +497,11 @@ pub(crate) async fn send_acks(ctx: &Ctx, acks: Vec<api::Ack>) {
 /// A message as received, before it gets an offset.
 struct Incoming {
     msg: commitlog::Message,
+    ack: AckTo,
+}
+
+/// What an ack for an incoming message needs, apart from the log message.
+struct AckTo {
     subject: String,
     ack_inbox: String,
     correlation_id: String,
@@ -482,27 +521,27 @@ fn incoming(m: &natsbridge::Message, leader_epoch: u64, now: i64) -> Incoming {
     {
         return from_envelope(subject, reply, env, m.payload.len(), leader_epoch, now);
     }
-    let mut out = Incoming {
+    Incoming {
         msg: commitlog::Message {
             key: None,
             value: m.payload.clone(),
-            headers: Vec::new(),
+            headers: vec![
+                ("subject".into(), Bytes::from(subject.clone())),
+                ("reply".into(), Bytes::from(reply)),
+            ],
             timestamp: now,
             leader_epoch,
         },
-        subject: subject.clone(),
-        ack_inbox: String::new(),
-        correlation_id: String::new(),
-        ack_policy: AckPolicy::Leader,
-        // A plain NATS message carries no expectation (Liftbridge reads it as offset 0).
-        expected_offset: -1,
-        size: m.payload.len(),
-    };
-    out.msg.headers = vec![
-        ("subject".into(), Bytes::from(subject)),
-        ("reply".into(), Bytes::from(reply)),
-    ];
-    out
+        ack: AckTo {
+            subject,
+            ack_inbox: String::new(),
+            correlation_id: String::new(),
+            ack_policy: AckPolicy::Leader,
+            // A plain NATS message carries no expectation (Liftbridge reads it as offset 0).
+            expected_offset: -1,
+            size: m.payload.len(),
+        },
+    }
 }
 
 /// A Publish envelope as a log message: key, headers and ack details from the envelope, plus
@@ -531,12 +570,14 @@ fn from_envelope(
             timestamp: now,
             leader_epoch,
         },
-        subject,
-        ack_inbox: env.ack_inbox,
-        correlation_id: env.correlation_id,
-        ack_policy: AckPolicy::try_from(env.ack_policy).unwrap_or(AckPolicy::Leader),
-        expected_offset: env.offset,
-        size,
+        ack: AckTo {
+            subject,
+            ack_inbox: env.ack_inbox,
+            correlation_id: env.correlation_id,
+            ack_policy: AckPolicy::try_from(env.ack_policy).unwrap_or(AckPolicy::Leader),
+            expected_offset: env.offset,
+            size,
+        },
     }
 }
 
@@ -575,16 +616,17 @@ async fn arrival(
 }
 
 impl Partition {
-    fn ack_for(&self, m: &Incoming, offset: i64, error: ack::Error) -> api::Ack {
+    /// The ack for a message received at `received`.
+    fn ack_for(&self, to: AckTo, received: i64, offset: i64, error: ack::Error) -> api::Ack {
         api::Ack {
             stream: self.stream.clone(),
             partition_subject: self.stream_subject.clone(),
-            msg_subject: m.subject.clone(),
+            msg_subject: to.subject,
             offset,
-            ack_inbox: m.ack_inbox.clone(),
-            correlation_id: m.correlation_id.clone(),
-            ack_policy: m.ack_policy as i32,
-            reception_timestamp: m.msg.timestamp,
+            ack_inbox: to.ack_inbox,
+            correlation_id: to.correlation_id,
+            ack_policy: to.ack_policy as i32,
+            reception_timestamp: received,
             commit_timestamp: if error == ack::Error::Ok {
                 0
             } else {
@@ -596,30 +638,42 @@ impl Partition {
 
     /// Appends one batch. Returns the acks to send, in order.
     fn write_batch(&self, ctx: &Ctx, batch: Vec<Incoming>) -> Vec<api::Ack> {
+        let _writing = self.write.lock();
         let mut acks = Vec::new();
-        let mut accepted = Vec::with_capacity(batch.len());
-        for m in batch {
-            if m.size as u64 > ctx.cfg.replication_max_bytes {
-                acks.push(self.ack_for(&m, 0, ack::Error::TooLarge));
-                continue;
-            }
-            if self.settings.concurrency_control
-                && m.expected_offset != -1
-                && m.expected_offset != self.log.next_offset()
+        let mut msgs = Vec::with_capacity(batch.len());
+        let mut acks_to = Vec::with_capacity(batch.len());
+        for Incoming { msg, ack: to } in batch {
+            let refused = if to.size as u64 > ctx.cfg.replication_max_bytes {
+                Some(ack::Error::TooLarge)
+            } else if self.settings.concurrency_control
+                && to.expected_offset != -1
+                && to.expected_offset != self.log.next_offset()
             {
-                acks.push(self.ack_for(&m, 0, ack::Error::IncorrectOffset));
-                continue;
+                Some(ack::Error::IncorrectOffset)
+            } else {
+                None
+            };
+            match refused {
+                Some(error) => acks.push(self.ack_for(to, msg.timestamp, 0, error)),
+                None => {
+                    acks_to.push((to, msg.timestamp));
+                    msgs.push(msg);
+                }
             }
-            accepted.push(m);
         }
-        if accepted.is_empty() {
+        if msgs.is_empty() {
             return acks;
         }
-        let msgs: Vec<commitlog::Message> = accepted.iter().map(|m| m.msg.clone()).collect();
         let info = match self.log.append(&msgs) {
             Ok(info) => info,
             Err(commitlog::Error::Readonly) => {
                 warn!(ctx.logger, "dropped messages sent to a read-only partition";
+                    "stream" => &self.stream, "partition" => self.id, "count" => msgs.len());
+                return acks;
+            }
+            Err(commitlog::Error::Closed) => {
+                // The partition stopped (a leader change, a pause, a delete) meanwhile.
+                slog::debug!(ctx.logger, "dropped messages sent to a closed partition";
                     "stream" => &self.stream, "partition" => self.id, "count" => msgs.len());
                 return acks;
             }
@@ -629,18 +683,21 @@ impl Partition {
                 return acks;
             }
         };
-        for (i, m) in accepted.iter().enumerate() {
+        drop(msgs);
+        for (i, (to, received)) in acks_to.into_iter().enumerate() {
             let offset = info.first_offset + i as i64;
-            match m.ack_policy {
-                AckPolicy::Leader if !m.ack_inbox.is_empty() => {
-                    let mut a = self.ack_for(m, offset, ack::Error::Ok);
+            if to.ack_inbox.is_empty() {
+                continue;
+            }
+            match to.ack_policy {
+                AckPolicy::Leader => {
+                    let mut a = self.ack_for(to, received, offset, ack::Error::Ok);
                     a.commit_timestamp = now_nanos();
                     acks.push(a);
                 }
-                AckPolicy::All if !m.ack_inbox.is_empty() => {
-                    self.pending
-                        .lock()
-                        .insert(offset, self.ack_for(m, offset, ack::Error::Ok));
+                AckPolicy::All => {
+                    let a = self.ack_for(to, received, offset, ack::Error::Ok);
+                    self.pending.lock().insert(offset, a);
                 }
                 _ => {}
             }
