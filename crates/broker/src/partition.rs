@@ -3,8 +3,10 @@
 //! retention and compaction.
 //!
 //! # Invariants
-//! - Only the leader appends, and only from its ingest task, so offsets are assigned in the order
-//!   the ingest task takes messages: from NATS, and from publishes this broker took itself.
+//! - Only the leader appends: its ingest task, and publishers appending in place
+//!   ([`Partition::append_in_place`]) the publishes this broker took itself. Appends take the
+//!   partition's write lock one at a time, so each source's messages get offsets in its own
+//!   order: NATS delivery order, a publisher's order.
 //! - A publish this broker takes goes to its own leading partitions on the subject in process,
 //!   and to NATS (unless the embedded server says nobody else listens) on the `streams`
 //!   connection, which has echo off: each local partition gets it exactly once. This holds only
