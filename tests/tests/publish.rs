@@ -151,7 +151,10 @@ async fn a_mixed_burst_keeps_each_partitions_order() {
             other => panic!("ack for an unexpected subject {other}"),
         };
         let place = (part, ack.offset);
-        assert!(acked.insert(r.correlation_id, place).is_none(), "acked twice");
+        assert!(
+            acked.insert(r.correlation_id, place).is_none(),
+            "acked twice"
+        );
     }
     errors.sort();
     bad.sort();

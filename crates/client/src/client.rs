@@ -98,6 +98,17 @@ fn id_prefix() -> String {
     format!("{:x}{:x}", t, std::process::id())
 }
 
+/// `<prefix>-<n>`: made for every publish, so without the formatting machinery.
+fn correlation_id(prefix: &str, n: u64) -> String {
+    let mut digits = itoa::Buffer::new();
+    let n = digits.format(n);
+    let mut id = String::with_capacity(prefix.len() + 1 + n.len());
+    id.push_str(prefix);
+    id.push('-');
+    id.push_str(n);
+    id
+}
+
 pub(crate) struct Inner {
     seeds: Vec<String>,
     connect_timeout: Duration,
@@ -197,7 +208,7 @@ impl Client {
 
     pub(crate) fn next_correlation_id(&self) -> String {
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n}", self.inner.id_prefix)
+        correlation_id(&self.inner.id_prefix, n)
     }
 
     /// The connection to `addr`, made if needed.
@@ -563,5 +574,17 @@ impl Client {
     /// The value bytes of anything convertible.
     pub(crate) fn bytes(v: impl Into<Bytes>) -> Bytes {
         v.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn correlation_ids_are_the_prefix_and_a_decimal_count() {
+        assert_eq!(super::correlation_id("18f3a", 0), "18f3a-0");
+        assert_eq!(
+            super::correlation_id("18f3a", u64::MAX),
+            "18f3a-18446744073709551615"
+        );
     }
 }

@@ -137,7 +137,14 @@ pub struct BrokerInfo {
 impl BrokerInfo {
     /// `host:port`.
     pub fn addr(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        // Looked up for every publish, so built without the formatting machinery.
+        let mut digits = itoa::Buffer::new();
+        let port = digits.format(self.port);
+        let mut addr = String::with_capacity(self.host.len() + 1 + port.len());
+        addr.push_str(&self.host);
+        addr.push(':');
+        addr.push_str(port);
+        addr
     }
 }
 
@@ -586,6 +593,18 @@ mod tests {
         );
         assert_eq!(partition_for_key(b"anything", 1), 0);
         assert_eq!(partition_for_key(b"anything", 0), 0);
+    }
+
+    #[test]
+    fn a_broker_address_is_host_colon_port() {
+        let b = BrokerInfo {
+            id: "a".into(),
+            host: "127.0.0.1".into(),
+            port: 9292,
+            partition_count: 0,
+            leader_count: 0,
+        };
+        assert_eq!(b.addr(), "127.0.0.1:9292");
     }
 
     #[test]
