@@ -464,6 +464,42 @@ async fn a_subscription_survives_a_broker_restart() {
     srv.stop().await;
 }
 
+/// After a broker restarts, the client's calls work again without the application doing
+/// anything: async publishes need a new stream, and the metadata a working connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_calls_after_a_broker_restart_work() {
+    let mut srv = TestServer::start().await;
+    let c = connect(&srv).await;
+    c.create_stream("rc", "rc", StreamOptions::default())
+        .await
+        .unwrap();
+    let first = c
+        .publish_async("rc", "before", PublishOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(first.await.unwrap().expect("an ack").offset, 0);
+    srv.restart_in_place().await;
+    // Async publishes open a new stream on a new connection. The restarted server may take
+    // a moment to lead its partition again, so a few attempts may fail meanwhile.
+    let mut acked = None;
+    for _ in 0..50 {
+        let sent = c
+            .publish_async("rc", "after", PublishOptions::default())
+            .await;
+        if let Ok(pending) = sent
+            && let Ok(ack) = pending.await
+        {
+            acked = ack;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(acked.expect("an ack after the restart").offset, 1);
+    let md = c.fetch_metadata().await.unwrap();
+    assert!(md.streams.contains_key("rc"));
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_async_publish_whose_ack_never_comes_times_out() {
     // With min ISR 2 on a single broker nothing commits, so ALL acks never come.
