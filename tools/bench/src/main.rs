@@ -181,6 +181,23 @@ async fn run_system(
             }
             let name = format!("s{size}");
             workloads::create(&target, &name).await?;
+            if size == SIZES[0] {
+                // Once per system: the round trip of a request that does no storage work.
+                let mut lat = workloads::info_requests(&target, &name, c.sync_msgs).await?;
+                for (p, tag) in [(50.0, "p50"), (99.0, "p99")] {
+                    res.add(
+                        Row {
+                            order: 2,
+                            name: format!("metadata request latency {tag}"),
+                            size: 0,
+                            higher_better: false,
+                            unit: "µs",
+                        },
+                        kind,
+                        workloads::percentile_us(&mut lat, p),
+                    );
+                }
+            }
             let mut lat = workloads::sync_publish(&target, &name, size, c.sync_msgs).await?;
             for (p, tag) in [(50.0, "p50"), (99.0, "p99"), (99.9, "p99.9")] {
                 res.add(
@@ -233,7 +250,9 @@ fn fmt_num(v: f64) -> String {
 }
 
 fn size_label(s: usize) -> String {
-    if s >= 1024 {
+    if s == 0 {
+        "–".into()
+    } else if s >= 1024 {
         format!("{} KiB", s / 1024)
     } else {
         format!("{s} B")

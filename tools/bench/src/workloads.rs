@@ -178,6 +178,36 @@ pub async fn sync_publish(
     Ok(lat)
 }
 
+/// Asks `count` times, one at a time, for the metadata of stream `name`, the cheapest request
+/// each server answers without touching the log: Liftbridge's FetchPartitionMetadata of
+/// partition 0, JetStream's stream info. The floor under a sync publish. Returns each latency in
+/// ns.
+pub async fn info_requests(t: &Target, name: &str, count: usize) -> Result<Vec<u64>, String> {
+    let mut lat = Vec::with_capacity(count);
+    match t {
+        Target::Liftbridge(a) => {
+            let c = lb(a).await?;
+            for _ in 0..count {
+                let t0 = Instant::now();
+                c.fetch_partition_metadata(name, 0)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                lat.push(t0.elapsed().as_nanos() as u64);
+            }
+            c.close();
+        }
+        Target::JetStream(u) => {
+            let (_, ctx) = js(u).await?;
+            for _ in 0..count {
+                let t0 = Instant::now();
+                ctx.get_stream(name).await.map_err(|e| e.to_string())?;
+                lat.push(t0.elapsed().as_nanos() as u64);
+            }
+        }
+    }
+    Ok(lat)
+}
+
 /// Reads `count` stored messages from the start. Returns the elapsed time.
 pub async fn replay(t: &Target, name: &str, count: usize) -> Result<Duration, String> {
     match t {
