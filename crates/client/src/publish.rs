@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use liftbridge_proto::api::{self, publish_async_error};
+use liftbridge_proto::api::{self, api_client::ApiClient, publish_async_error};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
+use tonic::transport::Channel;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -182,7 +183,7 @@ impl Client {
             .await?;
         let mut last = None;
         for attempt in 0..3 {
-            let (addr, mut c) = self.any_conn().await?;
+            let (addr, mut c) = self.publish_conn(stream, req.partition).await?;
             let mut r = tonic::Request::new(req.clone());
             r.set_timeout(opts.ack_wait);
             match c.publish(r).await {
@@ -303,6 +304,23 @@ impl Client {
         Err(Error::NoBrokers(format!(
             "cannot open a publish stream to {addr}"
         )))
+    }
+
+    /// Where a publish to `stream`/`partition` goes: its leader, which appends without a trip
+    /// through NATS, else any broker, since every broker takes publishes.
+    async fn publish_conn(
+        &self,
+        stream: &str,
+        partition: i32,
+    ) -> Result<(String, ApiClient<Channel>)> {
+        if let Ok(addr) = self.partition_addr(stream, partition, false).await {
+            match self.conn(&addr).await {
+                Ok(c) => return Ok((addr, c)),
+                Err(Error::Closed) => return Err(Error::Closed),
+                Err(_) => {}
+            }
+        }
+        self.any_conn().await
     }
 
     async fn session(&self, addr: &str) -> Result<(mpsc::Sender<api::PublishRequest>, Waiters)> {
