@@ -1182,7 +1182,7 @@ impl Broker {
     }
 
     /// A partition's message as the API sends it.
-    pub(crate) fn to_api(p: &Partition, r: commitlog::Record) -> api::Message {
+    pub(crate) fn to_api(p: &Partition, mut r: commitlog::Record) -> api::Message {
         let header = |name: &str| {
             r.headers
                 .iter()
@@ -1194,8 +1194,8 @@ impl Broker {
             offset: r.offset,
             subject: header("subject"),
             reply_subject: header("reply"),
-            key: r.key.clone().unwrap_or_default(),
-            value: r.value.clone(),
+            key: r.key.take().unwrap_or_default(),
+            value: std::mem::take(&mut r.value),
             timestamp: r.timestamp,
             stream: p.stream.clone(),
             partition: p.id,
