@@ -44,11 +44,7 @@ async fn thousands_in_flight_each_acked_once_in_order() {
     let mut offsets: HashMap<String, i64> = HashMap::new();
     let mut errors = Vec::new();
     while offsets.len() + errors.len() < N + 1 {
-        let r = tokio::time::timeout(Duration::from_secs(10), out.next())
-            .await
-            .expect("responses keep coming")
-            .expect("stream open")
-            .unwrap();
+        let r = next_response(&mut out).await;
         if let Some(e) = r.async_error {
             errors.push((r.correlation_id, e.code));
             continue;
@@ -134,11 +130,7 @@ async fn a_mixed_burst_keeps_each_partitions_order() {
     let mut acked: HashMap<String, (i32, i64)> = HashMap::new();
     let mut errors = Vec::new();
     while acked.len() + errors.len() < answers {
-        let r = tokio::time::timeout(Duration::from_secs(10), out.next())
-            .await
-            .expect("responses keep coming")
-            .expect("stream open")
-            .unwrap();
+        let r = next_response(&mut out).await;
         if let Some(e) = r.async_error {
             assert_eq!(e.code, publish_async_error::Code::NotFound as i32);
             errors.push(r.correlation_id);
@@ -193,6 +185,15 @@ async fn a_mixed_burst_keeps_each_partitions_order() {
         assert!(quiet_for(&mut s, Duration::from_millis(200)).await);
     }
     srv.stop().await;
+}
+
+/// The next PublishAsync response, within 10 s.
+async fn next_response(out: &mut tonic::Streaming<PublishResponse>) -> PublishResponse {
+    tokio::time::timeout(Duration::from_secs(10), out.next())
+        .await
+        .expect("responses keep coming")
+        .expect("stream open")
+        .unwrap()
 }
 
 /// The requests sent on `rx`, as a stream.

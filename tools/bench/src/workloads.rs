@@ -141,6 +141,22 @@ pub async fn async_publish(
     Ok(started.elapsed())
 }
 
+/// Runs `call` `count` times, one after the other. Returns each latency in nanoseconds.
+async fn timed<F, Fut, T, E>(count: usize, mut call: F) -> Result<Vec<u64>, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut lat = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t0 = Instant::now();
+        call().await.map_err(|e| e.to_string())?;
+        lat.push(t0.elapsed().as_nanos() as u64);
+    }
+    Ok(lat)
+}
+
 /// One publish at a time, each waiting for its ack. Returns each latency in nanoseconds.
 pub async fn sync_publish(
     t: &Target,
@@ -149,33 +165,28 @@ pub async fn sync_publish(
     count: usize,
 ) -> Result<Vec<u64>, String> {
     let data = payload(size);
-    let mut lat = Vec::with_capacity(count);
     match t {
         Target::Liftbridge(a) => {
             let c = lb(a).await?;
-            for _ in 0..count {
-                let t0 = Instant::now();
+            let lat = timed(count, || {
                 c.publish(name, data.clone(), PublishOptions::default())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                lat.push(t0.elapsed().as_nanos() as u64);
-            }
+            })
+            .await;
             c.close();
+            lat
         }
         Target::JetStream(u) => {
             let (_, ctx) = js(u).await?;
-            for _ in 0..count {
-                let t0 = Instant::now();
-                ctx.publish(name.to_owned(), data.clone())
-                    .await
-                    .map_err(|e| e.to_string())?
+            timed(count, || async {
+                let ack = ctx
+                    .publish(name.to_owned(), data.clone())
                     .await
                     .map_err(|e| e.to_string())?;
-                lat.push(t0.elapsed().as_nanos() as u64);
-            }
+                ack.await.map_err(|e| e.to_string())
+            })
+            .await
         }
     }
-    Ok(lat)
 }
 
 /// Asks `count` times, one at a time, for the metadata of stream `name`, the cheapest request
@@ -183,29 +194,18 @@ pub async fn sync_publish(
 /// partition 0, JetStream's stream info. The floor under a sync publish. Returns each latency in
 /// ns.
 pub async fn info_requests(t: &Target, name: &str, count: usize) -> Result<Vec<u64>, String> {
-    let mut lat = Vec::with_capacity(count);
     match t {
         Target::Liftbridge(a) => {
             let c = lb(a).await?;
-            for _ in 0..count {
-                let t0 = Instant::now();
-                c.fetch_partition_metadata(name, 0)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                lat.push(t0.elapsed().as_nanos() as u64);
-            }
+            let lat = timed(count, || c.fetch_partition_metadata(name, 0)).await;
             c.close();
+            lat
         }
         Target::JetStream(u) => {
             let (_, ctx) = js(u).await?;
-            for _ in 0..count {
-                let t0 = Instant::now();
-                ctx.get_stream(name).await.map_err(|e| e.to_string())?;
-                lat.push(t0.elapsed().as_nanos() as u64);
-            }
+            timed(count, || ctx.get_stream(name)).await
         }
     }
-    Ok(lat)
 }
 
 /// Reads `count` stored messages from the start. Returns the elapsed time.
