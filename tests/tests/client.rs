@@ -538,3 +538,60 @@ async fn an_async_publish_whose_ack_never_comes_times_out() {
     client.close();
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_client_on_a_single_threaded_runtime_publishes_and_subscribes() {
+    let srv = TestServer::start().await;
+    let c = connect(&srv).await;
+    c.create_stream("own", "own", StreamOptions::default())
+        .await
+        .unwrap();
+    let ack = c
+        .publish("own", "unary", PublishOptions::default())
+        .await
+        .unwrap()
+        .expect("an ack");
+    assert_eq!(ack.offset, 0);
+    let pending = c
+        .publish_async("own", "async", PublishOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(pending.await.unwrap().expect("an ack").offset, 1);
+    let mut sub = c
+        .subscribe("own", SubscribeOptions::default().start(StartAt::Earliest))
+        .await
+        .unwrap();
+    let got = take(&mut sub, 2).await;
+    assert_eq!(
+        got.iter().map(|m| m.value.as_ref()).collect::<Vec<_>>(),
+        [&b"unary"[..], b"async"]
+    );
+    c.close();
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_outlives_the_client_handle_it_came_from() {
+    let srv = TestServer::start().await;
+    let c = connect(&srv).await;
+    c.create_stream("kept", "kept", StreamOptions::default())
+        .await
+        .unwrap();
+    let mut sub = c
+        .subscribe("kept", SubscribeOptions::default().start(StartAt::Earliest))
+        .await
+        .unwrap();
+    drop(c);
+    // The connection stays while the subscription does.
+    let other = connect(&srv).await;
+    for v in ["one", "two"] {
+        other
+            .publish("kept", v, PublishOptions::default())
+            .await
+            .unwrap();
+    }
+    let got = take(&mut sub, 2).await;
+    assert_eq!(got[1].value.as_ref(), b"two");
+    other.close();
+    srv.stop().await;
+}

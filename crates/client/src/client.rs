@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use liftbridge_proto::api::{self, api_client::ApiClient};
+use liftbridge_proto::api;
 use parking_lot::{Mutex, RwLock};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::error::{Error, Result};
 use crate::publish::AsyncSession;
+use crate::transport::{self, Conn};
 use crate::types::{Metadata, PartitionSet, StreamOptions, partition_for_key};
 
 /// The internal stream that stores cursors.
@@ -114,7 +115,7 @@ pub(crate) struct Inner {
     connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) resubscribe_wait: Duration,
-    pool: Mutex<HashMap<String, ApiClient<Channel>>>,
+    pool: Mutex<HashMap<String, Conn>>,
     metadata: RwLock<Metadata>,
     pub(crate) sessions: tokio::sync::Mutex<HashMap<String, AsyncSession>>,
     pub(crate) round_robin: Mutex<HashMap<String, u64>>,
@@ -212,7 +213,7 @@ impl Client {
     }
 
     /// The connection to `addr`, made if needed.
-    pub(crate) async fn conn(&self, addr: &str) -> Result<ApiClient<Channel>> {
+    pub(crate) async fn conn(&self, addr: &str) -> Result<Conn> {
         self.check_open()?;
         if let Some(c) = self.inner.pool.lock().get(addr) {
             return Ok(c.clone());
@@ -226,11 +227,9 @@ impl Client {
             .map_err(|e| Error::InvalidArgument(format!("broker address {addr:?}: {e}")))?
             .connect_timeout(self.inner.connect_timeout)
             .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
+        let c = transport::connect(endpoint)
             .await
             .map_err(|e| Error::NoBrokers(format!("{addr}: {e}")))?;
-        let c = ApiClient::new(channel);
         self.inner.pool.lock().insert(addr.to_owned(), c.clone());
         Ok(c)
     }
@@ -240,7 +239,7 @@ impl Client {
     }
 
     /// Some reachable broker: known brokers first, then the addresses given at connect.
-    pub(crate) async fn any_conn(&self) -> Result<(String, ApiClient<Channel>)> {
+    pub(crate) async fn any_conn(&self) -> Result<(String, Conn)> {
         let mut candidates: Vec<String> = self.inner.pool.lock().keys().cloned().collect();
         candidates.extend(self.inner.metadata.read().brokers.iter().map(|b| b.addr()));
         candidates.extend(self.inner.seeds.iter().cloned());
@@ -364,7 +363,7 @@ impl Client {
         call: F,
     ) -> Result<T>
     where
-        F: Fn(ApiClient<Channel>) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         const ATTEMPTS: u32 = 6;

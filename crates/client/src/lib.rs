@@ -38,6 +38,7 @@ mod client;
 mod error;
 mod publish;
 mod subscribe;
+mod transport;
 mod types;
 
 pub use client::{Client, ClientBuilder};

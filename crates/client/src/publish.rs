@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::transport::Conn;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use liftbridge_proto::api::{self, api_client::ApiClient, publish_async_error};
+use liftbridge_proto::api::{self, publish_async_error};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -308,11 +308,7 @@ impl Client {
 
     /// Where a publish to `stream`/`partition` goes: its leader, which appends without a trip
     /// through NATS, else any broker, since every broker takes publishes.
-    async fn publish_conn(
-        &self,
-        stream: &str,
-        partition: i32,
-    ) -> Result<(String, ApiClient<Channel>)> {
+    async fn publish_conn(&self, stream: &str, partition: i32) -> Result<(String, Conn)> {
         if let Ok(addr) = self.partition_addr(stream, partition, false).await {
             match self.conn(&addr).await {
                 Ok(c) => return Ok((addr, c)),
