@@ -121,11 +121,35 @@ pub(crate) enum Check {
     Invalid(&'static str),
 }
 
+/// Values of at least this many bytes are written to the file from the message's own buffer
+/// (see [`encode_around_value`]); smaller ones are copied into the batch's buffer, where a
+/// separate write would cost more than the copy.
+pub(crate) const VALUE_IN_PLACE_MIN: usize = 4096;
+
 /// Encodes `msg` at `offset`, appending the record to `buf`. Returns the record's length.
 ///
 /// # Errors
 /// A key, header count, header key or record that is too long for its length field.
+#[cfg(test)]
 pub(crate) fn encode(buf: &mut Vec<u8>, offset: i64, msg: &Message) -> Result<usize, String> {
+    encode_around_value(buf, offset, msg, false).map(|(len, _)| len)
+}
+
+/// Encodes `msg` at `offset` like [`encode`], but with `leave_value` its value's bytes are not
+/// copied: the record in `buf` then lacks them, and the returned position says where in `buf`
+/// they belong. The checksum covers them all the same, so writing `buf` up to that position,
+/// then the value, then the rest gives exactly the bytes [`encode`] would have.
+///
+/// Returns the record's length, value included, and the value's position when left out.
+///
+/// # Errors
+/// As [`encode`].
+pub(crate) fn encode_around_value(
+    buf: &mut Vec<u8>,
+    offset: i64,
+    msg: &Message,
+    leave_value: bool,
+) -> Result<(usize, Option<usize>), String> {
     let total = msg.encoded_len();
     if total - RECORD_HEADER_LEN as u64 > u32::MAX as u64 {
         return Err(format!(
@@ -153,7 +177,8 @@ pub(crate) fn encode(buf: &mut Vec<u8>, offset: i64, msg: &Message) -> Result<us
         }
     }
     let start = buf.len();
-    buf.reserve(total as usize);
+    let value_len = if leave_value { msg.value.len() } else { 0 };
+    buf.reserve(total as usize - value_len);
     buf.put_i64(offset);
     buf.put_i64(msg.timestamp);
     buf.put_u64(msg.leader_epoch);
@@ -170,7 +195,10 @@ pub(crate) fn encode(buf: &mut Vec<u8>, offset: i64, msg: &Message) -> Result<us
         None => buf.put_i32(-1),
     }
     buf.put_i32(msg.value.len() as i32);
-    buf.put_slice(&msg.value);
+    let value_at = buf.len();
+    if !leave_value {
+        buf.put_slice(&msg.value);
+    }
     buf.put_i16(msg.headers.len() as i16);
     for (k, v) in &msg.headers {
         buf.put_i16(k.len() as i16);
@@ -178,9 +206,15 @@ pub(crate) fn encode(buf: &mut Vec<u8>, offset: i64, msg: &Message) -> Result<us
         buf.put_i32(v.len() as i32);
         buf.put_slice(v);
     }
-    let crc = crc_v2(&buf[start..start + 24], &buf[crc_at + 4..]);
+    let header_crc = crc32c::crc32c(&buf[start..start + 24]);
+    let crc = if leave_value {
+        let before = crc32c::crc32c_append(header_crc, &buf[crc_at + 4..value_at]);
+        crc32c::crc32c_append(crc32c::crc32c_append(before, &msg.value), &buf[value_at..])
+    } else {
+        crc32c::crc32c_append(header_crc, &buf[crc_at + 4..])
+    };
     buf[crc_at..crc_at + 4].copy_from_slice(&crc.to_be_bytes());
-    Ok(total as usize)
+    Ok((total as usize, leave_value.then_some(value_at)))
 }
 
 fn crc_v2(header: &[u8], body: &[u8]) -> u32 {
@@ -373,6 +407,31 @@ mod tests {
         assert_eq!(rec.leader_epoch, 7);
         assert_eq!(rec.headers, msg.headers);
         assert_eq!(key_of(&buf), Some(&b"k"[..]));
+    }
+
+    #[test]
+    fn a_value_left_out_and_put_back_gives_the_same_record() {
+        let big = Bytes::from((0..5000u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>());
+        for msg in [
+            sample(),
+            Message::new(big.clone()).with_header("h", "after the value"),
+            Message::new(Bytes::new()),
+            Message::new(big).with_key("k"),
+        ] {
+            let mut whole = vec![0xAA; 3];
+            let (len, at) = encode_around_value(&mut whole, 9, &msg, false).unwrap();
+            assert_eq!((len, at), (whole.len() - 3, None));
+            let mut around = vec![0xAA; 3];
+            let (len2, at) = encode_around_value(&mut around, 9, &msg, true).unwrap();
+            let at = at.expect("the value's position");
+            assert_eq!(len2, len);
+            assert_eq!(around.len(), 3 + len - msg.value.len());
+            let mut put_back = around[..at].to_vec();
+            put_back.extend_from_slice(&msg.value);
+            put_back.extend_from_slice(&around[at..]);
+            assert_eq!(put_back, whole, "same bytes, checksum included");
+            assert!(matches!(check(&put_back[3..]), Check::Valid(_)));
+        }
     }
 
     #[test]

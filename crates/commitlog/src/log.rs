@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -375,9 +376,17 @@ impl Log {
             encoded.clear();
             metas.clear();
             let first = self.inner.next_offset.load(Ordering::Relaxed);
+            // Large values are written from the messages' own buffers: (position in
+            // `encoded`, value).
+            let mut in_place: Vec<(usize, &[u8])> = Vec::new();
+            let mut total = 0u64;
             for (i, m) in messages.iter().enumerate() {
                 let offset = first + i as i64;
-                let len = format::encode(encoded, offset, m).map_err(Error::InvalidBatch)?;
+                let leave = m.value.len() >= format::VALUE_IN_PLACE_MIN;
+                let (len, value_at) = format::encode_around_value(encoded, offset, m, leave)
+                    .map_err(Error::InvalidBatch)?;
+                in_place.extend(value_at.map(|at| (at, &m.value[..])));
+                total += len as u64;
                 metas.push(RecordMeta {
                     offset,
                     timestamp: m.timestamp,
@@ -385,7 +394,15 @@ impl Log {
                     len,
                 });
             }
-            let info = self.inner.write_locked(encoded, metas);
+            let mut parts = Vec::with_capacity(2 * in_place.len() + 1);
+            let mut from = 0;
+            for (at, value) in in_place {
+                parts.push(IoSlice::new(&encoded[from..at]));
+                parts.push(IoSlice::new(value));
+                from = at;
+            }
+            parts.push(IoSlice::new(&encoded[from..]));
+            let info = self.inner.write_locked(&mut parts, total, metas);
             if encoded.capacity() > KEEP_BUFFER_BYTES {
                 *encoded = Vec::new();
             }
@@ -448,7 +465,8 @@ impl Log {
             if last - first > u32::MAX as i64 / 2 {
                 return Err(Error::InvalidBatch("offsets span too wide a range".into()));
             }
-            self.inner.write_locked(data, &metas)?
+            self.inner
+                .write_locked(&mut [IoSlice::new(data)], data.len() as u64, &metas)?
         };
         self.inner.after_append(info, metas.len() as u64)?;
         Ok(info)
@@ -1096,8 +1114,14 @@ impl Inner {
     }
 
     /// Writes checked records at the end of the log. Caller holds the writer lock.
-    fn write_locked(&self, bytes: &[u8], metas: &[RecordMeta]) -> Result<AppendInfo> {
-        let total = bytes.len() as u64;
+    /// Writes the `total` bytes of `parts`, whole records described by `metas`, rolling first
+    /// if needed.
+    fn write_locked(
+        &self,
+        parts: &mut [IoSlice<'_>],
+        total: u64,
+        metas: &[RecordMeta],
+    ) -> Result<AppendInfo> {
         if total > MAX_SEGMENT_BYTES {
             return Err(Error::InvalidBatch(format!(
                 "a batch of {total} bytes exceeds the largest segment ({MAX_SEGMENT_BYTES} bytes)"
@@ -1140,7 +1164,8 @@ impl Inner {
             }
         }
         active.append(
-            bytes,
+            parts,
+            total,
             metas,
             self.opts.index_interval_bytes,
             self.opts.clock.now_nanos(),

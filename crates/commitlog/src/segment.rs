@@ -6,6 +6,7 @@
 //! in place, so a reader that loads the size with acquire ordering sees complete records only.
 
 use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
 use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -360,18 +361,18 @@ impl Segment {
         self.first_write.load(Ordering::Relaxed)
     }
 
-    /// Appends encoded, checked records. Writer only.
+    /// Appends encoded, checked records, given as the `total` bytes of `parts` in order (the
+    /// slices are consumed). Writer only.
     pub fn append(
         &self,
-        bytes: &[u8],
+        parts: &mut [IoSlice<'_>],
+        total: u64,
         metas: &[RecordMeta],
         interval: u64,
         now: i64,
     ) -> Result<()> {
         let at = self.size.load(Ordering::Relaxed);
-        self.file
-            .write_all_at(bytes, at)
-            .map_err(io_at(&self.log_path))?;
+        write_all_vectored_at(&self.file, parts, at).map_err(io_at(&self.log_path))?;
         {
             let mut ix = self.index.write();
             for m in metas {
@@ -381,7 +382,7 @@ impl Segment {
         if self.first_write.load(Ordering::Relaxed) == i64::MIN {
             self.first_write.store(now, Ordering::Relaxed);
         }
-        self.size.store(at + bytes.len() as u64, Ordering::Release);
+        self.size.store(at + total, Ordering::Release);
         Ok(())
     }
 
@@ -579,4 +580,30 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_at(dir))
+}
+
+/// The most slices one `pwritev` takes on Linux (`IOV_MAX`); more is `EINVAL`.
+const MAX_SLICES_PER_WRITE: usize = 1024;
+
+/// Writes every byte of `parts`, in order, at `at`: `pwritev` until done, as `write_all_at`
+/// does for one buffer. A call may write less than asked; the next goes on from there.
+fn write_all_vectored_at(
+    file: &File,
+    mut parts: &mut [IoSlice<'_>],
+    mut at: u64,
+) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        let n = parts.len().min(MAX_SLICES_PER_WRITE);
+        match rustix::io::pwritev(file, &parts[..n], at) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => {
+                at += written as u64;
+                IoSlice::advance_slices(&mut parts, written);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
