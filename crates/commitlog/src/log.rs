@@ -1113,9 +1113,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Writes checked records at the end of the log. Caller holds the writer lock.
-    /// Writes the `total` bytes of `parts`, whole records described by `metas`, rolling first
-    /// if needed.
+    /// Writes checked records at the end of the log, rolling first if needed: the `total` bytes
+    /// of `parts`, whole records described by `metas`. Caller holds the writer lock.
     fn write_locked(
         &self,
         parts: &mut [IoSlice<'_>],

@@ -371,6 +371,7 @@ impl Segment {
         interval: u64,
         now: i64,
     ) -> Result<()> {
+        debug_assert_eq!(parts.iter().map(|p| p.len() as u64).sum::<u64>(), total);
         let at = self.size.load(Ordering::Relaxed);
         write_all_vectored_at(&self.file, parts, at).map_err(io_at(&self.log_path))?;
         {
