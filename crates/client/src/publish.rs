@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::transport::Conn;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use liftbridge_proto::api::{self, publish_async_error};
@@ -17,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::transport::Conn;
 use crate::types::{Ack, AckPolicy, Partitioner, PublishOptions, partition_for_key};
 
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Option<Ack>>>>>>;
