@@ -882,7 +882,6 @@ fn async_error(
     }
 }
 
-/// Ends a PublishAsync session's in-process ack routing when the session ends.
 /// PublishAsync requests to one partition, prepared and waiting to be published together.
 struct Run {
     subject: String,
@@ -891,6 +890,7 @@ struct Run {
     replies: Vec<(String, bool)>,
 }
 
+/// Ends a PublishAsync session's in-process ack routing when the session ends.
 struct SessionGuard(Arc<crate::acks::LocalAcks>, String);
 
 impl Drop for SessionGuard {
