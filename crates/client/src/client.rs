@@ -15,7 +15,7 @@ use tonic::transport::Endpoint;
 use crate::error::{Error, Result};
 use crate::publish::AsyncSession;
 use crate::transport::{self, Conn};
-use crate::types::{Metadata, PartitionSet, StreamOptions, partition_for_key};
+use crate::types::{Metadata, PartitionSet, StreamOptions, partition_for_key, text_and_number};
 
 /// The internal stream that stores cursors.
 const CURSORS_STREAM: &str = "__cursors";
@@ -99,15 +99,9 @@ fn id_prefix() -> String {
     format!("{:x}{:x}", t, std::process::id())
 }
 
-/// `<prefix>-<n>`: made for every publish, so without the formatting machinery.
+/// `<prefix>-<n>`.
 fn correlation_id(prefix: &str, n: u64) -> String {
-    let mut digits = itoa::Buffer::new();
-    let n = digits.format(n);
-    let mut id = String::with_capacity(prefix.len() + 1 + n.len());
-    id.push_str(prefix);
-    id.push('-');
-    id.push_str(n);
-    id
+    text_and_number(prefix, '-', n)
 }
 
 pub(crate) struct Inner {

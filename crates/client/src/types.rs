@@ -137,15 +137,21 @@ pub struct BrokerInfo {
 impl BrokerInfo {
     /// `host:port`.
     pub fn addr(&self) -> String {
-        // Looked up for every publish, so built without the formatting machinery.
-        let mut digits = itoa::Buffer::new();
-        let port = digits.format(self.port);
-        let mut addr = String::with_capacity(self.host.len() + 1 + port.len());
-        addr.push_str(&self.host);
-        addr.push(':');
-        addr.push_str(port);
-        addr
+        // Looked up for every publish.
+        text_and_number(&self.host, ':', self.port)
     }
+}
+
+/// `<text><sep><n>`, built without the formatting machinery: broker addresses and correlation
+/// ids are made for every publish.
+pub(crate) fn text_and_number(text: &str, sep: char, n: impl itoa::Integer) -> String {
+    let mut digits = itoa::Buffer::new();
+    let n = digits.format(n);
+    let mut out = String::with_capacity(text.len() + sep.len_utf8() + n.len());
+    out.push_str(text);
+    out.push(sep);
+    out.push_str(n);
+    out
 }
 
 /// One partition, as the metadata describes it.
