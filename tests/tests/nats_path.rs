@@ -119,10 +119,10 @@ async fn wildcards_and_shared_subjects() {
     c.create_stream(stream("eu2", "orders.eu")).await.unwrap();
     let nc = srv.nats().await;
     let mut watcher = nc.subscribe("orders.>").await.unwrap();
-    nc.flush().await.unwrap();
+    // The API's publishes come from another connection: the watcher must be known first.
+    round_trip(&nc).await;
     nc.publish("orders.eu", "1".into()).await.unwrap();
     nc.publish("orders.us.west", "2".into()).await.unwrap();
-    nc.flush().await.unwrap();
     // Through the API, the server's own streams get each publish once, and NATS sees it too.
     c.publish_to_subject(with_deadline(PublishToSubjectRequest {
         subject: "orders.eu".into(),
@@ -310,7 +310,8 @@ async fn api_publishes_reach_nats_subscribers_that_come_and_go() {
     assert_eq!(publish("a").await, 0);
     let nc = srv.nats().await;
     let mut listener = nc.subscribe("solo").await.unwrap();
-    nc.flush().await.unwrap();
+    // The broker sends to NATS only when someone else listens: it must see the listener.
+    round_trip(&nc).await;
     assert_eq!(publish("b").await, 1);
     let m = tokio::time::timeout(Duration::from_secs(5), listener.next())
         .await

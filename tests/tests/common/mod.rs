@@ -122,6 +122,22 @@ impl TestServer {
     }
 }
 
+/// Waits until the NATS server has handled everything `nc` sent before. `flush` only hands
+/// the bytes to the socket; a request that nobody answers comes back as "no responders" only
+/// after the server has processed the operations ahead of it, subscriptions included.
+pub async fn round_trip(nc: &async_nats::Client) {
+    let subject = nc.new_inbox();
+    let r = tokio::time::timeout(Duration::from_secs(5), nc.request(subject, "".into()))
+        .await
+        .expect("the NATS server answers within 5 s");
+    let e = r.expect_err("nobody listens on a fresh inbox");
+    assert_eq!(
+        e.kind(),
+        async_nats::client::RequestErrorKind::NoResponders,
+        "{e}"
+    );
+}
+
 /// A CreateStream request with defaults.
 pub fn stream(name: &str, subject: &str) -> CreateStreamRequest {
     CreateStreamRequest {
