@@ -206,19 +206,20 @@ pub(crate) fn encode_around_value(
         buf.put_i32(v.len() as i32);
         buf.put_slice(v);
     }
-    let header_crc = crc32c::crc32c(&buf[start..start + 24]);
-    let crc = if leave_value {
-        let before = crc32c::crc32c_append(header_crc, &buf[crc_at + 4..value_at]);
-        crc32c::crc32c_append(crc32c::crc32c_append(before, &msg.value), &buf[value_at..])
-    } else {
-        crc32c::crc32c_append(header_crc, &buf[crc_at + 4..])
-    };
+    // A value left out belongs between the two parts of `buf`; one kept is in the second.
+    let value: &[u8] = if leave_value { &msg.value } else { &[] };
+    let body = [&buf[crc_at + 4..value_at], value, &buf[value_at..]];
+    let crc = crc_v2(&buf[start..start + 24], &body);
     buf[crc_at..crc_at + 4].copy_from_slice(&crc.to_be_bytes());
     Ok((total as usize, leave_value.then_some(value_at)))
 }
 
-fn crc_v2(header: &[u8], body: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(header), body)
+/// The v2 checksum: CRC-32C of the header's first 24 bytes, then of the body after the
+/// checksum field, given in consecutive pieces.
+fn crc_v2(header: &[u8], body: &[&[u8]]) -> u32 {
+    (body.iter()).fold(crc32c::crc32c(header), |crc, piece| {
+        crc32c::crc32c_append(crc, piece)
+    })
 }
 
 fn be_i64(b: &[u8]) -> i64 {
@@ -250,7 +251,7 @@ pub(crate) fn check(buf: &[u8]) -> Check {
     let stored = u32::from_be_bytes(msg[0..4].try_into().expect("4 bytes"));
     let crc = match msg[4] as i8 {
         MAGIC_V1 => crc32c::crc32c(&msg[4..]),
-        MAGIC_V2 => crc_v2(&buf[0..24], &msg[4..]),
+        MAGIC_V2 => crc_v2(&buf[0..24], &[&msg[4..]]),
         _ => return Check::Invalid("unknown magic byte"),
     };
     if crc != stored {
