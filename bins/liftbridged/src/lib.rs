@@ -3,8 +3,10 @@
 //! order on SIGINT or SIGTERM. It never calls home.
 
 pub mod config;
+mod embedded;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use broker::Broker;
@@ -170,11 +172,9 @@ pub async fn start(mut cfg: Config, logger: Logger) -> Result<Running, StartErro
                     reason: err.to_string(),
                 })?;
             cfg.broker.nats.servers = vec![server.client_url()];
-            // The server is in this process: publishes nobody else wants can skip it.
-            let interest = server.interest();
-            cfg.broker.interest = Some(broker::InterestProbe::new(move |subject, except| {
-                interest.listened_by_others(subject, except)
-            }));
+            // The server is in this process: publishes nobody else wants can skip it, and
+            // partitions record their subjects without a socket in between.
+            cfg.broker.embedded_nats = Some(Arc::new(embedded::Embedded(server.handle())));
             info!(logger, "embedded NATS server started"; "url" => server.client_url());
             Some(server)
         }

@@ -162,6 +162,9 @@ impl Broker {
             subjects: subjects.clone(),
             meta: meta.clone(),
             logger: logger.clone(),
+            never_wait: ["acks", "replication"]
+                .map(|role| connection_name(&cfg.namespace, &cfg.server_id, role))
+                .to_vec(),
         });
         let (shutdown, _) = watch::channel(false);
         let broker = Broker {
@@ -997,8 +1000,8 @@ impl Broker {
             }
         };
         let conn = &self.inner.ctx.streams_conn;
-        let others = (self.inner.cfg.interest.as_ref())
-            .is_none_or(|p| p.listened_by_others(subject, conn.name()));
+        let others = (self.inner.cfg.embedded_nats.as_ref())
+            .is_none_or(|n| n.listened_by_others(subject, conn.name()));
         let mut to_nats = Vec::new();
         let mut batch = Vec::with_capacity(msgs.len());
         for msg in msgs {

@@ -244,34 +244,18 @@ pub struct BrokerConfig {
     pub activity: ActivityConfig,
     /// The cursors stream.
     pub cursors: CursorsConfig,
-    /// Who else listens on a subject, when the NATS server runs in this process (our
-    /// addition). With it, a publish that only this broker's own partitions want is not
-    /// sent to NATS at all.
-    pub interest: Option<InterestProbe>,
+    /// The NATS server, when it runs in this process (our addition). With it, a publish that
+    /// only this broker's own partitions want is not sent to NATS at all, and partitions
+    /// record their subjects through in-process subscriptions that never drop a message.
+    pub embedded_nats: Option<Arc<dyn crate::EmbeddedNats>>,
+    /// `nats.ingest.max.pending.bytes` (our addition): with embedded NATS, bytes a partition's
+    /// ingest queues before the server stops reading from the publishers. Default 16 MiB.
+    pub ingest_max_pending_bytes: usize,
 }
 
-/// Answers whether anything but the named connection subscribes to a subject: given the
-/// subject and the connection name, whether a message published now would reach anyone else.
-#[derive(Clone)]
-pub struct InterestProbe(Arc<ProbeFn>);
-
-type ProbeFn = dyn Fn(&str, &str) -> bool + Send + Sync;
-
-impl InterestProbe {
-    /// A probe backed by `f(subject, except_connection_name)`.
-    pub fn new(f: impl Fn(&str, &str) -> bool + Send + Sync + 'static) -> InterestProbe {
-        InterestProbe(Arc::new(f))
-    }
-
-    /// Whether a message on `subject` would reach a connection not named `except`.
-    pub fn listened_by_others(&self, subject: &str, except: &str) -> bool {
-        (self.0)(subject, except)
-    }
-}
-
-impl std::fmt::Debug for InterestProbe {
+impl std::fmt::Debug for dyn crate::EmbeddedNats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("InterestProbe")
+        f.write_str("EmbeddedNats")
     }
 }
 
@@ -299,7 +283,8 @@ impl BrokerConfig {
             sync: commitlog::SyncPolicy::Os,
             activity: ActivityConfig::default(),
             cursors: CursorsConfig::default(),
-            interest: None,
+            embedded_nats: None,
+            ingest_max_pending_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -18,6 +18,7 @@ mod acks;
 mod activity;
 mod broker;
 mod config;
+mod embedded;
 mod error;
 mod ops;
 mod partition;
@@ -25,9 +26,9 @@ mod replica;
 
 pub use broker::{ACTIVITY_STREAM, Broker, CURSORS_STREAM};
 pub use config::{
-    ActivityConfig, BrokerConfig, CursorsConfig, InterestProbe, ReplicaConfig, StreamDefaults,
-    StreamSettings,
+    ActivityConfig, BrokerConfig, CursorsConfig, ReplicaConfig, StreamDefaults, StreamSettings,
 };
+pub use embedded::{EmbeddedNats, LocalSubscribe, LocalSubscription, NatsMessage};
 pub use error::{BrokerError, Result};
 pub use metastore::service::Bootstrap;
 pub use ops::Subscription;

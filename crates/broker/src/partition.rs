@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{BrokerConfig, StreamSettings};
+use crate::embedded::{LocalSubscribe, LocalSubscription, NatsMessage};
 use crate::error::{BrokerError, Result};
 
 /// Nanoseconds since the Unix epoch.
@@ -118,6 +119,9 @@ pub(crate) struct Ctx {
     pub subjects: natsbridge::Subjects,
     pub meta: metastore::service::Metastore,
     pub logger: Logger,
+    /// The names of the connections the ingest publishes on (acks, replication): with
+    /// embedded NATS they never wait for an ingest queue, which would deadlock.
+    pub never_wait: Vec<String>,
 }
 
 /// One partition's log and its running tasks.
@@ -331,30 +335,13 @@ impl Partition {
             )));
         }
         let (local_tx, local_rx) = mpsc::channel(LOCAL_QUEUE);
-        let sub = if self.role.group.is_empty() {
-            ctx.streams_conn.subscribe(&self.subject).await
-        } else {
-            ctx.streams_conn
-                .queue_subscribe(&self.subject, &self.role.group)
-                .await
-        }
-        .map_err(|e| BrokerError::internal("subscribing to the partition subject", e))?;
-        // A round trip (a request nobody answers), so that the subscription is in place at the
-        // server before anyone is told the partition started.
-        let _ = ctx
-            .streams_conn
-            .request(
-                &format!("_LIFT_SYNC.{}", natsbridge::unique_id()),
-                Bytes::new(),
-                Duration::from_secs(2),
-            )
-            .await;
+        let source = self.subscribe_subject(ctx).await?;
         let _ = self.local.set(local_tx);
         let mut tasks = self.tasks.lock();
         tasks.push(tokio::spawn(ingest(
             self.clone(),
             ctx.clone(),
-            sub,
+            source,
             local_rx,
             self.stop.subscribe(),
         )));
@@ -373,6 +360,45 @@ impl Partition {
         info!(ctx.logger, "leading partition"; "server" => &ctx.cfg.server_id, "stream" => &self.stream, "partition" => self.id, "subject" => &self.subject,
             "epoch" => self.role.leader_epoch, "hw" => self.log.high_watermark());
         Ok(())
+    }
+
+    /// Subscribes to the partition's subject (in its stream's queue group, if any): in
+    /// process when NATS runs in this process, so that nothing is dropped, else on the
+    /// `streams` connection.
+    async fn subscribe_subject(&self, ctx: &Ctx) -> Result<Source> {
+        let group = (!self.role.group.is_empty()).then_some(self.role.group.as_str());
+        if let Some(nats) = &ctx.cfg.embedded_nats {
+            let sub = nats
+                .subscribe(LocalSubscribe {
+                    subject: &self.subject,
+                    queue: group,
+                    name: ctx.streams_conn.name(),
+                    never_wait: &ctx.never_wait,
+                    max_pending: ctx.cfg.ingest_max_pending_bytes,
+                })
+                .map_err(|e| BrokerError::internal("subscribing to the partition subject", e))?;
+            return Ok(Source::Local {
+                sub,
+                dropped: 0,
+                reported: None,
+            });
+        }
+        let sub = match group {
+            None => ctx.streams_conn.subscribe(&self.subject).await,
+            Some(g) => ctx.streams_conn.queue_subscribe(&self.subject, g).await,
+        }
+        .map_err(|e| BrokerError::internal("subscribing to the partition subject", e))?;
+        // A round trip (a request nobody answers), so that the subscription is in place at the
+        // server before anyone is told the partition started.
+        let _ = ctx
+            .streams_conn
+            .request(
+                &format!("_LIFT_SYNC.{}", natsbridge::unique_id()),
+                Bytes::new(),
+                Duration::from_secs(2),
+            )
+            .await;
+        Ok(Source::Nats(sub))
     }
 
     /// Leader: where publishes this broker takes can be handed to the ingest task.
@@ -515,18 +541,23 @@ struct AckTo {
 
 /// Turns a NATS message into a log message: a Publish envelope gives key, headers and ack
 /// details; anything else is recorded whole as the value.
-fn incoming(m: &natsbridge::Message, leader_epoch: u64, now: i64) -> Incoming {
-    let subject = m.subject.to_string();
-    let reply = m.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
-    if envelope::peek(&m.payload) == Ok(MsgType::Publish)
-        && let Ok(env) = payload::decode::<api::Message>(&m.payload)
+fn incoming(
+    subject: String,
+    reply: String,
+    payload: Bytes,
+    leader_epoch: u64,
+    now: i64,
+) -> Incoming {
+    if envelope::peek(&payload) == Ok(MsgType::Publish)
+        && let Ok(env) = payload::decode::<api::Message>(&payload)
     {
-        return from_envelope(subject, reply, env, m.payload.len(), leader_epoch, now);
+        return from_envelope(subject, reply, env, payload.len(), leader_epoch, now);
     }
+    let size = payload.len();
     Incoming {
         msg: commitlog::Message {
             key: None,
-            value: m.payload.clone(),
+            value: payload,
             headers: vec![
                 ("subject".into(), Bytes::from(subject.clone())),
                 ("reply".into(), Bytes::from(reply)),
@@ -541,7 +572,7 @@ fn incoming(m: &natsbridge::Message, leader_epoch: u64, now: i64) -> Incoming {
             ack_policy: AckPolicy::Leader,
             // A plain NATS message carries no expectation (Liftbridge reads it as offset 0).
             expected_offset: -1,
-            size: m.payload.len(),
+            size,
         },
     }
 }
@@ -586,13 +617,32 @@ fn from_envelope(
 /// A message for the ingest task, from either of its sources.
 enum Arrival {
     Nats(natsbridge::Message),
+    Embedded(NatsMessage),
     Local(LocalPublish),
+}
+
+/// Bytes of a subject as text; NATS subjects are ASCII, anything else is replaced.
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
 
 impl Arrival {
     fn into_incoming(self, leader_epoch: u64, now: i64) -> Incoming {
         match self {
-            Arrival::Nats(m) => incoming(&m, leader_epoch, now),
+            Arrival::Nats(m) => incoming(
+                m.subject.to_string(),
+                m.reply.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+                m.payload,
+                leader_epoch,
+                now,
+            ),
+            Arrival::Embedded(m) => incoming(
+                text(&m.subject),
+                m.reply.as_deref().map(text).unwrap_or_default(),
+                m.payload,
+                leader_epoch,
+                now,
+            ),
             Arrival::Local(l) => from_envelope(
                 l.subject,
                 String::new(),
@@ -605,15 +655,58 @@ impl Arrival {
     }
 }
 
+/// Where the ingest task reads the partition's subject.
+enum Source {
+    /// A subscription of the `streams` connection.
+    Nats(Subscriber),
+    /// An in-process subscription to the embedded NATS server.
+    Local {
+        sub: std::pin::Pin<Box<dyn LocalSubscription>>,
+        /// Drops last reported, and when.
+        dropped: u64,
+        reported: Option<Instant>,
+    },
+}
+
+impl Source {
+    /// Logs, at most once a second, messages the in-process subscription did not take.
+    fn report_drops(&mut self, p: &Partition, logger: &Logger) {
+        let Source::Local {
+            sub,
+            dropped,
+            reported,
+        } = self
+        else {
+            return;
+        };
+        let now = sub.dropped();
+        if now > *dropped && reported.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            warn!(logger, "messages from this broker's own connections were not recorded: the partition's ingest queue was full";
+                "stream" => &p.stream, "partition" => p.id, "dropped" => now - *dropped, "dropped_total" => now);
+            *dropped = now;
+            *reported = Some(Instant::now());
+        }
+    }
+
+    async fn unsubscribe(self) {
+        if let Source::Nats(mut sub) = self {
+            let _ = sub.unsubscribe().await;
+        }
+    }
+}
+
 /// The next message from NATS or from this broker's own publishes; `None` once the
 /// subscription ends.
-async fn arrival(
-    sub: &mut Subscriber,
-    local: &mut mpsc::Receiver<LocalPublish>,
-) -> Option<Arrival> {
-    tokio::select! {
-        m = sub.next() => m.map(Arrival::Nats),
-        l = local.recv() => l.map(Arrival::Local),
+async fn arrival(source: &mut Source, local: &mut mpsc::Receiver<LocalPublish>) -> Option<Arrival> {
+    match source {
+        Source::Nats(sub) => tokio::select! {
+            m = sub.next() => m.map(Arrival::Nats),
+            l = local.recv() => l.map(Arrival::Local),
+        },
+        Source::Local { sub, .. } => tokio::select! {
+            m = sub.next() => m.map(Arrival::Embedded),
+            l = local.recv() => l.map(Arrival::Local),
+        },
     }
 }
 
@@ -712,7 +805,7 @@ impl Partition {
 async fn ingest(
     p: Arc<Partition>,
     ctx: Arc<Ctx>,
-    mut sub: Subscriber,
+    mut source: Source,
     mut local: mpsc::Receiver<LocalPublish>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -725,7 +818,7 @@ async fn ingest(
     loop {
         // The sender lives in `p`, so `local` never ends while this task runs.
         let first = tokio::select! {
-            a = arrival(&mut sub, &mut local) => a,
+            a = arrival(&mut source, &mut local) => a,
             _ = stop.changed() => None,
         };
         let Some(first) = first else {
@@ -736,11 +829,12 @@ async fn ingest(
         let mut batch = vec![first.into_incoming(epoch, now)];
         let deadline = tokio::time::Instant::now() + ctx.cfg.batch_max_time;
         while batch.len() < max {
-            let next = match arrival(&mut sub, &mut local).now_or_never() {
+            let next = match arrival(&mut source, &mut local).now_or_never() {
                 Some(a) => a,
                 None if ctx.cfg.batch_max_time.is_zero() => break,
                 None => {
-                    match tokio::time::timeout_at(deadline, arrival(&mut sub, &mut local)).await {
+                    match tokio::time::timeout_at(deadline, arrival(&mut source, &mut local)).await
+                    {
                         Ok(a) => a,
                         Err(_) => break,
                     }
@@ -757,9 +851,10 @@ async fn ingest(
         };
         send_acks(&ctx, acks).await;
         crate::replica::notify_followers(&p, &ctx, None).await;
+        source.report_drops(&p, &ctx.logger);
     }
     slog::debug!(ctx.logger, "ingest stopped"; "stream" => &p.stream, "partition" => p.id);
-    let _ = sub.unsubscribe().await;
+    source.unsubscribe().await;
 }
 
 async fn cleaner(p: Arc<Partition>, logger: Logger, mut stop: watch::Receiver<bool>) {

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
+use crate::local::{LocalMessage, LocalQueue, Pushed};
 use crate::parser::{Op, Parser};
 use crate::server::{Auth, Shared};
 use crate::sublist::{MatchCache, Subscription, is_valid_literal_subject, is_valid_subject};
@@ -44,6 +45,8 @@ pub struct Conn {
     subs: Mutex<HashMap<Bytes, Arc<Subscription>>>,
     /// The name the client gave in CONNECT, if any.
     pub(crate) name: std::sync::OnceLock<String>,
+    /// For an in-process subscriber: where its messages wait instead of in `out`.
+    local: Option<LocalQueue>,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +58,19 @@ struct Outbound {
 }
 
 impl Conn {
+    /// An in-process subscriber's connection, named as its options say.
+    pub(crate) fn new_local(id: u64, queue: LocalQueue, name: String) -> Self {
+        let mut conn = Conn::new(id, 0);
+        conn.headers.store(true, Ordering::Release);
+        let _ = conn.name.set(name);
+        conn.local = Some(queue);
+        conn
+    }
+
+    pub(crate) fn local(&self) -> Option<&LocalQueue> {
+        self.local.as_ref()
+    }
+
     fn new(id: u64, max_pending: usize) -> Self {
         Conn {
             id,
@@ -67,6 +83,7 @@ impl Conn {
             drained: Notify::new(),
             subs: Mutex::new(HashMap::new()),
             name: std::sync::OnceLock::new(),
+            local: None,
         }
     }
 
@@ -179,6 +196,9 @@ struct Session {
     pings_out: u32,
     cache: MatchCache,
     batch: Vec<(Arc<Conn>, BytesMut)>,
+    /// In-process subscribers this read filled past their limit: the reader waits for them
+    /// before it reads on.
+    full_locals: Vec<Arc<Conn>>,
     rng: u64,
 }
 
@@ -203,6 +223,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
         pings_out: 0,
         cache: MatchCache::default(),
         batch: Vec::new(),
+        full_locals: Vec::new(),
         rng: id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
     };
     session.send_to_self(shared.info_line(id, peer).as_bytes());
@@ -225,6 +246,23 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                 let keep = session.process(&mut parser, &mut buf);
                 let stalled = session.flush();
                 if !keep {
+                    break;
+                }
+                // In-process subscribers never lose a message: their publishers stop reading
+                // until they have drained.
+                let mut closed = false;
+                for target in std::mem::take(&mut session.full_locals) {
+                    let Some(q) = target.local() else { continue };
+                    tokio::select! {
+                        _ = q.drained() => {}
+                        _ = conn.killed() => closed = true,
+                        _ = shutdown.changed() => closed = true,
+                    }
+                    if closed {
+                        break;
+                    }
+                }
+                if closed {
                     break;
                 }
                 // A producer whose consumers lag waits for them a little, as nats-server does, so
@@ -518,7 +556,7 @@ impl Session {
         let matches = self.cache.get(&shared.sublist, subj);
         let mut delivered = false;
         for sub in &matches.plain {
-            if !self.echo && sub.conn.id == self.conn.id {
+            if !self.echoes_to(&sub.conn) {
                 continue;
             }
             delivered |= self.deliver(sub, subject, reply, header_len, payload);
@@ -527,7 +565,7 @@ impl Session {
             let start = (self.next_random() % group.len() as u64) as usize;
             for i in 0..group.len() {
                 let sub = &group[(start + i) % group.len()];
-                if !self.echo && sub.conn.id == self.conn.id {
+                if !self.echoes_to(&sub.conn) {
                     continue;
                 }
                 if self.deliver(sub, subject, reply, header_len, payload) {
@@ -538,6 +576,42 @@ impl Session {
         }
         if let (false, true, Some(reply)) = (delivered, self.no_responders, reply) {
             self.no_responders_status(reply);
+        }
+    }
+
+    /// Whether this connection's publishes may reach `target`: not when either side turned
+    /// echo off and they are the same connection, or, for an in-process subscriber, go by the
+    /// same name.
+    fn echoes_to(&self, target: &Conn) -> bool {
+        if let Some(q) = target.local() {
+            return q.echo() || self.conn.name.get() != target.name.get();
+        }
+        self.echo || target.id != self.conn.id
+    }
+
+    /// Hands a message to an in-process subscriber's queue. A publisher that may wait and
+    /// filled the queue past its limit waits, after this read, until it has drained.
+    fn deliver_local(
+        &mut self,
+        target: &Arc<Conn>,
+        q: &LocalQueue,
+        subject: &Bytes,
+        reply: Option<&Bytes>,
+        header_len: Option<usize>,
+        payload: &Bytes,
+    ) {
+        let h = header_len.unwrap_or(0).min(payload.len());
+        let msg = LocalMessage {
+            subject: subject.clone(),
+            reply: reply.cloned(),
+            headers: header_len.map(|_| payload.slice(..h)),
+            payload: payload.slice(h..),
+        };
+        let may_wait = !q.never_waits(self.conn.name.get().map(String::as_str));
+        if let Pushed::MustWait = q.push(msg, may_wait)
+            && !self.full_locals.iter().any(|c| Arc::ptr_eq(c, target))
+        {
+            self.full_locals.push(target.clone());
         }
     }
 
@@ -572,6 +646,13 @@ impl Session {
             return false;
         };
         let conn = sub.conn.clone();
+        if let Some(q) = conn.local() {
+            self.deliver_local(&conn, q, subject, reply, header_len, payload);
+            if last {
+                remove_sub(&self.shared, sub);
+            }
+            return true;
+        }
         let with_headers = header_len.is_some() && conn.headers.load(Ordering::Acquire);
         let body = match header_len {
             Some(h) if !with_headers => &payload[h..],

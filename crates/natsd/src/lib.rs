@@ -19,8 +19,10 @@
 //! ```
 
 mod client;
+mod local;
 pub mod parser;
 mod server;
 pub mod sublist;
 
-pub use server::{Auth, COMPATIBLE_VERSION, Error, Interest, Server, ServerConfig};
+pub use local::{LocalMessage, LocalOptions, LocalSubscription};
+pub use server::{Auth, COMPATIBLE_VERSION, Error, Handle, Server, ServerConfig};

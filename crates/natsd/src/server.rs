@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::client::{self, Conn};
-use crate::sublist::Sublist;
+use crate::local::{LocalOptions, LocalQueue, LocalSubscription};
+use crate::sublist::{Sublist, Subscription, is_valid_subject};
 
 /// The protocol version this server speaks to clients; it decides which features clients use.
 pub const COMPATIBLE_VERSION: &str = "2.9.0";
@@ -119,6 +120,9 @@ pub(crate) struct Shared {
     server_id: String,
     port: u16,
     clients: Mutex<HashMap<u64, Arc<Conn>>>,
+    /// In-process subscribers, closed when the server shuts down.
+    locals: Mutex<HashMap<u64, Weak<Conn>>>,
+    next_id: AtomicU64,
     all_gone: Notify,
     shutdown: watch::Receiver<bool>,
 }
@@ -159,19 +163,88 @@ impl Shared {
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.clone()
     }
+
+    /// A new connection id; ids are never reused.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn forget_local(&self, id: u64) {
+        self.locals.lock().remove(&id);
+    }
+
+    fn close_locals(&self) {
+        let locals: Vec<Arc<Conn>> = self
+            .locals
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for conn in locals {
+            if let Some(q) = conn.local() {
+                q.close();
+            }
+        }
+    }
 }
 
-/// Answers who would receive a message now; see [`Server::interest`].
+/// What code running beside the server can do with it: ask who listens on a subject, and
+/// subscribe in process. Cloning it is cheap; it does not keep the server running.
 #[derive(Debug, Clone)]
-pub struct Interest(Arc<Shared>);
+pub struct Handle(Arc<Shared>);
 
-impl Interest {
+impl Handle {
     /// Whether a message published now on the literal `subject` would reach a subscription of
     /// a connection not named `except` (the name a client gives in CONNECT). A subscription
     /// made after the answer gets only later messages, as with any publish.
     pub fn listened_by_others(&self, subject: &str, except: &str) -> bool {
         self.0.sublist.any(subject, |s| {
             s.conn.name.get().map(String::as_str) != Some(except)
+        })
+    }
+
+    /// Subscribes code in this process to `subject` (wildcards allowed), in queue group
+    /// `queue` if given. Publishers wait rather than lose a message when it falls behind; see
+    /// [`LocalSubscription`].
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid subject or an empty queue group.
+    pub fn subscribe_local(
+        &self,
+        subject: &str,
+        queue: Option<&str>,
+        opts: LocalOptions,
+    ) -> Result<LocalSubscription, Error> {
+        if !is_valid_subject(subject) {
+            return Err(Error::Config(format!("invalid subject {subject:?}")));
+        }
+        if queue.is_some_and(str::is_empty) {
+            return Err(Error::Config("empty queue group".into()));
+        }
+        let shared = &self.0;
+        let id = shared.next_id();
+        let name = opts.name.clone();
+        let conn = Arc::new(Conn::new_local(id, LocalQueue::new(opts), name));
+        let sub = Arc::new(Subscription {
+            conn: conn.clone(),
+            sid: bytes::Bytes::from(id.to_string()),
+            subject: subject.to_owned(),
+            queue: queue.map(str::to_owned),
+            max: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+        });
+        shared.locals.lock().insert(id, Arc::downgrade(&conn));
+        // Registered first, so that a shutdown from now on closes it.
+        if *shared.shutdown.borrow()
+            && let Some(q) = conn.local()
+        {
+            q.close();
+        }
+        shared.sublist.insert(sub.clone());
+        Ok(LocalSubscription {
+            conn,
+            sub,
+            shared: shared.clone(),
         })
     }
 }
@@ -214,6 +287,8 @@ impl Server {
             port: local.port(),
             sublist: Sublist::default(),
             clients: Mutex::new(HashMap::new()),
+            locals: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
             all_gone: Notify::new(),
             shutdown,
             cfg,
@@ -247,14 +322,29 @@ impl Server {
         self.shared.sublist.len()
     }
 
-    /// A handle that answers who listens on a subject, for code running beside the server.
-    pub fn interest(&self) -> Interest {
-        Interest(self.shared.clone())
+    /// A handle for code running beside the server.
+    pub fn handle(&self) -> Handle {
+        Handle(self.shared.clone())
+    }
+
+    /// Subscribes code in this process; see [`Handle::subscribe_local`].
+    ///
+    /// # Errors
+    /// As [`Handle::subscribe_local`].
+    pub fn subscribe_local(
+        &self,
+        subject: &str,
+        queue: Option<&str>,
+        opts: LocalOptions,
+    ) -> Result<LocalSubscription, Error> {
+        self.handle().subscribe_local(subject, queue, opts)
     }
 
     /// Stops accepting, flushes and closes every connection, and waits (up to 5 s) for them.
+    /// In-process subscriptions end once their queues are read.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        self.shared.close_locals();
         // The port is free once the accept loop has dropped the listener; a restart on the
         // same port right after this returns must find it free.
         if let Some(accept) = self.accept.take() {
@@ -276,6 +366,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        self.shared.close_locals();
     }
 }
 
@@ -298,14 +389,12 @@ fn server_id() -> String {
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let mut shutdown = shared.shutdown_signal();
-    let mut next_id = 1u64;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 match accepted {
                     Ok((stream, _)) => {
-                        let id = next_id;
-                        next_id += 1;
+                        let id = shared.next_id();
                         tokio::spawn(client::serve(shared.clone(), stream, id));
                     }
                     // Out of file descriptors and the like: back off briefly, keep serving.

@@ -98,7 +98,7 @@ async fn interest_tells_who_else_listens() {
     })
     .await
     .unwrap();
-    let interest = server.interest();
+    let interest = server.handle();
     let named = |name: &str| {
         async_nats::ConnectOptions::new()
             .name(name)
