@@ -120,3 +120,132 @@ async fn a_burst_that_outruns_the_ingest_is_recorded_whole_and_in_order() {
     assert_eq!(seen[&1], (0..N).collect::<Vec<_>>());
     srv.stop().await;
 }
+
+/// Publishes `count` messages from each of `publishers` bare connections at once, publisher `k`
+/// tagged `k`, cycling over `subjects`.
+async fn raw_publishers(url: &str, subjects: &[&str], publishers: u32, count: usize, size: usize) {
+    let subjects: Vec<String> = subjects.iter().map(|s| s.to_string()).collect();
+    let tasks: Vec<_> = (0..publishers)
+        .map(|k| {
+            tokio::spawn(raw_publish_owned(
+                url.to_owned(),
+                subjects.clone(),
+                count,
+                size,
+                k,
+            ))
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("publisher");
+    }
+}
+
+async fn raw_publish_owned(
+    url: String,
+    subjects: Vec<String>,
+    count: usize,
+    size: usize,
+    tag: u32,
+) {
+    raw_publish(&url, subjects, count, size, tag).await
+}
+
+/// Checks that `seen` holds, for each of `publishers` tags, exactly the sequence numbers
+/// `want(i)` selects, in publish order.
+fn assert_complete(
+    seen: &HashMap<u32, Vec<usize>>,
+    publishers: u32,
+    count: usize,
+    want: impl Fn(usize) -> bool,
+) {
+    for k in 0..publishers {
+        let expected: Vec<usize> = (0..count).filter(|&i| want(i)).collect();
+        let got = seen.get(&k).cloned().unwrap_or_default();
+        assert_eq!(got.len(), expected.len(), "publisher {k}: count");
+        assert!(got == expected, "publisher {k}: order or content differs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_publishers_on_four_partitions_lose_nothing() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    let mut req = stream("quad", "quad");
+    req.partitions = 4;
+    c.create_stream(req).await.unwrap();
+    let url = srv.running().nats_url().to_owned();
+    // 70,000 a partition: more than a NATS client library buffers for one subscription.
+    const N: usize = 70_000;
+    raw_publishers(&url, &["quad", "quad.1", "quad.2", "quad.3"], 4, N, 32).await;
+    for p in 0..4 {
+        let want = N as i64;
+        assert_eq!(
+            wait_recorded(&mut c, "quad", p, want).await,
+            want - 1,
+            "partition {p}"
+        );
+        let seen = read_all(&mut c, "quad", p, want).await;
+        assert_complete(&seen, 4, N, |i| i % 4 == p as usize);
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_stream_records_every_subject_whole() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("wild", "wild.>")).await.unwrap();
+    let url = srv.running().nats_url().to_owned();
+    const N: usize = 60_000;
+    raw_publishers(&url, &["wild.a", "wild.b.c"], 2, N, 32).await;
+    let want = 2 * N as i64;
+    assert_eq!(wait_recorded(&mut c, "wild", 0, want).await, want - 1);
+    let seen = read_all(&mut c, "wild", 0, want).await;
+    assert_complete(&seen, 2, N, |_| true);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_sharing_a_subject_and_a_group_split_a_burst_without_loss() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    for name in ["g1", "g2"] {
+        let mut req = stream(name, "shared");
+        req.group = "workers".into();
+        c.create_stream(req).await.unwrap();
+    }
+    c.create_stream(stream("everything", "shared"))
+        .await
+        .unwrap();
+    let url = srv.running().nats_url().to_owned();
+    const N: usize = 100_000;
+    raw_publish(&url, vec!["shared".into()], N, 32, 0).await;
+    // The stream outside the group records everything.
+    assert_eq!(
+        wait_recorded(&mut c, "everything", 0, N as i64).await,
+        N as i64 - 1
+    );
+    let all = read_all(&mut c, "everything", 0, N as i64).await;
+    assert_complete(&all, 1, N, |_| true);
+    // The group's members record each message once between them, each in publish order.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (a, b) = loop {
+        let a = partition_md(&mut c, "g1", 0).await.newest_offset + 1;
+        let b = partition_md(&mut c, "g2", 0).await.newest_offset + 1;
+        if a + b >= N as i64 || tokio::time::Instant::now() > deadline {
+            break (a, b);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(a + b, N as i64, "the group lost or duplicated messages");
+    assert!(a > 0 && b > 0, "both members take a share: {a} and {b}");
+    let first = read_all(&mut c, "g1", 0, a).await;
+    let second = read_all(&mut c, "g2", 0, b).await;
+    let (x, y) = (&first[&0], &second[&0]);
+    assert!(x.windows(2).all(|w| w[0] < w[1]) && y.windows(2).all(|w| w[0] < w[1]));
+    let mut both: Vec<usize> = x.iter().chain(y).copied().collect();
+    both.sort_unstable();
+    assert_eq!(both, (0..N).collect::<Vec<_>>());
+    srv.stop().await;
+}
