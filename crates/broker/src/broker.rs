@@ -118,26 +118,14 @@ impl Broker {
             .map_err(|e| BrokerError::InvalidArgument(format!("namespace: {e}")))?;
         std::fs::create_dir_all(cfg.data_dir.join("streams"))
             .map_err(|e| BrokerError::internal("creating the data folder", e))?;
-        let connect = |role: &'static str| {
-            let name = connection_name(&cfg.namespace, &cfg.server_id, role);
-            let nats = cfg.nats.clone();
-            async move {
-                Connection::connect(&nats, &name)
-                    .await
-                    .map_err(|e| BrokerError::internal("connecting to NATS", e))
-            }
-        };
-        let raft_conn = connect("raft").await?;
-        // Echo off: publishes this broker takes reach its own partitions in process.
-        let streams_conn = Connection::connect_without_echo(
-            &cfg.nats,
-            &connection_name(&cfg.namespace, &cfg.server_id, "streams"),
-        )
-        .await
-        .map_err(|e| BrokerError::internal("connecting to NATS", e))?;
-        let acks_conn = connect("acks").await?;
-        let repl_conn = connect("replication").await?;
-        let publishes = connect("publishes").await?;
+        let conns = crate::connections::Connections::open(&cfg, &logger).await?;
+        let crate::connections::Connections {
+            raft: raft_conn,
+            streams: streams_conn,
+            acks: acks_conn,
+            replication: repl_conn,
+            publishes,
+        } = conns;
 
         let mut mc = MetaConfig::new(
             cfg.server_id.clone(),
@@ -206,6 +194,19 @@ impl Broker {
         info!(broker.inner.logger, "broker started"; "id" => &broker.inner.cfg.server_id,
             "data_dir" => %broker.inner.cfg.data_dir.display());
         Ok(broker)
+    }
+
+    /// Each NATS connection's name and what happened to it: slow-consumer drops, disconnects
+    /// and reconnects.
+    pub fn nats_stats(&self) -> Vec<(String, natsbridge::ConnectionStats)> {
+        let i = &self.inner;
+        crate::connections::stats(&[
+            &i.raft_conn,
+            &i.ctx.streams_conn,
+            &i.ctx.acks_conn,
+            &i.ctx.repl_conn,
+            &i.publishes,
+        ])
     }
 
     /// This server's id.

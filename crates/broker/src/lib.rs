@@ -18,6 +18,7 @@ mod acks;
 mod activity;
 mod broker;
 mod config;
+mod connections;
 mod embedded;
 mod error;
 mod ops;

@@ -4,9 +4,12 @@
 //! `publishes`), each named `LIFT.<namespace>.<server id>.<role>` so that they can be told apart in
 //! NATS monitoring. Connections reconnect forever, 250 ms apart, as Liftbridge's do.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 
 /// Everything needed to reach NATS.
 #[derive(Debug, Clone)]
@@ -21,6 +24,11 @@ pub struct NatsConfig {
     pub reconnect_wait: Duration,
     /// Time allowed for the first connection. Default 5 s.
     pub connect_timeout: Duration,
+    /// Messages a subscription buffers before the client drops the next ones (a slow consumer
+    /// on the client's side). Default 65,536, the client library's own.
+    pub subscription_capacity: usize,
+    /// Told of slow-consumer drops, disconnects, reconnects and errors; `None`: nobody.
+    pub events: Option<EventHook>,
 }
 
 impl Default for NatsConfig {
@@ -31,6 +39,146 @@ impl Default for NatsConfig {
             token: None,
             reconnect_wait: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(5),
+            subscription_capacity: 64 * 1024,
+            events: None,
+        }
+    }
+}
+
+/// What happened to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A subscription's buffer was full and the client dropped a message: NATS core keeps no
+    /// copy, so the message is lost for this connection.
+    SlowConsumer,
+    /// The connection to the server was lost; it reconnects on its own.
+    Disconnected,
+    /// The connection is back after a disconnect. Messages published meanwhile did not reach
+    /// its subscriptions.
+    Reconnected,
+    /// The server announced it will shut down soon (lame duck mode).
+    LameDuck,
+    /// The server sent an error.
+    ServerError,
+    /// The client reported an error.
+    ClientError,
+}
+
+impl EventKind {
+    /// A short name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::SlowConsumer => "slow consumer",
+            EventKind::Disconnected => "disconnected",
+            EventKind::Reconnected => "reconnected",
+            EventKind::LameDuck => "lame duck mode",
+            EventKind::ServerError => "server error",
+            EventKind::ClientError => "client error",
+        }
+    }
+}
+
+/// One report to an [`EventHook`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The connection's name, `LIFT.<namespace>.<server id>.<role>` for a broker's.
+    pub connection: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// How often it has happened to this connection so far. Slow-consumer drops are reported
+    /// at most once a second, so the count can grow by more than one between reports; it
+    /// counts the client's reports, which are themselves a lower bound when they come faster
+    /// than the client can queue them.
+    pub count: u64,
+    /// The client's words, for errors.
+    pub detail: String,
+}
+
+/// Receives a connection's [`Event`]s. It runs on the client's event task: keep it quick.
+#[derive(Clone)]
+pub struct EventHook(Arc<dyn Fn(&Event) + Send + Sync>);
+
+impl EventHook {
+    /// A hook calling `f`.
+    pub fn new(f: impl Fn(&Event) + Send + Sync + 'static) -> EventHook {
+        EventHook(Arc::new(f))
+    }
+
+    /// Reports an event.
+    pub fn call(&self, event: &Event) {
+        (self.0)(event)
+    }
+}
+
+impl std::fmt::Debug for EventHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventHook")
+    }
+}
+
+/// Counts of what happened to a connection since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Messages a subscription's full buffer made the client drop (as reported, a lower bound).
+    pub slow_consumer: u64,
+    /// Connections lost.
+    pub disconnects: u64,
+    /// Connections regained.
+    pub reconnects: u64,
+}
+
+/// The counters behind [`ConnectionStats`], and the state of reporting.
+#[derive(Debug, Default)]
+struct Counters {
+    slow_consumer: AtomicU64,
+    disconnects: AtomicU64,
+    reconnects: AtomicU64,
+    server_errors: AtomicU64,
+    client_errors: AtomicU64,
+    lame_duck: AtomicU64,
+    /// When slow-consumer drops were last reported, and the count then.
+    slow_reported: Mutex<Option<(Instant, u64)>>,
+}
+
+impl Counters {
+    /// Counts an event from the client, and says what to report of it, if anything.
+    fn record(&self, event: &async_nats::Event) -> Option<(EventKind, u64, String)> {
+        use async_nats::Event as E;
+        let bump = |c: &AtomicU64| c.fetch_add(1, Ordering::Relaxed) + 1;
+        match event {
+            E::SlowConsumer(_) => {
+                let n = bump(&self.slow_consumer);
+                let mut last = self.slow_reported.lock();
+                if last.is_some_and(|(at, _)| at.elapsed() < Duration::from_secs(1)) {
+                    return None;
+                }
+                *last = Some((Instant::now(), n));
+                Some((EventKind::SlowConsumer, n, String::new()))
+            }
+            E::Disconnected => Some((
+                EventKind::Disconnected,
+                bump(&self.disconnects),
+                String::new(),
+            )),
+            // The first connection is no news; any later one is a reconnect.
+            E::Connected if self.disconnects.load(Ordering::Relaxed) > 0 => Some((
+                EventKind::Reconnected,
+                bump(&self.reconnects),
+                String::new(),
+            )),
+            E::Connected | E::Draining | E::Closed => None,
+            E::LameDuckMode => Some((EventKind::LameDuck, bump(&self.lame_duck), String::new())),
+            E::ServerError(e) => Some((
+                EventKind::ServerError,
+                bump(&self.server_errors),
+                e.to_string(),
+            )),
+            E::ClientError(e) => Some((
+                EventKind::ClientError,
+                bump(&self.client_errors),
+                e.to_string(),
+            )),
         }
     }
 }
@@ -85,6 +233,7 @@ pub type Headers = async_nats::HeaderMap;
 pub struct Connection {
     client: async_nats::Client,
     name: String,
+    counters: Arc<Counters>,
 }
 
 /// The connection name Liftbridge uses: `LIFT.<namespace>.<server id>.<role>`.
@@ -115,11 +264,25 @@ impl Connection {
 
     async fn open(cfg: &NatsConfig, name: &str, echo: bool) -> Result<Connection, NatsError> {
         let wait = cfg.reconnect_wait;
+        let counters = Arc::new(Counters::default());
+        let (c, hook, conn_name) = (counters.clone(), cfg.events.clone(), name.to_owned());
         let mut opts = async_nats::ConnectOptions::new()
             .name(name)
             .max_reconnects(None)
             .reconnect_delay_callback(move |_| wait)
-            .connection_timeout(cfg.connect_timeout);
+            .connection_timeout(cfg.connect_timeout)
+            .subscription_capacity(cfg.subscription_capacity.max(1))
+            .event_callback(move |event| {
+                if let (Some((kind, count, detail)), Some(hook)) = (c.record(&event), &hook) {
+                    hook.call(&Event {
+                        connection: conn_name.clone(),
+                        kind,
+                        count,
+                        detail,
+                    });
+                }
+                std::future::ready(())
+            });
         if !echo {
             opts = opts.no_echo();
         }
@@ -149,7 +312,18 @@ impl Connection {
         Ok(Connection {
             client,
             name: name.to_owned(),
+            counters,
         })
+    }
+
+    /// What happened to this connection so far.
+    pub fn stats(&self) -> ConnectionStats {
+        let c = &self.counters;
+        ConnectionStats {
+            slow_consumer: c.slow_consumer.load(Ordering::Relaxed),
+            disconnects: c.disconnects.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+        }
     }
 
     /// The connection's name.

@@ -16,7 +16,8 @@ pub mod payload;
 pub mod subjects;
 
 pub use connection::{
-    Connection, Headers, Message, NatsConfig, NatsError, Subscriber, connection_name,
+    Connection, ConnectionStats, Event, EventHook, EventKind, Headers, Message, NatsConfig,
+    NatsError, Subscriber, connection_name,
 };
 pub use envelope::{EnvelopeError, MsgType, ReplicationResponse};
 pub use subjects::{

@@ -227,3 +227,98 @@ async fn an_unreachable_server_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// Collects the events a hook receives.
+fn collecting() -> (
+    natsbridge::EventHook,
+    std::sync::Arc<std::sync::Mutex<Vec<natsbridge::Event>>>,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let hook = natsbridge::EventHook::new(move |e| s.lock().unwrap().push(e.clone()));
+    (hook, seen)
+}
+
+async fn wait_for_event(
+    seen: &std::sync::Mutex<Vec<natsbridge::Event>>,
+    kind: natsbridge::EventKind,
+) -> natsbridge::Event {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(e) = seen.lock().unwrap().iter().find(|e| e.kind == kind) {
+            return e.clone();
+        }
+        assert!(Instant::now() < deadline, "no {kind:?} event");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_subscription_buffer_is_reported_and_counted() {
+    for reference in [false, true] {
+        let server = Server::start(reference).await;
+        let (hook, seen) = collecting();
+        let cfg = NatsConfig {
+            subscription_capacity: 8,
+            events: Some(hook),
+            ..server.config()
+        };
+        let slow = Connection::connect(&cfg, "LIFT.test.a.streams")
+            .await
+            .unwrap();
+        let _sub = slow.subscribe("fast").await.unwrap();
+        round_trip(&slow).await;
+        let publisher = Connection::connect(&server.config(), "publisher")
+            .await
+            .unwrap();
+        for _ in 0..200 {
+            publisher
+                .publish("fast", Bytes::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+        round_trip(&publisher).await;
+        let e = wait_for_event(&seen, natsbridge::EventKind::SlowConsumer).await;
+        assert_eq!(e.connection, "LIFT.test.a.streams");
+        assert!(e.count >= 1);
+        assert!(slow.stats().slow_consumer >= 1);
+        assert_eq!(slow.stats().disconnects, 0);
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_server_is_reported_and_so_is_its_return() {
+    let first = natsd::Server::start(natsd::ServerConfig {
+        port: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let port = first.local_addr().port();
+    let (hook, seen) = collecting();
+    let cfg = NatsConfig {
+        servers: vec![first.client_url()],
+        reconnect_wait: Duration::from_millis(50),
+        events: Some(hook),
+        ..NatsConfig::default()
+    };
+    let c = Connection::connect(&cfg, "LIFT.test.a.acks").await.unwrap();
+    round_trip(&c).await;
+    assert!(seen.lock().unwrap().is_empty(), "connecting is no event");
+    first.shutdown().await;
+    let e = wait_for_event(&seen, natsbridge::EventKind::Disconnected).await;
+    assert_eq!((e.connection.as_str(), e.count), ("LIFT.test.a.acks", 1));
+    let second = natsd::Server::start(natsd::ServerConfig {
+        port,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let e = wait_for_event(&seen, natsbridge::EventKind::Reconnected).await;
+    assert_eq!(e.count, 1);
+    round_trip(&c).await;
+    let stats = c.stats();
+    assert_eq!((stats.disconnects, stats.reconnects), (1, 1));
+    second.shutdown().await;
+}
