@@ -333,34 +333,43 @@ impl Client {
                 rx,
                 |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
             );
-        let mut responses = c
-            .publish_async(outgoing)
-            .await
-            .map_err(Error::from_status)?
-            .into_inner();
         let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
         let alive = Arc::new(AtomicBool::new(true));
         let (w, a) = (waiters.clone(), alive.clone());
+        // The call runs in a task of its own, and requests flow into it at once. A server may
+        // send its response headers only with its first response, after a request (Go's gRPC
+        // server, so the original Liftbridge, does): awaiting the headers before queueing the
+        // first request would leave both sides waiting for each other.
         tokio::spawn(async move {
-            let end = loop {
-                match responses.next().await {
-                    Some(Ok(r)) => {
-                        let Some(waiter) = w.lock().remove(&r.correlation_id) else {
-                            continue;
-                        };
-                        let result = match (&r.async_error, r.ack) {
-                            (Some(e), _) => Err(refusal(e)),
-                            (None, Some(ack)) => Ok(Some(Ack::from_api(ack))),
-                            (None, None) => Ok(None),
-                        };
-                        let _ = waiter.send(result);
-                    }
-                    Some(Err(s)) => break Error::from_status(s),
-                    None => {
-                        break Error::Transport(tonic::Status::unavailable("publish stream ended"));
+            let end = match c.publish_async(outgoing).await {
+                Err(s) => Error::from_status(s),
+                Ok(response) => {
+                    let mut responses = response.into_inner();
+                    loop {
+                        match responses.next().await {
+                            Some(Ok(r)) => {
+                                let Some(waiter) = w.lock().remove(&r.correlation_id) else {
+                                    continue;
+                                };
+                                let result = match (&r.async_error, r.ack) {
+                                    (Some(e), _) => Err(refusal(e)),
+                                    (None, Some(ack)) => Ok(Some(Ack::from_api(ack))),
+                                    (None, None) => Ok(None),
+                                };
+                                let _ = waiter.send(result);
+                            }
+                            Some(Err(s)) => break Error::from_status(s),
+                            None => {
+                                break Error::Transport(tonic::Status::unavailable(
+                                    "publish stream ended",
+                                ));
+                            }
+                        }
                     }
                 }
             };
+            // The request stream is gone with the call, so a later send fails and opens a new
+            // session; whoever was waiting gets the error.
             a.store(false, Ordering::Release);
             let pending: Vec<_> = w.lock().drain().collect();
             for (_, waiter) in pending {
