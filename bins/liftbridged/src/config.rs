@@ -145,6 +145,7 @@ const KNOWN: &[&str] = &[
     "nats.embedded",
     "nats.embedded.config",
     "nats.embedded.port",
+    "nats.ingest.max.pending.bytes",
     "streams.retention.max.bytes",
     "streams.retention.max.messages",
     "streams.retention.max.age",
@@ -546,6 +547,18 @@ impl Config {
             None
         };
         b.nats.servers = servers;
+        if let Some(v) = k.int("nats.ingest.max.pending.bytes")? {
+            // At least one largest message, at most 4 GiB.
+            b.ingest_max_pending_bytes = usize::try_from(v)
+                .ok()
+                .filter(|v| (1024 * 1024..=4 << 30).contains(v))
+                .ok_or_else(|| {
+                    Keys::bad(
+                        "nats.ingest.max.pending.bytes",
+                        "must be from 1 MiB to 4 GiB",
+                    )
+                })?;
+        }
         if let (Some(u), Some(p)) = (k.string("nats.user")?, k.string("nats.password")?) {
             b.nats.user_password = Some((u, p));
         }
@@ -780,6 +793,26 @@ mod tests {
         assert!(err.to_string().contains("batch.max.time"), "{err}");
         let err = from_yaml("port: many\n", &Flags::default()).unwrap_err();
         assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn the_ingest_queue_limit_is_read_and_bounded() {
+        let c = from_yaml(
+            "nats.ingest.max.pending.bytes: 33554432\n",
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.broker.ingest_max_pending_bytes, 32 << 20);
+        let d = from_yaml("", &Flags::default()).unwrap();
+        assert_eq!(d.broker.ingest_max_pending_bytes, 16 << 20);
+        for bad in ["0", "1000", "-5", "8589934592"] {
+            let yaml = format!("nats.ingest.max.pending.bytes: {bad}\n");
+            let err = from_yaml(&yaml, &Flags::default()).unwrap_err();
+            assert!(
+                err.to_string().contains("nats.ingest.max.pending.bytes"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -295,6 +295,16 @@ impl Broker {
             p.stop().await;
         }
         self.inner.meta.shutdown().await;
+        let i = &self.inner;
+        for c in [
+            &i.raft_conn,
+            &i.ctx.streams_conn,
+            &i.ctx.acks_conn,
+            &i.ctx.repl_conn,
+            &i.publishes,
+        ] {
+            c.close().await;
+        }
         info!(self.inner.logger, "broker stopped");
     }
 

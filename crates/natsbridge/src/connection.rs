@@ -139,12 +139,17 @@ struct Counters {
     lame_duck: AtomicU64,
     /// When slow-consumer drops were last reported, and the count then.
     slow_reported: Mutex<Option<(Instant, u64)>>,
+    /// Closed on purpose: what happens from now on is no news.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Counters {
     /// Counts an event from the client, and says what to report of it, if anything.
     fn record(&self, event: &async_nats::Event) -> Option<(EventKind, u64, String)> {
         use async_nats::Event as E;
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
         let bump = |c: &AtomicU64| c.fetch_add(1, Ordering::Relaxed) + 1;
         match event {
             E::SlowConsumer(_) => {
@@ -314,6 +319,13 @@ impl Connection {
             name: name.to_owned(),
             counters,
         })
+    }
+
+    /// Closes the connection for every clone of it: subscriptions end after what they have
+    /// received, and nothing more is reported to the event hook.
+    pub async fn close(&self) {
+        self.counters.closed.store(true, Ordering::Release);
+        let _ = self.client.drain().await;
     }
 
     /// What happened to this connection so far.

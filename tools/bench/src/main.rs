@@ -49,6 +49,10 @@ struct Args {
 
 const SIZES: [usize; 3] = [100, 1024, 16 * 1024];
 
+/// The unit of the NATS ingest rows that count messages published and never recorded. Their
+/// cells show the largest count of any run, not the median: a loss is never hidden.
+const LOST: &str = "msgs lost";
+
 /// One measured quantity.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Row {
@@ -77,6 +81,13 @@ impl Results {
             .or_default()
             .push(v);
     }
+}
+
+fn worst(v: &[f64]) -> f64 {
+    v.iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .fold(f64::NAN, f64::max)
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -127,6 +138,7 @@ async fn run_system(
     res: &mut Results,
 ) -> Result<(), String> {
     let sys = Running::start(kind, bins)?;
+    let nats_url = sys.nats.clone();
     let target = if kind.is_liftbridge() {
         Target::Liftbridge(sys.addr.clone())
     } else {
@@ -178,6 +190,30 @@ async fn run_system(
             }
             if durable {
                 continue;
+            }
+            for publishers in [1usize, 4] {
+                let name = format!("n{size}p{publishers}");
+                workloads::create(&target, &name).await?;
+                let (d, recorded) =
+                    workloads::nats_ingest(&target, &nats_url, &name, size, n, publishers).await?;
+                let sent = (n / publishers * publishers) as u64;
+                let rows = [
+                    ("msgs/s", true, recorded as f64 / d.as_secs_f64()),
+                    (LOST, false, sent.saturating_sub(recorded) as f64),
+                ];
+                for (unit, higher_better, v) in rows {
+                    res.add(
+                        Row {
+                            order: 5,
+                            name: format!("NATS ingest, {publishers} pub"),
+                            size,
+                            higher_better,
+                            unit,
+                        },
+                        kind,
+                        v,
+                    );
+                }
             }
             let name = format!("s{size}");
             workloads::create(&target, &name).await?;
@@ -259,14 +295,13 @@ fn size_label(s: usize) -> String {
     }
 }
 
-fn report(res: &Results, args: &Args, versions: &str) -> String {
+fn report(res: &Results, args: &Args, runs: usize, versions: &str) -> String {
     let mut out = String::new();
     let m =
         |f: fn(&machine::Machine) -> f64| median(&res.machine.iter().map(f).collect::<Vec<_>>());
     let _ = writeln!(
         out,
-        "Runs: {} ({}), medians shown. {versions}.\n",
-        args.runs,
+        "Runs: {runs} ({}), medians shown. {versions}.\n",
         if args.quick {
             "quick mode: tiny counts, for CI only"
         } else {
@@ -295,7 +330,8 @@ fn report(res: &Results, args: &Args, versions: &str) -> String {
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     for (row, by) in res.values.iter().filter(|(r, _)| r.order < 6) {
-        let med = |k: Kind| by.get(&k).map_or(f64::NAN, |v| median(v));
+        let summary = if row.unit == LOST { worst } else { median };
+        let med = |k: Kind| by.get(&k).map_or(f64::NAN, |v| summary(v));
         let (e, x, j) = (
             med(Kind::LbEmbedded),
             med(Kind::LbExternal),
@@ -546,7 +582,7 @@ fn main() {
             }
         }
     }
-    let text = report(&res, &args, &versions);
+    let text = report(&res, &args, runs, &versions);
     println!("{text}");
     if let Some(out) = &args.out
         && let Err(e) = write_section(out, &text)

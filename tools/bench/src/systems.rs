@@ -132,6 +132,8 @@ fn wait_port(port: u16, what: &str) -> Result<(), String> {
 pub struct Running {
     /// The gRPC address (Liftbridge) or NATS URL (JetStream).
     pub addr: String,
+    /// The NATS URL, where plain NATS clients publish.
+    pub nats: String,
     /// Processes to measure, main one first.
     pub procs: Vec<Proc>,
     _dir: tempfile::TempDir,
@@ -205,7 +207,12 @@ fn liftbridged(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Result<Proc
         .args(["--level", "warn"])
         .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // BENCH_SERVER_LOG=1 shows the servers' warnings, for a row that looks wrong.
+        .stderr(if std::env::var_os("BENCH_SERVER_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .map_err(|e| format!("cannot start liftbridged: {e}"))?;
     Ok(Proc {
@@ -217,7 +224,7 @@ fn liftbridged(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Result<Proc
 impl Running {
     pub fn start(kind: Kind, bins: &Binaries) -> Result<Running, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let (addr, procs) = match kind {
+        let (addr, nats_url, procs) = match kind {
             Kind::LbEmbedded | Kind::LbDurable => {
                 let (grpc, nats) = (free_port(), free_port());
                 let args: Vec<String> = vec![
@@ -235,7 +242,11 @@ impl Running {
                 };
                 let p = liftbridged(dir.path(), &args, env)?;
                 wait_port(grpc, "liftbridged")?;
-                (format!("127.0.0.1:{grpc}"), vec![p])
+                (
+                    format!("127.0.0.1:{grpc}"),
+                    format!("nats://127.0.0.1:{nats}"),
+                    vec![p],
+                )
             }
             Kind::LbExternal => {
                 let nats = free_port();
@@ -257,7 +268,11 @@ impl Running {
                 ];
                 let p = liftbridged(dir.path(), &args, &[])?;
                 wait_port(grpc, "liftbridged")?;
-                (format!("127.0.0.1:{grpc}"), vec![p, n])
+                (
+                    format!("127.0.0.1:{grpc}"),
+                    format!("nats://127.0.0.1:{nats}"),
+                    vec![p, n],
+                )
             }
             Kind::JetStream | Kind::JsDurable => {
                 let nats = free_port();
@@ -273,11 +288,13 @@ impl Running {
                 );
                 let n = nats_server(bin, &conf, dir.path())?;
                 wait_port(nats, "nats-server")?;
-                (format!("nats://127.0.0.1:{nats}"), vec![n])
+                let url = format!("nats://127.0.0.1:{nats}");
+                (url.clone(), url, vec![n])
             }
         };
         Ok(Running {
             addr,
+            nats: nats_url,
             procs,
             _dir: dir,
         })

@@ -327,6 +327,82 @@ pub async fn end_to_end(
     Ok(lat)
 }
 
+/// How many messages stream `name` holds.
+async fn stored(t: &Target, name: &str) -> Result<u64, String> {
+    match t {
+        Target::Liftbridge(a) => {
+            let c = lb(a).await?;
+            let md = c
+                .fetch_partition_metadata(name, 0)
+                .await
+                .map_err(|e| e.to_string());
+            c.close();
+            Ok((md?.newest_offset + 1).max(0) as u64)
+        }
+        Target::JetStream(u) => {
+            let (_, ctx) = js(u).await?;
+            let mut s = ctx.get_stream(name).await.map_err(|e| e.to_string())?;
+            let info = s.info().await.map_err(|e| e.to_string())?;
+            Ok(info.state.messages)
+        }
+    }
+}
+
+/// Plain core-NATS publishes, no Liftbridge client and no acks: `publishers` connections to
+/// `nats_url` publish `count` messages in all to the subject of stream `name`, as fast as
+/// they can. Returns the time until the stream held everything, or stopped growing for 3 s,
+/// and how many messages it holds then.
+pub async fn nats_ingest(
+    t: &Target,
+    nats_url: &str,
+    name: &str,
+    size: usize,
+    count: usize,
+    publishers: usize,
+) -> Result<(Duration, u64), String> {
+    let each = count / publishers;
+    let total = (each * publishers) as u64;
+    let data = payload(size);
+    let mut clients = Vec::new();
+    for _ in 0..publishers {
+        clients.push(
+            async_nats::connect(nats_url)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for nc in clients {
+        let (name, data) = (name.to_owned(), data.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..each {
+                nc.publish(name.clone(), data.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            nc.flush().await.map_err(|e| e.to_string())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    // The stream's count, polled; both systems are asked the same way.
+    let (mut last, mut last_change) = (0, Instant::now());
+    loop {
+        let n = stored(t, name).await?;
+        if n >= total {
+            return Ok((started.elapsed(), n));
+        }
+        if n != last {
+            (last, last_change) = (n, Instant::now());
+        } else if last_change.elapsed() > Duration::from_secs(3) {
+            return Ok((last_change.duration_since(started), n));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// The p-th percentile (0–100) of `v`, in microseconds.
 pub fn percentile_us(v: &mut [u64], p: f64) -> f64 {
     if v.is_empty() {
