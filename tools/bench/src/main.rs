@@ -38,6 +38,10 @@ struct Args {
     /// Draw throughput by message size into this PNG.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Run only these workloads (comma-separated): async, replay, sync, e2e, ingest. Default:
+    /// all of them.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// The nats-server for JetStream and external NATS.
     #[arg(long, default_value = "nats-server")]
     nats_server: PathBuf,
@@ -100,15 +104,24 @@ fn median(v: &[f64]) -> f64 {
 }
 
 struct Counts {
+    /// The workloads to run; empty: all.
+    only: Vec<String>,
     async_msgs: fn(usize) -> usize,
     durable_msgs: fn(usize) -> usize,
     sync_msgs: usize,
     e2e_msgs: usize,
 }
 
-fn counts(quick: bool) -> Counts {
+impl Counts {
+    fn wants(&self, workload: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|w| w == workload)
+    }
+}
+
+fn counts(quick: bool, only: Vec<String>) -> Counts {
     if quick {
         Counts {
+            only,
             async_msgs: |_| 400,
             durable_msgs: |_| 100,
             sync_msgs: 50,
@@ -116,6 +129,7 @@ fn counts(quick: bool) -> Counts {
         }
     } else {
         Counts {
+            only,
             async_msgs: |s| match s {
                 0..=128 => 200_000,
                 129..=2048 => 100_000,
@@ -153,27 +167,32 @@ async fn run_system(
                 (c.async_msgs)(size)
             };
             for publishers in [1usize, 4] {
+                if !c.wants("async") && !(publishers == 1 && c.wants("replay")) {
+                    continue;
+                }
                 let name = format!("a{size}p{publishers}");
                 workloads::create(&target, &name).await?;
                 let d = workloads::async_publish(&target, &name, size, n, publishers).await?;
                 let per_s = (n / publishers * publishers) as f64 / d.as_secs_f64();
-                let label = if durable {
-                    "durable async publish"
-                } else {
-                    "async publish"
-                };
-                res.add(
-                    Row {
-                        order: if durable { 6 } else { 1 },
-                        name: format!("{label}, {publishers} pub"),
-                        size,
-                        higher_better: true,
-                        unit: "msgs/s",
-                    },
-                    kind,
-                    per_s,
-                );
-                if publishers == 1 && !durable {
+                if c.wants("async") {
+                    let label = if durable {
+                        "durable async publish"
+                    } else {
+                        "async publish"
+                    };
+                    res.add(
+                        Row {
+                            order: if durable { 6 } else { 1 },
+                            name: format!("{label}, {publishers} pub"),
+                            size,
+                            higher_better: true,
+                            unit: "msgs/s",
+                        },
+                        kind,
+                        per_s,
+                    );
+                }
+                if publishers == 1 && !durable && c.wants("replay") {
                     let d = workloads::replay(&target, &name, n).await?;
                     res.add(
                         Row {
@@ -192,6 +211,9 @@ async fn run_system(
                 continue;
             }
             for publishers in [1usize, 4] {
+                if !c.wants("ingest") {
+                    break;
+                }
                 let name = format!("n{size}p{publishers}");
                 workloads::create(&target, &name).await?;
                 let (d, recorded) =
@@ -217,7 +239,7 @@ async fn run_system(
             }
             let name = format!("s{size}");
             workloads::create(&target, &name).await?;
-            if size == SIZES[0] {
+            if size == SIZES[0] && c.wants("sync") {
                 // Once per system: the round trip of a request that does no storage work.
                 let mut lat = workloads::info_requests(&target, &name, c.sync_msgs).await?;
                 for (p, tag) in [(50.0, "p50"), (99.0, "p99")] {
@@ -234,8 +256,15 @@ async fn run_system(
                     );
                 }
             }
-            let mut lat = workloads::sync_publish(&target, &name, size, c.sync_msgs).await?;
+            let mut lat = if c.wants("sync") {
+                workloads::sync_publish(&target, &name, size, c.sync_msgs).await?
+            } else {
+                Vec::new()
+            };
             for (p, tag) in [(50.0, "p50"), (99.0, "p99"), (99.9, "p99.9")] {
+                if lat.is_empty() {
+                    break;
+                }
                 res.add(
                     Row {
                         order: 2,
@@ -247,6 +276,9 @@ async fn run_system(
                     kind,
                     workloads::percentile_us(&mut lat, p),
                 );
+            }
+            if !c.wants("e2e") {
+                continue;
             }
             let name = format!("e{size}");
             workloads::create(&target, &name).await?;
@@ -536,7 +568,7 @@ fn main() {
             .unwrap_or_else(|| args.nats_server.clone()),
     };
     let runs = if args.quick { 1 } else { args.runs.max(1) };
-    let c = counts(args.quick);
+    let c = counts(args.quick, args.only.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -571,6 +603,10 @@ fn main() {
         ];
         if durable_js {
             kinds.push(Kind::JsDurable);
+        }
+        // The durable systems run only the async workload.
+        if !c.wants("async") {
+            kinds.retain(|k| !matches!(k, Kind::LbDurable | Kind::JsDurable));
         }
         for kind in kinds {
             eprintln!("run {} of {runs}: {}", run + 1, kind.label());
