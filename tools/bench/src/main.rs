@@ -456,15 +456,27 @@ fn report(res: &Results, args: &Args, runs: usize, versions: &str) -> String {
     out
 }
 
-const START: &str = "<!-- e2e:start -->";
-const END: &str = "<!-- e2e:end -->";
+fn section_key(only: &[String]) -> String {
+    if only.is_empty() {
+        "e2e".into()
+    } else {
+        format!("e2e-{}", only.join("-"))
+    }
+}
 
-fn write_section(path: &Path, body: &str) -> std::io::Result<()> {
+/// Writes `body` into the Markdown file between the markers of its section: `e2e` for a run of
+/// every workload, `e2e-ingest` (and so on) for a run of some, so that a partial run never
+/// replaces the full table. A missing section is appended.
+fn write_section(path: &Path, key: &str, body: &str) -> std::io::Result<()> {
+    let (start, end) = (
+        format!("<!-- {key}:start -->"),
+        format!("<!-- {key}:end -->"),
+    );
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    let section = format!("{START}\n{body}{END}");
-    let new = match (old.find(START), old.find(END)) {
-        (Some(a), Some(b)) if b > a => format!("{}{}{}", &old[..a], section, &old[b + END.len()..]),
-        _ => format!("{old}\n## End to end, against NATS JetStream\n\n{section}\n"),
+    let section = format!("{start}\n{body}{end}");
+    let new = match (old.find(&start), old.find(&end)) {
+        (Some(a), Some(b)) if b > a => format!("{}{}{}", &old[..a], section, &old[b + end.len()..]),
+        _ => format!("{old}\n## End to end, against NATS JetStream ({key})\n\n{section}\n"),
     };
     std::fs::write(path, new)
 }
@@ -621,7 +633,7 @@ fn main() {
     let text = report(&res, &args, runs, &versions);
     println!("{text}");
     if let Some(out) = &args.out
-        && let Err(e) = write_section(out, &text)
+        && let Err(e) = write_section(out, &section_key(&args.only), &text)
     {
         eprintln!("cannot write {}: {e}", out.display());
         failed = true;
