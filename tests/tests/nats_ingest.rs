@@ -356,3 +356,110 @@ async fn losing_and_regaining_an_external_nats_is_logged_per_connection_and_coun
     running.shutdown().await;
     again.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_records_everything_the_server_had_accepted() {
+    let mut srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("stop", "stop")).await.unwrap();
+    let url = srv.running().nats_url().to_owned();
+    const N: usize = 200_000;
+    // The server has read every message once the publisher has its PONG; the ingest is
+    // usually well behind at that point.
+    raw_publish(&url, vec!["stop".into()], N, 100, 7).await;
+    srv.restart_with(|_| {}).await;
+    let mut c = srv.client().await;
+    assert_eq!(
+        wait_recorded(&mut c, "stop", 0, N as i64).await,
+        N as i64 - 1,
+        "messages accepted before the stop were lost"
+    );
+    let seen = read_all(&mut c, "stop", 0, N as i64).await;
+    assert_eq!(seen[&7], (0..N).collect::<Vec<_>>());
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_under_load_records_everything_the_server_acknowledged() {
+    let mut srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("busy", "busy")).await.unwrap();
+    let addr = srv
+        .running()
+        .nats_url()
+        .trim_start_matches("nats://")
+        .to_owned();
+    let stream_conn = TcpStream::connect(addr).await.unwrap();
+    let (rd, mut wr) = stream_conn.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut line = String::new();
+    rd.read_line(&mut line).await.unwrap();
+    wr.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
+        .await
+        .unwrap();
+    // Batches of 1,000 messages, each followed by a PING: a PONG says the server has read
+    // every message before it.
+    const BATCH: usize = 1000;
+    let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pongs = acknowledged.clone();
+    let reader = tokio::spawn(async move {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match rd.read_line(&mut line).await {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+            if line == "PONG\r\n" {
+                pongs.fetch_add(BATCH, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        // At most 2,000 batches: the stop comes long before.
+        for b in 0..2000 {
+            buf.clear();
+            for i in b * BATCH..(b + 1) * BATCH {
+                buf.extend_from_slice(format!("PUB busy 12\r\n{i:>12}\r\n").as_bytes());
+            }
+            buf.extend_from_slice(b"PING\r\n");
+            if wr.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+    });
+    // Stop while the publisher runs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acknowledged.load(std::sync::atomic::Ordering::SeqCst) < 50_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the publisher is stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    srv.restart_with(|_| {}).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
+    let acked = acknowledged.load(std::sync::atomic::Ordering::SeqCst) as i64;
+    let mut c = srv.client().await;
+    let recorded = wait_recorded(&mut c, "busy", 0, acked).await + 1;
+    assert!(
+        recorded >= acked,
+        "the server acknowledged {acked} messages, the log holds {recorded}"
+    );
+    // What is recorded is the publisher's sequence from its start, without a gap.
+    let mut req = sub("busy", StartPosition::Earliest);
+    req.partition = 0;
+    let mut s = subscribe(&mut c, req).await.unwrap();
+    for expect in 0..recorded {
+        let m = next(&mut s).await.unwrap();
+        let n: i64 = std::str::from_utf8(&m.value)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(n, expect);
+    }
+    srv.stop().await;
+}

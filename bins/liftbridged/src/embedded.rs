@@ -51,4 +51,8 @@ impl broker::LocalSubscription for Local {
     fn dropped(&self) -> u64 {
         self.0.dropped()
     }
+
+    fn close(&mut self) {
+        self.0.close();
+    }
 }

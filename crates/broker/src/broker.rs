@@ -291,9 +291,7 @@ impl Broker {
         }
         let _guard = self.inner.reconciling.lock().await;
         let parts: Vec<_> = self.edit_partitions(|map| map.drain().map(|(_, p)| p).collect());
-        for p in parts {
-            p.stop().await;
-        }
+        futures_util::future::join_all(parts.iter().map(|p| p.stop_draining())).await;
         self.inner.meta.shutdown().await;
         let i = &self.inner;
         for c in [

@@ -29,6 +29,9 @@ pub trait LocalSubscription: Stream<Item = NatsMessage> + Send + Unpin {
     /// Messages it did not take: from the broker's own connections (named in
     /// [`LocalSubscribe::never_wait`]) while its queue was over twice its limit.
     fn dropped(&self) -> u64;
+
+    /// Takes no more messages: what is queued can still be read, then the stream ends.
+    fn close(&mut self);
 }
 
 /// A subscription to open in process.

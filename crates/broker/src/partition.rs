@@ -154,6 +154,9 @@ pub(crate) struct Partition {
     /// Held for each append, so that the ingest task and publishers appending in place
     /// ([`Partition::append_in_place`]) take turns.
     write: Mutex<()>,
+    /// Set before a stop of the broker itself: the ingest task records what it has received
+    /// before it ends.
+    drain_on_stop: std::sync::atomic::AtomicBool,
 }
 
 /// A publish this broker took, handed to one of its own leading partitions without NATS.
@@ -243,6 +246,7 @@ impl Partition {
             tasks: Mutex::new(Vec::new()),
             local: std::sync::OnceLock::new(),
             write: Mutex::new(()),
+            drain_on_stop: std::sync::atomic::AtomicBool::new(false),
         });
         if p.role.paused {
             p.log
@@ -443,6 +447,20 @@ impl Partition {
     /// Stops the tasks and closes the log. Subscribers see the log close.
     pub(crate) async fn stop(&self) {
         let _ = self.stop.send(true);
+        self.finish_stop().await;
+    }
+
+    /// Stops as the broker stops: a leader's ingest first records what NATS and this broker's
+    /// own publishers had handed it (bounded by [`DRAIN_LIMIT`]), so that a clean stop loses
+    /// nothing accepted. A stop for a leader change, a pause or a delete must not do this: the
+    /// partition may no longer be this broker's to write.
+    pub(crate) async fn stop_draining(&self) {
+        self.drain_on_stop.store(true, Ordering::Release);
+        let _ = self.stop.send(true);
+        self.finish_stop().await;
+    }
+
+    async fn finish_stop(&self) {
         let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
         for t in tasks {
             let _ = t.await;
@@ -693,7 +711,27 @@ impl Source {
             let _ = sub.unsubscribe().await;
         }
     }
+
+    /// Takes no more messages; what was received can still be read, then the source ends.
+    async fn close(&mut self) {
+        match self {
+            Source::Nats(sub) => {
+                let _ = sub.unsubscribe().await;
+            }
+            Source::Local { sub, .. } => sub.close(),
+        }
+    }
+
+    async fn next(&mut self) -> Option<Arrival> {
+        match self {
+            Source::Nats(sub) => sub.next().await.map(Arrival::Nats),
+            Source::Local { sub, .. } => sub.next().await.map(Arrival::Embedded),
+        }
+    }
 }
+
+/// The longest a stopping broker's ingest spends recording what it had received.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// The next message from NATS or from this broker's own publishes; `None` once the
 /// subscription ends.
@@ -853,8 +891,68 @@ async fn ingest(
         crate::replica::notify_followers(&p, &ctx, None).await;
         source.report_drops(&p, &ctx.logger);
     }
+    if p.drain_on_stop.load(Ordering::Acquire) {
+        drain(&p, &ctx, &mut source, &mut local, max).await;
+    }
     slog::debug!(ctx.logger, "ingest stopped"; "stream" => &p.stream, "partition" => p.id);
     source.unsubscribe().await;
+}
+
+/// Records what the ingest had received when the broker stops: everything already queued for
+/// it, from NATS and from this broker's own publishers, in batches, within [`DRAIN_LIMIT`].
+async fn drain(
+    p: &Arc<Partition>,
+    ctx: &Arc<Ctx>,
+    source: &mut Source,
+    local: &mut mpsc::Receiver<LocalPublish>,
+    max: usize,
+) {
+    source.close().await;
+    local.close();
+    let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+    let epoch = p.role.leader_epoch;
+    let mut recorded = 0usize;
+    let mut ended = false;
+    while !ended {
+        let now = now_nanos();
+        let mut batch = Vec::new();
+        while batch.len() < max {
+            let next = async {
+                match local.try_recv() {
+                    Ok(l) => Some(Arrival::Local(l)),
+                    Err(_) => source.next().await,
+                }
+            };
+            match tokio::time::timeout_at(deadline, next).await {
+                Ok(Some(a)) => batch.push(a.into_incoming(epoch, now)),
+                Ok(None) => {
+                    ended = true;
+                    break;
+                }
+                Err(_) => {
+                    warn!(ctx.logger, "stopping before every received message was recorded";
+                        "stream" => &p.stream, "partition" => p.id, "recorded" => recorded + batch.len(),
+                        "limit" => ?DRAIN_LIMIT);
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() {
+            break;
+        }
+        recorded += batch.len();
+        let (p2, ctx2) = (p.clone(), ctx.clone());
+        let Some(acks) = write_log(ctx.cfg.sync, move || p2.write_batch(&ctx2, batch)).await else {
+            break;
+        };
+        send_acks(ctx, acks).await;
+        crate::replica::notify_followers(p, ctx, None).await;
+    }
+    if recorded > 0 {
+        info!(ctx.logger, "recorded what was received before the stop";
+            "stream" => &p.stream, "partition" => p.id, "messages" => recorded);
+    }
 }
 
 async fn cleaner(p: Arc<Partition>, logger: Logger, mut stop: watch::Receiver<bool>) {

@@ -156,7 +156,7 @@ impl Api for Lazy {
             let o = offset.fetch_add(1, Ordering::SeqCst) as i64;
             (r.ack_policy != AckPolicy::None as i32).then(|| Ok(ack_for(&r, o)))
         };
-        let mut respond_first = respond.clone();
+        let respond_first = respond.clone();
         let rest = inbound.filter_map(move |r| {
             let out = match r {
                 Ok(r) => {

@@ -260,6 +260,13 @@ impl LocalSubscription {
         self.queue().pending_bytes()
     }
 
+    /// Unsubscribes, keeping what is queued: the stream yields it, then ends. Publishers
+    /// waiting on it go on.
+    pub fn close(&mut self) {
+        self.shared.sublist.remove(&self.sub);
+        self.queue().close();
+    }
+
     /// The next message, if one is queued now.
     pub fn try_next(&mut self) -> Option<LocalMessage> {
         self.queue().try_pop()

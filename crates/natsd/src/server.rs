@@ -124,6 +124,8 @@ pub(crate) struct Shared {
     locals: Mutex<HashMap<u64, Weak<Conn>>>,
     next_id: AtomicU64,
     all_gone: Notify,
+    /// Ends the accept loop before the shutdown.
+    stop_accepting: Notify,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -290,6 +292,7 @@ impl Server {
             locals: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             all_gone: Notify::new(),
+            stop_accepting: Notify::new(),
             shutdown,
             cfg,
         });
@@ -338,6 +341,39 @@ impl Server {
         opts: LocalOptions,
     ) -> Result<LocalSubscription, Error> {
         self.handle().subscribe_local(subject, queue, opts)
+    }
+
+    /// The first step of a stop that loses nothing: stops accepting connections, and closes
+    /// every client connection whose name (from CONNECT) `keep` refuses, after flushing what
+    /// is queued for it. Returns once those connections have ended (up to 5 s), so everything
+    /// they published has been handed to its subscribers, in-process ones included.
+    pub async fn close_clients(&self, keep: impl Fn(&str) -> bool) {
+        self.shared.stop_accepting.notify_one();
+        let closing: Vec<u64> = {
+            let clients = self.shared.clients.lock();
+            clients
+                .values()
+                .filter(|c| !c.name.get().is_some_and(|n| keep(n)))
+                .map(|c| {
+                    c.close(false);
+                    c.id
+                })
+                .collect()
+        };
+        let wait = async {
+            loop {
+                let gone = self.shared.all_gone.notified();
+                {
+                    let clients = self.shared.clients.lock();
+                    if closing.iter().all(|id| !clients.contains_key(id)) {
+                        return;
+                    }
+                }
+                // Woken by each connection that ends, or checked again shortly.
+                let _ = tokio::time::timeout(Duration::from_millis(10), gone).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
     }
 
     /// Stops accepting, flushes and closes every connection, and waits (up to 5 s) for them.
@@ -402,6 +438,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 }
             }
             _ = shutdown.changed() => return,
+            _ = shared.stop_accepting.notified() => return,
         }
     }
 }

@@ -299,3 +299,29 @@ async fn a_local_subscription_ends_when_the_server_shuts_down() {
         .expect("the stream ends");
     assert!(end.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_clients_keeps_the_named_closes_the_rest_and_accepts_no_more() {
+    let server = server().await;
+    let mut sub = server
+        .subscribe_local("cc", None, LocalOptions::default())
+        .unwrap();
+    let own = named(&server, "LIFT.ns.me.acks").await;
+    let other = named(&server, "someone").await;
+    other.publish("cc", "before".into()).await.unwrap();
+    other.flush().await.unwrap();
+    server
+        .close_clients(|name| name.starts_with("LIFT.ns.me."))
+        .await;
+    // What the closed connection had published was delivered before it closed.
+    assert_eq!(&next(&mut sub).await.payload[..], b"before");
+    assert_eq!(server.connections(), 1);
+    // The kept connection still works.
+    own.publish("cc", "own".into()).await.unwrap();
+    own.flush().await.unwrap();
+    assert_eq!(&next(&mut sub).await.payload[..], b"own");
+    // Nobody new gets in: the listener is closed.
+    let refused = tokio::net::TcpStream::connect(server.local_addr()).await;
+    assert!(refused.is_err(), "a new connection was accepted");
+    server.shutdown().await;
+}
