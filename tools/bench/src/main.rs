@@ -167,7 +167,8 @@ async fn run_system(
                 (c.async_msgs)(size)
             };
             for publishers in [1usize, 4] {
-                if !c.wants("async") && !(publishers == 1 && c.wants("replay")) {
+                let replayed = publishers == 1 && c.wants("replay");
+                if !(c.wants("async") || replayed) {
                     continue;
                 }
                 let name = format!("a{size}p{publishers}");
