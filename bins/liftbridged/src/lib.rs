@@ -139,6 +139,13 @@ impl Running {
     /// Stops the API and the broker (closing every log cleanly), then the embedded NATS server.
     pub async fn shutdown(self) {
         info!(self.logger, "shutting down");
+        // With embedded NATS, the other NATS clients go first: the broker then records what
+        // the server had accepted from them before it closes its logs.
+        if let Some(n) = &self.nats {
+            let cfg = self.broker.config();
+            let own = natsbridge::connection_name(&cfg.namespace, &cfg.server_id, "");
+            n.close_clients(|name| name.starts_with(&own)).await;
+        }
         // The API stops accepting calls while the broker closes its logs, which ends the open
         // subscriptions (with Unavailable, so clients resubscribe elsewhere or later).
         tokio::join!(self.api.shutdown(), self.broker.shutdown());
