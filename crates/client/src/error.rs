@@ -47,6 +47,9 @@ pub enum Error {
         /// Its explanation.
         message: String,
     },
+    /// The server's authorization refused the call (the server's words).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// No broker could be reached.
     #[error("no broker reachable: {0}")]
     NoBrokers(String),
@@ -76,7 +79,18 @@ impl Error {
             Code::ResourceExhausted if msg.contains("empty") => Error::StreamEmpty,
             Code::ResourceExhausted => Error::StopPositionReached,
             Code::InvalidArgument => Error::InvalidArgument(s.message().to_owned()),
+            // The original answers a denied call with Unknown, and a unary publish with a
+            // wrong expected offset with Unknown "incorrect expected offset"; neither is worth
+            // a retry.
+            Code::PermissionDenied => Error::PermissionDenied(s.message().to_owned()),
+            Code::Unknown if msg.contains("not authorized") => {
+                Error::PermissionDenied(s.message().to_owned())
+            }
             Code::Aborted => Error::PublishRefused {
+                code: "INCORRECT_OFFSET".into(),
+                message: s.message().to_owned(),
+            },
+            Code::Unknown if msg.contains("incorrect expected offset") => Error::PublishRefused {
                 code: "INCORRECT_OFFSET".into(),
                 message: s.message().to_owned(),
             },
@@ -105,3 +119,30 @@ impl From<tonic::Status> for Error {
 
 /// Shorthand for results of client calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_originals_unknown_statuses_are_read_for_what_they_mean() {
+        let denied = Error::from_status(tonic::Status::unknown(
+            "The client is not authorized to call Publish on resource s",
+        ));
+        assert!(matches!(denied, Error::PermissionDenied(_)), "{denied:?}");
+        assert!(!denied.is_retriable());
+        let offset = Error::from_status(tonic::Status::unknown("incorrect expected offset"));
+        assert!(
+            matches!(&offset, Error::PublishRefused { code, .. } if code == "INCORRECT_OFFSET"),
+            "{offset:?}"
+        );
+        assert!(!offset.is_retriable());
+        let ours = Error::from_status(tonic::Status::aborted("incorrect expected offset"));
+        assert!(matches!(ours, Error::PublishRefused { .. }));
+        // Any other Unknown stays a transport error, retried after a refresh.
+        let other = Error::from_status(tonic::Status::unknown("connection reset"));
+        assert!(matches!(other, Error::Transport(_)) && other.is_retriable());
+        let denied = Error::from_status(tonic::Status::permission_denied("no"));
+        assert!(matches!(denied, Error::PermissionDenied(_)));
+    }
+}

@@ -33,6 +33,32 @@
 //! ```
 //!
 //! Connections are plain gRPC (HTTP/2 without TLS) for now.
+//!
+//! # Servers it is checked against
+//!
+//! - **`liftbridged`** of this workspace: every feature, in the workspace's end-to-end tests
+//!   (one server, restarts, replicated clusters).
+//! - **The original Liftbridge (v1.9.0)**, through a test server that behaves as the original
+//!   does where it differs from `liftbridged` (`tests/original_server.rs`), since the original
+//!   does not run in the test suite:
+//!   - Go's gRPC server sends a call's response headers only with its first response. A
+//!     PublishAsync stream therefore never waits for headers before its first request (it
+//!     would wait forever), including when that request asks for no ack.
+//!   - A unary publish with a wrong expected offset fails with `Unknown "incorrect expected
+//!     offset"` (ours: `Aborted`); both are [`Error::PublishRefused`] with code
+//!     `INCORRECT_OFFSET`, and neither is retried.
+//!   - A call its authorization denies fails with `Unknown "... not authorized ..."`; it is
+//!     [`Error::PermissionDenied`], not retried.
+//!   - A reverse subscription ends with `Unknown "EOF"`; the stream simply ends, as with ours.
+//!   - A subscription to a partition whose leader has not opened it yet (just after
+//!     CreateStream) gets `NotFound "No such partition"` (ours: `Unavailable`); while the
+//!     metadata lists the partition, the client retries for up to `resubscribe_wait`.
+//!
+//! Differences that remain, against the original:
+//! - A reverse subscription of an empty partition fails with `Internal "Failed to create
+//!   stream reader"` (ours: the stream ends at once).
+//! - Acks name the stream's subject in `partition_subject` on both servers; `msg_subject` is
+//!   the partition's own subject.
 
 mod client;
 mod error;

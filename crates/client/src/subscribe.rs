@@ -115,6 +115,20 @@ impl State {
                     self.client.backoff(attempt).await;
                     attempt = attempt.saturating_add(1);
                 }
+                // The original answers NotFound for a partition its leader has not opened
+                // yet (just after CreateStream, or while it moves). While the metadata still
+                // lists the partition, it is a moment away.
+                Err(Error::NoSuchPartition)
+                    if Instant::now() < deadline
+                        && self.client.refresh_metadata().await.is_ok_and(|md| {
+                            md.streams
+                                .get(&self.stream)
+                                .is_some_and(|s| s.partitions.contains_key(&opts.partition))
+                        }) =>
+                {
+                    self.client.backoff(attempt).await;
+                    attempt = attempt.saturating_add(1);
+                }
                 Err(Error::NoBrokers(_)) if Instant::now() < deadline => {
                     self.client.backoff(attempt).await;
                     attempt = attempt.saturating_add(1);
@@ -149,6 +163,16 @@ impl State {
                         self.done = true;
                         return None;
                     }
+                }
+                // The original ends a reverse read with Unknown "EOF" instead of a clean end.
+                Err(st)
+                    if self.opts.reverse
+                        && st.code() == tonic::Code::Unknown
+                        && st.message() == "EOF" =>
+                {
+                    self.current = None;
+                    self.done = true;
+                    return None;
                 }
                 Err(st) if reconnectable(&st) && !self.opts.reverse => {
                     self.current = None;

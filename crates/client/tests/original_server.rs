@@ -1,6 +1,9 @@
-//! The client against a server that sends its response headers only with its first response,
-//! as Go's gRPC server (the original Liftbridge) does: a PublishAsync stream must not wait for
-//! headers before it sends its first request, or both sides wait for each other forever.
+//! The client against a server that behaves as the original Liftbridge does where it differs
+//! from ours. Go's gRPC server sends its response headers only with its first response: a
+//! PublishAsync stream must not wait for headers before it sends its first request, or both
+//! sides wait for each other forever. The original also answers a unary publish with a wrong
+//! expected offset with `Unknown "incorrect expected offset"`, and ends a reverse subscription
+//! with `Unknown "EOF"`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,6 +25,11 @@ struct Lazy {
     port: u16,
     /// PublishAsync requests received.
     received: Arc<AtomicUsize>,
+    /// Unary publishes received.
+    unary: Arc<AtomicUsize>,
+    /// Subscriptions to partition 1 refused so far: the first two are, as the original
+    /// refuses a partition its leader has not opened yet.
+    not_yet: Arc<AtomicUsize>,
 }
 
 fn ack_for(r: &PublishRequest, offset: i64) -> PublishResponse {
@@ -76,11 +84,31 @@ impl Api for Lazy {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let req = request.into_inner();
+        if req.partition == 1 && self.not_yet.fetch_add(1, Ordering::SeqCst) < 2 {
+            return Err(Status::not_found("No such partition"));
+        }
+        if req.partition > 1 {
+            return Err(Status::not_found("No such partition"));
+        }
         // The first message (Liftbridge's empty handshake) takes a while to be ready; the
         // headers go with it.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let start = req.start_offset;
         let handshake = futures_util::stream::once(async { Ok(Message::default()) });
+        if req.reverse {
+            // Three messages down from the start, then the original's end of a reverse read.
+            let messages = futures_util::stream::iter((start - 2..=start).rev().map(|offset| {
+                Ok(Message {
+                    offset,
+                    value: format!("m{offset}").into(),
+                    ..Default::default()
+                })
+            }));
+            let end = futures_util::stream::once(async { Err(Status::unknown("EOF")) });
+            return Ok(Response::new(Box::pin(
+                handshake.chain(messages).chain(end),
+            )));
+        }
         let messages = futures_util::stream::iter((start..start + 3).map(|offset| {
             Ok(Message {
                 offset,
@@ -100,8 +128,8 @@ impl Api for Lazy {
         &self,
         _: Request<FetchMetadataRequest>,
     ) -> Result<Response<FetchMetadataResponse>, Status> {
-        let partition = PartitionMetadata {
-            id: 0,
+        let partition = |id| PartitionMetadata {
+            id,
             leader: "lazy".into(),
             replicas: vec!["lazy".into()],
             isr: vec!["lazy".into()],
@@ -117,7 +145,7 @@ impl Api for Lazy {
             stream_metadata: vec![StreamMetadata {
                 name: "s".into(),
                 subject: "s".into(),
-                partitions: [(0, partition)].into_iter().collect(),
+                partitions: [(0, partition(0)), (1, partition(1))].into_iter().collect(),
                 ..Default::default()
             }],
             group_metadata: vec![],
@@ -133,7 +161,8 @@ impl Api for Lazy {
         &self,
         _: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
-        Err(Status::unimplemented("publish"))
+        self.unary.fetch_add(1, Ordering::SeqCst);
+        Err(Status::unknown("incorrect expected offset"))
     }
 
     type PublishAsyncStream = BoxStream<PublishResponse>;
@@ -214,14 +243,23 @@ impl Api for Lazy {
     }
 }
 
-/// Starts the lazy server on a free port of 127.0.0.1; returns its address and request count.
-async fn start() -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+/// Starts the lazy server on a free port of 127.0.0.1; returns its address, its PublishAsync
+/// request count and its unary publish count.
+async fn start_counting() -> (
+    String,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let received = Arc::new(AtomicUsize::new(0));
+    let unary = Arc::new(AtomicUsize::new(0));
     let svc = ApiServer::new(Lazy {
         port,
         received: received.clone(),
+        unary: unary.clone(),
+        not_yet: Arc::new(AtomicUsize::new(0)),
     });
     let task = tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -230,7 +268,12 @@ async fn start() -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
             .serve_with_incoming(incoming)
             .await;
     });
-    (format!("127.0.0.1:{port}"), received, task)
+    (format!("127.0.0.1:{port}"), received, unary, task)
+}
+
+async fn start() -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let (addr, received, _, task) = start_counting().await;
+    (addr, received, task)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,6 +341,79 @@ async fn a_subscription_works_when_headers_come_with_the_first_message() {
         assert_eq!(m.offset, offset);
         assert_eq!(&m.value[..], format!("m{offset}").as_bytes());
     }
+    client.close();
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_expected_offset_from_the_original_is_a_refusal_not_a_retry() {
+    let (addr, _, unary, server) = start_counting().await;
+    let client = Client::connect([addr]).await.unwrap();
+    let opts = PublishOptions::default().expected_offset(3);
+    let err = client.publish("s", "v", opts).await.unwrap_err();
+    match err {
+        liftbridge_client::Error::PublishRefused { code, .. } => {
+            assert_eq!(code, "INCORRECT_OFFSET")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(unary.load(Ordering::SeqCst), 1, "asked once, not retried");
+    client.close();
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reverse_subscription_ends_cleanly_on_the_originals_eof() {
+    let (addr, _, server) = start().await;
+    let client = Client::connect([addr]).await.unwrap();
+    let opts = SubscribeOptions::default()
+        .start(StartAt::Offset(9))
+        .reverse(true);
+    let mut sub = client.subscribe("s", opts).await.unwrap();
+    let mut offsets = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("the subscription moves on")
+        {
+            Some(Ok(m)) => offsets.push(m.offset),
+            Some(Err(e)) => panic!("the end is not an error: {e:?}"),
+            None => break,
+        }
+    }
+    assert_eq!(offsets, vec![9, 8, 7]);
+    client.close();
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_not_opened_yet_is_waited_for_and_an_unlisted_one_is_refused() {
+    let (addr, _, server) = start().await;
+    let client = Client::builder([addr])
+        .resubscribe_wait(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    let opts = SubscribeOptions::default()
+        .partition(1)
+        .start(StartAt::Offset(0));
+    let mut sub = client
+        .subscribe("s", opts)
+        .await
+        .expect("opened on the third try");
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.offset, 0);
+    // A partition the metadata does not list is refused at once.
+    let opts = SubscribeOptions::default().partition(2);
+    let err = client.subscribe("s", opts).await.unwrap_err();
+    assert!(
+        matches!(err, liftbridge_client::Error::NoSuchPartition),
+        "{err:?}"
+    );
     client.close();
     server.abort();
 }
