@@ -159,6 +159,7 @@ const KNOWN: &[&str] = &[
     "streams.concurrency.control",
     "streams.encryption",
     "streams.sync.policy",
+    "streams.max.partitions",
     "clustering.server.id",
     "clustering.namespace",
     "clustering.raft.snapshot.retain",
@@ -184,6 +185,12 @@ const KNOWN: &[&str] = &[
     "telemetry.enabled",
     "telemetry.interval.seconds",
 ];
+
+/// The metadata state machine's own cap on partitions per stream; the configured limit must
+/// stay under it.
+fn metastore_max_partitions() -> i32 {
+    broker::MAX_PARTITIONS as i32
+}
 
 /// Flattens nested maps into dotted keys: `{a: {b: 1}}` and `{"a.b": 1}` both give `a.b`.
 fn flatten(prefix: &str, v: Value, out: &mut BTreeMap<String, Value>) {
@@ -547,6 +554,17 @@ impl Config {
             None
         };
         b.nats.servers = servers;
+        if let Some(v) = k.int("streams.max.partitions")? {
+            b.max_partitions = i32::try_from(v)
+                .ok()
+                .filter(|v| (1..=metastore_max_partitions()).contains(v))
+                .ok_or_else(|| {
+                    Keys::bad(
+                        "streams.max.partitions",
+                        format!("must be from 1 to {}", metastore_max_partitions()),
+                    )
+                })?;
+        }
         if let Some(v) = k.int("nats.ingest.max.pending.bytes")? {
             // At least one largest message, at most 4 GiB.
             b.ingest_max_pending_bytes = usize::try_from(v)
@@ -793,6 +811,24 @@ mod tests {
         assert!(err.to_string().contains("batch.max.time"), "{err}");
         let err = from_yaml("port: many\n", &Flags::default()).unwrap_err();
         assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn the_partition_limit_is_read_and_bounded() {
+        let c = from_yaml("streams.max.partitions: 64\n", &Flags::default()).unwrap();
+        assert_eq!(c.broker.max_partitions, 64);
+        assert_eq!(
+            from_yaml("", &Flags::default())
+                .unwrap()
+                .broker
+                .max_partitions,
+            1024
+        );
+        for bad in ["0", "-1", "65537"] {
+            let yaml = format!("streams.max.partitions: {bad}\n");
+            let err = from_yaml(&yaml, &Flags::default()).unwrap_err();
+            assert!(err.to_string().contains("streams.max.partitions"), "{err}");
+        }
     }
 
     #[test]

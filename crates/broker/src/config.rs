@@ -248,6 +248,9 @@ pub struct BrokerConfig {
     /// only this broker's own partitions want is not sent to NATS at all, and partitions
     /// record their subjects through in-process subscriptions that never drop a message.
     pub embedded_nats: Option<Arc<dyn crate::EmbeddedNats>>,
+    /// `streams.max.partitions` (our addition): the most partitions CreateStream accepts for
+    /// one stream. Default 1024.
+    pub max_partitions: i32,
     /// `nats.ingest.max.pending.bytes` (our addition): with embedded NATS, bytes a partition's
     /// ingest queues before the server stops reading from the publishers. Default 16 MiB.
     pub ingest_max_pending_bytes: usize,
@@ -285,6 +288,7 @@ impl BrokerConfig {
             cursors: CursorsConfig::default(),
             embedded_nats: None,
             ingest_max_pending_bytes: 16 * 1024 * 1024,
+            max_partitions: 1024,
         }
     }
 }

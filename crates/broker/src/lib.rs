@@ -31,6 +31,7 @@ pub use config::{
 };
 pub use embedded::{EmbeddedNats, LocalSubscribe, LocalSubscription, NatsMessage};
 pub use error::{BrokerError, Result};
+pub use metastore::MAX_PARTITIONS;
 pub use metastore::service::Bootstrap;
 pub use ops::Subscription;
 pub use partition::EventTimes;

@@ -34,17 +34,8 @@ fn check_stream_name(name: &str) -> Result<()> {
         return Err(BrokerError::InvalidArgument("Name cannot be empty".into()));
     }
     // Names become folder names and NATS subject tokens.
-    if natsbridge::validate_name("stream name", name).is_err()
-        || name.contains(['/', '\\', '\0'])
-        || name == "."
-        || name == ".."
-    {
-        return Err(BrokerError::InvalidArgument(format!(
-            "Stream name {name:?} is invalid: it may not contain whitespace, '*', '>', '/', \
-             or an empty dot-separated token"
-        )));
-    }
-    Ok(())
+    natsbridge::validate_stream_name(name)
+        .map_err(|e| BrokerError::InvalidArgument(format!("Stream name is invalid: {e}")))
 }
 
 impl Broker {
@@ -103,7 +94,49 @@ impl Broker {
                 settings.min_isr
             )));
         }
+        let max = self.config().max_partitions;
+        if req.partitions < 0 || req.partitions > max {
+            return Err(BrokerError::InvalidArgument(format!(
+                "partitions must be from 0 (one) to {max} (streams.max.partitions), not {}",
+                req.partitions
+            )));
+        }
+        for (what, v) in [
+            ("retentionMaxBytes", settings.retention_max_bytes),
+            ("retentionMaxMessages", settings.retention_max_messages),
+        ] {
+            if v < 0 {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "{what} must not be negative, not {v}"
+                )));
+            }
+        }
+        for (what, v) in [
+            ("retentionMaxAge", req.retention_max_age.map(|v| v.value)),
+            ("segmentMaxBytes", req.segment_max_bytes.map(|v| v.value)),
+            ("segmentMaxAge", req.segment_max_age.map(|v| v.value)),
+            ("cleanerInterval", req.cleaner_interval.map(|v| v.value)),
+            ("autoPauseTime", req.auto_pause_time.map(|v| v.value)),
+        ] {
+            if let Some(v) = v.filter(|v| *v < 0) {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "{what} must not be negative, not {v}"
+                )));
+            }
+        }
         let entry = self.create_stream_entry(&req, config)?;
+        let rf = entry
+            .create_stream_op
+            .as_ref()
+            .and_then(|o| o.stream.as_ref())
+            .and_then(|s| s.partitions.first())
+            .map_or(1, |p| p.replication_factor);
+        if settings.min_isr > rf {
+            return Err(BrokerError::InvalidArgument(format!(
+                "minIsr {} is more than the replication factor {rf}: nothing would ever commit",
+                settings.min_isr
+            )));
+        }
         let applied = self.metadata().propose(entry).await?;
         applied
             .result

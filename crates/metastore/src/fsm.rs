@@ -41,6 +41,45 @@ pub enum OpError {
     InvalidArgument(String),
 }
 
+/// The most partitions a stream may have here, whatever proposed it. The brokers' own limit
+/// (`streams.max.partitions`) is lower; this one only keeps a forged or corrupt entry from
+/// costing every node memory and a folder per partition.
+pub const MAX_PARTITIONS: usize = 1 << 16;
+
+/// Checks a stream before it is created: a name that is a folder name, valid subjects, between
+/// 1 and [`MAX_PARTITIONS`] partitions numbered from 0 without gaps. A stream that passes the
+/// API passes this; one forwarded by a forged `PropagatedRequest` may not.
+fn valid_stream(s: &internal::Stream) -> Result<(), OpError> {
+    let invalid = |what: String| Err(OpError::InvalidArgument(what));
+    if let Err(e) = natsbridge::validate_stream_name(&s.name) {
+        return invalid(e.to_string());
+    }
+    if let Err(e) = natsbridge::validate_subject(&s.subject) {
+        return invalid(e.to_string());
+    }
+    if s.partitions.is_empty() || s.partitions.len() > MAX_PARTITIONS {
+        return invalid(format!(
+            "a stream has from 1 to {MAX_PARTITIONS} partitions, not {}",
+            s.partitions.len()
+        ));
+    }
+    let n = s.partitions.len() as i64;
+    for p in &s.partitions {
+        if i64::from(p.id) < 0 || i64::from(p.id) >= n {
+            return invalid(format!("partition id {} is outside 0..{n}", p.id));
+        }
+        if p.stream != s.name && !p.stream.is_empty() {
+            return invalid(format!("partition {} names stream {:?}", p.id, p.stream));
+        }
+        if !p.subject.is_empty()
+            && let Err(e) = natsbridge::validate_subject(&p.subject)
+        {
+            return invalid(e.to_string());
+        }
+    }
+    Ok(())
+}
+
 /// One partition's replicated state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionState {
@@ -365,10 +404,8 @@ impl Fsm {
     }
 
     fn create_stream(&mut self, s: &internal::Stream, index: u64) -> Applied {
-        if s.name.is_empty() || s.partitions.is_empty() {
-            return Applied::err(OpError::InvalidArgument(
-                "a stream needs a name and at least one partition".into(),
-            ));
+        if let Err(e) = valid_stream(s) {
+            return Applied::err(e);
         }
         if self
             .streams

@@ -15,4 +15,6 @@ pub mod node;
 pub mod service;
 pub mod storage;
 
-pub use fsm::{Applied, Event, Fsm, GroupState, OpError, PartitionState, StreamState};
+pub use fsm::{
+    Applied, Event, Fsm, GroupState, MAX_PARTITIONS, OpError, PartitionState, StreamState,
+};

@@ -151,6 +151,89 @@ fn streams_are_created_once_and_deleted_once() {
 }
 
 #[test]
+fn a_stream_that_could_not_come_from_the_api_is_refused_at_apply() {
+    let mut f = Fsm::new();
+    let refused = |f: &mut Fsm, entry: RaftLog| {
+        let before = f.streams().len();
+        let index = f.applied_index() + 1;
+        let a = f.apply(&entry, index);
+        assert!(
+            matches!(a.result, Err(OpError::InvalidArgument(_))),
+            "{:?} for {:?}",
+            a.result,
+            entry
+                .create_stream_op
+                .as_ref()
+                .and_then(|o| o.stream.as_ref())
+                .map(|s| &s.name)
+        );
+        assert!(a.events.is_empty());
+        assert_eq!(f.streams().len(), before);
+    };
+    // Names that would put a log outside `<data>/streams`, or are not names at all.
+    for name in [
+        "../../x", "/abs", "..", ".", "a/b", "a\\b", "nul\0", "a b", "x*",
+    ] {
+        refused(&mut f, create(name, 1));
+    }
+    refused(&mut f, create(&"n".repeat(256), 1));
+    // Partition counts and numbers.
+    refused(&mut f, create("none", 0));
+    let mut gap = create("gap", 2);
+    gap.create_stream_op
+        .as_mut()
+        .unwrap()
+        .stream
+        .as_mut()
+        .unwrap()
+        .partitions[1]
+        .id = 5;
+    refused(&mut f, gap);
+    let mut negative = create("neg", 1);
+    negative
+        .create_stream_op
+        .as_mut()
+        .unwrap()
+        .stream
+        .as_mut()
+        .unwrap()
+        .partitions[0]
+        .id = -1;
+    refused(&mut f, negative);
+    let mut bad_subject = create("subj", 1);
+    bad_subject
+        .create_stream_op
+        .as_mut()
+        .unwrap()
+        .stream
+        .as_mut()
+        .unwrap()
+        .subject = "a..b".into();
+    refused(&mut f, bad_subject);
+    let mut huge = create("huge", 1);
+    let parts = &mut huge
+        .create_stream_op
+        .as_mut()
+        .unwrap()
+        .stream
+        .as_mut()
+        .unwrap()
+        .partitions;
+    let template = parts[0].clone();
+    parts.clear();
+    parts.extend(
+        (0..=metastore::MAX_PARTITIONS as i32).map(|id| internal::Partition {
+            id,
+            ..template.clone()
+        }),
+    );
+    refused(&mut f, huge);
+    // A good one still goes through, with a 255-byte name.
+    let index = f.applied_index() + 1;
+    assert_eq!(f.apply(&create(&"n".repeat(255), 1), index).result, Ok(()));
+}
+
+#[test]
 fn isr_changes_check_the_leader_generation_and_set_the_epoch() {
     let mut f = Fsm::new();
     f.apply(&create("s", 1), 1);

@@ -21,6 +21,7 @@ pub use connection::{
 };
 pub use envelope::{EnvelopeError, MsgType, ReplicationResponse};
 pub use subjects::{
-    SubjectError, Subjects, has_wildcards, partition_subject, subject_matches, unique_id,
-    validate_name, validate_publish_subject, validate_subject,
+    MAX_STREAM_NAME_BYTES, MAX_SUBJECT_BYTES, SubjectError, Subjects, has_wildcards,
+    partition_subject, subject_matches, unique_id, validate_name, validate_publish_subject,
+    validate_stream_name, validate_subject,
 };

@@ -49,6 +49,25 @@ pub enum SubjectError {
         /// The offending value.
         value: String,
     },
+    /// Longer than the limit.
+    #[error("{what} is {len} bytes long; at most {max} are allowed")]
+    TooLong {
+        /// What was being checked.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A character that would make a stream name leave its folder: `/`, `\`, NUL, or a name
+    /// of `.` or `..`.
+    #[error("{what} {value:?} is not a folder name: no '/', '\\', NUL, '.' or '..'")]
+    NotAFolderName {
+        /// What was being checked.
+        what: &'static str,
+        /// The offending value.
+        value: String,
+    },
     /// `*` or `>` where it is not allowed.
     #[error("{what} {value:?} has a misplaced wildcard")]
     Wildcard {
@@ -59,9 +78,24 @@ pub enum SubjectError {
     },
 }
 
+/// The longest subject accepted: NATS's control line (4096 bytes) must hold it, a reply
+/// subject and a size.
+pub const MAX_SUBJECT_BYTES: usize = 1024;
+
+/// The longest stream name accepted: it is a folder name, and most file systems allow 255
+/// bytes.
+pub const MAX_STREAM_NAME_BYTES: usize = 255;
+
 fn check_common(what: &'static str, s: &str) -> Result<(), SubjectError> {
     if s.is_empty() {
         return Err(SubjectError::Empty { what });
+    }
+    if s.len() > MAX_SUBJECT_BYTES {
+        return Err(SubjectError::TooLong {
+            what,
+            len: s.len(),
+            max: MAX_SUBJECT_BYTES,
+        });
     }
     if s.chars().any(char::is_whitespace) {
         return Err(SubjectError::Whitespace {
@@ -129,6 +163,32 @@ pub fn validate_name(what: &'static str, s: &str) -> Result<(), SubjectError> {
     if s.contains(['*', '>']) {
         return Err(SubjectError::Wildcard {
             what,
+            value: s.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A stream name: a [name](validate_name) that is also a single folder name of at most
+/// [`MAX_STREAM_NAME_BYTES`], since a stream's data lives in `<data>/streams/<name>`. The API
+/// checks it, and the metadata state machine checks it again for every stream it creates,
+/// whoever proposed it.
+///
+/// # Errors
+/// As [`validate_name`], [`SubjectError::TooLong`], or [`SubjectError::NotAFolderName`].
+pub fn validate_stream_name(s: &str) -> Result<(), SubjectError> {
+    const WHAT: &str = "stream name";
+    validate_name(WHAT, s)?;
+    if s.len() > MAX_STREAM_NAME_BYTES {
+        return Err(SubjectError::TooLong {
+            what: WHAT,
+            len: s.len(),
+            max: MAX_STREAM_NAME_BYTES,
+        });
+    }
+    if s.contains(['/', '\\', '\0']) || s == "." || s == ".." {
+        return Err(SubjectError::NotAFolderName {
+            what: WHAT,
             value: s.to_owned(),
         });
     }

@@ -1,0 +1,92 @@
+//! Requests that must be refused with InvalidArgument, and leave the broker serving and able to
+//! restart.
+
+mod common;
+
+use common::*;
+use liftbridge_proto::api::*;
+use tonic::Code;
+
+/// Creates a stream and expects InvalidArgument whose message contains `says`.
+async fn refused(
+    c: &mut api_client::ApiClient<tonic::transport::Channel>,
+    req: CreateStreamRequest,
+    says: &str,
+) {
+    let name = req.name.clone();
+    let err = c.create_stream(req).await.expect_err(&name);
+    assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
+    assert!(
+        err.message().contains(says),
+        "{name}: {:?} does not say {says:?}",
+        err.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_create_stream_requests_are_invalid_arguments() {
+    let mut srv = TestServer::start_with(|c| c.broker.max_partitions = 4).await;
+    let mut c = srv.client().await;
+    let with = |name: &str, f: &dyn Fn(&mut CreateStreamRequest)| {
+        let mut r = stream(name, name);
+        f(&mut r);
+        r
+    };
+    // This one used to kill the server at once.
+    refused(
+        &mut c,
+        with("huge", &|r| r.partitions = i32::MAX),
+        "streams.max.partitions",
+    )
+    .await;
+    refused(&mut c, with("five", &|r| r.partitions = 5), "not 5").await;
+    refused(&mut c, with("negative", &|r| r.partitions = -1), "not -1").await;
+    refused(
+        &mut c,
+        with("isr", &|r| r.min_isr = Some(NullableInt32 { value: 2 })),
+        "replication factor 1",
+    )
+    .await;
+    refused(
+        &mut c,
+        with("bytes", &|r| {
+            r.retention_max_bytes = Some(NullableInt64 { value: -1 })
+        }),
+        "retentionMaxBytes",
+    )
+    .await;
+    refused(
+        &mut c,
+        with("age", &|r| {
+            r.retention_max_age = Some(NullableInt64 { value: -5 })
+        }),
+        "retentionMaxAge",
+    )
+    .await;
+    refused(&mut c, stream(&"n".repeat(256), "long.name"), "256 bytes").await;
+    refused(&mut c, stream("../escape", "escape"), "invalid").await;
+    refused(&mut c, stream("a/escape", "escape"), "folder").await;
+    refused(&mut c, stream("ok", &"s".repeat(1025)), "Subject").await;
+    // Within the bounds, everything works, and a restart finds only what was accepted.
+    c.create_stream(with("four", &|r| r.partitions = 4))
+        .await
+        .unwrap();
+    assert_eq!(publish(&mut c, "four", "v").await.offset, 0);
+    srv.restart_with(|c| c.broker.max_partitions = 4).await;
+    let mut c = srv.client().await;
+    let md = c
+        .fetch_metadata(FetchMetadataRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut names: Vec<&str> = md.stream_metadata.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, vec!["__cursors", "four"]);
+    let four = md
+        .stream_metadata
+        .iter()
+        .find(|s| s.name == "four")
+        .unwrap();
+    assert_eq!(four.partitions.len(), 4);
+    srv.stop().await;
+}
