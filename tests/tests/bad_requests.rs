@@ -90,3 +90,47 @@ async fn out_of_range_create_stream_requests_are_invalid_arguments() {
     assert_eq!(four.partitions.len(), 4);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_raft_heartbeat_is_refused_and_the_broker_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (logger, lines) = capturing();
+    let running = liftbridged::start(config(dir.path()), logger)
+        .await
+        .expect("server starts");
+    let status = running.broker().metadata().status();
+    let id = metastore::service::raft_id("a");
+    // From the only member, a term ahead, committing far past the log: raft-rs would panic.
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    m.from = id;
+    m.to = id;
+    m.term = status.term + 1;
+    m.commit = status.last_index + 1_000_000;
+    let bytes = natsbridge::envelope::encode(
+        natsbridge::MsgType::RaftMessage,
+        &metastore::node::encode_message(&m),
+        true,
+    );
+    let nc = async_nats::connect(running.nats_url()).await.unwrap();
+    nc.publish(
+        format!("liftbridge-default.raft.metadata.{id}.accept"),
+        bytes,
+    )
+    .await
+    .unwrap();
+    nc.flush().await.unwrap();
+    wait_logged(
+        &lines,
+        &["WARN refused a raft message", "beyond the last index"],
+    )
+    .await;
+    // The metadata node still leads and applies, and the API still works.
+    let mut c = api_client::ApiClient::connect(format!("http://{}", running.grpc_addr()))
+        .await
+        .unwrap();
+    c.create_stream(stream("after", "after")).await.unwrap();
+    assert_eq!(publish(&mut c, "after", "v").await.offset, 0);
+    assert!(running.broker().metadata().status().is_leader);
+    running.shutdown().await;
+}

@@ -135,6 +135,7 @@ impl Broker {
         mc.subjects = subjects.clone();
         mc.max_quorum_size = cfg.max_quorum_size;
         mc.snapshot_threshold = cfg.raft_snapshot_threshold;
+        mc.logger = logger.clone();
         let meta = Metastore::start(mc, raft_conn.clone())
             .await
             .map_err(|e| BrokerError::internal("starting the metadata node", e))?;

@@ -32,7 +32,16 @@ pub enum NodeError {
     /// A message from a peer could not be decoded.
     #[error("malformed raft message: {0}")]
     Decode(String),
+    /// A message from a peer that could not have come from a member following the protocol,
+    /// refused before raft-rs saw it (raft-rs treats such input as a fatal bug).
+    #[error("refused raft message: {0}")]
+    Refused(String),
 }
+
+/// How far above this node's term a message's term may be. Terms grow by one per election;
+/// a jump past this can only be forged, and a term near `u64::MAX` would overflow raft-rs's
+/// next election.
+const MAX_TERM_JUMP: u64 = 1 << 20;
 
 /// What the driver feeds the node.
 #[derive(Debug)]
@@ -290,12 +299,99 @@ impl<S: LogStore> MetaNode<S> {
                 self.raw.propose_conf_change(vec![], cc)?;
             }
             Input::Message(m) => {
+                self.admit(&m).map_err(NodeError::Refused)?;
                 // Messages for a node that was removed, or from a stale incarnation, are dropped
                 // by raft-rs itself; an error here is not fatal to the node.
                 let _ = self.raw.step(*m);
             }
         }
         self.drive()
+    }
+
+    /// Checks a peer's message against what raft-rs asserts instead of checking: raft-rs
+    /// panics on a heartbeat that commits past its log, on entries that conflict with
+    /// committed ones, and on a snapshot with an impossible membership. Anyone who can publish
+    /// on NATS can send this node a message, so each is checked first: addressed to this node,
+    /// from a member (unless this node is not yet one, as a joiner waiting for its snapshot),
+    /// with a believable term, and consistent with the committed log.
+    fn admit(&self, m: &Message) -> Result<(), String> {
+        use raft::eraftpb::MessageType as T;
+        let raft = &self.raw.raft;
+        if m.to != raft.id {
+            return Err(format!("addressed to node {}, not {}", m.to, raft.id));
+        }
+        let conf = raft.prs().conf().to_conf_state();
+        let member = |id: u64| conf.voters.contains(&id) || conf.learners.contains(&id);
+        let joining = conf.voters.is_empty() && conf.learners.is_empty();
+        if !joining && !member(m.from) {
+            return Err(format!("from node {}, not a member", m.from));
+        }
+        if m.term > raft.term.saturating_add(MAX_TERM_JUMP) {
+            return Err(format!(
+                "term {} from node {} is far beyond this node's {}",
+                m.term, m.from, raft.term
+            ));
+        }
+        let log = &raft.raft_log;
+        match m.get_msg_type() {
+            T::MsgHeartbeat if m.commit > log.last_index() => Err(format!(
+                "heartbeat from node {} commits {} beyond the last index {}",
+                m.from,
+                m.commit,
+                log.last_index()
+            )),
+            T::MsgAppend => {
+                let mut expect = m.index.saturating_add(1);
+                let mut term = m.log_term;
+                for e in &m.entries {
+                    if e.index != expect || e.term < term {
+                        return Err(format!(
+                            "entries from node {} are not contiguous or go back in term",
+                            m.from
+                        ));
+                    }
+                    // Entries at or below the commit index must be the committed ones.
+                    if e.index <= log.committed && log.term(e.index).is_ok_and(|t| t != e.term) {
+                        return Err(format!(
+                            "entry {} from node {} conflicts with the committed log",
+                            e.index, m.from
+                        ));
+                    }
+                    expect += 1;
+                    term = e.term;
+                }
+                Ok(())
+            }
+            T::MsgSnapshot => {
+                let snap = m.get_snapshot();
+                let cs = snap.get_metadata().get_conf_state();
+                let overlap = cs.voters.iter().any(|v| cs.learners.contains(v));
+                if cs.voters.is_empty() || overlap || !cs.voters_outgoing.is_empty() {
+                    return Err(format!(
+                        "snapshot from node {} has an impossible membership",
+                        m.from
+                    ));
+                }
+                if !cs.voters.contains(&raft.id) && !cs.learners.contains(&raft.id) {
+                    return Err(format!(
+                        "snapshot from node {} leaves this node out",
+                        m.from
+                    ));
+                }
+                if !snap.data.is_empty()
+                    && Fsm::new()
+                        .restore(&snap.data, snap.get_metadata().index)
+                        .is_err()
+                {
+                    return Err(format!(
+                        "snapshot from node {} does not hold metadata",
+                        m.from
+                    ));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Runs the Ready loop until raft-rs has nothing more to do.

@@ -69,6 +69,8 @@ pub struct MetaConfig {
     /// Applied entries after the last snapshot that trigger a compaction of the Raft log
     /// (Liftbridge's `raft.snapshot.threshold`). Default 8192; 0 never compacts.
     pub snapshot_threshold: u64,
+    /// Where refused Raft messages and join requests are logged. Default: nowhere.
+    pub logger: slog::Logger,
 }
 
 impl MetaConfig {
@@ -88,6 +90,7 @@ impl MetaConfig {
             join_attempts: 30,
             max_quorum_size: 0,
             snapshot_threshold: crate::node::DEFAULT_SNAPSHOT_THRESHOLD,
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
         }
     }
 }
@@ -300,6 +303,7 @@ impl Metastore {
             join_sub: None,
             propagate_sub: None,
             published: u64::MAX,
+            refused: (0, None),
         };
         tokio::spawn(driver.run(rx, raft_sub));
         if seed {
@@ -660,6 +664,8 @@ struct Driver {
     propagate_sub: Option<natsbridge::connection::Subscriber>,
     /// The applied index of the state last published to readers.
     published: u64,
+    /// Raft messages refused so far, and when that was last logged.
+    refused: (u64, Option<std::time::Instant>),
 }
 
 async fn next_or_pending(
@@ -707,9 +713,24 @@ impl Driver {
             };
             match out {
                 Ok(out) => self.act(out).await,
+                Err(node::NodeError::Refused(reason)) => self.log_refused(&reason),
                 // A proposal raft-rs refused (e.g. while stepping down): the waiter was told.
                 Err(_) => continue,
             }
+        }
+    }
+
+    /// Logs a refused Raft message at WARN, at most once a second, with the count so far.
+    fn log_refused(&mut self, reason: &str) {
+        self.refused.0 += 1;
+        if self
+            .refused
+            .1
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            slog::warn!(self.store.cfg.logger, "refused a raft message";
+                "reason" => reason, "refused_total" => self.refused.0);
+            self.refused.1 = Some(std::time::Instant::now());
         }
     }
 
@@ -780,6 +801,8 @@ impl Driver {
             }
         };
         let id = raft_id(&req.node_id);
+        slog::info!(self.store.cfg.logger, "join request"; "server" => &req.node_id,
+            "raft_id" => id, "member" => self.node.is_member(id));
         if self.node.is_member(id) {
             // A member that restarts and asks again is already in.
             let _ = self.store.conn.publish(&reply, answer(String::new())).await;

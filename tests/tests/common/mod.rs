@@ -230,3 +230,49 @@ pub async fn partition_md(
     .metadata
     .expect("metadata in the response")
 }
+
+/// A logger that keeps every record as a line: level, message, then `key=value` pairs.
+pub fn capturing() -> (slog::Logger, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+    struct Line(String);
+    impl slog::Serializer for Line {
+        fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments) -> slog::Result {
+            self.0.push_str(&format!(" {key}={val}"));
+            Ok(())
+        }
+    }
+    impl slog::Drain for Capture {
+        type Ok = ();
+        type Err = slog::Never;
+        fn log(&self, r: &slog::Record, kv: &slog::OwnedKVList) -> Result<(), slog::Never> {
+            let mut line = Line(format!("{} {}", r.level().as_short_str(), r.msg()));
+            let _ = slog::KV::serialize(&r.kv(), r, &mut line);
+            let _ = slog::KV::serialize(kv, r, &mut line);
+            self.0.lock().unwrap().push(line.0);
+            Ok(())
+        }
+    }
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let logger = slog::Logger::root(Capture(lines.clone()), slog::o!());
+    (logger, lines)
+}
+
+/// Waits up to 20 s until `lines` has a line containing every one of `parts`.
+pub async fn wait_logged(lines: &std::sync::Mutex<Vec<String>>, parts: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| parts.iter().all(|p| l.contains(p)))
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no log line with {parts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
