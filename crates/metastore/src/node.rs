@@ -341,9 +341,8 @@ impl<S: LogStore> MetaNode<S> {
                 log.last_index()
             )),
             T::MsgAppend => {
-                let mut expect = m.index.saturating_add(1);
                 let mut term = m.log_term;
-                for e in &m.entries {
+                for (expect, e) in (m.index.saturating_add(1)..).zip(m.entries.iter()) {
                     if e.index != expect || e.term < term {
                         return Err(format!(
                             "entries from node {} are not contiguous or go back in term",
@@ -357,7 +356,6 @@ impl<S: LogStore> MetaNode<S> {
                             e.index, m.from
                         ));
                     }
-                    expect += 1;
                     term = e.term;
                 }
                 Ok(())
