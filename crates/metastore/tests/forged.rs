@@ -106,18 +106,22 @@ fn forged_messages_are_refused_and_change_nothing() {
     m.index = applied - 1;
     m.log_term = term;
     m.commit = applied;
-    let mut e = Entry::default();
-    e.index = applied;
-    e.term = term + 7;
+    let e = Entry {
+        index: applied,
+        term: term + 7,
+        ..Default::default()
+    };
     m.entries = vec![e].into();
     forged.push(("a committed entry rewritten", m));
     // Entries with a gap.
     let mut m = message(MessageType::MsgAppend, leader, follower, term);
     m.index = applied;
     m.log_term = term;
-    let mut e = Entry::default();
-    e.index = applied + 5;
-    e.term = term;
+    let e = Entry {
+        index: applied + 5,
+        term,
+        ..Default::default()
+    };
     m.entries = vec![e].into();
     forged.push(("entries with a gap", m));
     // From a node that is not a member.
