@@ -134,3 +134,39 @@ async fn a_forged_raft_heartbeat_is_refused_and_the_broker_keeps_serving() {
     assert!(running.broker().metadata().status().is_leader);
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_grpc_limit_is_refused_before_it_is_read() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("big", "big")).await.unwrap();
+    let limit = api::max_message_size(srv.running().broker());
+    assert_eq!(
+        limit,
+        4 * 1024 * 1024,
+        "1 MiB recorded, at least gRPC's usual 4 MiB"
+    );
+    let err = c
+        .publish(with_deadline(PublishRequest {
+            stream: "big".into(),
+            value: vec![7u8; limit + 1].into(),
+            expected_offset: -1,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    // Just under the limit of what is recorded, a message is refused by the broker's own rule.
+    let err = c
+        .publish(with_deadline(PublishRequest {
+            stream: "big".into(),
+            value: vec![7u8; 1024 * 1024 + 1].into(),
+            expected_offset: -1,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(publish(&mut c, "big", "small").await.offset, 0);
+    srv.stop().await;
+}

@@ -512,6 +512,33 @@ impl Config {
                 "TLS is not available in this version of the server",
             ));
         }
+        // Security settings this version does not implement are refused, never ignored: a
+        // deployment that asks for them must not run without them.
+        for key in ["tls.client.auth.enabled", "tls.client.authz.enabled"] {
+            if k.boolean(key)? == Some(true) {
+                return Err(Keys::bad(
+                    key,
+                    "client authentication and authorization are not available in this \
+                     version of the server; remove the key or set it to false",
+                ));
+            }
+        }
+        for key in [
+            "tls.client.auth.ca",
+            "tls.client.authz.model",
+            "tls.client.authz.policy",
+            "nats.tls.cert",
+            "nats.tls.key",
+            "nats.tls.ca",
+        ] {
+            if k.0.contains_key(key) {
+                return Err(Keys::bad(
+                    key,
+                    "TLS settings are not available in this version of the server; remove \
+                     the key",
+                ));
+            }
+        }
 
         // NATS.
         let mut servers = flags.nats_servers.clone();
@@ -811,6 +838,33 @@ mod tests {
         assert!(err.to_string().contains("batch.max.time"), "{err}");
         let err = from_yaml("port: many\n", &Flags::default()).unwrap_err();
         assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn security_keys_this_version_lacks_are_refused_not_ignored() {
+        for yaml in [
+            "tls.client.auth.enabled: true\n",
+            "tls.client.authz.enabled: true\n",
+            "tls.client.auth.ca: /etc/ca.pem\n",
+            "tls.client.authz.model: model.conf\n",
+            "tls.client.authz.policy: policy.csv\n",
+            "nats.tls.cert: c.pem\n",
+            "nats:\n  tls:\n    key: k.pem\n",
+            "nats.tls.ca: ca.pem\n",
+        ] {
+            let key = yaml.split(':').next().unwrap();
+            let err = from_yaml(yaml, &Flags::default()).unwrap_err().to_string();
+            assert!(err.contains("not available"), "{yaml}: {err}");
+            if !key.contains('\n') && key != "nats" {
+                assert!(err.contains(key), "{yaml}: {err}");
+            }
+        }
+        // Turning them off explicitly is harmless.
+        from_yaml(
+            "tls.client.auth.enabled: false\ntls.client.authz.enabled: false\n",
+            &Flags::default(),
+        )
+        .unwrap();
     }
 
     #[test]

@@ -301,6 +301,15 @@ impl Server {
     }
 }
 
+/// The largest gRPC message the API takes or sends, either way: room for the largest message
+/// the broker records (`clustering.replication.max.bytes`, 1 MiB by default) with its key,
+/// headers and fields, and never less than gRPC's usual 4 MiB. A larger request is refused with
+/// `OutOfRange` before it is read into memory.
+pub fn max_message_size(broker: &Broker) -> usize {
+    let recorded = usize::try_from(broker.config().replication_max_bytes).unwrap_or(usize::MAX);
+    recorded.saturating_add(1024 * 1024).max(4 * 1024 * 1024)
+}
+
 /// Serves the API for `broker` on `listener`, with the health service.
 pub async fn serve(broker: Broker, listener: tokio::net::TcpListener) -> std::io::Result<Server> {
     let addr = listener.local_addr()?;
@@ -321,7 +330,11 @@ pub async fn serve(broker: Broker, listener: tokio::net::TcpListener) -> std::io
     let task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(ApiServer::new(Service::new(broker)))
+            .add_service(
+                ApiServer::new(Service::new(broker.clone()))
+                    .max_decoding_message_size(max_message_size(&broker))
+                    .max_encoding_message_size(max_message_size(&broker)),
+            )
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
             }),

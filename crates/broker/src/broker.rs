@@ -95,7 +95,7 @@ pub(crate) struct Inner {
     created: Mutex<HashMap<String, i64>>,
     stats: Mutex<HashMap<Key, Arc<Mutex<Stats>>>>,
     reconciling: tokio::sync::Mutex<()>,
-    pub cursor_cache: Mutex<HashMap<String, i64>>,
+    pub cursor_cache: Mutex<crate::cursor_cache::CursorCache>,
     brokers_cache: Mutex<Option<BrokerList>>,
     activity_seen: AtomicU64,
     /// Unary publishes wait for acks on `<ack_prefix>.<n>`, all under one subscription.
@@ -170,7 +170,7 @@ impl Broker {
                 created: Mutex::new(HashMap::new()),
                 stats: Mutex::new(HashMap::new()),
                 reconciling: tokio::sync::Mutex::new(()),
-                cursor_cache: Mutex::new(HashMap::new()),
+                cursor_cache: Mutex::new(Default::default()),
                 brokers_cache: Mutex::new(None),
                 activity_seen: AtomicU64::new(0),
                 ack_prefix,

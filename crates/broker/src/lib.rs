@@ -19,6 +19,7 @@ mod activity;
 mod broker;
 mod config;
 mod connections;
+mod cursor_cache;
 mod embedded;
 mod error;
 mod ops;

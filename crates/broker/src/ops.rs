@@ -844,14 +844,7 @@ impl Broker {
             .map_err(|e| BrokerError::Internal(format!("failed to set cursor: {e}")))?;
         match ack {
             Some(a) if a.ack_error == ack::Error::Ok as i32 => {
-                let mut cache = self.inner.cursor_cache.lock();
-                if cache.len() >= 512
-                    && !cache.contains_key(&key)
-                    && let Some(k) = cache.keys().next().cloned()
-                {
-                    cache.remove(&k);
-                }
-                cache.insert(key, req.offset);
+                self.cache_cursor(key, req.offset);
                 Ok(())
             }
             _ => Err(BrokerError::Internal("failed to set cursor".into())),
@@ -866,7 +859,7 @@ impl Broker {
         let key = Self::cursor_key(&req.stream, req.partition, &req.cursor_id)?;
         let (partition, _) = self.cursor_partition(&key)?;
         if let Some(o) = self.inner.cursor_cache.lock().get(&key) {
-            return Ok(*o);
+            return Ok(o);
         }
         self.resume_for_publish(CURSORS_STREAM, partition).await?;
         self.wait_partition_started(CURSORS_STREAM, partition, Duration::from_secs(5))
@@ -894,9 +887,14 @@ impl Broker {
         .map_err(|e| BrokerError::internal("reading cursors", e))?
         .map_err(|e| BrokerError::internal("reading cursors", e))?;
         if found >= 0 {
-            self.inner.cursor_cache.lock().insert(key, found);
+            self.cache_cursor(key, found);
         }
         Ok(found)
+    }
+
+    /// Remembers a cursor in the bounded cache.
+    fn cache_cursor(&self, key: String, offset: i64) {
+        self.inner.cursor_cache.lock().insert(key, offset);
     }
 }
 
