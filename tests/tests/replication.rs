@@ -679,3 +679,45 @@ async fn subscriptions_move_to_the_new_leader_after_a_failover() {
     client.close();
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_apply_retention_as_the_leader_does() {
+    let cluster = Cluster::start().await;
+    let mut a = cluster.client("a").await;
+    let mut req = create("kept", 3);
+    // Small segments, ten messages kept, the cleaner every 100 ms.
+    req.segment_max_bytes = Some(NullableInt64 { value: 1024 });
+    req.retention_max_messages = Some(NullableInt64 { value: 10 });
+    req.cleaner_interval = Some(NullableInt64 { value: 100 });
+    a.create_stream(req).await.unwrap();
+    let p = cluster
+        .partition_until("kept", "three in-sync replicas", |p| p.isr.len() == 3)
+        .await;
+    let mut leader = cluster.client(&p.leader).await;
+    publish_all(&mut leader, "kept", &values("r", 200)).await;
+    // Every replica, followers included, drops its old segments: its earliest offset moves.
+    for id in ["a", "b", "c"] {
+        let mut c = cluster.client(id).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut req = sub("kept", StartPosition::Earliest);
+            req.read_isr_replica = true;
+            let mut s = subscribe_when_open(&mut c, req).await;
+            let first = tokio::time::timeout(Duration::from_secs(5), s.next())
+                .await
+                .expect("a message in time")
+                .expect("not ended")
+                .expect("a message");
+            if first.offset > 150 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} still starts at offset {}",
+                first.offset
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    cluster.stop().await;
+}

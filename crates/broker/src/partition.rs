@@ -257,12 +257,15 @@ impl Partition {
         if p.role.leader {
             p.start_leading(ctx).await?;
         } else {
-            let task = tokio::spawn(crate::replica::follow(
+            let follow = tokio::spawn(crate::replica::follow(
                 p.clone(),
                 ctx.clone(),
                 p.stop.subscribe(),
             ));
-            p.tasks.lock().push(task);
+            // Followers apply retention, compaction and segment roll by age as the leader does,
+            // so that every replica's disk stays bounded.
+            let clean = tokio::spawn(cleaner(p.clone(), ctx.logger.clone(), p.stop.subscribe()));
+            p.tasks.lock().extend([follow, clean]);
         }
         Ok(p)
     }
