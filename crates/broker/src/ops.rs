@@ -131,7 +131,10 @@ impl Broker {
             .and_then(|o| o.stream.as_ref())
             .and_then(|s| s.partitions.first())
             .map_or(1, |p| p.replication_factor);
-        if settings.min_isr > rf {
+        // Only a stream's own minIsr is checked: the server-wide default
+        // (`clustering.min.insync.replicas`) applies to every stream, of any replication
+        // factor, as in Liftbridge.
+        if req.min_isr.is_some() && settings.min_isr > rf {
             return Err(BrokerError::InvalidArgument(format!(
                 "minIsr {} is more than the replication factor {rf}: nothing would ever commit",
                 settings.min_isr
