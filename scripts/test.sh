@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
+# nats-server and cargo-nextest, when missing.
+./scripts/setup.sh
 # An existing Python Liftbridge client, for the compatibility test.
 ./scripts/compat-venv.sh
 cargo nextest run --workspace --all-targets --profile "$profile"
