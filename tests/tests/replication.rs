@@ -721,3 +721,68 @@ async fn followers_apply_retention_as_the_leader_does() {
     }
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_the_largest_accepted_size_reaches_the_follower() {
+    let cluster = Cluster::start().await;
+    let mut a = cluster.client("a").await;
+    let mut req = create("large", 2);
+    // Both replicas must hold a message for it to commit: a follower that cannot fetch it
+    // leaves the ISR, and then the ALL ack never comes.
+    req.min_isr = Some(NullableInt32 { value: 2 });
+    a.create_stream(req).await.unwrap();
+    let p = cluster
+        .partition_until("large", "two in-sync replicas", |p| p.isr.len() == 2)
+        .await;
+    let mut leader = cluster.client(&p.leader).await;
+    // Plain NATS messages around NATS's 1 MiB max payload: the server takes each, and the
+    // leader records it only if a follower's fetch can carry it (else it says so in its log).
+    let nc = async_nats::connect(cluster.nats_url()).await.unwrap();
+    for under in [0usize, 20, 40, 60, 80, 100, 150, 200, 400] {
+        let size = 1024 * 1024 - under;
+        nc.publish("large", vec![b'x'; size].into()).await.unwrap();
+    }
+    // A small plain message last: once it is recorded, the ingest has handled the large ones.
+    nc.publish("large", "last".into()).await.unwrap();
+    nc.flush().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let newest = partition_md(&mut leader, "large", 0).await.newest_offset;
+        if newest >= 0 {
+            let mut req = sub("large", StartPosition::Offset);
+            req.start_offset = newest;
+            let mut s = subscribe_when_open(&mut leader, req).await;
+            let m = tokio::time::timeout(Duration::from_secs(10), s.next()).await;
+            if let Ok(Some(Ok(m))) = m
+                && &m.value[..] == b"last"
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the last plain message was not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A marker acked by both replicas: it commits only once the follower holds everything
+    // before it, so a record the follower cannot fetch would leave it hanging.
+    let marker = publish_all(&mut leader, "large", &["marker".to_string()]).await[0];
+    assert!(
+        marker >= 4,
+        "only {} large messages were recorded",
+        marker - 1
+    );
+    let follower = a_follower(&p);
+    let mut f = cluster.client(&follower).await;
+    let got = read_from(&mut f, "large", marker as usize + 1).await;
+    let mut l = cluster.client(&p.leader).await;
+    let want = read_from(&mut l, "large", marker as usize + 1).await;
+    assert_eq!(got, want, "the follower holds what the leader holds");
+    assert!(
+        got[..marker as usize - 1]
+            .iter()
+            .all(|(_, v)| v.len() > 1024 * 1024 - 500)
+    );
+    cluster.stop().await;
+}

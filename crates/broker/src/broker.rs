@@ -991,7 +991,46 @@ impl Broker {
     /// `streams` connection, whose echo is off, so that those partitions do not get them
     /// twice, and only if someone else listens when the NATS server is in this process and can
     /// tell.
+    ///
+    /// An envelope larger than NATS's max payload is refused with InvalidArgument and goes
+    /// nowhere: it could not be a message on the subject.
     pub(crate) async fn nats_publish_all(
+        &self,
+        subject: &str,
+        msgs: Vec<api::Message>,
+    ) -> Vec<Result<()>> {
+        let max = self.inner.publishes.client().max_payload();
+        let size = |m: &api::Message| {
+            natsbridge::envelope::MIN_HEADER_LEN + prost::Message::encoded_len(m)
+        };
+        if msgs.iter().all(|m| size(m) <= max) {
+            return self.nats_publish_fitting(subject, msgs).await;
+        }
+        // Results keep the order of the messages: the ones NATS cannot carry are refused.
+        let mut slots = Vec::with_capacity(msgs.len());
+        let mut fitting = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let n = size(&m);
+            if n > max {
+                slots.push(Some(Err(BrokerError::InvalidArgument(format!(
+                    "message of {n} bytes exceeds the NATS max payload of {max} bytes"
+                )))));
+            } else {
+                slots.push(None);
+                fitting.push(m);
+            }
+        }
+        let mut done = self
+            .nats_publish_fitting(subject, fitting)
+            .await
+            .into_iter();
+        slots
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|| done.next().unwrap_or(Ok(()))))
+            .collect()
+    }
+
+    async fn nats_publish_fitting(
         &self,
         subject: &str,
         msgs: Vec<api::Message>,

@@ -124,6 +124,22 @@ pub(crate) struct Ctx {
     pub never_wait: Vec<String>,
 }
 
+impl Ctx {
+    /// The largest record a leader accepts: one that a follower's fetch can carry. A fetch
+    /// answer is one NATS message (the envelope, epoch and high watermark, then whole records),
+    /// so a record must fit in NATS's max payload with that header, and within
+    /// `clustering.replication.max.bytes`.
+    pub(crate) fn record_budget(&self) -> u64 {
+        const REPLY_HEADER: usize = natsbridge::envelope::CRC_HEADER_LEN + 16;
+        let payload = self
+            .repl_conn
+            .client()
+            .max_payload()
+            .saturating_sub(REPLY_HEADER);
+        self.cfg.replication_max_bytes.min(payload as u64)
+    }
+}
+
 /// One partition's log and its running tasks.
 pub(crate) struct Partition {
     pub stream: String,
@@ -778,24 +794,44 @@ impl Partition {
         let mut acks = Vec::new();
         let mut msgs = Vec::with_capacity(batch.len());
         let mut acks_to = Vec::with_capacity(batch.len());
+        // Only a replicated partition's records must fit in a follower's fetch.
+        let budget = if self.role.replicas.len() > 1 {
+            ctx.record_budget()
+        } else {
+            u64::MAX
+        };
+        let mut unannounced = 0usize;
         for Incoming { msg, ack: to } in batch {
-            let refused = if to.size as u64 > ctx.cfg.replication_max_bytes {
-                Some(ack::Error::TooLarge)
-            } else if self.settings.concurrency_control
-                && to.expected_offset != -1
-                && to.expected_offset != self.log.next_offset()
-            {
-                Some(ack::Error::IncorrectOffset)
-            } else {
-                None
-            };
+            // Too large for the configured limit, or for a follower's fetch to carry.
+            let refused =
+                if to.size as u64 > ctx.cfg.replication_max_bytes || msg.encoded_len() > budget {
+                    Some(ack::Error::TooLarge)
+                } else if self.settings.concurrency_control
+                    && to.expected_offset != -1
+                    && to.expected_offset != self.log.next_offset()
+                {
+                    Some(ack::Error::IncorrectOffset)
+                } else {
+                    None
+                };
             match refused {
-                Some(error) => acks.push(self.ack_for(to, msg.timestamp, 0, error)),
+                Some(error) => {
+                    // A plain NATS message has no inbox to be told on: say it here.
+                    if to.ack_inbox.is_empty() {
+                        unannounced += 1;
+                    }
+                    acks.push(self.ack_for(to, msg.timestamp, 0, error))
+                }
                 None => {
                     acks_to.push((to, msg.timestamp));
                     msgs.push(msg);
                 }
             }
+        }
+        if unannounced > 0 {
+            warn!(ctx.logger, "refused messages that no ack can report";
+                "stream" => &self.stream, "partition" => self.id, "count" => unannounced,
+                "why" => "too large to record, or for a follower's fetch (NATS max payload) to carry");
         }
         if msgs.is_empty() {
             return acks;

@@ -104,7 +104,8 @@ async fn answer_fetch(p: &Arc<Partition>, ctx: &Ctx, m: natsbridge::Message) {
         return; // another epoch, or not a replica: Liftbridge drops these too
     };
     let records = if from <= p.log.newest_offset() {
-        match p.log.read_raw(from, ctx.cfg.replication_max_bytes as usize) {
+        // Within what one NATS message carries: every record was accepted within it.
+        match p.log.read_raw(from, ctx.record_budget() as usize) {
             Ok(Some(batch)) => batch.data,
             Ok(None) => Bytes::new(),
             Err(e) => {
