@@ -232,6 +232,40 @@ impl Parser {
     }
 }
 
+/// Parses `data` fed `chunk` bytes at a time, as reads would deliver it, until the end or the
+/// first error. Returns the operations and the error, if any. It panics if the parser ever
+/// waits for more with more buffered than one control line and one payload can need, so that
+/// a fuzzer or a property test finds unbounded buffering as well as panics. The fuzz target
+/// (`fuzz/fuzz_targets/nats_parser.rs`) and `tests/parser_props.rs` run it.
+pub fn parse_chunked(
+    data: &[u8],
+    chunk: usize,
+    max_control_line: usize,
+    max_payload: usize,
+) -> (Vec<Op>, Option<ParseError>) {
+    let mut p = Parser::new(max_control_line, max_payload);
+    let mut buf = BytesMut::new();
+    let mut ops = Vec::new();
+    // The most a parser may hold while waiting: a control line, a payload and its CRLF.
+    let bound = max_control_line + max_payload + 2 + chunk.max(1);
+    for piece in data.chunks(chunk.max(1)) {
+        buf.extend_from_slice(piece);
+        loop {
+            match p.next(&mut buf) {
+                Ok(Some(op)) => ops.push(op),
+                Ok(None) => break,
+                Err(e) => return (ops, Some(e)),
+            }
+        }
+        assert!(
+            buf.len() <= bound,
+            "the parser buffers {} bytes, more than {bound}",
+            buf.len()
+        );
+    }
+    (ops, None)
+}
+
 fn trim_start(b: &Bytes) -> Bytes {
     let start = b
         .iter()
