@@ -95,6 +95,10 @@ pub struct EmbeddedNats {
     pub port: u16,
     /// Largest payload, if set.
     pub max_payload: Option<usize>,
+    /// Client connections at once (`max_connections`), if set.
+    pub max_connections: Option<usize>,
+    /// Subscriptions per connection (`max_subscriptions`, 0: no limit), if set.
+    pub max_subscriptions: Option<usize>,
 }
 
 /// The resolved configuration of one server.
@@ -397,6 +401,12 @@ fn embedded_from_file(path: &Path, e: &mut EmbeddedNats) -> Result<(), ConfigErr
                 None => e.port = v.parse().map_err(|_| bad("not a port"))?,
             },
             "max_payload" => e.max_payload = Some(v.parse().map_err(|_| bad("not a size"))?),
+            "max_connections" => {
+                e.max_connections = Some(v.parse().map_err(|_| bad("not a count"))?)
+            }
+            "max_subscriptions" | "max_subs" => {
+                e.max_subscriptions = Some(v.parse().map_err(|_| bad("not a count"))?)
+            }
             _ => {}
         }
     }
@@ -569,6 +579,8 @@ impl Config {
                 host: "127.0.0.1".into(),
                 port: 4222,
                 max_payload: None,
+                max_connections: None,
+                max_subscriptions: None,
             };
             if let Some(path) = &embedded_config {
                 embedded_from_file(path, &mut e)?;
@@ -990,7 +1002,7 @@ mod tests {
         let path = dir.path().join("nats.conf");
         std::fs::write(
             &path,
-            "# comment\nlisten: 127.0.0.1:4333\nmax_payload = 2048\ndebug: true\n",
+            "# comment\nlisten: 127.0.0.1:4333\nmax_payload = 2048\ndebug: true\nmax_connections: 10\nmax_subscriptions: 20\n",
         )
         .unwrap();
         let flags = Flags {
@@ -1004,6 +1016,10 @@ mod tests {
         assert_eq!(
             (e.host.as_str(), e.port, e.max_payload),
             ("127.0.0.1", 4333, Some(2048))
+        );
+        assert_eq!(
+            (e.max_connections, e.max_subscriptions),
+            (Some(10), Some(20))
         );
         std::fs::write(&path, "port: lots\n").unwrap();
         assert!(from_yaml("{}", &flags).is_err());

@@ -172,6 +172,12 @@ pub async fn start(mut cfg: Config, logger: Logger) -> Result<Running, StartErro
             if let Some(m) = e.max_payload {
                 nc.max_payload = m;
             }
+            if let Some(m) = e.max_connections {
+                nc.max_connections = m;
+            }
+            if let Some(m) = e.max_subscriptions {
+                nc.max_subscriptions = m;
+            }
             let server = natsd::Server::start(nc)
                 .await
                 .map_err(|err| StartError::Nats {

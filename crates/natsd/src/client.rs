@@ -202,6 +202,13 @@ struct Session {
     rng: u64,
 }
 
+/// Tells a connection the server will not serve it, and closes it.
+pub(crate) async fn refuse(mut stream: TcpStream, why: &str) {
+    let line = format!("-ERR '{why}'\r\n");
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(line.as_bytes())).await;
+    let _ = stream.shutdown().await;
+}
+
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
     let _ = stream.set_nodelay(true);
@@ -522,6 +529,11 @@ impl Session {
             self.ok();
             return;
         }
+        let max = self.shared.cfg.max_subscriptions;
+        if max > 0 && self.conn.subs.lock().len() >= max {
+            self.send_err("maximum subscriptions exceeded");
+            return;
+        }
         let sub = Arc::new(Subscription {
             conn: self.conn.clone(),
             sid: sid.clone(),
@@ -646,6 +658,9 @@ impl Session {
             return false;
         };
         let conn = sub.conn.clone();
+        if conn.killed.load(Ordering::Acquire) {
+            return false;
+        }
         if let Some(q) = conn.local() {
             self.deliver_local(&conn, q, subject, reply, header_len, payload);
             if last {
@@ -677,6 +692,12 @@ impl Session {
         out.put_slice(b"\r\n");
         out.put_slice(body);
         out.put_slice(b"\r\n");
+        // The slow-consumer limit holds while one read's deliveries are gathered, too: a read of
+        // small PUBs times many subscriptions of one connection must not gather without bound.
+        if out.len() > conn.max_pending {
+            out.clear();
+            conn.close(true);
+        }
         if last {
             remove_sub(&self.shared, sub);
         }

@@ -57,6 +57,12 @@ pub struct ServerConfig {
     pub auth_timeout: Duration,
     /// Name reported in INFO.
     pub name: String,
+    /// Client connections at once; one more is told `maximum connections exceeded` and closed.
+    /// Default 65,536, as nats-server's `max_connections`.
+    pub max_connections: usize,
+    /// Subscriptions per connection; 0 (the default, as nats-server's `max_subscriptions`)
+    /// for no limit. A SUB beyond it is refused with `maximum subscriptions exceeded`.
+    pub max_subscriptions: usize,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +79,8 @@ impl Default for ServerConfig {
             auth: None,
             auth_timeout: Duration::from_secs(2),
             name: "liftbridge-natsd".into(),
+            max_connections: 64 * 1024,
+            max_subscriptions: 0,
         }
     }
 }
@@ -430,6 +438,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             accepted = listener.accept() => {
                 match accepted {
                     Ok((stream, _)) => {
+                        if shared.clients.lock().len() >= shared.cfg.max_connections {
+                            tokio::spawn(client::refuse(stream, "maximum connections exceeded"));
+                            continue;
+                        }
                         let id = shared.next_id();
                         tokio::spawn(client::serve(shared.clone(), stream, id));
                     }

@@ -178,3 +178,164 @@ async fn a_restart_on_the_same_port_right_after_shutdown_binds() {
         server.shutdown().await;
     }
 }
+
+/// Reads lines until one starts with `prefix`, or the connection ends; returns that line.
+async fn line_starting(
+    rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    prefix: &str,
+) -> Option<String> {
+    for _ in 0..100 {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line))
+            .await
+            .expect("an answer within 5 s")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if line.starts_with(prefix) {
+            return Some(line);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused_with_nats_servers_words() {
+    let server = natsd::Server::start(natsd::ServerConfig {
+        port: 0,
+        max_connections: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let a = async_nats::connect(server.client_url()).await.unwrap();
+    let b = async_nats::connect(server.client_url()).await.unwrap();
+    a.flush().await.unwrap();
+    b.flush().await.unwrap();
+    let stream = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let (rd, _wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let err = line_starting(&mut rd, "-ERR").await;
+    assert_eq!(
+        err.as_deref(),
+        Some("-ERR 'maximum connections exceeded'\r\n")
+    );
+    assert_eq!(line_starting(&mut rd, "").await, None, "then it is closed");
+    assert_eq!(server.connections(), 2);
+    // Once one leaves, a new one is served.
+    drop(a);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.connections() > 1 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let c = async_nats::connect(server.client_url()).await.unwrap();
+    c.flush().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_beyond_the_limit_are_refused_and_the_connection_stays() {
+    let server = natsd::Server::start(natsd::ServerConfig {
+        port: 0,
+        max_subscriptions: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stream = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    wr.write_all(
+        b"CONNECT {\"verbose\":false}\r\nSUB a 1\r\nSUB b 2\r\nSUB c 3\r\nSUB d 4\r\nPING\r\n",
+    )
+    .await
+    .unwrap();
+    let err = line_starting(&mut rd, "-ERR").await;
+    assert_eq!(
+        err.as_deref(),
+        Some("-ERR 'maximum subscriptions exceeded'\r\n")
+    );
+    assert_eq!(
+        line_starting(&mut rd, "PONG").await.as_deref(),
+        Some("PONG\r\n")
+    );
+    assert_eq!(server.subscriptions(), 3);
+    // The connection still works, and a freed slot can be taken again.
+    wr.write_all(b"UNSUB 1\r\nSUB e 5\r\nPUB e 2\r\nhi\r\n")
+        .await
+        .unwrap();
+    let msg = line_starting(&mut rd, "MSG").await;
+    assert_eq!(msg.as_deref(), Some("MSG e 5 2\r\n"));
+    server.shutdown().await;
+}
+
+/// The process's peak resident memory so far, in KiB (Linux).
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_read_fanned_out_to_many_subscriptions_stays_within_the_slow_consumer_limit() {
+    const MAX_PENDING: usize = 256 * 1024;
+    let server = natsd::Server::start(natsd::ServerConfig {
+        port: 0,
+        max_payload: 1024,
+        max_pending: MAX_PENDING,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // A subscriber with 2,000 subscriptions to one subject, which never reads.
+    let sub = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let (srd, mut swr) = sub.into_split();
+    let mut srd = BufReader::new(srd);
+    let mut subs = b"CONNECT {\"verbose\":false}\r\n".to_vec();
+    for i in 0..2000 {
+        subs.extend_from_slice(format!("SUB fan {i}\r\n").as_bytes());
+    }
+    subs.extend_from_slice(b"PING\r\n");
+    swr.write_all(&subs).await.unwrap();
+    assert!(line_starting(&mut srd, "PONG").await.is_some());
+    // 4,000 one-byte messages in one write: 8 million deliveries, about 150 MB if gathered.
+    let before = peak_rss_kib();
+    let publisher = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let (prd, mut pwr) = publisher.into_split();
+    let mut prd = BufReader::new(prd);
+    let mut burst = b"CONNECT {\"verbose\":false}\r\n".to_vec();
+    for _ in 0..4000 {
+        burst.extend_from_slice(b"PUB fan 1\r\na\r\n");
+    }
+    burst.extend_from_slice(b"PING\r\n");
+    pwr.write_all(&burst).await.unwrap();
+    // The publisher is served to the end; the subscriber is cut off as a slow consumer.
+    assert_eq!(
+        line_starting(&mut prd, "PONG").await.as_deref(),
+        Some("PONG\r\n")
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.connections() > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow consumer is still connected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let grown = peak_rss_kib().saturating_sub(before);
+    assert!(grown < 64 * 1024, "the peak grew by {grown} KiB");
+    server.shutdown().await;
+}
