@@ -496,3 +496,37 @@ async fn retention_and_auto_pause() {
     assert_eq!(publish(&mut c, "idle", "wake").await.offset, 0);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_high_watermark_checkpoint_is_written_while_the_broker_runs() {
+    let srv = TestServer::start_with(|c| {
+        c.broker.hw_checkpoint_interval = Duration::from_millis(50);
+    })
+    .await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("hw", "hw")).await.unwrap();
+    for i in 0..5 {
+        assert_eq!(publish(&mut c, "hw", &format!("m{i}")).await.offset, i);
+    }
+    // Without a stop: what a broker killed now would find at its restart.
+    let file = srv
+        .running()
+        .broker()
+        .config()
+        .data_dir
+        .join("streams/hw/0")
+        .join(commitlog::HW_FILE);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.trim() == "4" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the checkpoint holds {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    srv.stop().await;
+}

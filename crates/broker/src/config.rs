@@ -248,6 +248,9 @@ pub struct BrokerConfig {
     /// only this broker's own partitions want is not sent to NATS at all, and partitions
     /// record their subjects through in-process subscriptions that never drop a message.
     pub embedded_nats: Option<Arc<dyn crate::EmbeddedNats>>,
+    /// How often each partition's high watermark is written to its checkpoint file, when it
+    /// moved, as well as at a clean stop. Default 5 s, as Liftbridge.
+    pub hw_checkpoint_interval: Duration,
     /// `streams.max.partitions` (our addition): the most partitions CreateStream accepts for
     /// one stream. Default 1024.
     pub max_partitions: i32,
@@ -289,6 +292,7 @@ impl BrokerConfig {
             embedded_nats: None,
             ingest_max_pending_bytes: 16 * 1024 * 1024,
             max_partitions: 1024,
+            hw_checkpoint_interval: Duration::from_secs(5),
         }
     }
 }

@@ -270,6 +270,13 @@ impl Partition {
                 .map_err(|e| BrokerError::internal("closing a paused log", e))?;
             return Ok(p);
         }
+        let checkpoints = tokio::spawn(checkpointer(
+            p.clone(),
+            ctx.cfg.hw_checkpoint_interval,
+            ctx.logger.clone(),
+            p.stop.subscribe(),
+        ));
+        p.tasks.lock().push(checkpoints);
         if p.role.leader {
             p.start_leading(ctx).await?;
         } else {
@@ -991,6 +998,35 @@ async fn drain(
     if recorded > 0 {
         info!(ctx.logger, "recorded what was received before the stop";
             "stream" => &p.stream, "partition" => p.id, "messages" => recorded);
+    }
+}
+
+/// Writes the high watermark to its checkpoint file every `every` when it moved, so that a
+/// broker killed without a clean stop restarts with a recent one, not the one of its last
+/// clean stop.
+async fn checkpointer(
+    p: Arc<Partition>,
+    every: Duration,
+    logger: Logger,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut written = p.log.high_watermark();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every.max(Duration::from_millis(10))) => {}
+            _ = stop.changed() => return,
+        }
+        let hw = p.log.high_watermark();
+        if hw == written {
+            continue;
+        }
+        let log = p.log.clone();
+        match tokio::task::spawn_blocking(move || log.checkpoint_high_watermark()).await {
+            Ok(Ok(())) => written = hw,
+            Ok(Err(commitlog::Error::Closed)) | Err(_) => return,
+            Ok(Err(e)) => warn!(logger, "writing the high watermark checkpoint failed";
+                "stream" => &p.stream, "partition" => p.id, "error" => %e),
+        }
     }
 }
 
