@@ -170,3 +170,64 @@ async fn a_request_over_the_grpc_limit_is_refused_before_it_is_read() {
     assert_eq!(publish(&mut c, "big", "small").await.offset, 0);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_headers_are_refused_and_a_bad_envelope_does_not_spoil_its_batch() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("hdr", "hdr")).await.unwrap();
+    // Through the API: more headers than allowed, or a name too long.
+    let many = (0..=broker::MAX_HEADERS)
+        .map(|i| (format!("h{i}"), bytes::Bytes::from_static(b"v")))
+        .collect();
+    let err = c
+        .publish(with_deadline(PublishRequest {
+            stream: "hdr".into(),
+            value: "v".into(),
+            headers: many,
+            expected_offset: -1,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("headers"), "{err:?}");
+    // On NATS: an envelope whose header name the log cannot store, then a good one. The bad
+    // one gets TOO_LARGE; the good one is still recorded and acked.
+    let nc = async_nats::connect(srv.running().nats_url()).await.unwrap();
+    let mut acks = nc.subscribe("hdr.acks").await.unwrap();
+    let envelope = |cid: &str, header: &str| {
+        natsbridge::payload::encode(
+            &Message {
+                value: "v".into(),
+                headers: [(header.to_owned(), bytes::Bytes::from_static(b"x"))]
+                    .into_iter()
+                    .collect(),
+                ack_inbox: "hdr.acks".into(),
+                correlation_id: cid.into(),
+                ack_policy: AckPolicy::Leader as i32,
+                offset: -1,
+                ..Default::default()
+            },
+            false,
+        )
+    };
+    nc.publish("hdr", envelope("bad", &"k".repeat(40_000)))
+        .await
+        .unwrap();
+    nc.publish("hdr", envelope("good", "k")).await.unwrap();
+    nc.flush().await.unwrap();
+    let mut got = std::collections::HashMap::new();
+    for _ in 0..2 {
+        use futures_util::StreamExt;
+        let m = tokio::time::timeout(std::time::Duration::from_secs(5), acks.next())
+            .await
+            .expect("an ack for each")
+            .unwrap();
+        let a: Ack = natsbridge::payload::decode(&m.payload).unwrap();
+        got.insert(a.correlation_id.clone(), (a.ack_error, a.offset));
+    }
+    assert_eq!(got["bad"].0, ack::Error::TooLarge as i32);
+    assert_eq!(got["good"], (ack::Error::Ok as i32, 0));
+    srv.stop().await;
+}

@@ -34,5 +34,5 @@ pub use embedded::{EmbeddedNats, LocalSubscribe, LocalSubscription, NatsMessage}
 pub use error::{BrokerError, Result};
 pub use metastore::MAX_PARTITIONS;
 pub use metastore::service::Bootstrap;
-pub use ops::Subscription;
+pub use ops::{MAX_HEADER_NAME_BYTES, MAX_HEADERS, Subscription};
 pub use partition::EventTimes;

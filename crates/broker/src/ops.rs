@@ -29,6 +29,29 @@ const ASYNC_DRAIN: Duration = Duration::from_secs(5);
 /// error that says why it ended.
 pub type Subscription = Pin<Box<dyn Stream<Item = Result<api::Message>> + Send>>;
 
+/// The most headers a published message may carry.
+pub const MAX_HEADERS: usize = 1024;
+/// The longest header name, in bytes.
+pub const MAX_HEADER_NAME_BYTES: usize = 1024;
+
+/// A publish's headers: at most [`MAX_HEADERS`], with names of at most
+/// [`MAX_HEADER_NAME_BYTES`]. Their values count toward the message's size like its value.
+fn check_headers(headers: &std::collections::HashMap<String, bytes::Bytes>) -> Result<()> {
+    if headers.len() > MAX_HEADERS {
+        return Err(BrokerError::InvalidArgument(format!(
+            "{} headers; at most {MAX_HEADERS} are allowed",
+            headers.len()
+        )));
+    }
+    if let Some(k) = headers.keys().find(|k| k.len() > MAX_HEADER_NAME_BYTES) {
+        return Err(BrokerError::InvalidArgument(format!(
+            "a header name of {} bytes; at most {MAX_HEADER_NAME_BYTES} are allowed",
+            k.len()
+        )));
+    }
+    Ok(())
+}
+
 fn check_stream_name(name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(BrokerError::InvalidArgument("Name cannot be empty".into()));
@@ -398,6 +421,7 @@ impl Broker {
         if req.stream.is_empty() {
             return Err(BrokerError::InvalidArgument("no stream provided".into()));
         }
+        check_headers(&req.headers)?;
         let found = self.metadata().with_state(|f| {
             f.stream(&req.stream).map(|s| {
                 (
@@ -494,6 +518,7 @@ impl Broker {
         if natsbridge::validate_publish_subject(&req.subject).is_err() {
             return Err(BrokerError::InvalidArgument("Subject is invalid".into()));
         }
+        check_headers(&req.headers)?;
         let msg = api::Message {
             key: req.key,
             value: req.value,

@@ -809,18 +809,21 @@ impl Partition {
         };
         let mut unannounced = 0usize;
         for Incoming { msg, ack: to } in batch {
-            // Too large for the configured limit, or for a follower's fetch to carry.
-            let refused =
-                if to.size as u64 > ctx.cfg.replication_max_bytes || msg.encoded_len() > budget {
-                    Some(ack::Error::TooLarge)
-                } else if self.settings.concurrency_control
-                    && to.expected_offset != -1
-                    && to.expected_offset != self.log.next_offset()
-                {
-                    Some(ack::Error::IncorrectOffset)
-                } else {
-                    None
-                };
+            // Too large for the configured limit, for a follower's fetch to carry, or for the
+            // record format (which would fail the whole batch, other publishers' too).
+            let refused = if to.size as u64 > ctx.cfg.replication_max_bytes
+                || msg.encoded_len() > budget
+                || msg.check_format().is_err()
+            {
+                Some(ack::Error::TooLarge)
+            } else if self.settings.concurrency_control
+                && to.expected_offset != -1
+                && to.expected_offset != self.log.next_offset()
+            {
+                Some(ack::Error::IncorrectOffset)
+            } else {
+                None
+            };
             match refused {
                 Some(error) => {
                     // A plain NATS message has no inbox to be told on: say it here.

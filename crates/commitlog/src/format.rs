@@ -71,6 +71,43 @@ impl Message {
         self
     }
 
+    /// Whether the record format can hold this message: a size, key, value, header count and
+    /// header lengths within their fields. A message that fails this makes an append of its
+    /// whole batch fail with [`Error::InvalidBatch`](crate::Error::InvalidBatch), so code that
+    /// batches messages from different sources checks each one first.
+    ///
+    /// # Errors
+    /// What does not fit, in words.
+    pub fn check_format(&self) -> std::result::Result<(), String> {
+        let total = self.encoded_len();
+        if total - RECORD_HEADER_LEN as u64 > u32::MAX as u64 {
+            return Err(format!(
+                "a record of {total} bytes does not fit its size field"
+            ));
+        }
+        if self
+            .key
+            .as_ref()
+            .is_some_and(|k| k.len() > i32::MAX as usize)
+            || self.value.len() > i32::MAX as usize
+        {
+            return Err("key or value longer than 2 GiB".into());
+        }
+        if self.headers.len() > i16::MAX as usize {
+            return Err(format!(
+                "{} headers; at most {} are allowed",
+                self.headers.len(),
+                i16::MAX
+            ));
+        }
+        for (k, v) in &self.headers {
+            if k.len() > i16::MAX as usize || v.len() > i32::MAX as usize {
+                return Err(format!("header {k:?} is too long"));
+            }
+        }
+        Ok(())
+    }
+
     /// Size of the record this message encodes to, header included.
     pub fn encoded_len(&self) -> u64 {
         let mut n = (RECORD_HEADER_LEN + MIN_MESSAGE_LEN) as u64;
@@ -150,32 +187,8 @@ pub(crate) fn encode_around_value(
     msg: &Message,
     leave_value: bool,
 ) -> Result<(usize, Option<usize>), String> {
+    msg.check_format()?;
     let total = msg.encoded_len();
-    if total - RECORD_HEADER_LEN as u64 > u32::MAX as u64 {
-        return Err(format!(
-            "a record of {total} bytes does not fit its size field"
-        ));
-    }
-    if msg
-        .key
-        .as_ref()
-        .is_some_and(|k| k.len() > i32::MAX as usize)
-        || msg.value.len() > i32::MAX as usize
-    {
-        return Err("key or value longer than 2 GiB".into());
-    }
-    if msg.headers.len() > i16::MAX as usize {
-        return Err(format!(
-            "{} headers; at most {} are allowed",
-            msg.headers.len(),
-            i16::MAX
-        ));
-    }
-    for (k, v) in &msg.headers {
-        if k.len() > i16::MAX as usize || v.len() > i32::MAX as usize {
-            return Err(format!("header {k:?} is too long"));
-        }
-    }
     let start = buf.len();
     let value_len = if leave_value { msg.value.len() } else { 0 };
     buf.reserve(total as usize - value_len);
