@@ -6,11 +6,12 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
+use common::run;
 use liftbridge_proto::internal::RaftLog;
 use metastore::node::{Input, MetaNode};
 use metastore::storage::DiskStorage;
 use raft::StateRole;
-use raft::eraftpb::{ConfState, Message};
+use raft::eraftpb::ConfState;
 
 fn create(name: &str) -> Box<RaftLog> {
     Box::new(common::create(name))
@@ -25,42 +26,6 @@ fn open(dir: &Path) -> HashMap<u64, MetaNode<DiskStorage>> {
             (id, MetaNode::new(id, disk).unwrap())
         })
         .collect()
-}
-
-/// Ticks and delivers (without faults) until `done` holds, a bounded number of rounds.
-fn run(
-    nodes: &mut HashMap<u64, MetaNode<DiskStorage>>,
-    done: impl Fn(&HashMap<u64, MetaNode<DiskStorage>>) -> bool,
-) {
-    let mut net: Vec<Message> = Vec::new();
-    for _ in 0..300 {
-        for id in 1..=3 {
-            net.extend(
-                nodes
-                    .get_mut(&id)
-                    .unwrap()
-                    .handle(Input::Tick)
-                    .unwrap()
-                    .messages,
-            );
-        }
-        for _ in 0..1000 {
-            let Some(m) = net.pop() else { break };
-            let to = m.to;
-            net.extend(
-                nodes
-                    .get_mut(&to)
-                    .unwrap()
-                    .handle(Input::Message(Box::new(m)))
-                    .unwrap()
-                    .messages,
-            );
-        }
-        if done(nodes) {
-            return;
-        }
-    }
-    panic!("did not converge");
 }
 
 fn leader(nodes: &HashMap<u64, MetaNode<DiskStorage>>) -> Option<u64> {

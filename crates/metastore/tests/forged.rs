@@ -6,40 +6,10 @@ mod common;
 
 use std::collections::HashMap;
 
+use common::run;
 use metastore::node::{self, Input, MetaNode, NodeError};
 use raft::StateRole;
 use raft::eraftpb::{Entry, Message, MessageType, Snapshot};
-
-/// Ticks and delivers until `done` holds, a bounded number of rounds.
-fn run(nodes: &mut HashMap<u64, MetaNode>, done: impl Fn(&HashMap<u64, MetaNode>) -> bool) {
-    let mut net: Vec<Message> = Vec::new();
-    for _ in 0..300 {
-        for id in 1..=3 {
-            net.extend(
-                nodes
-                    .get_mut(&id)
-                    .unwrap()
-                    .handle(Input::Tick)
-                    .unwrap()
-                    .messages,
-            );
-        }
-        for _ in 0..1000 {
-            let Some(m) = net.pop() else { break };
-            let to = m.to;
-            let out = nodes
-                .get_mut(&to)
-                .unwrap()
-                .handle(Input::Message(Box::new(m)))
-                .expect("a member's own messages are admitted");
-            net.extend(out.messages);
-        }
-        if done(nodes) {
-            return;
-        }
-    }
-    panic!("did not converge");
-}
 
 fn group() -> (HashMap<u64, MetaNode>, u64, u64) {
     let ids = [1, 2, 3];

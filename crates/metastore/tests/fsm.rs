@@ -150,6 +150,15 @@ fn streams_are_created_once_and_deleted_once() {
     );
 }
 
+/// The stream inside a CreateStream entry.
+fn stream_of(entry: &mut RaftLog) -> &mut internal::Stream {
+    entry
+        .create_stream_op
+        .as_mut()
+        .and_then(|o| o.stream.as_mut())
+        .expect("a CreateStream entry")
+}
+
 #[test]
 fn a_stream_that_could_not_come_from_the_api_is_refused_at_apply() {
     let mut f = Fsm::new();
@@ -180,45 +189,16 @@ fn a_stream_that_could_not_come_from_the_api_is_refused_at_apply() {
     // Partition counts and numbers.
     refused(&mut f, create("none", 0));
     let mut gap = create("gap", 2);
-    gap.create_stream_op
-        .as_mut()
-        .unwrap()
-        .stream
-        .as_mut()
-        .unwrap()
-        .partitions[1]
-        .id = 5;
+    stream_of(&mut gap).partitions[1].id = 5;
     refused(&mut f, gap);
     let mut negative = create("neg", 1);
-    negative
-        .create_stream_op
-        .as_mut()
-        .unwrap()
-        .stream
-        .as_mut()
-        .unwrap()
-        .partitions[0]
-        .id = -1;
+    stream_of(&mut negative).partitions[0].id = -1;
     refused(&mut f, negative);
     let mut bad_subject = create("subj", 1);
-    bad_subject
-        .create_stream_op
-        .as_mut()
-        .unwrap()
-        .stream
-        .as_mut()
-        .unwrap()
-        .subject = "a..b".into();
+    stream_of(&mut bad_subject).subject = "a..b".into();
     refused(&mut f, bad_subject);
     let mut huge = create("huge", 1);
-    let parts = &mut huge
-        .create_stream_op
-        .as_mut()
-        .unwrap()
-        .stream
-        .as_mut()
-        .unwrap()
-        .partitions;
+    let parts = &mut stream_of(&mut huge).partitions;
     let template = parts[0].clone();
     parts.clear();
     parts.extend(

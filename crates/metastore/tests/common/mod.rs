@@ -38,3 +38,39 @@ pub async fn nats() -> (natsd::Server, natsbridge::NatsConfig) {
     };
     (server, cfg)
 }
+
+/// Ticks nodes 1 to 3 and delivers their messages (without faults) until `done` holds, a
+/// bounded number of rounds. Every message a member sends must be admitted.
+pub fn run<S: metastore::storage::LogStore>(
+    nodes: &mut std::collections::HashMap<u64, metastore::node::MetaNode<S>>,
+    done: impl Fn(&std::collections::HashMap<u64, metastore::node::MetaNode<S>>) -> bool,
+) {
+    use metastore::node::Input;
+    let mut net: Vec<raft::eraftpb::Message> = Vec::new();
+    for _ in 0..300 {
+        for id in 1..=3 {
+            net.extend(
+                nodes
+                    .get_mut(&id)
+                    .unwrap()
+                    .handle(Input::Tick)
+                    .unwrap()
+                    .messages,
+            );
+        }
+        for _ in 0..1000 {
+            let Some(m) = net.pop() else { break };
+            let to = m.to;
+            let out = nodes
+                .get_mut(&to)
+                .unwrap()
+                .handle(Input::Message(Box::new(m)))
+                .expect("a member's own messages are admitted");
+            net.extend(out.messages);
+        }
+        if done(nodes) {
+            return;
+        }
+    }
+    panic!("did not converge");
+}
