@@ -530,3 +530,41 @@ async fn the_high_watermark_checkpoint_is_written_while_the_broker_runs() {
     }
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_events_are_recorded_in_the_order_of_the_operations() {
+    let srv = TestServer::start_with(|c| c.broker.activity.enabled = true).await;
+    let mut c = srv.client().await;
+    const N: usize = 12;
+    for i in 0..N {
+        c.create_stream(stream(&format!("order{i}"), &format!("order.{i}")))
+            .await
+            .unwrap();
+    }
+    let mut s = subscribe(&mut c, sub("__activity", StartPosition::Earliest))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "activity events arrive: {seen:?}"
+        );
+        let m = next(&mut s).await.unwrap();
+        let ev = ActivityStreamEvent::decode(m.value.as_ref()).unwrap();
+        if let Some(op) = ev.create_stream_op
+            && op.stream.starts_with("order")
+        {
+            seen.push((ev.id, op.stream));
+        }
+    }
+    let names: Vec<String> = seen.iter().map(|(_, n)| n.clone()).collect();
+    let want: Vec<String> = (0..N).map(|i| format!("order{i}")).collect();
+    assert_eq!(names, want, "events in the order of the operations");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "ids grow: {seen:?}"
+    );
+    srv.stop().await;
+}

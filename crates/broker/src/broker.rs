@@ -98,6 +98,8 @@ pub(crate) struct Inner {
     pub cursor_cache: Mutex<crate::cursor_cache::CursorCache>,
     brokers_cache: Mutex<Option<BrokerList>>,
     activity_seen: AtomicU64,
+    /// Activity events, published in order by one task (started on the first event).
+    activity: Mutex<Option<tokio::sync::mpsc::UnboundedSender<api::ActivityStreamEvent>>>,
     /// Unary publishes wait for acks on `<ack_prefix>.<n>`, all under one subscription.
     ack_prefix: String,
     ack_seq: AtomicU64,
@@ -173,6 +175,7 @@ impl Broker {
                 cursor_cache: Mutex::new(Default::default()),
                 brokers_cache: Mutex::new(None),
                 activity_seen: AtomicU64::new(0),
+                activity: Mutex::new(None),
                 ack_prefix,
                 ack_seq: AtomicU64::new(0),
                 local_acks,
@@ -1164,9 +1167,21 @@ impl Broker {
             return;
         };
         self.inner.activity_seen.store(index, Ordering::Release);
-        let b = self.clone();
-        let t = tokio::spawn(async move { crate::activity::publish(b, ev).await });
-        self.inner.tasks.lock().push(t);
+        // One task publishes them all, in order: a task per event left its handle behind
+        // forever and could publish events out of order.
+        let mut activity = self.inner.activity.lock();
+        let tx = activity.get_or_insert_with(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let b = self.clone();
+            let t = tokio::spawn(async move {
+                while let Some(ev) = rx.recv().await {
+                    crate::activity::publish(b.clone(), ev).await;
+                }
+            });
+            self.inner.tasks.lock().push(t);
+            tx
+        });
+        let _ = tx.send(ev);
     }
 
     /// The log start and end of a partition: (start, stop) for a subscription, checked.
