@@ -331,3 +331,42 @@ async fn api_publishes_reach_nats_subscribers_that_come_and_go() {
     }
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_acks_that_cannot_commit_are_forgotten_after_the_max_wait() {
+    // Min ISR 2 on one broker: nothing commits, so ALL acks never come.
+    let srv = TestServer::start_with(|c| {
+        c.broker.min_insync_replicas = 2;
+        c.broker.all_ack_max_wait = Duration::from_secs(1);
+    })
+    .await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("stuck", "stuck")).await.unwrap();
+    let nc = srv.nats().await;
+    for i in 0..5 {
+        nc.publish(
+            "stuck",
+            envelope("v", "stuck.acks", AckPolicy::All, &format!("c{i}")),
+        )
+        .await
+        .unwrap();
+    }
+    nc.flush().await.unwrap();
+    let broker = srv.running().broker();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = 0;
+    loop {
+        let pending = broker.pending_acks();
+        seen = seen.max(pending);
+        // They were waiting, and now they are gone.
+        if seen > 0 && pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pending} ALL acks still wait (at most {seen} seen)"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    srv.stop().await;
+}

@@ -200,6 +200,16 @@ impl Broker {
         Ok(broker)
     }
 
+    /// ALL acks waiting for their messages to commit, over every partition this broker leads.
+    pub fn pending_acks(&self) -> usize {
+        self.inner
+            .partitions
+            .read()
+            .values()
+            .map(|p| p.pending_acks())
+            .sum()
+    }
+
     /// Each NATS connection's name and what happened to it: slow-consumer drops, disconnects
     /// and reconnects.
     pub fn nats_stats(&self) -> Vec<(String, natsbridge::ConnectionStats)> {

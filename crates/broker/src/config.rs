@@ -248,6 +248,10 @@ pub struct BrokerConfig {
     /// only this broker's own partitions want is not sent to NATS at all, and partitions
     /// record their subjects through in-process subscriptions that never drop a message.
     pub embedded_nats: Option<Arc<dyn crate::EmbeddedNats>>,
+    /// How long an ALL ack waits for its message to commit (while the ISR is below min ISR,
+    /// nothing commits) before the broker forgets it. The publisher's own wait has ended by
+    /// then; this bounds the broker's memory. Default 60 s.
+    pub all_ack_max_wait: Duration,
     /// How often each partition's high watermark is written to its checkpoint file, when it
     /// moved, as well as at a clean stop. Default 5 s, as Liftbridge.
     pub hw_checkpoint_interval: Duration,
@@ -293,6 +297,7 @@ impl BrokerConfig {
             ingest_max_pending_bytes: 16 * 1024 * 1024,
             max_partitions: 1024,
             hw_checkpoint_interval: Duration::from_secs(5),
+            all_ack_max_wait: Duration::from_secs(60),
         }
     }
 }

@@ -380,6 +380,11 @@ impl Partition {
             ctx.logger.clone(),
             self.stop.subscribe(),
         )));
+        tasks.push(tokio::spawn(expire_acks(
+            self.clone(),
+            ctx.clone(),
+            self.stop.subscribe(),
+        )));
         if !self.settings.auto_pause_time.is_zero() {
             tasks.push(tokio::spawn(auto_pause(
                 self.clone(),
@@ -508,6 +513,20 @@ impl Partition {
             Some(hw) => self.advance_hw(ctx, hw),
             None => Vec::new(),
         }
+    }
+
+    /// ALL acks waiting for their messages to commit.
+    pub(crate) fn pending_acks(&self) -> usize {
+        self.pending.lock().len()
+    }
+
+    /// Forgets the ALL acks received before `before` (ns) that are still waiting. Returns how
+    /// many.
+    fn expire_acks(&self, before: i64) -> usize {
+        let mut pending = self.pending.lock();
+        let n = pending.len();
+        pending.retain(|_, a| a.reception_timestamp >= before);
+        n - pending.len()
     }
 
     /// Raises the high watermark to `offset`. Returns the ALL acks it makes due.
@@ -1001,6 +1020,25 @@ async fn drain(
     if recorded > 0 {
         info!(ctx.logger, "recorded what was received before the stop";
             "stream" => &p.stream, "partition" => p.id, "messages" => recorded);
+    }
+}
+
+/// Leader: forgets ALL acks that waited longer than `all_ack_max_wait` (nothing commits while
+/// the ISR is below min ISR), so that their number stays bounded. Checks a tenth as often.
+async fn expire_acks(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    let wait = ctx.cfg.all_ack_max_wait;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep((wait / 10).max(Duration::from_millis(10))) => {}
+            _ = stop.changed() => return,
+        }
+        let before = now_nanos().saturating_sub(wait.as_nanos().min(i64::MAX as u128) as i64);
+        let expired = p.expire_acks(before);
+        if expired > 0 {
+            warn!(ctx.logger, "ALL acks expired before their messages committed";
+                "stream" => &p.stream, "partition" => p.id, "count" => expired,
+                "waited" => ?wait, "isr" => ?*p.isr.lock(), "min_isr" => p.settings.min_isr);
+        }
     }
 }
 
