@@ -1078,6 +1078,7 @@ impl Broker {
                 subject: subject.to_owned(),
                 envelope: msg,
                 size,
+                share: None,
             });
         }
         let count = batch.len();
@@ -1090,11 +1091,10 @@ impl Broker {
                 for l in batch {
                     let mut l = Some(l);
                     for (i, p) in targets.iter().enumerate() {
-                        let Some(q) = p.local_queue() else { continue };
                         let one = if i == last { l.take() } else { l.clone() };
                         // A partition that stopped meanwhile had stopped listening to NATS too.
                         if let Some(one) = one {
-                            let _ = q.send(one).await;
+                            p.hand_over(one).await;
                         }
                     }
                 }
@@ -1125,7 +1125,7 @@ impl Broker {
             if !p.role.group.is_empty() {
                 return None;
             }
-            if p.local_queue().is_some() {
+            if p.takes_local() {
                 out.push(p.clone());
             }
         }

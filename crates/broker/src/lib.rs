@@ -17,6 +17,7 @@
 mod acks;
 mod activity;
 mod broker;
+mod budget;
 mod config;
 mod connections;
 mod cursor_cache;

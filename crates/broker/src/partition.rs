@@ -167,6 +167,8 @@ pub(crate) struct Partition {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Leader: the ingest task's queue for publishes this broker took itself.
     local: std::sync::OnceLock<mpsc::Sender<LocalPublish>>,
+    /// The bytes that queue may hold.
+    local_bytes: crate::budget::ByteBudget,
     /// Held for each append, so that the ingest task and publishers appending in place
     /// ([`Partition::append_in_place`]) take turns.
     write: Mutex<()>,
@@ -176,16 +178,32 @@ pub(crate) struct Partition {
 }
 
 /// A publish this broker took, handed to one of its own leading partitions without NATS.
-#[derive(Clone)]
 pub(crate) struct LocalPublish {
     pub subject: String,
     pub envelope: api::Message,
     /// The size of the envelope as NATS would have carried it.
     pub size: usize,
+    /// Its share of the partition's queue budget while it waits in the queue.
+    pub share: Option<crate::budget::Share>,
+}
+
+impl Clone for LocalPublish {
+    /// A copy for another partition, which takes its own share of that partition's budget.
+    fn clone(&self) -> Self {
+        LocalPublish {
+            subject: self.subject.clone(),
+            envelope: self.envelope.clone(),
+            size: self.size,
+            share: None,
+        }
+    }
 }
 
 /// How many local publishes wait for a partition's ingest task before publishers wait.
 const LOCAL_QUEUE: usize = 4096;
+/// How many bytes of local publishes wait for a partition's ingest task before publishers
+/// wait: the count alone would allow 4096 of the largest messages.
+const LOCAL_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 impl std::fmt::Debug for Partition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -261,6 +279,7 @@ impl Partition {
             stop,
             tasks: Mutex::new(Vec::new()),
             local: std::sync::OnceLock::new(),
+            local_bytes: crate::budget::ByteBudget::new(LOCAL_QUEUE_BYTES),
             write: Mutex::new(()),
             drain_on_stop: std::sync::atomic::AtomicBool::new(false),
         });
@@ -436,9 +455,21 @@ impl Partition {
         Ok(Source::Nats(sub))
     }
 
-    /// Leader: where publishes this broker takes can be handed to the ingest task.
-    pub(crate) fn local_queue(&self) -> Option<&mpsc::Sender<LocalPublish>> {
-        self.local.get()
+    /// Leader: whether publishes this broker takes can be handed to the ingest task.
+    pub(crate) fn takes_local(&self) -> bool {
+        self.local.get().is_some()
+    }
+
+    /// Leader: hands a publish this broker took to the ingest task, waiting while the queue
+    /// holds [`LOCAL_QUEUE`] publishes or [`LOCAL_QUEUE_BYTES`]. Returns false if the
+    /// partition is not taking them (it stopped meanwhile, and had stopped listening to NATS
+    /// too).
+    pub(crate) async fn hand_over(&self, mut l: LocalPublish) -> bool {
+        let Some(q) = self.local.get() else {
+            return false;
+        };
+        l.share = self.local_bytes.take(l.size).await;
+        q.send(l).await.is_ok()
     }
 
     /// Whether this broker leads the partition and it is running.
