@@ -25,7 +25,11 @@ mod embedded;
 mod error;
 mod ops;
 mod partition;
+mod placement;
+mod reconcile;
 mod replica;
+mod responders;
+mod routing;
 
 pub use broker::{ACTIVITY_STREAM, Broker, CURSORS_STREAM};
 pub use config::{
