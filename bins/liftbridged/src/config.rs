@@ -460,318 +460,13 @@ impl Config {
         let mut b = BrokerConfig::new(id.unwrap_or_default(), data_dir);
         b.namespace = namespace;
 
-        // Addresses.
-        let listen = match k.0.get("listen") {
-            Some(Value::Num(_, n)) => n.to_u128().map(|p| format!("0.0.0.0:{p}")),
-            _ => k.string("listen")?,
-        };
-        let host = flags.host.clone().or(k.string("host")?);
-        let port = match flags.port {
-            Some(p) => p,
-            None => match k.int("port")? {
-                Some(p) => u16::try_from(p).map_err(|_| Keys::bad("port", "not a port number"))?,
-                None => 9292,
-            },
-        };
-        let bind = match (&listen, &host) {
-            (Some(l), _) if flags.port.is_none() && flags.host.is_none() => l.clone(),
-            (_, Some(h)) => format!("{h}:{port}"),
-            (Some(l), None) => match l.rsplit_once(':') {
-                Some((h, _)) => format!("{h}:{port}"),
-                None => format!("0.0.0.0:{port}"),
-            },
-            (None, None) => format!("0.0.0.0:{port}"),
-        };
-        b.advertise_host = host
-            .clone()
-            .or_else(|| {
-                listen
-                    .as_ref()
-                    .and_then(|l| l.rsplit_once(':').map(|(h, _)| h.to_owned()))
-            })
-            .filter(|h| !h.is_empty() && h != "0.0.0.0")
-            .unwrap_or_else(|| "localhost".into());
-        b.advertise_port = port;
-
-        let log_level = match &flags.level {
-            Some(l) => level("--level", l)?,
-            None => match k.string("logging.level")? {
-                Some(l) => level("logging.level", &l)?,
-                None => slog::Level::Info,
-            },
-        };
-        if let Some(v) = k.duration("metadata.cache.max.age")? {
-            b.metadata_cache_max_age = v;
-        }
-        if let Some(v) = k.int("batch.max.messages")? {
-            b.batch_max_messages = usize::try_from(v)
-                .ok()
-                .filter(|v| *v > 0)
-                .ok_or_else(|| Keys::bad("batch.max.messages", "must be at least 1"))?;
-        }
-        if let Some(v) = k.duration("batch.max.time")? {
-            b.batch_max_time = v;
-        }
-        if flags.tls_cert.is_some()
-            || flags.tls_key.is_some()
-            || k.string("tls.cert")?.is_some()
-            || k.string("tls.key")?.is_some()
-        {
-            return Err(Keys::bad(
-                "tls.cert",
-                "TLS is not available in this version of the server",
-            ));
-        }
-        // Security settings this version does not implement are refused, never ignored: a
-        // deployment that asks for them must not run without them.
-        for key in ["tls.client.auth.enabled", "tls.client.authz.enabled"] {
-            if k.boolean(key)? == Some(true) {
-                return Err(Keys::bad(
-                    key,
-                    "client authentication and authorization are not available in this \
-                     version of the server; remove the key or set it to false",
-                ));
-            }
-        }
-        for key in [
-            "tls.client.auth.ca",
-            "tls.client.authz.model",
-            "tls.client.authz.policy",
-            "nats.tls.cert",
-            "nats.tls.key",
-            "nats.tls.ca",
-        ] {
-            if k.0.contains_key(key) {
-                return Err(Keys::bad(
-                    key,
-                    "TLS settings are not available in this version of the server; remove \
-                     the key",
-                ));
-            }
-        }
-
-        // NATS.
-        let mut servers = flags.nats_servers.clone();
-        if servers.is_empty() {
-            servers = k.list("nats.servers")?.unwrap_or_default();
-        }
-        let embedded_config = flags
-            .embedded_nats_config
-            .clone()
-            .or(k.string("nats.embedded.config")?.map(PathBuf::from));
-        let embedded_port = match flags.embedded_nats_port {
-            Some(p) => Some(p),
-            None => k
-                .int("nats.embedded.port")?
-                .map(|p| {
-                    u16::try_from(p)
-                        .map_err(|_| Keys::bad("nats.embedded.port", "not a port number"))
-                })
-                .transpose()?,
-        };
-        // Embedded unless NATS servers are given, or when asked for explicitly.
-        let embedded = flags.embedded_nats
-            || embedded_config.is_some()
-            || k.boolean("nats.embedded")?.unwrap_or(false)
-            || servers.is_empty();
-        let embedded_nats = if embedded {
-            let mut e = EmbeddedNats {
-                host: "127.0.0.1".into(),
-                port: 4222,
-                max_payload: None,
-                max_connections: None,
-                max_subscriptions: None,
-            };
-            if let Some(path) = &embedded_config {
-                embedded_from_file(path, &mut e)?;
-            }
-            if let Some(p) = embedded_port {
-                e.port = p;
-            }
-            Some(e)
-        } else {
-            None
-        };
-        b.nats.servers = servers;
-        if let Some(v) = k.int("streams.max.partitions")? {
-            b.max_partitions = i32::try_from(v)
-                .ok()
-                .filter(|v| (1..=metastore_max_partitions()).contains(v))
-                .ok_or_else(|| {
-                    Keys::bad(
-                        "streams.max.partitions",
-                        format!("must be from 1 to {}", metastore_max_partitions()),
-                    )
-                })?;
-        }
-        if let Some(v) = k.int("nats.ingest.max.pending.bytes")? {
-            // At least one largest message, at most 4 GiB.
-            b.ingest_max_pending_bytes = usize::try_from(v)
-                .ok()
-                .filter(|v| (1024 * 1024..=4 << 30).contains(v))
-                .ok_or_else(|| {
-                    Keys::bad(
-                        "nats.ingest.max.pending.bytes",
-                        "must be from 1 MiB to 4 GiB",
-                    )
-                })?;
-        }
-        if let (Some(u), Some(p)) = (k.string("nats.user")?, k.string("nats.password")?) {
-            b.nats.user_password = Some((u, p));
-        }
-
-        // Streams.
-        let s = &mut b.streams;
-        if let Some(v) = k.int("streams.retention.max.bytes")? {
-            s.retention_max_bytes = v;
-        }
-        if let Some(v) = k.int("streams.retention.max.messages")? {
-            s.retention_max_messages = v;
-        }
-        if let Some(v) = k.duration("streams.retention.max.age")? {
-            s.retention_max_age = v;
-        }
-        if let Some(v) = k.duration("streams.cleaner.interval")? {
-            s.cleaner_interval = v;
-        }
-        if let Some(v) = k.int("streams.segment.max.bytes")? {
-            s.segment_max_bytes = v;
-        }
-        if let Some(v) = k.duration("streams.segment.max.age")? {
-            s.segment_max_age = Some(v);
-        }
-        if let Some(v) = k.boolean("streams.compact.enabled")? {
-            s.compact_enabled = v;
-        }
-        if let Some(v) = k.int("streams.compact.max.goroutines")? {
-            s.compact_max_goroutines = v as i32;
-        }
-        if let Some(v) = k.duration("streams.auto.pause.time")? {
-            s.auto_pause_time = v;
-        }
-        if let Some(v) = k.boolean("streams.auto.pause.disable.if.subscribers")? {
-            s.auto_pause_disable_if_subscribers = v;
-        }
-        if let Some(v) = k.boolean("streams.concurrency.control")? {
-            s.concurrency_control = v;
-        }
-        if let Some(v) = k.boolean("streams.encryption")? {
-            s.encryption = v;
-        }
-        if let Some(v) = k.string("streams.sync.policy")? {
-            b.sync = match v.as_str() {
-                "os" => commitlog::SyncPolicy::Os,
-                "always" => commitlog::SyncPolicy::Always,
-                other => match parse_duration(other) {
-                    Some(d) if !d.is_zero() => commitlog::SyncPolicy::Interval(d),
-                    _ => {
-                        return Err(Keys::bad(
-                            "streams.sync.policy",
-                            format!("{other:?}: expected os, always, or an interval such as 100ms"),
-                        ));
-                    }
-                },
-            };
-        }
-
-        // Clustering.
-        let seed = flags.raft_bootstrap_seed
-            || k.boolean("clustering.raft.bootstrap.seed")?
-                .unwrap_or(false);
-        let mut peers = flags.raft_bootstrap_peers.clone();
-        if peers.is_empty() {
-            peers = k
-                .list("clustering.raft.bootstrap.peers")?
-                .unwrap_or_default();
-        }
-        if seed && !peers.is_empty() {
-            return Err(Keys::bad(
-                "clustering.raft.bootstrap.seed",
-                "a seed and a peer list exclude each other",
-            ));
-        }
-        let bootstrap_given = seed || !peers.is_empty();
-        b.bootstrap = if seed {
-            Bootstrap::Seed
-        } else if !peers.is_empty() {
-            Bootstrap::Peers(peers)
-        } else if embedded_nats.is_some() {
-            // Alone on a private NATS server: a cluster of one.
-            Bootstrap::Seed
-        } else {
-            Bootstrap::Join
-        };
-        if let Some(v) = k.int("clustering.raft.snapshot.threshold")? {
-            b.raft_snapshot_threshold = v.max(0) as u64;
-        }
-        if let Some(v) = k.int("clustering.raft.max.quorum.size")? {
-            b.max_quorum_size = v.max(0) as usize;
-        }
-        if let Some(v) = k.int("clustering.min.insync.replicas")? {
-            b.min_insync_replicas = i32::try_from(v)
-                .ok()
-                .filter(|v| *v >= 1)
-                .ok_or_else(|| Keys::bad("clustering.min.insync.replicas", "must be at least 1"))?;
-        }
-        if let Some(v) = k.int("clustering.replication.max.bytes")? {
-            b.replication_max_bytes = u64::try_from(v)
-                .ok()
-                .filter(|v| *v > 0)
-                .ok_or_else(|| Keys::bad("clustering.replication.max.bytes", "must be positive"))?;
-        }
-        let positive = |key: &str, v: Duration| {
-            if v.is_zero() {
-                Err(Keys::bad(key, "must be positive"))
-            } else {
-                Ok(v)
-            }
-        };
-        if let Some(v) = k.duration("clustering.replica.max.lag.time")? {
-            b.replica.max_lag_time = positive("clustering.replica.max.lag.time", v)?;
-        }
-        if let Some(v) = k.duration("clustering.replica.max.leader.timeout")? {
-            b.replica.max_leader_timeout = positive("clustering.replica.max.leader.timeout", v)?;
-        }
-        if let Some(v) = k.duration("clustering.replica.max.idle.wait")? {
-            b.replica.max_idle_wait = positive("clustering.replica.max.idle.wait", v)?;
-        }
-        if let Some(v) = k.duration("clustering.replica.fetch.timeout")? {
-            b.replica.fetch_timeout = positive("clustering.replica.fetch.timeout", v)?;
-        }
-        for key in ["groups.consumer.timeout", "groups.coordinator.timeout"] {
-            k.duration(key)?;
-        }
-
-        // Internal streams.
-        if let Some(v) = k.boolean("activity.stream.enabled")? {
-            b.activity.enabled = v;
-        }
-        if let Some(v) = k.duration("activity.stream.publish.timeout")? {
-            b.activity.publish_timeout = v;
-        }
-        if let Some(v) = k.string("activity.stream.publish.ack.policy")? {
-            use liftbridge_proto::api::AckPolicy;
-            b.activity.publish_ack_policy = match v.to_lowercase().as_str() {
-                "all" => AckPolicy::All,
-                "leader" => AckPolicy::Leader,
-                "none" => AckPolicy::None,
-                _ => {
-                    return Err(Keys::bad(
-                        "activity.stream.publish.ack.policy",
-                        format!("{v:?}: expected all, leader or none"),
-                    ));
-                }
-            };
-        }
-        if let Some(v) = k.int("cursors.stream.partitions")? {
-            b.cursors.partitions = v.max(0) as i32;
-        }
-        if let Some(v) = k.int("cursors.stream.replication.factor")? {
-            b.cursors.replication_factor = v as i32;
-        }
-        if let Some(v) = k.duration("cursors.stream.auto.pause.time")? {
-            b.cursors.auto_pause_time = v;
-        }
+        let (bind, host) = addresses(&k, flags, &mut b)?;
+        let log_level = general(&k, flags, &mut b)?;
+        security(&k, flags)?;
+        let embedded_nats = nats(&k, flags, &mut b)?;
+        streams(&k, &mut b)?;
+        let bootstrap_given = clustering(&k, flags, &mut b, embedded_nats.is_some())?;
+        internal_streams(&k, &mut b)?;
 
         Ok(Config {
             broker: b,
@@ -783,6 +478,363 @@ impl Config {
             bootstrap_given,
         })
     }
+}
+
+// One function per section of keys, each reading its keys next to their use.
+
+/// `listen`, `host` and `port`: where the API binds, and the address it advertises.
+fn addresses(
+    k: &Keys,
+    flags: &Flags,
+    b: &mut BrokerConfig,
+) -> Result<(String, Option<String>), ConfigError> {
+    // Addresses.
+    let listen = match k.0.get("listen") {
+        Some(Value::Num(_, n)) => n.to_u128().map(|p| format!("0.0.0.0:{p}")),
+        _ => k.string("listen")?,
+    };
+    let host = flags.host.clone().or(k.string("host")?);
+    let port = match flags.port {
+        Some(p) => p,
+        None => match k.int("port")? {
+            Some(p) => u16::try_from(p).map_err(|_| Keys::bad("port", "not a port number"))?,
+            None => 9292,
+        },
+    };
+    let bind = match (&listen, &host) {
+        (Some(l), _) if flags.port.is_none() && flags.host.is_none() => l.clone(),
+        (_, Some(h)) => format!("{h}:{port}"),
+        (Some(l), None) => match l.rsplit_once(':') {
+            Some((h, _)) => format!("{h}:{port}"),
+            None => format!("0.0.0.0:{port}"),
+        },
+        (None, None) => format!("0.0.0.0:{port}"),
+    };
+    b.advertise_host = host
+        .clone()
+        .or_else(|| {
+            listen
+                .as_ref()
+                .and_then(|l| l.rsplit_once(':').map(|(h, _)| h.to_owned()))
+        })
+        .filter(|h| !h.is_empty() && h != "0.0.0.0")
+        .unwrap_or_else(|| "localhost".into());
+    b.advertise_port = port;
+    Ok((bind, host))
+}
+
+/// `logging.level`, `metadata.cache.max.age` and `batch.*`; returns the log level.
+fn general(k: &Keys, flags: &Flags, b: &mut BrokerConfig) -> Result<slog::Level, ConfigError> {
+    let log_level = match &flags.level {
+        Some(l) => level("--level", l)?,
+        None => match k.string("logging.level")? {
+            Some(l) => level("logging.level", &l)?,
+            None => slog::Level::Info,
+        },
+    };
+    if let Some(v) = k.duration("metadata.cache.max.age")? {
+        b.metadata_cache_max_age = v;
+    }
+    if let Some(v) = k.int("batch.max.messages")? {
+        b.batch_max_messages = usize::try_from(v)
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| Keys::bad("batch.max.messages", "must be at least 1"))?;
+    }
+    if let Some(v) = k.duration("batch.max.time")? {
+        b.batch_max_time = v;
+    }
+    Ok(log_level)
+}
+
+/// `tls.*` and `nats.tls.*`: refused until this version implements them.
+fn security(k: &Keys, flags: &Flags) -> Result<(), ConfigError> {
+    if flags.tls_cert.is_some()
+        || flags.tls_key.is_some()
+        || k.string("tls.cert")?.is_some()
+        || k.string("tls.key")?.is_some()
+    {
+        return Err(Keys::bad(
+            "tls.cert",
+            "TLS is not available in this version of the server",
+        ));
+    }
+    // Security settings this version does not implement are refused, never ignored: a
+    // deployment that asks for them must not run without them.
+    for key in ["tls.client.auth.enabled", "tls.client.authz.enabled"] {
+        if k.boolean(key)? == Some(true) {
+            return Err(Keys::bad(
+                key,
+                "client authentication and authorization are not available in this \
+                     version of the server; remove the key or set it to false",
+            ));
+        }
+    }
+    for key in [
+        "tls.client.auth.ca",
+        "tls.client.authz.model",
+        "tls.client.authz.policy",
+        "nats.tls.cert",
+        "nats.tls.key",
+        "nats.tls.ca",
+    ] {
+        if k.0.contains_key(key) {
+            return Err(Keys::bad(
+                key,
+                "TLS settings are not available in this version of the server; remove \
+                     the key",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `nats.*`: the servers, the embedded server if any, credentials and the ingest queue.
+fn nats(
+    k: &Keys,
+    flags: &Flags,
+    b: &mut BrokerConfig,
+) -> Result<Option<EmbeddedNats>, ConfigError> {
+    // NATS.
+    let mut servers = flags.nats_servers.clone();
+    if servers.is_empty() {
+        servers = k.list("nats.servers")?.unwrap_or_default();
+    }
+    let embedded_config = flags
+        .embedded_nats_config
+        .clone()
+        .or(k.string("nats.embedded.config")?.map(PathBuf::from));
+    let embedded_port = match flags.embedded_nats_port {
+        Some(p) => Some(p),
+        None => k
+            .int("nats.embedded.port")?
+            .map(|p| {
+                u16::try_from(p).map_err(|_| Keys::bad("nats.embedded.port", "not a port number"))
+            })
+            .transpose()?,
+    };
+    // Embedded unless NATS servers are given, or when asked for explicitly.
+    let embedded = flags.embedded_nats
+        || embedded_config.is_some()
+        || k.boolean("nats.embedded")?.unwrap_or(false)
+        || servers.is_empty();
+    let embedded_nats = if embedded {
+        let mut e = EmbeddedNats {
+            host: "127.0.0.1".into(),
+            port: 4222,
+            max_payload: None,
+            max_connections: None,
+            max_subscriptions: None,
+        };
+        if let Some(path) = &embedded_config {
+            embedded_from_file(path, &mut e)?;
+        }
+        if let Some(p) = embedded_port {
+            e.port = p;
+        }
+        Some(e)
+    } else {
+        None
+    };
+    b.nats.servers = servers;
+    if let Some(v) = k.int("nats.ingest.max.pending.bytes")? {
+        // At least one largest message, at most 4 GiB.
+        b.ingest_max_pending_bytes = usize::try_from(v)
+            .ok()
+            .filter(|v| (1024 * 1024..=4 << 30).contains(v))
+            .ok_or_else(|| {
+                Keys::bad(
+                    "nats.ingest.max.pending.bytes",
+                    "must be from 1 MiB to 4 GiB",
+                )
+            })?;
+    }
+    if let (Some(u), Some(p)) = (k.string("nats.user")?, k.string("nats.password")?) {
+        b.nats.user_password = Some((u, p));
+    }
+    Ok(embedded_nats)
+}
+
+/// `streams.*`: the stream defaults, the sync policy and the partition limit.
+fn streams(k: &Keys, b: &mut BrokerConfig) -> Result<(), ConfigError> {
+    if let Some(v) = k.int("streams.max.partitions")? {
+        b.max_partitions = i32::try_from(v)
+            .ok()
+            .filter(|v| (1..=metastore_max_partitions()).contains(v))
+            .ok_or_else(|| {
+                Keys::bad(
+                    "streams.max.partitions",
+                    format!("must be from 1 to {}", metastore_max_partitions()),
+                )
+            })?;
+    }
+    // Streams.
+    let s = &mut b.streams;
+    if let Some(v) = k.int("streams.retention.max.bytes")? {
+        s.retention_max_bytes = v;
+    }
+    if let Some(v) = k.int("streams.retention.max.messages")? {
+        s.retention_max_messages = v;
+    }
+    if let Some(v) = k.duration("streams.retention.max.age")? {
+        s.retention_max_age = v;
+    }
+    if let Some(v) = k.duration("streams.cleaner.interval")? {
+        s.cleaner_interval = v;
+    }
+    if let Some(v) = k.int("streams.segment.max.bytes")? {
+        s.segment_max_bytes = v;
+    }
+    if let Some(v) = k.duration("streams.segment.max.age")? {
+        s.segment_max_age = Some(v);
+    }
+    if let Some(v) = k.boolean("streams.compact.enabled")? {
+        s.compact_enabled = v;
+    }
+    if let Some(v) = k.int("streams.compact.max.goroutines")? {
+        s.compact_max_goroutines = v as i32;
+    }
+    if let Some(v) = k.duration("streams.auto.pause.time")? {
+        s.auto_pause_time = v;
+    }
+    if let Some(v) = k.boolean("streams.auto.pause.disable.if.subscribers")? {
+        s.auto_pause_disable_if_subscribers = v;
+    }
+    if let Some(v) = k.boolean("streams.concurrency.control")? {
+        s.concurrency_control = v;
+    }
+    if let Some(v) = k.boolean("streams.encryption")? {
+        s.encryption = v;
+    }
+    if let Some(v) = k.string("streams.sync.policy")? {
+        b.sync = match v.as_str() {
+            "os" => commitlog::SyncPolicy::Os,
+            "always" => commitlog::SyncPolicy::Always,
+            other => match parse_duration(other) {
+                Some(d) if !d.is_zero() => commitlog::SyncPolicy::Interval(d),
+                _ => {
+                    return Err(Keys::bad(
+                        "streams.sync.policy",
+                        format!("{other:?}: expected os, always, or an interval such as 100ms"),
+                    ));
+                }
+            },
+        };
+    }
+    Ok(())
+}
+
+/// `clustering.*` and `groups.*`, `embedded` saying whether NATS runs in this process; returns
+/// whether a bootstrap was asked for.
+fn clustering(
+    k: &Keys,
+    flags: &Flags,
+    b: &mut BrokerConfig,
+    embedded: bool,
+) -> Result<bool, ConfigError> {
+    // Clustering.
+    let seed = flags.raft_bootstrap_seed
+        || k.boolean("clustering.raft.bootstrap.seed")?
+            .unwrap_or(false);
+    let mut peers = flags.raft_bootstrap_peers.clone();
+    if peers.is_empty() {
+        peers = k
+            .list("clustering.raft.bootstrap.peers")?
+            .unwrap_or_default();
+    }
+    if seed && !peers.is_empty() {
+        return Err(Keys::bad(
+            "clustering.raft.bootstrap.seed",
+            "a seed and a peer list exclude each other",
+        ));
+    }
+    let bootstrap_given = seed || !peers.is_empty();
+    b.bootstrap = if seed {
+        Bootstrap::Seed
+    } else if !peers.is_empty() {
+        Bootstrap::Peers(peers)
+    } else if embedded {
+        // Alone on a private NATS server: a cluster of one.
+        Bootstrap::Seed
+    } else {
+        Bootstrap::Join
+    };
+    if let Some(v) = k.int("clustering.raft.snapshot.threshold")? {
+        b.raft_snapshot_threshold = v.max(0) as u64;
+    }
+    if let Some(v) = k.int("clustering.raft.max.quorum.size")? {
+        b.max_quorum_size = v.max(0) as usize;
+    }
+    if let Some(v) = k.int("clustering.min.insync.replicas")? {
+        b.min_insync_replicas = i32::try_from(v)
+            .ok()
+            .filter(|v| *v >= 1)
+            .ok_or_else(|| Keys::bad("clustering.min.insync.replicas", "must be at least 1"))?;
+    }
+    if let Some(v) = k.int("clustering.replication.max.bytes")? {
+        b.replication_max_bytes = u64::try_from(v)
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| Keys::bad("clustering.replication.max.bytes", "must be positive"))?;
+    }
+    let positive = |key: &str, v: Duration| {
+        if v.is_zero() {
+            Err(Keys::bad(key, "must be positive"))
+        } else {
+            Ok(v)
+        }
+    };
+    if let Some(v) = k.duration("clustering.replica.max.lag.time")? {
+        b.replica.max_lag_time = positive("clustering.replica.max.lag.time", v)?;
+    }
+    if let Some(v) = k.duration("clustering.replica.max.leader.timeout")? {
+        b.replica.max_leader_timeout = positive("clustering.replica.max.leader.timeout", v)?;
+    }
+    if let Some(v) = k.duration("clustering.replica.max.idle.wait")? {
+        b.replica.max_idle_wait = positive("clustering.replica.max.idle.wait", v)?;
+    }
+    if let Some(v) = k.duration("clustering.replica.fetch.timeout")? {
+        b.replica.fetch_timeout = positive("clustering.replica.fetch.timeout", v)?;
+    }
+    for key in ["groups.consumer.timeout", "groups.coordinator.timeout"] {
+        k.duration(key)?;
+    }
+    Ok(bootstrap_given)
+}
+
+/// `activity.*` and `cursors.*`.
+fn internal_streams(k: &Keys, b: &mut BrokerConfig) -> Result<(), ConfigError> {
+    // Internal streams.
+    if let Some(v) = k.boolean("activity.stream.enabled")? {
+        b.activity.enabled = v;
+    }
+    if let Some(v) = k.duration("activity.stream.publish.timeout")? {
+        b.activity.publish_timeout = v;
+    }
+    if let Some(v) = k.string("activity.stream.publish.ack.policy")? {
+        use liftbridge_proto::api::AckPolicy;
+        b.activity.publish_ack_policy = match v.to_lowercase().as_str() {
+            "all" => AckPolicy::All,
+            "leader" => AckPolicy::Leader,
+            "none" => AckPolicy::None,
+            _ => {
+                return Err(Keys::bad(
+                    "activity.stream.publish.ack.policy",
+                    format!("{v:?}: expected all, leader or none"),
+                ));
+            }
+        };
+    }
+    if let Some(v) = k.int("cursors.stream.partitions")? {
+        b.cursors.partitions = v.max(0) as i32;
+    }
+    if let Some(v) = k.int("cursors.stream.replication.factor")? {
+        b.cursors.replication_factor = v as i32;
+    }
+    if let Some(v) = k.duration("cursors.stream.auto.pause.time")? {
+        b.cursors.auto_pause_time = v;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
