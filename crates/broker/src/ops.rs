@@ -499,9 +499,12 @@ impl Broker {
             Some(Ok(ack::Error::Encryption)) => {
                 Err(BrokerError::Internal("Failed to encrypt message".into()))
             }
-            Some(Ok(ack::Error::Unknown)) | Some(Err(_)) => {
-                Err(BrokerError::AckRefused("Unknown ack error".into()))
-            }
+            // This server sends UNKNOWN only when the leader could not store the message.
+            Some(Ok(ack::Error::Unknown)) => Err(BrokerError::Unavailable(
+                "the partition's leader could not store the message (a disk error; see its log)"
+                    .into(),
+            )),
+            Some(Err(_)) => Err(BrokerError::AckRefused("Unknown ack error".into())),
             _ => Ok(ack),
         }
     }

@@ -910,8 +910,16 @@ impl Partition {
                 return acks;
             }
             Err(e) => {
-                error!(ctx.logger, "appending to a partition failed";
-                    "stream" => &self.stream, "partition" => self.id, "error" => %e);
+                // A disk error (EIO, ENOSPC): every publisher of the batch is told, none is left
+                // waiting for an ack that will not come.
+                error!(ctx.logger, "appending to a partition failed; its publishers get an error ack";
+                    "stream" => &self.stream, "partition" => self.id, "count" => msgs.len(),
+                    "data_dir" => %ctx.cfg.data_dir.display(), "error" => %e);
+                for (to, received) in acks_to {
+                    if !to.ack_inbox.is_empty() {
+                        acks.push(self.ack_for(to, received, 0, ack::Error::Unknown));
+                    }
+                }
                 return acks;
             }
         };

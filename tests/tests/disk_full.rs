@@ -1,0 +1,99 @@
+//! A broker whose disk fills up: publishers are told, nothing hangs, and the broker keeps
+//! serving reads. The data folder is a small tmpfs, which needs root (CAP_SYS_ADMIN); where it
+//! cannot be mounted the test says so and checks nothing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use liftbridge_proto::api::*;
+use tonic::Code;
+
+/// A tmpfs of `size` mounted on a fresh folder, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = std::env::temp_dir().join(format!("lift-small-disk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::fs::remove_dir(&dir);
+            return None;
+        }
+        Some(SmallDisk(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazily: a broker that a failed test left running may still hold files there.
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_publishes_with_an_error_and_keeps_serving_reads() {
+    let Some(disk) = SmallDisk::mount("12m") else {
+        eprintln!("skipped: a tmpfs cannot be mounted here (needs root)");
+        return;
+    };
+    let data = disk.path().join("data");
+    let mut cfg = config(&data);
+    cfg.broker.cursors.partitions = 0;
+    let running = liftbridged::start(cfg, quiet())
+        .await
+        .expect("server starts");
+    let mut c = api_client::ApiClient::connect(format!("http://{}", running.grpc_addr()))
+        .await
+        .unwrap();
+    c.create_stream(stream("fill", "fill")).await.unwrap();
+    // 256 KiB a message: the disk is full within 48 of them.
+    let mut stored = 0i64;
+    let mut refusal = None;
+    for _ in 0..48 {
+        let mut req = tonic::Request::new(PublishRequest {
+            stream: "fill".into(),
+            value: vec![b'd'; 256 * 1024].into(),
+            expected_offset: -1,
+            ..Default::default()
+        });
+        req.set_timeout(Duration::from_secs(10));
+        match c.publish(req).await {
+            Ok(r) => {
+                assert_eq!(r.into_inner().ack.expect("an ack").offset, stored);
+                stored += 1;
+            }
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refusal.expect("the disk filled up");
+    // Told at once, not left waiting for an ack that never comes.
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("could not store"), "{e:?}");
+    assert!(stored > 0);
+    // Reads still work: everything acked is there.
+    let mut s = subscribe(&mut c, sub("fill", StartPosition::Earliest))
+        .await
+        .unwrap();
+    for offset in 0..stored {
+        assert_eq!(next(&mut s).await.unwrap().offset, offset);
+    }
+    running.shutdown().await;
+    drop(disk);
+}
