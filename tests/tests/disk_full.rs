@@ -53,6 +53,8 @@ async fn a_full_disk_refuses_publishes_with_an_error_and_keeps_serving_reads() {
     let data = disk.path().join("data");
     let mut cfg = config(&data);
     cfg.broker.cursors.partitions = 0;
+    // The guard off: this test is about the disk really filling up.
+    cfg.broker.min_free_bytes = 0;
     let running = liftbridged::start(cfg, quiet())
         .await
         .expect("server starts");
@@ -93,6 +95,113 @@ async fn a_full_disk_refuses_publishes_with_an_error_and_keeps_serving_reads() {
         .unwrap();
     for offset in 0..stored {
         assert_eq!(next(&mut s).await.unwrap().offset, offset);
+    }
+    running.shutdown().await;
+    drop(disk);
+}
+
+/// Publishes 256 KiB values until the server refuses one; returns how many it took and the
+/// refusal.
+async fn publish_until_refused(
+    c: &mut api_client::ApiClient<tonic::transport::Channel>,
+    stream: &str,
+) -> (i64, tonic::Status) {
+    let mut stored = 0;
+    for _ in 0..64 {
+        let mut req = tonic::Request::new(PublishRequest {
+            stream: stream.into(),
+            value: vec![b'd'; 256 * 1024].into(),
+            expected_offset: -1,
+            ..Default::default()
+        });
+        req.set_timeout(Duration::from_secs(10));
+        match c.publish(req).await {
+            Ok(_) => stored += 1,
+            Err(e) => return (stored, e),
+        }
+        // The guard looks once a second: give it a chance to see the space go.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("64 publishes of 256 KiB were all taken on a 24 MiB disk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_free_space_floor_publishes_are_refused_until_space_is_freed() {
+    let Some(disk) = SmallDisk::mount("24m") else {
+        eprintln!("skipped: a tmpfs cannot be mounted here (needs root)");
+        return;
+    };
+    let data = disk.path().join("data");
+    let mut cfg = config(&data);
+    cfg.broker.cursors.partitions = 0;
+    cfg.broker.min_free_bytes = 12 * 1024 * 1024;
+    let running = liftbridged::start(cfg, quiet())
+        .await
+        .expect("server starts");
+    let mut c = api_client::ApiClient::connect(format!("http://{}", running.grpc_addr()))
+        .await
+        .unwrap();
+    c.create_stream(stream("big", "big")).await.unwrap();
+    let (stored, e) = publish_until_refused(&mut c, "big").await;
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("bytes free"), "{e:?}");
+    assert!(e.message().contains(&data.display().to_string()), "{e:?}");
+    assert!(stored > 0);
+    // Refused before the disk was full: there is still room, and reads go on.
+    let free = {
+        let out = Command::new("df")
+            .arg("--output=avail")
+            .arg("-B1")
+            .arg(disk.path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert!(free > 4 * 1024 * 1024, "only {free} bytes left");
+    let mut s = subscribe(&mut c, sub("big", StartPosition::Earliest))
+        .await
+        .unwrap();
+    for offset in 0..stored {
+        assert_eq!(next(&mut s).await.unwrap().offset, offset);
+    }
+    drop(s);
+    // Freeing space (deleting the stream) lets publishes in again.
+    c.delete_stream(DeleteStreamRequest { name: "big".into() })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.create_stream(stream("again", "again")).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::AlreadyExists => break,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "{e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    loop {
+        let mut req = tonic::Request::new(PublishRequest {
+            stream: "again".into(),
+            value: "small".into(),
+            expected_offset: -1,
+            ..Default::default()
+        });
+        req.set_timeout(Duration::from_secs(5));
+        match c.publish(req).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(tokio::time::Instant::now() < deadline, "still refused");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
     running.shutdown().await;
     drop(disk);

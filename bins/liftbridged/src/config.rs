@@ -126,6 +126,7 @@ const KNOWN: &[&str] = &[
     "host",
     "port",
     "data.dir",
+    "data.min.free.bytes",
     "metadata.cache.max.age",
     "batch.max.messages",
     "batch.max.time",
@@ -523,7 +524,8 @@ fn addresses(
     Ok((bind, host))
 }
 
-/// `logging.level`, `metadata.cache.max.age` and `batch.*`; returns the log level.
+/// `logging.level`, `data.min.free.bytes`, `metadata.cache.max.age` and `batch.*`; returns the
+/// log level.
 fn general(k: &Keys, flags: &Flags, b: &mut BrokerConfig) -> Result<slog::Level, ConfigError> {
     let log_level = match &flags.level {
         Some(l) => level("--level", l)?,
@@ -532,6 +534,10 @@ fn general(k: &Keys, flags: &Flags, b: &mut BrokerConfig) -> Result<slog::Level,
             None => slog::Level::Info,
         },
     };
+    if let Some(v) = k.int("data.min.free.bytes")? {
+        b.min_free_bytes = u64::try_from(v)
+            .map_err(|_| Keys::bad("data.min.free.bytes", "must not be negative"))?;
+    }
     if let Some(v) = k.duration("metadata.cache.max.age")? {
         b.metadata_cache_max_age = v;
     }
@@ -929,6 +935,16 @@ mod tests {
             &Flags::default(),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn the_free_space_floor_is_read() {
+        let c = from_yaml("data.min.free.bytes: 1048576\n", &Flags::default()).unwrap();
+        assert_eq!(c.broker.min_free_bytes, 1 << 20);
+        let d = from_yaml("", &Flags::default()).unwrap();
+        assert_eq!(d.broker.min_free_bytes, 128 << 20);
+        let err = from_yaml("data.min.free.bytes: -1\n", &Flags::default()).unwrap_err();
+        assert!(err.to_string().contains("data.min.free.bytes"), "{err}");
     }
 
     #[test]

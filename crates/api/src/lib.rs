@@ -33,6 +33,7 @@ pub fn status(e: BrokerError) -> Status {
         BrokerError::Unimplemented(m) => Status::unimplemented(m),
         BrokerError::AckRefused(m) => Status::aborted(m),
         BrokerError::Unavailable(m) => Status::unavailable(m),
+        BrokerError::ResourceExhausted(m) => Status::resource_exhausted(m),
         BrokerError::Internal(m) => Status::internal(m),
         other => Status::internal(other.to_string()),
     }

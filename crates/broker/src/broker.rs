@@ -122,6 +122,7 @@ impl Broker {
             subjects: subjects.clone(),
             meta: meta.clone(),
             logger: logger.clone(),
+            disk: crate::disk::DiskGuard::new(cfg.data_dir.clone(), cfg.min_free_bytes),
             never_wait: ["acks", "replication"]
                 .map(|role| connection_name(&cfg.namespace, &cfg.server_id, role))
                 .to_vec(),
@@ -163,6 +164,14 @@ impl Broker {
         }
         let b = broker.clone();
         let t = tokio::spawn(async move { b.metadata_loop().await });
+        broker.inner.tasks.lock().push(t);
+        let b = broker.clone();
+        let t = tokio::spawn(async move {
+            loop {
+                b.inner.ctx.disk.check(&b.inner.logger);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
         broker.inner.tasks.lock().push(t);
         info!(broker.inner.logger, "broker started"; "id" => &broker.inner.cfg.server_id,
             "data_dir" => %broker.inner.cfg.data_dir.display());

@@ -248,6 +248,10 @@ pub struct BrokerConfig {
     /// only this broker's own partitions want is not sent to NATS at all, and partitions
     /// record their subjects through in-process subscriptions that never drop a message.
     pub embedded_nats: Option<Arc<dyn crate::EmbeddedNats>>,
+    /// `data.min.free.bytes` (our addition): below this many free bytes on the data folder's
+    /// file system, publishes are refused with ResourceExhausted until space is freed; reads
+    /// and replication go on. 0 turns the guard off. Default 128 MiB.
+    pub min_free_bytes: u64,
     /// How long an ALL ack waits for its message to commit (while the ISR is below min ISR,
     /// nothing commits) before the broker forgets it. The publisher's own wait has ended by
     /// then; this bounds the broker's memory. Default 60 s.
@@ -298,6 +302,7 @@ impl BrokerConfig {
             max_partitions: 1024,
             hw_checkpoint_interval: Duration::from_secs(5),
             all_ack_max_wait: Duration::from_secs(60),
+            min_free_bytes: 128 * 1024 * 1024,
         }
     }
 }

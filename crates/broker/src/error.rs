@@ -33,6 +33,9 @@ pub enum BrokerError {
     /// A publish was refused by the partition leader with an ack error.
     #[error("{0}")]
     AckRefused(String),
+    /// The server has no room for more: its data folder is nearly full.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The server is shutting down; retry on another server or after the restart.
     #[error("{0}")]
     Unavailable(String),

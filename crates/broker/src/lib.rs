@@ -21,6 +21,7 @@ mod budget;
 mod config;
 mod connections;
 mod cursor_cache;
+mod disk;
 mod embedded;
 mod error;
 mod ops;

@@ -422,6 +422,9 @@ impl Broker {
             return Err(BrokerError::InvalidArgument("no stream provided".into()));
         }
         check_headers(&req.headers)?;
+        if self.inner.ctx.disk.is_low() {
+            return Err(self.inner.ctx.disk.refusal());
+        }
         let found = self.metadata().with_state(|f| {
             f.stream(&req.stream).map(|s| {
                 (

@@ -119,6 +119,8 @@ pub(crate) struct Ctx {
     pub subjects: natsbridge::Subjects,
     pub meta: metastore::service::Metastore,
     pub logger: Logger,
+    /// The disk-full guard of the data folder.
+    pub disk: crate::disk::DiskGuard,
     /// The names of the connections the ingest publishes on (acks, replication): with
     /// embedded NATS they never wait for an ingest queue, which would deadlock.
     pub never_wait: Vec<String>,
@@ -888,10 +890,21 @@ impl Partition {
                 }
             }
         }
+        if !msgs.is_empty() && ctx.disk.is_low() {
+            // Nearly full: refused before the disk is, every publisher told.
+            for (to, received) in acks_to.drain(..) {
+                if to.ack_inbox.is_empty() {
+                    unannounced += 1;
+                } else {
+                    acks.push(self.ack_for(to, received, 0, ack::Error::Unknown));
+                }
+            }
+            msgs.clear();
+        }
         if unannounced > 0 {
             warn!(ctx.logger, "refused messages that no ack can report";
                 "stream" => &self.stream, "partition" => self.id, "count" => unannounced,
-                "why" => "too large to record, or for a follower's fetch (NATS max payload) to carry");
+                "why" => "too large to record or to replicate, or the data directory is nearly full");
         }
         if msgs.is_empty() {
             return acks;

@@ -47,6 +47,10 @@ pub enum Error {
         /// Its explanation.
         message: String,
     },
+    /// The server refused a publish because its disk is nearly full (the server's words);
+    /// it takes publishes again once space is freed.
+    #[error("server full: {0}")]
+    ServerFull(String),
     /// The server's authorization refused the call (the server's words).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
@@ -77,6 +81,9 @@ impl Error {
             Code::FailedPrecondition if msg.contains("pause") => Error::PartitionPaused,
             Code::ResourceExhausted if msg.contains("readonly") => Error::EndOfReadonlyPartition,
             Code::ResourceExhausted if msg.contains("empty") => Error::StreamEmpty,
+            Code::ResourceExhausted if msg.contains("bytes free") => {
+                Error::ServerFull(s.message().to_owned())
+            }
             Code::ResourceExhausted => Error::StopPositionReached,
             Code::InvalidArgument => Error::InvalidArgument(s.message().to_owned()),
             // The original answers a denied call with Unknown, and a unary publish with a
