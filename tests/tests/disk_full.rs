@@ -44,47 +44,40 @@ impl Drop for SmallDisk {
     }
 }
 
+/// A server keeping its data on `disk`, with the free-space floor `min_free` (0: off), and a
+/// client; also the data folder.
+async fn start_on(
+    disk: &SmallDisk,
+    min_free: u64,
+) -> (
+    liftbridged::Running,
+    api_client::ApiClient<tonic::transport::Channel>,
+    PathBuf,
+) {
+    let data = disk.path().join("data");
+    let mut cfg = config(&data);
+    cfg.broker.cursors.partitions = 0;
+    cfg.broker.min_free_bytes = min_free;
+    let running = liftbridged::start(cfg, quiet())
+        .await
+        .expect("server starts");
+    let c = api_client::ApiClient::connect(format!("http://{}", running.grpc_addr()))
+        .await
+        .unwrap();
+    (running, c, data)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_publishes_with_an_error_and_keeps_serving_reads() {
     let Some(disk) = SmallDisk::mount("12m") else {
         eprintln!("skipped: a tmpfs cannot be mounted here (needs root)");
         return;
     };
-    let data = disk.path().join("data");
-    let mut cfg = config(&data);
-    cfg.broker.cursors.partitions = 0;
     // The guard off: this test is about the disk really filling up.
-    cfg.broker.min_free_bytes = 0;
-    let running = liftbridged::start(cfg, quiet())
-        .await
-        .expect("server starts");
-    let mut c = api_client::ApiClient::connect(format!("http://{}", running.grpc_addr()))
-        .await
-        .unwrap();
+    let (running, mut c, _) = start_on(&disk, 0).await;
     c.create_stream(stream("fill", "fill")).await.unwrap();
     // 256 KiB a message: the disk is full within 48 of them.
-    let mut stored = 0i64;
-    let mut refusal = None;
-    for _ in 0..48 {
-        let mut req = tonic::Request::new(PublishRequest {
-            stream: "fill".into(),
-            value: vec![b'd'; 256 * 1024].into(),
-            expected_offset: -1,
-            ..Default::default()
-        });
-        req.set_timeout(Duration::from_secs(10));
-        match c.publish(req).await {
-            Ok(r) => {
-                assert_eq!(r.into_inner().ack.expect("an ack").offset, stored);
-                stored += 1;
-            }
-            Err(e) => {
-                refusal = Some(e);
-                break;
-            }
-        }
-    }
-    let e = refusal.expect("the disk filled up");
+    let (stored, e) = publish_until_refused(&mut c, "fill").await;
     // Told at once, not left waiting for an ack that never comes.
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains("could not store"), "{e:?}");
@@ -122,7 +115,7 @@ async fn publish_until_refused(
         // The guard looks once a second: give it a chance to see the space go.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("64 publishes of 256 KiB were all taken on a 24 MiB disk");
+    panic!("64 publishes of 256 KiB were all taken by a disk of at most 24 MiB");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,16 +124,7 @@ async fn below_the_free_space_floor_publishes_are_refused_until_space_is_freed()
         eprintln!("skipped: a tmpfs cannot be mounted here (needs root)");
         return;
     };
-    let data = disk.path().join("data");
-    let mut cfg = config(&data);
-    cfg.broker.cursors.partitions = 0;
-    cfg.broker.min_free_bytes = 12 * 1024 * 1024;
-    let running = liftbridged::start(cfg, quiet())
-        .await
-        .expect("server starts");
-    let mut c = api_client::ApiClient::connect(format!("http://{}", running.grpc_addr()))
-        .await
-        .unwrap();
+    let (running, mut c, data) = start_on(&disk, 12 * 1024 * 1024).await;
     c.create_stream(stream("big", "big")).await.unwrap();
     let (stored, e) = publish_until_refused(&mut c, "big").await;
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
