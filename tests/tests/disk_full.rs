@@ -100,7 +100,9 @@ async fn publish_until_refused(
     stream: &str,
 ) -> (i64, tonic::Status) {
     let mut stored = 0;
-    for _ in 0..64 {
+    // 88 × 256 KiB = 22 MiB: past the floor with room for the guard's one-second look, and
+    // past a full 12 MiB disk.
+    for _ in 0..88 {
         let mut req = tonic::Request::new(PublishRequest {
             stream: stream.into(),
             value: vec![b'd'; 256 * 1024].into(),
@@ -115,7 +117,7 @@ async fn publish_until_refused(
         // The guard looks once a second: give it a chance to see the space go.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("64 publishes of 256 KiB were all taken by a disk of at most 24 MiB");
+    panic!("88 publishes of 256 KiB were all taken by a disk of at most 24 MiB");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -179,11 +179,14 @@ impl Counters {
                 bump(&self.server_errors),
                 e.to_string(),
             )),
-            E::ClientError(e) => Some((
-                EventKind::ClientError,
-                bump(&self.client_errors),
-                e.to_string(),
-            )),
+            // While the connection is away, each failed reconnect attempt is a client error:
+            // counted, but the disconnect said it already.
+            E::ClientError(e) => {
+                let n = bump(&self.client_errors);
+                let away = self.disconnects.load(Ordering::Relaxed)
+                    > self.reconnects.load(Ordering::Relaxed);
+                (!away).then(|| (EventKind::ClientError, n, e.to_string()))
+            }
         }
     }
 }
