@@ -784,12 +784,6 @@ impl Source {
         }
     }
 
-    async fn unsubscribe(self) {
-        if let Source::Nats(mut sub) = self {
-            let _ = sub.unsubscribe().await;
-        }
-    }
-
     /// Takes no more messages; what was received can still be read, then the source ends.
     async fn close(&mut self) {
         match self {
@@ -814,15 +808,9 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// The next message from NATS or from this broker's own publishes; `None` once the
 /// subscription ends.
 async fn arrival(source: &mut Source, local: &mut mpsc::Receiver<LocalPublish>) -> Option<Arrival> {
-    match source {
-        Source::Nats(sub) => tokio::select! {
-            m = sub.next() => m.map(Arrival::Nats),
-            l = local.recv() => l.map(Arrival::Local),
-        },
-        Source::Local { sub, .. } => tokio::select! {
-            m = sub.next() => m.map(Arrival::Embedded),
-            l = local.recv() => l.map(Arrival::Local),
-        },
+    tokio::select! {
+        m = source.next() => m,
+        l = local.recv() => l.map(Arrival::Local),
     }
 }
 
@@ -845,6 +833,20 @@ impl Partition {
             },
             ack_error: error as i32,
         }
+    }
+
+    /// Error acks (`UNKNOWN`) for messages that were not stored, for every publisher with an
+    /// inbox. Returns how many had none to be told on.
+    fn refuse_unstored(&self, unstored: Vec<(AckTo, i64)>, acks: &mut Vec<api::Ack>) -> usize {
+        let mut unannounced = 0;
+        for (to, received) in unstored {
+            if to.ack_inbox.is_empty() {
+                unannounced += 1;
+            } else {
+                acks.push(self.ack_for(to, received, 0, ack::Error::Unknown));
+            }
+        }
+        unannounced
     }
 
     /// Appends one batch. Returns the acks to send, in order.
@@ -892,13 +894,7 @@ impl Partition {
         }
         if !msgs.is_empty() && ctx.disk.is_low() {
             // Nearly full: refused before the disk is, every publisher told.
-            for (to, received) in acks_to.drain(..) {
-                if to.ack_inbox.is_empty() {
-                    unannounced += 1;
-                } else {
-                    acks.push(self.ack_for(to, received, 0, ack::Error::Unknown));
-                }
-            }
+            unannounced += self.refuse_unstored(std::mem::take(&mut acks_to), &mut acks);
             msgs.clear();
         }
         if unannounced > 0 {
@@ -928,11 +924,7 @@ impl Partition {
                 error!(ctx.logger, "appending to a partition failed; its publishers get an error ack";
                     "stream" => &self.stream, "partition" => self.id, "count" => msgs.len(),
                     "data_dir" => %ctx.cfg.data_dir.display(), "error" => %e);
-                for (to, received) in acks_to {
-                    if !to.ack_inbox.is_empty() {
-                        acks.push(self.ack_for(to, received, 0, ack::Error::Unknown));
-                    }
-                }
+                self.refuse_unstored(acks_to, &mut acks);
                 return acks;
             }
         };
@@ -1003,19 +995,27 @@ async fn ingest(
                 None => break,
             }
         }
-        let (p2, ctx2) = (p.clone(), ctx.clone());
-        let Some(acks) = write_log(ctx.cfg.sync, move || p2.write_batch(&ctx2, batch)).await else {
+        if !record(&p, &ctx, batch).await {
             break;
-        };
-        send_acks(&ctx, acks).await;
-        crate::replica::notify_followers(&p, &ctx, None).await;
+        }
         source.report_drops(&p, &ctx.logger);
     }
     if p.drain_on_stop.load(Ordering::Acquire) {
         drain(&p, &ctx, &mut source, &mut local, max).await;
     }
     slog::debug!(ctx.logger, "ingest stopped"; "stream" => &p.stream, "partition" => p.id);
-    source.unsubscribe().await;
+    source.close().await;
+}
+
+/// Appends a batch, sends its acks and wakes the followers. False if the write's task failed.
+async fn record(p: &Arc<Partition>, ctx: &Arc<Ctx>, batch: Vec<Incoming>) -> bool {
+    let (p2, ctx2) = (p.clone(), ctx.clone());
+    let Some(acks) = write_log(ctx.cfg.sync, move || p2.write_batch(&ctx2, batch)).await else {
+        return false;
+    };
+    send_acks(ctx, acks).await;
+    crate::replica::notify_followers(p, ctx, None).await;
+    true
 }
 
 /// Records what the ingest had received when the broker stops: everything already queued for
@@ -1062,12 +1062,9 @@ async fn drain(
             break;
         }
         recorded += batch.len();
-        let (p2, ctx2) = (p.clone(), ctx.clone());
-        let Some(acks) = write_log(ctx.cfg.sync, move || p2.write_batch(&ctx2, batch)).await else {
+        if !record(p, ctx, batch).await {
             break;
-        };
-        send_acks(ctx, acks).await;
-        crate::replica::notify_followers(p, ctx, None).await;
+        }
     }
     if recorded > 0 {
         info!(ctx.logger, "recorded what was received before the stop";
