@@ -191,14 +191,22 @@ impl Broker {
     /// Each NATS connection's name and what happened to it: slow-consumer drops, disconnects
     /// and reconnects.
     pub fn nats_stats(&self) -> Vec<(String, natsbridge::ConnectionStats)> {
+        self.connections()
+            .iter()
+            .map(|c| (c.name().to_owned(), c.stats()))
+            .collect()
+    }
+
+    /// Every NATS connection of this broker, one per role.
+    fn connections(&self) -> [&natsbridge::Connection; 5] {
         let i = &self.inner;
-        crate::connections::stats(&[
+        [
             &i.raft_conn,
             &i.ctx.streams_conn,
             &i.ctx.acks_conn,
             &i.ctx.repl_conn,
             &i.publishes,
-        ])
+        ]
     }
 
     /// This server's id.
@@ -285,14 +293,7 @@ impl Broker {
         let parts: Vec<_> = self.edit_partitions(|map| map.drain().map(|(_, p)| p).collect());
         futures_util::future::join_all(parts.iter().map(|p| p.stop_draining())).await;
         self.inner.meta.shutdown().await;
-        let i = &self.inner;
-        for c in [
-            &i.raft_conn,
-            &i.ctx.streams_conn,
-            &i.ctx.acks_conn,
-            &i.ctx.repl_conn,
-            &i.publishes,
-        ] {
+        for c in self.connections() {
             c.close().await;
         }
         info!(self.inner.logger, "broker stopped");

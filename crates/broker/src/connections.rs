@@ -7,9 +7,7 @@
 //! events can mean messages this broker never received; with an external NATS server that is
 //! the one loss the broker cannot prevent, and so it is never silent.
 
-use natsbridge::{
-    Connection, ConnectionStats, Event, EventHook, EventKind, NatsConfig, connection_name,
-};
+use natsbridge::{Connection, Event, EventHook, EventKind, NatsConfig, connection_name};
 use slog::{Logger, warn};
 
 use crate::config::BrokerConfig;
@@ -67,14 +65,6 @@ impl Connections {
             publishes,
         })
     }
-}
-
-/// Each connection's name and counts.
-pub(crate) fn stats(conns: &[&Connection]) -> Vec<(String, ConnectionStats)> {
-    conns
-        .iter()
-        .map(|c| (c.name().to_owned(), c.stats()))
-        .collect()
 }
 
 /// A hook that logs every event at WARN, then passes it on to `then`.
