@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use crate::error::{Result, io_at};
+use crate::faults::{self, FileOp};
 use crate::segment::{sync_dir, write_file};
 
 /// File name of the high-watermark checkpoint (decimal ASCII, as Liftbridge).
@@ -15,7 +16,9 @@ pub const CLEAN_FILE: &str = "clean-shutdown";
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     write_file(&tmp, bytes, true)?;
-    std::fs::rename(&tmp, path).map_err(io_at(path))?;
+    faults::check(FileOp::Rename, path)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(io_at(path))?;
     match path.parent() {
         Some(dir) => sync_dir(dir),
         None => Ok(()),

@@ -56,9 +56,10 @@ pub enum Error {
     /// Another process (or another handle in this process) has the folder open.
     #[error("the log folder {0} is in use by another open log")]
     Locked(PathBuf),
-    /// An earlier `fsync` failed. The kernel may have dropped the unsynced pages, so the log
-    /// refuses further writes; close and reopen it to recover from what is on disk.
-    #[error("an earlier sync failed ({0}); close and reopen the log")]
+    /// An earlier `fsync` failed, or a failed write could not be undone. The kernel may have
+    /// dropped the unsynced pages, so the log refuses further writes; close and reopen it to
+    /// recover from what is on disk.
+    #[error("the log failed ({0}); close and reopen it")]
     Failed(String),
 }
 

@@ -37,6 +37,7 @@
 mod checkpoint;
 mod epoch;
 mod error;
+pub mod faults;
 mod format;
 pub mod fuzzing;
 mod index;

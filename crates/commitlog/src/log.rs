@@ -10,8 +10,11 @@
 //! # Invariants
 //! - Offsets strictly increase along the log; gaps exist only where compaction removed records
 //!   or recovery dropped a damaged tail.
-//! - `next_offset` (the log end offset) is one past the newest record; it is published after the
-//!   record's bytes, so a reader that sees it can read them.
+//! - `end` is one past the newest record written; only the writer reads it. `next_offset` (the
+//!   log end offset) is one past the newest record readers and followers may see. It is
+//!   published after the record's bytes, so a reader that sees it can read them; under
+//!   [`SyncPolicy::Always`] only once they are on stable storage, so a failed sync leaves
+//!   nothing readable or replicable that the disk may not hold. `next_offset ≤ end`.
 //! - The high watermark never exceeds the newest offset and only grows, except that a
 //!   truncation below it lowers it to the new newest offset.
 //! - Only the last segment is written; every other segment is sealed and immutable, except that
@@ -32,6 +35,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use crate::checkpoint::{self, CLEAN_FILE};
 use crate::epoch::{EpochCache, EpochEntry};
 use crate::error::{Error, Result, io_at};
+use crate::faults::{self, FileOp};
 use crate::format::{self, Check, Message, RecordMeta};
 use crate::index::SegmentIndex;
 use crate::notify::Notify;
@@ -156,6 +160,9 @@ pub(crate) struct Inner {
     /// Recent truncations, `(generation after it, offset)`, so a reader can tell where the log
     /// was cut since it last looked.
     truncation_history: Mutex<std::collections::VecDeque<(u64, i64)>>,
+    /// One past the newest record written (the writer's end; see the invariants).
+    end: AtomicI64,
+    /// One past the newest visible record.
     pub(crate) next_offset: AtomicI64,
     pub(crate) hw: AtomicI64,
     epochs: Mutex<EpochCache>,
@@ -308,6 +315,7 @@ impl Log {
             reading: RwLock::new(()),
             truncations: AtomicU64::new(0),
             truncation_history: Mutex::new(std::collections::VecDeque::new()),
+            end: AtomicI64::new(next_offset),
             next_offset: AtomicI64::new(next_offset),
             hw: AtomicI64::new(hw),
             epochs: Mutex::new(epochs),
@@ -375,7 +383,7 @@ impl Log {
             let WriteBuffers { encoded, metas } = &mut *w;
             encoded.clear();
             metas.clear();
-            let first = self.inner.next_offset.load(Ordering::Relaxed);
+            let first = self.inner.end.load(Ordering::Relaxed);
             // Large values are written from the messages' own buffers: (position in
             // `encoded`, value).
             let mut in_place: Vec<(usize, &[u8])> = Vec::new();
@@ -456,7 +464,7 @@ impl Log {
         let info = {
             let _w = self.inner.writer.lock();
             self.inner.check_healthy()?;
-            let next = self.inner.next_offset.load(Ordering::Relaxed);
+            let next = self.inner.end.load(Ordering::Relaxed);
             if first < next {
                 return Err(Error::InvalidBatch(format!(
                     "first offset {first} is below the log end offset {next}"
@@ -678,7 +686,7 @@ impl Log {
         let _m = inner.maintenance.lock();
         let _w = inner.writer.lock();
         inner.check_open()?;
-        if offset >= inner.next_offset.load(Ordering::Acquire) {
+        if offset >= inner.end.load(Ordering::Acquire) {
             return Ok(());
         }
         let _r = inner.reading.write();
@@ -701,7 +709,15 @@ impl Log {
         }
         sync_dir(&inner.dir)?;
         let next = inner.active().next_offset();
-        inner.next_offset.store(next, Ordering::Release);
+        let generation = {
+            // Under the sync lock, so that a sync round that began before the cut does not
+            // publish an end from before it.
+            let mut st = inner.sync.lock();
+            inner.end.store(next, Ordering::Release);
+            inner.next_offset.store(next, Ordering::Release);
+            st.durable = st.durable.min(next);
+            inner.truncations.fetch_add(1, Ordering::AcqRel) + 1
+        };
         inner.hw.fetch_min(next - 1, Ordering::AcqRel);
         {
             let mut epochs = inner.epochs.lock();
@@ -709,11 +725,6 @@ impl Log {
                 epochs.save()?;
             }
         }
-        {
-            let mut st = inner.sync.lock();
-            st.durable = st.durable.min(next);
-        }
-        let generation = inner.truncations.fetch_add(1, Ordering::AcqRel) + 1;
         {
             let mut history = inner.truncation_history.lock();
             if history.len() == 256 {
@@ -767,11 +778,18 @@ impl Log {
             return Ok(report);
         }
         let victims: Vec<Arc<Segment>> = inner.segments.write().drain(..keep_from).collect();
-        for v in &victims {
+        for (i, v) in victims.iter().enumerate() {
+            if let Err(e) = v.delete_files() {
+                // Oldest first, so what stays is still one run of offsets: put back every
+                // segment whose log file is still there.
+                let from = if v.log_path.exists() { i } else { i + 1 };
+                let mut segs = inner.segments.write();
+                segs.splice(0..0, victims[from..].iter().cloned());
+                return Err(e);
+            }
             report.segments += 1;
             report.messages += v.record_count();
             report.bytes += v.size();
-            v.delete_files()?;
         }
         sync_dir(&inner.dir)?;
         let oldest = inner.oldest_offset();
@@ -840,13 +858,20 @@ impl Log {
             let cleaned = inner
                 .dir
                 .join(format!("{}.cleaned", segment::log_file_name(seg.base)));
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&cleaned)
+            let file = faults::check(FileOp::Create, &cleaned)
+                .and_then(|()| {
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&cleaned)
+                })
                 .map_err(io_at(&cleaned))?;
+            let write = |bytes: &[u8]| {
+                faults::check(FileOp::Write, &cleaned)
+                    .and_then(|()| std::io::Write::write_all(&mut &file, bytes))
+            };
             let mut ix = SegmentIndex::empty();
             let mut out: Vec<u8> = Vec::new();
             let mut write_err = None;
@@ -861,7 +886,7 @@ impl Log {
                     );
                     out.extend_from_slice(rec);
                     if out.len() >= 1 << 20 {
-                        if let Err(e) = std::io::Write::write_all(&mut &file, &out) {
+                        if let Err(e) = write(&out) {
                             write_err = Some(e);
                             return ControlFlow::Break(());
                         }
@@ -872,7 +897,8 @@ impl Log {
             })?;
             let finish = write_err
                 .map_or(Ok(()), Err)
-                .and_then(|()| std::io::Write::write_all(&mut &file, &out))
+                .and_then(|()| write(&out))
+                .and_then(|()| faults::check(FileOp::Sync, &cleaned))
                 .and_then(|()| file.sync_all());
             if let Err(e) = finish {
                 let _ = segment::remove_if_exists(&cleaned);
@@ -895,7 +921,12 @@ impl Log {
                 // Crash-safe order: drop the old index, move the new log over the old, then write
                 // the new index. Any crash in between leaves a log that recovery can index.
                 seg.remove_index_file()?;
-                std::fs::rename(&cleaned, &seg.log_path).map_err(io_at(&seg.log_path))?;
+                if let Err(e) = faults::check(FileOp::Rename, &seg.log_path)
+                    .and_then(|()| std::fs::rename(&cleaned, &seg.log_path))
+                {
+                    let _ = segment::remove_if_exists(&cleaned);
+                    return Err(io_at(&seg.log_path)(e));
+                }
                 let fresh = Segment::from_parts(
                     seg.base,
                     seg.log_path.clone(),
@@ -931,7 +962,7 @@ impl Log {
         let _w = self.inner.writer.lock();
         self.inner.check_open()?;
         let mut epochs = self.inner.epochs.lock();
-        let added = epochs.push_if_newer(epoch, self.next_offset());
+        let added = epochs.push_if_newer(epoch, self.inner.end.load(Ordering::Acquire));
         if added {
             epochs.save()?;
         }
@@ -965,6 +996,12 @@ impl Log {
         self.inner.notify.notify();
     }
 
+    /// Why the log refuses writes for good, if it does: a sync failed, or a failed write could
+    /// not be undone. Reads of what was visible keep working; reopening recovers from the disk.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.failed.lock().clone()
+    }
+
     /// Whether the log is read-only.
     pub fn is_readonly(&self) -> bool {
         self.inner.readonly.load(Ordering::Acquire)
@@ -975,7 +1012,7 @@ impl Log {
     /// # Errors
     /// [`Error::Failed`] or [`Error::Io`] when the sync fails.
     pub fn sync(&self) -> Result<()> {
-        self.inner.sync_to(self.next_offset())
+        self.inner.sync_to(self.inner.end.load(Ordering::Acquire))
     }
 
     /// How many sync rounds (`fdatasync` of everything written so far) have run since open. Under
@@ -1102,9 +1139,11 @@ impl Inner {
         if active.size() == 0 {
             return Ok(());
         }
-        let next = self.next_offset.load(Ordering::Relaxed);
-        let fresh = Arc::new(Segment::create(&self.dir, next)?);
+        let next = self.end.load(Ordering::Relaxed);
+        // The index first: a failed roll must not leave an empty segment file behind the
+        // active one, which a reopening would take for the end of the log.
         active.write_index(self.opts.sync != SyncPolicy::Os)?;
+        let fresh = Arc::new(Segment::create(&self.dir, next)?);
         self.segments.write().push(fresh);
         active.set_sealed(true);
         if self.opts.sync != SyncPolicy::Os {
@@ -1162,15 +1201,23 @@ impl Inner {
                 st.dirty.push(active.clone());
             }
         }
-        active.append(
+        let written = active.append(
             parts,
             total,
             metas,
             self.opts.index_interval_bytes,
             self.opts.clock.now_nanos(),
-        )?;
-        self.next_offset.store(last + 1, Ordering::Release);
-        self.notify.notify();
+        );
+        if let Err(Error::Failed(why)) = &written {
+            self.failed.lock().get_or_insert_with(|| why.clone());
+        }
+        written?;
+        self.end.store(last + 1, Ordering::Release);
+        if self.opts.sync != SyncPolicy::Always {
+            // Under `Always` the sync that covers the records publishes them.
+            self.next_offset.store(last + 1, Ordering::Release);
+            self.notify.notify();
+        }
         Ok(AppendInfo {
             first_offset: first,
             last_offset: last,
@@ -1214,8 +1261,9 @@ impl Inner {
             }
             st.syncing = true;
             // Read the goal before taking the dirty list: every append counted in the goal
-            // registered its segment before publishing, so the list covers it.
-            let goal = self.next_offset.load(Ordering::Acquire);
+            // registered its segment before writing, so the list covers it.
+            let goal = self.end.load(Ordering::Acquire);
+            let generation = self.truncations.load(Ordering::Acquire);
             let files = std::mem::take(&mut st.dirty);
             st.unsynced = 0;
             let res = parking_lot::MutexGuard::unlocked(&mut st, || {
@@ -1224,9 +1272,16 @@ impl Inner {
             st.syncing = false;
             self.sync_cv.notify_all();
             match res {
+                Ok(()) if self.truncations.load(Ordering::Acquire) != generation => {
+                    // Cut meanwhile: what the goal counted may be gone or rewritten. Go round
+                    // again (the cut itself was synced).
+                }
                 Ok(()) => {
                     st.durable = st.durable.max(goal);
                     st.rounds += usize::from(!files.is_empty()) as u64;
+                    if self.next_offset.fetch_max(goal, Ordering::AcqRel) < goal {
+                        self.notify.notify();
+                    }
                 }
                 Err(e) => {
                     *self.failed.lock() = Some(e.to_string());
@@ -1352,7 +1407,7 @@ fn spawn_flusher(log: Weak<Inner>, stop: Arc<(Mutex<bool>, Condvar)>, every: Dur
                     return;
                 }
                 // A failure is recorded in `failed` and surfaces on the next append.
-                let _ = inner.sync_to(inner.next_offset.load(Ordering::Acquire));
+                let _ = inner.sync_to(inner.end.load(Ordering::Acquire));
             }
         });
     // Without the thread the log still works; data then reaches disk when the OS decides.

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use parking_lot::{RwLock, RwLockReadGuard};
 
 use crate::error::{Error, Result, io_at};
+use crate::faults::{self, FileOp};
 use crate::format::{self, Check, RecordMeta};
 use crate::index::SegmentIndex;
 
@@ -171,6 +172,7 @@ impl Segment {
     /// Creates an empty segment file; fails if it exists.
     pub fn create(dir: &Path, base: i64) -> Result<Segment> {
         let log_path = dir.join(log_file_name(base));
+        faults::check(FileOp::Create, &log_path).map_err(io_at(&log_path))?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -239,8 +241,11 @@ impl Segment {
                 if stop.end < len {
                     report.truncated_bytes = len - stop.end;
                     report.reason = stop.problem.map(str::to_owned);
-                    file.set_len(stop.end).map_err(io_at(&log_path))?;
-                    file.sync_all().map_err(io_at(&log_path))?;
+                    faults::check(FileOp::SetLen, &log_path)
+                        .and_then(|()| file.set_len(stop.end))
+                        .and_then(|()| faults::check(FileOp::Sync, &log_path))
+                        .and_then(|()| file.sync_all())
+                        .map_err(io_at(&log_path))?;
                 }
                 // A stale index must never be trusted later.
                 remove_if_exists(&index_path)?;
@@ -373,7 +378,19 @@ impl Segment {
     ) -> Result<()> {
         debug_assert_eq!(parts.iter().map(|p| p.len() as u64).sum::<u64>(), total);
         let at = self.size.load(Ordering::Relaxed);
-        write_all_vectored_at(&self.file, parts, at).map_err(io_at(&self.log_path))?;
+        if let Err(e) = write_all_vectored_at(&self.file, &self.log_path, parts, at) {
+            // A failed write may have left part of its bytes past the end. Cut them, or a
+            // recovery could take them for records: offsets that were never acknowledged.
+            let cut =
+                faults::check(FileOp::SetLen, &self.log_path).and_then(|()| self.file.set_len(at));
+            return Err(match cut {
+                Ok(()) => io_at(&self.log_path)(e),
+                Err(cut) => Error::Failed(format!(
+                    "a failed write to {} ({e}) could not be undone: {cut}",
+                    self.log_path.display()
+                )),
+            });
+        }
         {
             let mut ix = self.index.write();
             for m in metas {
@@ -497,8 +514,11 @@ impl Segment {
             last = Some(m.offset);
             ControlFlow::Continue(())
         })?;
-        self.file.set_len(cut).map_err(io_at(&self.log_path))?;
-        self.file.sync_all().map_err(io_at(&self.log_path))?;
+        faults::check(FileOp::SetLen, &self.log_path)
+            .and_then(|()| self.file.set_len(cut))
+            .and_then(|()| faults::check(FileOp::Sync, &self.log_path))
+            .and_then(|()| self.file.sync_all())
+            .map_err(io_at(&self.log_path))?;
         let mut ix = self.index.write();
         ix.record_count -= removed;
         ix.last_offset = last;
@@ -526,7 +546,9 @@ impl Segment {
 
     /// Flushes the log file's data to stable storage.
     pub fn sync_data(&self) -> Result<()> {
-        self.file.sync_data().map_err(io_at(&self.log_path))
+        faults::check(FileOp::Sync, &self.log_path)
+            .and_then(|()| self.file.sync_data())
+            .map_err(io_at(&self.log_path))
     }
 
     /// Unlinks both files. Open handles (readers) keep working on the unlinked data.
@@ -559,7 +581,7 @@ impl Segment {
 
 /// Deletes a file; a missing file is fine.
 pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
+    match faults::check(FileOp::Remove, path).and_then(|()| std::fs::remove_file(path)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_at(path)(e)),
@@ -568,17 +590,24 @@ pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
 
 /// Writes a whole file, replacing it, and syncs it when asked.
 pub(crate) fn write_file(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
-    let mut f = File::create(path).map_err(io_at(path))?;
-    std::io::Write::write_all(&mut f, bytes).map_err(io_at(path))?;
+    let mut f = faults::check(FileOp::Create, path)
+        .and_then(|()| File::create(path))
+        .map_err(io_at(path))?;
+    faults::check(FileOp::Write, path)
+        .and_then(|()| std::io::Write::write_all(&mut f, bytes))
+        .map_err(io_at(path))?;
     if sync {
-        f.sync_all().map_err(io_at(path))?;
+        faults::check(FileOp::Sync, path)
+            .and_then(|()| f.sync_all())
+            .map_err(io_at(path))?;
     }
     Ok(())
 }
 
 /// Syncs a folder, making creations, renames and deletions in it durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
+    faults::check(FileOp::SyncDir, dir)
+        .and_then(|()| File::open(dir))
         .and_then(|d| d.sync_all())
         .map_err(io_at(dir))
 }
@@ -590,9 +619,17 @@ const MAX_SLICES_PER_WRITE: usize = 1024;
 /// does for one buffer. A call may write less than asked; the next goes on from there.
 fn write_all_vectored_at(
     file: &File,
+    path: &Path,
     mut parts: &mut [IoSlice<'_>],
     mut at: u64,
 ) -> std::io::Result<()> {
+    if let Some(f) = faults::fault(FileOp::Write, path) {
+        if f.torn {
+            let whole: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+            file.write_all_at(&whole[..whole.len() / 2], at)?;
+        }
+        return Err(std::io::Error::from_raw_os_error(f.errno));
+    }
     IoSlice::advance_slices(&mut parts, 0);
     while !parts.is_empty() {
         let n = parts.len().min(MAX_SLICES_PER_WRITE);
