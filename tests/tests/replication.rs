@@ -786,3 +786,62 @@ async fn a_message_of_the_largest_accepted_size_reaches_the_follower() {
     );
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_disk_fails_hands_over_and_no_acked_message_is_lost() {
+    use commitlog::faults::{self, FileOp, Plan, Rule};
+    let mut cluster =
+        Cluster::start_with(|cfg| cfg.broker.sync = commitlog::SyncPolicy::Always).await;
+    let mut a = cluster.client("a").await;
+    a.create_stream(create("disk", 3)).await.unwrap();
+    let p = cluster
+        .partition_until("disk", "three in-sync replicas", |p| p.isr.len() == 3)
+        .await;
+    let old = p.leader.clone();
+    let mut leader = cluster.client(&old).await;
+    let first = values("before", 10);
+    publish_all(&mut leader, "disk", &first).await;
+
+    // The leader's disk stops syncing: the publish fails, and nothing of it is replicated.
+    let dir = cluster.node(&old).dir.path().join("streams").join("disk");
+    let fault = faults::inject(&dir, Plan::new().with(Rule::new(FileOp::Sync).on(".log")));
+    let refused = try_publish(
+        &mut leader,
+        "disk",
+        "lost",
+        AckPolicy::All,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a publish the disk did not take: {refused:?}"
+    );
+
+    // The leader hands the partition to an in-sync follower, which takes it at the old end.
+    let p = cluster
+        .partition_until("disk", "a new leader", |p| {
+            !p.leader.is_empty() && p.leader != old
+        })
+        .await;
+    drop(fault);
+    let mut leader = cluster.client(&p.leader).await;
+    let second = values("after", 10);
+    let offsets = publish_all(&mut leader, "disk", &second).await;
+    assert_eq!(offsets, (10..20).collect::<Vec<i64>>());
+
+    // The old leader reopens its log as a follower, drops what it never acknowledged, and
+    // catches up: every replica holds exactly what was acknowledged.
+    cluster
+        .partition_until("disk", "the old leader back in the ISR", |p| {
+            p.isr.contains(&old) && p.isr.len() == 3
+        })
+        .await;
+    let all: Vec<String> = first.iter().chain(&second).cloned().collect();
+    let expected: Vec<(i64, String)> = (0..20).zip(all).collect();
+    for id in cluster.live() {
+        let mut c = cluster.client(&id).await;
+        assert_eq!(read_from(&mut c, "disk", 20).await, expected, "on {id}");
+    }
+    cluster.stop().await;
+}

@@ -384,6 +384,11 @@ impl Partition {
                 ctx.clone(),
                 self.stop.subscribe(),
             )));
+            tasks.push(tokio::spawn(crate::replica::give_up_if_failed(
+                self.clone(),
+                ctx.clone(),
+                self.stop.subscribe(),
+            )));
         }
         let (local_tx, local_rx) = mpsc::channel(LOCAL_QUEUE);
         let source = self.subscribe_subject(ctx).await?;

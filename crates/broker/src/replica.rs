@@ -29,7 +29,7 @@ use metastore::service::{LeaderReport, MetaError};
 use natsbridge::envelope;
 use natsbridge::{Subscriber, payload};
 use replication::{FetchReply, Follower, FollowerAction, IsrChange};
-use slog::{debug, info, warn};
+use slog::{debug, error, info, warn};
 use tokio::sync::{mpsc, watch};
 
 use crate::partition::{Ctx, Partition, send_acks, write_log};
@@ -261,6 +261,51 @@ async fn propose_isr_change(p: &Partition, ctx: &Ctx, change: IsrChange) {
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+        }
+    }
+}
+
+/// Leader of a replicated partition: once its log has failed for good (a failed sync, or a
+/// failed write that could not be undone), it refuses every publish, so it hands the partition
+/// over. It reports itself as a failed leader; the metadata leader then moves leadership to an
+/// in-sync follower at once. Until then, or if no follower is in sync, it keeps refusing.
+pub(crate) async fn give_up_if_failed(
+    p: Arc<Partition>,
+    ctx: Arc<Ctx>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = Duration::from_millis(200);
+    let why = loop {
+        if let Some(why) = p.log.failure() {
+            break why;
+        }
+        if pause(&mut stop, every).await {
+            return;
+        }
+    };
+    error!(ctx.logger, "the partition's log failed; handing leadership to an in-sync follower";
+        "stream" => &p.stream, "partition" => p.id, "data_dir" => %ctx.cfg.data_dir.display(),
+        "error" => &why);
+    let me = ctx.cfg.server_id.clone();
+    let op = internal::ReportLeaderOp {
+        stream: p.stream.clone(),
+        partition: p.id,
+        replica: me.clone(),
+        leader: me,
+        leader_epoch: p.role.leader_epoch,
+    };
+    for attempt in 0u32.. {
+        match unless_stopped(&mut stop, ctx.meta.report_leader(op.clone())).await {
+            None | Some(Ok(())) => return,
+            Some(Err(e)) => {
+                if attempt % 10 == 0 {
+                    warn!(ctx.logger, "handing over a failed partition was refused; retrying";
+                        "stream" => &p.stream, "partition" => p.id, "error" => %e);
+                }
+            }
+        }
+        if pause(&mut stop, Duration::from_secs(1)).await {
+            return;
         }
     }
 }
@@ -510,19 +555,23 @@ async fn judge(
             part.leader, part.leader_epoch, op.leader, op.leader_epoch
         )));
     }
-    if !part.isr.contains(&op.replica) {
+    // A leader reporting itself has a failed log: it needs no second opinion.
+    let resigning = op.replica == op.leader;
+    if !resigning && !part.isr.contains(&op.replica) {
         // Only in-sync followers vouch for a failover: a lagging one may simply be cut off.
         return Ok(());
     }
     let key = (op.stream.clone(), op.partition);
-    if !tally.report(
-        key,
-        &op.leader,
-        op.leader_epoch,
-        &op.replica,
-        part.isr.len(),
-        now_ms(),
-    ) {
+    if !resigning
+        && !tally.report(
+            key,
+            &op.leader,
+            op.leader_epoch,
+            &op.replica,
+            part.isr.len(),
+            now_ms(),
+        )
+    {
         return Ok(());
     }
     let (_, leading) = broker.loads();
