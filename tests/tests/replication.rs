@@ -790,8 +790,7 @@ async fn a_message_of_the_largest_accepted_size_reaches_the_follower() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_disk_fails_hands_over_and_no_acked_message_is_lost() {
     use commitlog::faults::{self, FileOp, Plan, Rule};
-    let mut cluster =
-        Cluster::start_with(|cfg| cfg.broker.sync = commitlog::SyncPolicy::Always).await;
+    let cluster = Cluster::start_with(|cfg| cfg.broker.sync = commitlog::SyncPolicy::Always).await;
     let mut a = cluster.client("a").await;
     a.create_stream(create("disk", 3)).await.unwrap();
     let p = cluster
