@@ -67,6 +67,17 @@ async fn out_of_range_create_stream_requests_are_invalid_arguments() {
     refused(&mut c, stream("../escape", "escape"), "invalid").await;
     refused(&mut c, stream("a/escape", "escape"), "folder").await;
     refused(&mut c, stream("ok", &"s".repeat(1025)), "Subject").await;
+    // Found by the random requests: partition 1 would record "orders.>.1", no subject at all;
+    // the create was recorded, then its partitions never started.
+    refused(
+        &mut c,
+        with("split", &|r| {
+            r.subject = "orders.>".into();
+            r.partitions = 2;
+        }),
+        "cannot be split into partitions",
+    )
+    .await;
     // Within the bounds, everything works, and a restart finds only what was accepted.
     c.create_stream(with("four", &|r| r.partitions = 4))
         .await

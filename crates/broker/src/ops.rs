@@ -124,6 +124,17 @@ impl Broker {
                 req.partitions
             )));
         }
+        if req.partitions > 1
+            && natsbridge::validate_subject(&natsbridge::partition_subject(&req.subject, 1))
+                .is_err()
+        {
+            return Err(BrokerError::InvalidArgument(format!(
+                "subject {:?} ends in '>', so it cannot be split into partitions (partition 1 \
+                 would record {:?}); use one partition, or a subject without '>'",
+                req.subject,
+                natsbridge::partition_subject(&req.subject, 1)
+            )));
+        }
         for (what, v) in [
             ("retentionMaxBytes", settings.retention_max_bytes),
             ("retentionMaxMessages", settings.retention_max_messages),

@@ -64,6 +64,16 @@ fn valid_stream(s: &internal::Stream) -> Result<(), OpError> {
         ));
     }
     let n = s.partitions.len() as i64;
+    // Partition N > 0 records `<subject>.N`: after a `>` that is no subject at all.
+    if n > 1 && natsbridge::validate_subject(&natsbridge::partition_subject(&s.subject, 1)).is_err()
+    {
+        return invalid(format!(
+            "subject {:?} ends in '>', so it cannot be split into partitions (partition 1 \
+             would record {:?}); use one partition, or a subject without '>'",
+            s.subject,
+            natsbridge::partition_subject(&s.subject, 1)
+        ));
+    }
     for p in &s.partitions {
         if i64::from(p.id) < 0 || i64::from(p.id) >= n {
             return invalid(format!("partition id {} is outside 0..{n}", p.id));
