@@ -21,6 +21,8 @@
 use std::collections::BTreeMap;
 
 use liftbridge_proto::internal::{self, Op, RaftLog};
+
+pub use crate::groups::{GroupState, Member};
 use prost::Message;
 
 /// Why an operation was refused. The same verdict on every node.
@@ -135,19 +137,6 @@ pub struct StreamState {
     /// The last pause asked for a publish to one partition to resume all paused partitions.
     /// Snapshots carry it in `Stream.resumeAll` (field 6, our addition).
     pub resume_all: bool,
-}
-
-/// One consumer group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupState {
-    /// Its id.
-    pub id: String,
-    /// Members and the streams each consumes.
-    pub members: BTreeMap<String, Vec<String>>,
-    /// The broker coordinating it.
-    pub coordinator: String,
-    /// Changes with each membership or coordinator change.
-    pub epoch: u64,
 }
 
 /// What applying an entry changed, for watchers (in apply order).
@@ -327,7 +316,7 @@ impl Fsm {
                 None => missing_body("CreateStream"),
             },
             Op::DeleteStream => match &entry.delete_stream_op {
-                Some(o) => self.delete_stream(&o.stream),
+                Some(o) => self.delete_stream(&o.stream, index),
                 None => missing_body("DeleteStream"),
             },
             Op::ShrinkIsr => match &entry.shrink_isr_op {
@@ -470,18 +459,21 @@ impl Fsm {
         }])
     }
 
-    fn delete_stream(&mut self, name: &str) -> Applied {
+    fn delete_stream(&mut self, name: &str, index: u64) -> Applied {
         let Some(s) = self.streams.get_mut(name).filter(|s| !s.tombstoned) else {
             return Applied::err(OpError::NotFound(format!("stream {name} not found")));
         };
         if self.recovering {
             s.tombstoned = true;
+            self.groups_lose_stream(name, index);
             return Applied::ok(Vec::new());
         }
         self.streams.remove(name);
-        Applied::ok(vec![Event::StreamDeleted {
+        let mut events = vec![Event::StreamDeleted {
             stream: name.to_owned(),
-        }])
+        }];
+        events.extend(self.groups_lose_stream(name, index));
+        Applied::ok(events)
     }
 
     fn partition_mut(&mut self, stream: &str, id: i32) -> Result<&mut PartitionState, OpError> {
@@ -629,36 +621,65 @@ impl Fsm {
         }
     }
 
-    fn create_group(&mut self, g: &internal::ConsumerGroup, index: u64) -> Applied {
+    /// A stream's partition count for assignment: 0 when it does not exist.
+    fn partition_count(streams: &BTreeMap<String, StreamState>, stream: &str) -> i32 {
+        streams
+            .get(stream)
+            .filter(|s| !s.tombstoned)
+            .map_or(0, |s| s.partitions.len() as i32)
+    }
+
+    fn check_streams(&self, streams: &[String]) -> Result<(), OpError> {
+        if streams.is_empty() {
+            return Err(OpError::InvalidArgument("No streams provided".into()));
+        }
+        if streams
+            .iter()
+            .any(|s| Self::partition_count(&self.streams, s) == 0)
+        {
+            return Err(OpError::FailedPrecondition("stream does not exist".into()));
+        }
+        Ok(())
+    }
+
+    /// How many groups each broker coordinates.
+    pub fn coordinator_loads(&self) -> BTreeMap<String, usize> {
+        let mut loads = BTreeMap::new();
+        for g in self.groups.values() {
+            *loads.entry(g.coordinator.clone()).or_insert(0) += 1;
+        }
+        loads
+    }
+
+    fn create_group(&mut self, g: &internal::ConsumerGroup, _index: u64) -> Applied {
         if g.id.is_empty() {
-            return Applied::err(OpError::InvalidArgument(
-                "a consumer group needs an id".into(),
-            ));
+            return Applied::err(OpError::InvalidArgument("No groupId provided".into()));
+        }
+        if g.members.iter().any(|m| m.id.is_empty()) {
+            return Applied::err(OpError::InvalidArgument("No consumerId provided".into()));
         }
         if self.groups.contains_key(&g.id) {
-            return Applied::err(OpError::AlreadyExists(format!(
-                "consumer group {} already exists",
-                g.id
-            )));
+            return Applied::err(OpError::FailedPrecondition(
+                "consumer group already exists".into(),
+            ));
         }
-        let members = g
-            .members
-            .iter()
-            .map(|m| (m.id.clone(), m.streams.clone()))
-            .collect();
-        self.groups.insert(
-            g.id.clone(),
-            GroupState {
-                id: g.id.clone(),
-                members,
-                coordinator: g.coordinator.clone(),
-                epoch: index,
-            },
-        );
+        for m in &g.members {
+            if let Err(e) = self.check_streams(&m.streams) {
+                return Applied::err(e);
+            }
+        }
+        // A new group starts at epoch 0, as in Liftbridge.
+        let mut group = GroupState::new(&g.id, &g.coordinator, g.epoch);
+        let streams = &self.streams;
+        for m in &g.members {
+            group.add_member(&m.id, &m.streams, &|s| Self::partition_count(streams, s));
+        }
+        let join = (group.coordinator.clone(), group.epoch);
+        self.groups.insert(g.id.clone(), group);
         let mut applied = Applied::ok(vec![Event::GroupChanged {
             group: g.id.clone(),
         }]);
-        applied.join = Some((g.coordinator.clone(), index));
+        applied.join = Some(join);
         applied
     }
 
@@ -669,36 +690,63 @@ impl Fsm {
         streams: &[String],
         index: u64,
     ) -> Applied {
-        let Some(g) = self.groups.get_mut(group) else {
-            return Applied::err(OpError::NotFound(format!(
-                "consumer group {group} not found"
-            )));
+        if group.is_empty() {
+            return Applied::err(OpError::InvalidArgument("No groupId provided".into()));
+        }
+        if consumer.is_empty() {
+            return Applied::err(OpError::InvalidArgument("No consumerId provided".into()));
+        }
+        let Some(g) = self.groups.get(group) else {
+            return Applied::err(OpError::NotFound("consumer group does not exist".into()));
         };
         if g.members.contains_key(consumer) {
-            return Applied::err(OpError::AlreadyExists(format!(
-                "consumer {consumer} is already a member of {group}"
+            return Applied::err(OpError::FailedPrecondition(
+                "consumer is already a member of the consumer group".into(),
+            ));
+        }
+        if index < g.epoch {
+            return Applied::err(OpError::FailedPrecondition(format!(
+                "join at index {index} is older than the group's epoch {}",
+                g.epoch
             )));
         }
-        g.members.insert(consumer.to_owned(), streams.to_vec());
+        if let Err(e) = self.check_streams(streams) {
+            return Applied::err(e);
+        }
+        let all = &self.streams;
+        let g = self.groups.get_mut(group).expect("looked up");
+        g.add_member(consumer, streams, &|s| Self::partition_count(all, s));
         g.epoch = index;
         let mut applied = Applied::ok(vec![Event::GroupChanged {
             group: group.to_owned(),
         }]);
-        applied.join = Some((g.coordinator.clone(), index));
+        applied.join = Some((g.coordinator.clone(), g.epoch));
         applied
     }
 
     fn leave_group(&mut self, group: &str, consumer: &str, index: u64) -> Applied {
+        if group.is_empty() {
+            return Applied::err(OpError::InvalidArgument("No groupId provided".into()));
+        }
+        if consumer.is_empty() {
+            return Applied::err(OpError::InvalidArgument("No consumerId provided".into()));
+        }
+        let all = &self.streams;
         let Some(g) = self.groups.get_mut(group) else {
-            return Applied::err(OpError::NotFound(format!(
-                "consumer group {group} not found"
-            )));
+            return Applied::err(OpError::NotFound("consumer group does not exist".into()));
         };
-        if g.members.remove(consumer).is_none() {
-            return Applied::err(OpError::NotFound(format!(
-                "consumer {consumer} is not a member of {group}"
+        if !g.members.contains_key(consumer) {
+            return Applied::err(OpError::FailedPrecondition(
+                "consumer is not a member of the consumer group".into(),
+            ));
+        }
+        if index < g.epoch {
+            return Applied::err(OpError::FailedPrecondition(format!(
+                "leave at index {index} is older than the group's epoch {}",
+                g.epoch
             )));
         }
+        g.remove_member(consumer, &|s| Self::partition_count(all, s));
         g.epoch = index;
         if g.members.is_empty() {
             self.groups.remove(group);
@@ -710,9 +758,9 @@ impl Fsm {
 
     fn change_coordinator(&mut self, group: &str, coordinator: &str, index: u64) -> Applied {
         let Some(g) = self.groups.get_mut(group) else {
-            return Applied::err(OpError::NotFound(format!(
-                "consumer group {group} not found"
-            )));
+            return Applied::err(OpError::FailedPrecondition(
+                "consumer group does not exist".into(),
+            ));
         };
         if g.epoch >= index {
             return Applied::ok(Vec::new());
@@ -722,6 +770,23 @@ impl Fsm {
         Applied::ok(vec![Event::GroupChanged {
             group: group.to_owned(),
         }])
+    }
+
+    /// A stream is gone: every group drops it and rebalances, here in apply (Liftbridge does
+    /// it in the background, where nodes can diverge). Groups that ever had a subscriber on
+    /// it move to the deletion's epoch.
+    fn groups_lose_stream(&mut self, stream: &str, index: u64) -> Vec<Event> {
+        let all = &self.streams;
+        let mut events = Vec::new();
+        for g in self.groups.values_mut() {
+            if g.stream_deleted(stream, &|s| Self::partition_count(all, s)) {
+                g.epoch = g.epoch.max(index);
+                events.push(Event::GroupChanged {
+                    group: g.id.clone(),
+                });
+            }
+        }
+        events
     }
 
     /// The state as a snapshot: `u32 BE length | MetadataSnapshot`, as Liftbridge writes it.
@@ -758,23 +823,7 @@ impl Fsm {
                         .collect(),
                 })
                 .collect(),
-            groups: self
-                .groups
-                .values()
-                .map(|g| internal::ConsumerGroup {
-                    id: g.id.clone(),
-                    members: g
-                        .members
-                        .iter()
-                        .map(|(id, streams)| internal::Consumer {
-                            id: id.clone(),
-                            streams: streams.clone(),
-                        })
-                        .collect(),
-                    coordinator: g.coordinator.clone(),
-                    epoch: g.epoch,
-                })
-                .collect(),
+            groups: self.groups.values().map(GroupState::to_proto).collect(),
         };
         let body = snap.encode_to_vec();
         let mut out = Vec::with_capacity(4 + body.len());
@@ -849,15 +898,9 @@ impl Fsm {
             );
         }
         for g in snap.groups {
-            fresh.groups.insert(
-                g.id.clone(),
-                GroupState {
-                    id: g.id,
-                    members: g.members.into_iter().map(|m| (m.id, m.streams)).collect(),
-                    coordinator: g.coordinator,
-                    epoch: g.epoch,
-                },
-            );
+            let all = &fresh.streams;
+            let group = GroupState::from_proto(g, &|s| Self::partition_count(all, s));
+            fresh.groups.insert(group.id.clone(), group);
         }
         *self = fresh;
         Ok(())

@@ -11,6 +11,7 @@
 //! `docs/architecture.md` for their status.
 
 pub mod fsm;
+pub mod groups;
 pub mod node;
 pub mod service;
 pub mod storage;

@@ -327,39 +327,104 @@ fn recovery_tombstones_deletes_until_it_ends() {
     assert!(f.stream("kept").is_some() && !f.streams().contains_key("gone"));
 }
 
-#[test]
-fn consumer_groups() {
-    let mut f = Fsm::new();
-    let create_group = RaftLog {
+fn create_group(group: &str, consumer: &str, streams: &[&str], coordinator: &str) -> RaftLog {
+    RaftLog {
         op: Op::CreateConsumerGroup as i32,
         create_consumer_group_op: Some(internal::CreateConsumerGroupOp {
             consumer_group: Some(internal::ConsumerGroup {
-                id: "g".into(),
+                id: group.into(),
                 members: vec![internal::Consumer {
-                    id: "c1".into(),
-                    streams: vec!["s".into()],
+                    id: consumer.into(),
+                    streams: streams.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
                 }],
-                coordinator: "a".into(),
-                epoch: 0,
+                coordinator: coordinator.into(),
+                ..Default::default()
             }),
         }),
         ..Default::default()
-    };
-    assert_eq!(f.apply(&create_group, 1).join, Some(("a".into(), 1)));
-    let join = |c: &str| RaftLog {
+    }
+}
+
+fn join(group: &str, consumer: &str, streams: &[&str]) -> RaftLog {
+    RaftLog {
         op: Op::JoinConsumerGroup as i32,
         join_consumer_group_op: Some(internal::JoinConsumerGroupOp {
-            group_id: "g".into(),
-            consumer_id: c.into(),
-            streams: vec!["s".into()],
+            group_id: group.into(),
+            consumer_id: consumer.into(),
+            streams: streams.iter().map(|s| s.to_string()).collect(),
         }),
         ..Default::default()
-    };
-    assert_eq!(f.apply(&join("c2"), 2).join, Some(("a".into(), 2)));
-    assert!(matches!(
-        f.apply(&join("c2"), 3).result,
-        Err(OpError::AlreadyExists(_))
-    ));
+    }
+}
+
+fn leave(group: &str, consumer: &str) -> RaftLog {
+    RaftLog {
+        op: Op::LeaveConsumerGroup as i32,
+        leave_consumer_group_op: Some(internal::LeaveConsumerGroupOp {
+            group_id: group.into(),
+            consumer_id: consumer.into(),
+            expired: false,
+        }),
+        ..Default::default()
+    }
+}
+
+fn assigned(f: &Fsm, group: &str, consumer: &str) -> Vec<(String, Vec<i32>)> {
+    f.groups()[group].members[consumer]
+        .assignments
+        .iter()
+        .map(|(s, p)| (s.clone(), p.clone()))
+        .collect()
+}
+
+fn pairs(items: &[(&str, &[i32])]) -> Vec<(String, Vec<i32>)> {
+    items
+        .iter()
+        .map(|(s, p)| (s.to_string(), p.to_vec()))
+        .collect()
+}
+
+#[test]
+fn consumer_groups() {
+    let mut f = Fsm::new();
+    let refused = |f: &mut Fsm, e: RaftLog, i: u64| f.apply(&e, i).result.unwrap_err();
+    // Streams must exist, as in the original.
+    assert_eq!(
+        refused(&mut f, create_group("g", "c1", &["foo", "bar"], "a"), 1),
+        OpError::FailedPrecondition("stream does not exist".into())
+    );
+    f.apply(&create("foo", 2), 2);
+    f.apply(&create("bar", 2), 3);
+    // A new group starts at epoch 0 (the original's).
+    assert_eq!(
+        f.apply(&create_group("g", "c1", &["foo", "bar"], "a"), 4)
+            .join,
+        Some(("a".into(), 0))
+    );
+    assert_eq!(
+        refused(&mut f, create_group("g", "c9", &["foo"], "a"), 5),
+        OpError::FailedPrecondition("consumer group already exists".into())
+    );
+    assert_eq!(
+        assigned(&f, "g", "c1"),
+        pairs(&[("bar", &[0, 1]), ("foo", &[0, 1])])
+    );
+    // The original's lifecycle test: c2 on foo takes both foo partitions.
+    assert_eq!(
+        f.apply(&join("g", "c2", &["foo"]), 6).join,
+        Some(("a".into(), 6))
+    );
+    assert_eq!(assigned(&f, "g", "c1"), pairs(&[("bar", &[0, 1])]));
+    assert_eq!(assigned(&f, "g", "c2"), pairs(&[("foo", &[0, 1])]));
+    assert_eq!(
+        refused(&mut f, join("g", "c2", &["foo"]), 7),
+        OpError::FailedPrecondition("consumer is already a member of the consumer group".into())
+    );
+    assert_eq!(
+        refused(&mut f, join("nope", "c2", &["foo"]), 8),
+        OpError::NotFound("consumer group does not exist".into())
+    );
     let coord = RaftLog {
         op: Op::ChangeConsumerGroupCoordinator as i32,
         change_consumer_group_coordinator_op: Some(internal::ChangeConsumerGroupCoordinatorOp {
@@ -368,26 +433,31 @@ fn consumer_groups() {
         }),
         ..Default::default()
     };
-    f.apply(&coord, 4);
+    f.apply(&coord, 9);
     assert_eq!(
         (f.groups()["g"].coordinator.as_str(), f.groups()["g"].epoch),
-        ("b", 4)
+        ("b", 9)
     );
-    let leave = |c: &str| RaftLog {
-        op: Op::LeaveConsumerGroup as i32,
-        leave_consumer_group_op: Some(internal::LeaveConsumerGroupOp {
-            group_id: "g".into(),
-            consumer_id: c.into(),
-            expired: false,
-        }),
-        ..Default::default()
-    };
-    f.apply(&leave("c1"), 5);
-    assert!(matches!(
-        f.apply(&leave("c1"), 6).result,
-        Err(OpError::NotFound(_))
-    ));
-    f.apply(&leave("c2"), 7);
+    assert_eq!(f.coordinator_loads()["b"], 1);
+
+    // Deleting foo: c1 keeps bar, c2 is left with nothing, and the epoch moves.
+    f.apply(&delete("foo"), 10);
+    assert_eq!(f.groups()["g"].epoch, 10);
+    assert_eq!(assigned(&f, "g", "c1"), pairs(&[("bar", &[0, 1])]));
+    assert!(assigned(&f, "g", "c2").is_empty());
+    assert!(f.groups()["g"].members["c2"].streams.is_empty());
+
+    // A snapshot restores the same groups.
+    let mut g = Fsm::new();
+    g.restore(&f.snapshot(), 10).unwrap();
+    assert_eq!(g.groups(), f.groups());
+
+    f.apply(&leave("g", "c1"), 11);
+    assert_eq!(
+        refused(&mut f, leave("g", "c1"), 12),
+        OpError::FailedPrecondition("consumer is not a member of the consumer group".into())
+    );
+    f.apply(&leave("g", "c2"), 13);
     assert!(
         f.groups().is_empty(),
         "the last member leaving removes the group"
