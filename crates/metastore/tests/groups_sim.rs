@@ -163,7 +163,7 @@ proptest! {
     #[test]
     fn groups_stay_consistent_on_every_node(steps in prop::collection::vec(step(), 1..80)) {
         // Node 0 applies at once; node 1 one step late; node 2 restores from snapshots.
-        let mut nodes = vec![Fsm::new(), Fsm::new(), Fsm::new()];
+        let mut nodes = [Fsm::new(), Fsm::new(), Fsm::new()];
         let mut log: Vec<RaftLog> = Vec::new();
         let mut epochs: BTreeMap<String, u64> = BTreeMap::new();
         for s in &steps {
