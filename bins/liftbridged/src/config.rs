@@ -802,8 +802,11 @@ fn clustering(
     if let Some(v) = k.duration("clustering.replica.fetch.timeout")? {
         b.replica.fetch_timeout = positive("clustering.replica.fetch.timeout", v)?;
     }
-    for key in ["groups.consumer.timeout", "groups.coordinator.timeout"] {
-        k.duration(key)?;
+    if let Some(v) = k.duration("groups.consumer.timeout")? {
+        b.groups.consumer_timeout = positive("groups.consumer.timeout", v)?;
+    }
+    if let Some(v) = k.duration("groups.coordinator.timeout")? {
+        b.groups.coordinator_timeout = positive("groups.coordinator.timeout", v)?;
     }
     Ok(bootstrap_given)
 }

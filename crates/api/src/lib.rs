@@ -77,8 +77,6 @@ impl Service {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-const GROUPS_UNAVAILABLE: &str = "consumer groups are not available in this version of the server";
-
 #[tonic::async_trait]
 impl Api for Service {
     async fn create_stream(
@@ -244,30 +242,47 @@ impl Api for Service {
 
     async fn join_consumer_group(
         &self,
-        _request: Request<JoinConsumerGroupRequest>,
+        request: Request<JoinConsumerGroupRequest>,
     ) -> Result<Response<JoinConsumerGroupResponse>, Status> {
-        Err(Status::unimplemented(GROUPS_UNAVAILABLE))
+        let resp = self
+            .broker
+            .join_consumer_group(request.into_inner())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(resp))
     }
 
     async fn leave_consumer_group(
         &self,
-        _request: Request<LeaveConsumerGroupRequest>,
+        request: Request<LeaveConsumerGroupRequest>,
     ) -> Result<Response<LeaveConsumerGroupResponse>, Status> {
-        Err(Status::unimplemented(GROUPS_UNAVAILABLE))
+        self.broker
+            .leave_consumer_group(request.into_inner())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(LeaveConsumerGroupResponse {}))
     }
 
     async fn fetch_consumer_group_assignments(
         &self,
-        _request: Request<FetchConsumerGroupAssignmentsRequest>,
+        request: Request<FetchConsumerGroupAssignmentsRequest>,
     ) -> Result<Response<FetchConsumerGroupAssignmentsResponse>, Status> {
-        Err(Status::unimplemented(GROUPS_UNAVAILABLE))
+        let resp = self
+            .broker
+            .fetch_consumer_group_assignments(request.into_inner())
+            .map_err(status)?;
+        Ok(Response::new(resp))
     }
 
     async fn report_consumer_group_coordinator(
         &self,
-        _request: Request<ReportConsumerGroupCoordinatorRequest>,
+        request: Request<ReportConsumerGroupCoordinatorRequest>,
     ) -> Result<Response<ReportConsumerGroupCoordinatorResponse>, Status> {
-        Err(Status::unimplemented(GROUPS_UNAVAILABLE))
+        self.broker
+            .report_consumer_group_coordinator(request.into_inner())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ReportConsumerGroupCoordinatorResponse {}))
     }
 }
 

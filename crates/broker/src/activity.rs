@@ -73,6 +73,30 @@ pub(crate) fn event_for(
                 readonly: *readonly,
             });
         }
+        Event::MemberJoined {
+            group,
+            consumer,
+            streams,
+        } => {
+            ev.op = ActivityStreamOp::JoinConsumerGroup as i32;
+            ev.join_consumer_group_op = Some(api::JoinConsumerGroupOp {
+                group_id: group.clone(),
+                consumer_id: consumer.clone(),
+                streams: streams.clone(),
+            });
+        }
+        Event::MemberLeft {
+            group,
+            consumer,
+            expired,
+        } => {
+            ev.op = ActivityStreamOp::LeaveConsumerGroup as i32;
+            ev.leave_consumer_group_op = Some(api::LeaveConsumerGroupOp {
+                group_id: group.clone(),
+                consumer_id: consumer.clone(),
+                expired: *expired,
+            });
+        }
         _ => return None,
     }
     Some(ev)

@@ -75,6 +75,8 @@ pub(crate) struct Inner {
     pub(crate) local_acks: Arc<crate::acks::LocalAcks>,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Coordinator: when each member of the groups this broker coordinates was last heard of.
+    pub(crate) liveness: Mutex<replication::groups::Liveness>,
 }
 
 impl Broker {
@@ -128,6 +130,7 @@ impl Broker {
                 .to_vec(),
         });
         let (shutdown, _) = watch::channel(false);
+        let consumer_timeout = cfg.groups.consumer_timeout;
         let broker = Broker {
             inner: Arc::new(Inner {
                 cfg,
@@ -151,6 +154,9 @@ impl Broker {
                 local_acks,
                 shutdown,
                 tasks: Mutex::new(Vec::new()),
+                liveness: Mutex::new(replication::groups::Liveness::new(
+                    consumer_timeout.as_millis() as u64,
+                )),
             }),
         };
         broker.spawn_responders().await?;
@@ -162,6 +168,11 @@ impl Broker {
             ));
             broker.inner.tasks.lock().push(t);
         }
+        let t = tokio::spawn(crate::groups::watch_members(
+            broker.clone(),
+            broker.inner.shutdown.subscribe(),
+        ));
+        broker.inner.tasks.lock().push(t);
         let b = broker.clone();
         let t = tokio::spawn(async move { b.metadata_loop().await });
         broker.inner.tasks.lock().push(t);

@@ -175,6 +175,26 @@ impl Default for CursorsConfig {
     }
 }
 
+/// Consumer groups (`groups.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupsConfig {
+    /// `groups.consumer.timeout`: a member that has not fetched its assignments for this long
+    /// is removed from its group by the coordinator. Default 15 s.
+    pub consumer_timeout: Duration,
+    /// `groups.coordinator.timeout`: told to members, which report a coordinator silent for
+    /// this long; also how long reports count toward a coordinator failover. Default 15 s.
+    pub coordinator_timeout: Duration,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            consumer_timeout: Duration::from_secs(15),
+            coordinator_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
 /// Replication timing (`clustering.replica.*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplicaConfig {
@@ -244,6 +264,8 @@ pub struct BrokerConfig {
     pub activity: ActivityConfig,
     /// The cursors stream.
     pub cursors: CursorsConfig,
+    /// Consumer groups.
+    pub groups: GroupsConfig,
     /// The NATS server, when it runs in this process (our addition). With it, a publish that
     /// only this broker's own partitions want is not sent to NATS at all, and partitions
     /// record their subjects through in-process subscriptions that never drop a message.
@@ -297,6 +319,7 @@ impl BrokerConfig {
             sync: commitlog::SyncPolicy::Os,
             activity: ActivityConfig::default(),
             cursors: CursorsConfig::default(),
+            groups: GroupsConfig::default(),
             embedded_nats: None,
             ingest_max_pending_bytes: 16 * 1024 * 1024,
             max_partitions: 1024,

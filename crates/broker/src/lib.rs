@@ -24,6 +24,7 @@ mod cursor_cache;
 mod disk;
 mod embedded;
 mod error;
+mod groups;
 mod ops;
 mod partition;
 mod placement;
@@ -34,7 +35,8 @@ mod routing;
 
 pub use broker::{ACTIVITY_STREAM, Broker, CURSORS_STREAM};
 pub use config::{
-    ActivityConfig, BrokerConfig, CursorsConfig, ReplicaConfig, StreamDefaults, StreamSettings,
+    ActivityConfig, BrokerConfig, CursorsConfig, GroupsConfig, ReplicaConfig, StreamDefaults,
+    StreamSettings,
 };
 pub use embedded::{EmbeddedNats, LocalSubscribe, LocalSubscription, NatsMessage};
 pub use error::{BrokerError, Result};

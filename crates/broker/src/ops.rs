@@ -296,9 +296,8 @@ impl Broker {
     /// partition, InvalidArgument "Stop offset is before start offset"; Unavailable while
     /// the replica the metadata assigns here is still opening.
     pub async fn subscribe(&self, req: api::SubscribeRequest) -> Result<Subscription> {
-        if let Some(c) = &req.consumer
-            && !c.group_id.is_empty()
-        {
+        let consumer = req.consumer.clone().filter(|c| !c.group_id.is_empty());
+        if let Some(c) = &consumer {
             if c.consumer_id.is_empty() {
                 return Err(BrokerError::InvalidArgument(
                     "Consumer id cannot be empty when group id is provided".into(),
@@ -309,9 +308,6 @@ impl Broker {
                     "Consumer groups not compatible with ReadISRReplica".into(),
                 ));
             }
-            return Err(BrokerError::Unimplemented(
-                "consumer groups are not available in this version of the server".into(),
-            ));
         }
         let meta = self
             .metadata()
@@ -349,7 +345,20 @@ impl Broker {
                 "Partition is paused".into(),
             ));
         }
-        let (start, stop) = Broker::positions(&p, &req)?;
+        match consumer {
+            Some(c) => crate::groups::fence(&p, &c, || self.open_subscription(&p, &req)),
+            None => self.open_subscription(&p, &req),
+        }
+    }
+
+    /// The subscription itself, on an open replica.
+    fn open_subscription(
+        &self,
+        p: &Arc<Partition>,
+        req: &api::SubscribeRequest,
+    ) -> Result<Subscription> {
+        let p = p.clone();
+        let (start, stop) = Broker::positions(&p, req)?;
         let guard = SubscriberGuard::new(&p);
         if req.reverse {
             let hw = p.log.high_watermark();
@@ -759,15 +768,7 @@ impl Broker {
                 })
                 .collect()
         });
-        let group_metadata = req
-            .groups
-            .into_iter()
-            .map(|g| api::ConsumerGroupMetadata {
-                group_id: g,
-                error: api::consumer_group_metadata::Error::UnknownGroup as i32,
-                ..Default::default()
-            })
-            .collect();
+        let group_metadata = self.group_metadata(req.groups);
         api::FetchMetadataResponse {
             brokers,
             stream_metadata,

@@ -155,6 +155,8 @@ pub(crate) struct Partition {
     pub role: Role,
     pub stats: Arc<Mutex<Stats>>,
     pub subscribers: Arc<AtomicUsize>,
+    /// The active subscription of each consumer group, for fencing by group epoch.
+    pub(crate) group_subs: crate::groups::GroupSubscribers,
     /// ALL-policy acks waiting for the high watermark, by offset.
     pending: Mutex<BTreeMap<i64, api::Ack>>,
     /// The leader's commit state (created when it starts leading).
@@ -273,6 +275,7 @@ impl Partition {
             role: spec.role,
             stats: spec.stats,
             subscribers: Arc::new(AtomicUsize::new(0)),
+            group_subs: Default::default(),
             pending: Mutex::new(BTreeMap::new()),
             commit: Mutex::new(None),
             isr: Mutex::new(isr),

@@ -514,6 +514,9 @@ pub(crate) async fn judge_reports(
     let timeout = broker.inner.cfg.replica.max_leader_timeout.as_millis() as u64;
     let mut tally: replication::FailoverTally<(String, i32)> =
         replication::FailoverTally::new(timeout);
+    let mut coordinators: replication::FailoverTally<String> = replication::FailoverTally::new(
+        broker.config().groups.coordinator_timeout.as_millis() as u64,
+    );
     let mut term = 0;
     loop {
         let report = tokio::select! {
@@ -527,9 +530,15 @@ pub(crate) async fn judge_reports(
         if status.term != term {
             // Reports counted under an earlier leadership do not carry over.
             tally.clear();
+            coordinators.clear();
             term = status.term;
         }
-        let verdict = judge(&broker, &mut tally, &report.op).await;
+        let verdict = match &report.op {
+            metastore::service::Report::Leader(op) => judge(&broker, &mut tally, op).await,
+            metastore::service::Report::Coordinator(op) => {
+                crate::groups::judge_coordinator(&broker, &mut coordinators, op).await
+            }
+        };
         let _ = report.reply.send(verdict);
     }
 }

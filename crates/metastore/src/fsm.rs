@@ -187,6 +187,24 @@ pub enum Event {
         /// The group.
         group: String,
     },
+    /// A consumer joined a group (or created it by joining).
+    MemberJoined {
+        /// The group.
+        group: String,
+        /// The consumer.
+        consumer: String,
+        /// The streams it consumes.
+        streams: Vec<String>,
+    },
+    /// A consumer left a group, or was removed for missing its liveness deadline.
+    MemberLeft {
+        /// The group.
+        group: String,
+        /// The consumer.
+        consumer: String,
+        /// Removed by its coordinator, not by its own request.
+        expired: bool,
+    },
     /// The leader asked for activity-stream publication up to this Raft index.
     PublishActivity {
         /// The index.
@@ -386,7 +404,7 @@ impl Fsm {
                 None => missing_body("JoinConsumerGroup"),
             },
             Op::LeaveConsumerGroup => match &entry.leave_consumer_group_op {
-                Some(o) => self.leave_group(&o.group_id, &o.consumer_id, index),
+                Some(o) => self.leave_group(&o.group_id, &o.consumer_id, o.expired, index),
                 None => missing_body("LeaveConsumerGroup"),
             },
             Op::ChangeConsumerGroupCoordinator => match &entry.change_consumer_group_coordinator_op
@@ -676,9 +694,15 @@ impl Fsm {
         }
         let join = (group.coordinator.clone(), group.epoch);
         self.groups.insert(g.id.clone(), group);
-        let mut applied = Applied::ok(vec![Event::GroupChanged {
+        let mut events = vec![Event::GroupChanged {
             group: g.id.clone(),
-        }]);
+        }];
+        events.extend(g.members.iter().map(|m| Event::MemberJoined {
+            group: g.id.clone(),
+            consumer: m.id.clone(),
+            streams: m.streams.clone(),
+        }));
+        let mut applied = Applied::ok(events);
         applied.join = Some(join);
         applied
     }
@@ -717,14 +741,21 @@ impl Fsm {
         let g = self.groups.get_mut(group).expect("looked up");
         g.add_member(consumer, streams, &|s| Self::partition_count(all, s));
         g.epoch = index;
-        let mut applied = Applied::ok(vec![Event::GroupChanged {
-            group: group.to_owned(),
-        }]);
+        let mut applied = Applied::ok(vec![
+            Event::GroupChanged {
+                group: group.to_owned(),
+            },
+            Event::MemberJoined {
+                group: group.to_owned(),
+                consumer: consumer.to_owned(),
+                streams: streams.to_vec(),
+            },
+        ]);
         applied.join = Some((g.coordinator.clone(), g.epoch));
         applied
     }
 
-    fn leave_group(&mut self, group: &str, consumer: &str, index: u64) -> Applied {
+    fn leave_group(&mut self, group: &str, consumer: &str, expired: bool, index: u64) -> Applied {
         if group.is_empty() {
             return Applied::err(OpError::InvalidArgument("No groupId provided".into()));
         }
@@ -751,9 +782,16 @@ impl Fsm {
         if g.members.is_empty() {
             self.groups.remove(group);
         }
-        Applied::ok(vec![Event::GroupChanged {
-            group: group.to_owned(),
-        }])
+        Applied::ok(vec![
+            Event::GroupChanged {
+                group: group.to_owned(),
+            },
+            Event::MemberLeft {
+                group: group.to_owned(),
+                consumer: consumer.to_owned(),
+                expired,
+            },
+        ])
     }
 
     fn change_coordinator(&mut self, group: &str, coordinator: &str, index: u64) -> Applied {

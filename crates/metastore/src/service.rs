@@ -178,11 +178,20 @@ pub fn raft_id(server_id: &str) -> u64 {
     h.max(1)
 }
 
-/// A follower's report that a partition leader is silent, for the metadata leader to judge.
+/// What a report is about.
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// A follower finds a partition leader silent (or a leader gives its partition up).
+    Leader(internal::ReportLeaderOp),
+    /// A group member finds its coordinator silent.
+    Coordinator(internal::ReportConsumerGroupCoordinatorOp),
+}
+
+/// A report for the metadata leader to judge: a silent partition leader or group coordinator.
 #[derive(Debug)]
 pub struct LeaderReport {
     /// The report.
-    pub op: internal::ReportLeaderOp,
+    pub op: Report,
     /// Where the verdict goes: `Ok` when counted (or acted on), or the refusal.
     pub reply: oneshot::Sender<Result<(), OpError>>,
 }
@@ -483,6 +492,22 @@ impl Metastore {
     /// The leader's refusal ([`MetaError::Op`]: the partition is unknown, or the leader or epoch
     /// moved on), or [`MetaError::NoLeader`], [`MetaError::Timeout`], [`MetaError::Closed`].
     pub async fn report_leader(&self, op: internal::ReportLeaderOp) -> Result<(), MetaError> {
+        self.report(Report::Leader(op)).await
+    }
+
+    /// Reports a silent consumer-group coordinator to the metadata leader (Liftbridge's
+    /// `ReportConsumerGroupCoordinator`), forwarding it when this node does not lead.
+    ///
+    /// # Errors
+    /// As [`report_leader`](Self::report_leader).
+    pub async fn report_coordinator(
+        &self,
+        op: internal::ReportConsumerGroupCoordinatorOp,
+    ) -> Result<(), MetaError> {
+        self.report(Report::Coordinator(op)).await
+    }
+
+    async fn report(&self, op: Report) -> Result<(), MetaError> {
         let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
         loop {
             let status = self.status.read().clone();
@@ -490,12 +515,17 @@ impl Metastore {
                 return self.deliver_report(op, deadline).await;
             }
             if status.leader.is_some() {
-                let entry = RaftLog {
-                    op: Op::ReportLeader as i32,
-                    ..Default::default()
-                };
-                let mut req = to_propagated(&entry)?;
-                req.report_leader_op = Some(op);
+                let mut req = internal::PropagatedRequest::default();
+                match op {
+                    Report::Leader(op) => {
+                        req.op = Op::ReportLeader as i32;
+                        req.report_leader_op = Some(op);
+                    }
+                    Report::Coordinator(op) => {
+                        req.op = Op::ReportConsumerGroupCoordinator as i32;
+                        req.report_consumer_group_coordinator_op = Some(op);
+                    }
+                }
                 return self.forward_request(req, deadline).await.map(|_| ());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -507,7 +537,7 @@ impl Metastore {
 
     async fn deliver_report(
         &self,
-        op: internal::ReportLeaderOp,
+        op: Report,
         deadline: tokio::time::Instant,
     ) -> Result<(), MetaError> {
         let (reply, rx) = oneshot::channel();
@@ -626,8 +656,7 @@ fn to_propagated(e: &RaftLog) -> Result<internal::PropagatedRequest, MetaError> 
         Op::SetStreamReadonly => r.set_stream_readonly_op = e.set_stream_readonly_op.clone(),
         Op::JoinConsumerGroup => r.join_consumer_group_op = e.join_consumer_group_op.clone(),
         Op::LeaveConsumerGroup => r.leave_consumer_group_op = e.leave_consumer_group_op.clone(),
-        // The caller fills in the report.
-        Op::ReportLeader => {}
+        Op::CreateConsumerGroup => r.create_consumer_group_op = e.create_consumer_group_op.clone(),
         other => return Err(MetaError::NotForwardable(other)),
     }
     Ok(r)
@@ -645,6 +674,7 @@ fn from_propagated(r: internal::PropagatedRequest) -> RaftLog {
         set_stream_readonly_op: r.set_stream_readonly_op,
         join_consumer_group_op: r.join_consumer_group_op,
         leave_consumer_group_op: r.leave_consumer_group_op,
+        create_consumer_group_op: r.create_consumer_group_op,
         ..Default::default()
     }
 }
@@ -703,7 +733,10 @@ impl Driver {
                 }
                 Some(m) = next_or_pending(&mut self.join_sub) => self.join(m).await,
                 Some(m) = next_or_pending(&mut self.propagate_sub) => match (m.reply.clone(), payload::decode::<internal::PropagatedRequest>(&m.payload)) {
-                    (Some(reply), Ok(req)) if req.op == Op::ReportLeader as i32 => {
+                    (Some(reply), Ok(req))
+                        if req.op == Op::ReportLeader as i32
+                            || req.op == Op::ReportConsumerGroupCoordinator as i32 =>
+                    {
                         self.forwarded_report(req, reply.to_string());
                         continue;
                     }
@@ -739,10 +772,18 @@ impl Driver {
         let store = self.store.clone();
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + store.cfg.request_timeout;
-            let result = match req.report_leader_op {
+            let report = match (
+                req.report_leader_op,
+                req.report_consumer_group_coordinator_op,
+            ) {
+                (Some(op), _) => Some(Report::Leader(op)),
+                (None, Some(op)) => Some(Report::Coordinator(op)),
+                (None, None) => None,
+            };
+            let result = match report {
                 Some(op) => store.deliver_report(op, deadline).await,
                 None => Err(MetaError::Op(OpError::InvalidArgument(
-                    "ReportLeader without its body".into(),
+                    "a report without its body".into(),
                 ))),
             };
             let error = match result {
@@ -757,7 +798,7 @@ impl Driver {
                 }),
             };
             let resp = internal::PropagatedResponse {
-                op: Op::ReportLeader as i32,
+                op: req.op,
                 error,
                 join_consumer_group_resp: None,
             };

@@ -283,14 +283,17 @@ async fn leader_reports_reach_the_leaders_handler_and_its_verdict_comes_back() {
     let handler = tokio::spawn(async move {
         let mut seen = Vec::new();
         while let Some(r) = reports.recv().await {
-            let verdict = if r.op.replica == "b" {
+            let metastore::service::Report::Leader(op) = &r.op else {
+                panic!("a leader report: {:?}", r.op);
+            };
+            let verdict = if op.replica == "b" {
                 Ok(())
             } else {
                 Err(OpError::FailedPrecondition(
                     "Leader generation mismatch".into(),
                 ))
             };
-            seen.push((r.op.stream.clone(), r.op.replica.clone()));
+            seen.push((op.stream.clone(), op.replica.clone()));
             let _ = r.reply.send(verdict);
             if seen.len() == 3 {
                 break;

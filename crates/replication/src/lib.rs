@@ -32,6 +32,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod groups;
+
 /// An offset in a partition's log; -1 means "none".
 pub type Offset = i64;
 
