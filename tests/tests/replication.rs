@@ -844,3 +844,120 @@ async fn a_leader_whose_disk_fails_hands_over_and_no_acked_message_is_lost() {
     }
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_group_coordinator_is_replaced_when_most_members_report_it() {
+    let mut cluster = Cluster::start_with(|cfg| {
+        cfg.broker.cursors.partitions = 1;
+        cfg.broker.groups.coordinator_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut a = cluster.client("a").await;
+    a.create_stream(create("grouped", 3)).await.unwrap();
+    cluster
+        .partition_until("grouped", "three in-sync replicas", |p| p.isr.len() == 3)
+        .await;
+    let mut joined = None;
+    for m in ["m1", "m2", "m3"] {
+        let r = a
+            .join_consumer_group(JoinConsumerGroupRequest {
+                group_id: "g".into(),
+                consumer_id: m.into(),
+                streams: vec!["grouped".into()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        joined = Some((r.coordinator, r.epoch));
+    }
+    let (old, epoch) = joined.unwrap();
+    cluster.stop_node(&old).await;
+    let live = cluster.live();
+    let mut c = cluster.client(&live[0]).await;
+
+    // Reports go to any live broker and reach the metadata leader (elected anew if it was the
+    // coordinator). One of three members is not enough; two are.
+    let report = |m: &str, coordinator: &str, epoch: u64| ReportConsumerGroupCoordinatorRequest {
+        group_id: "g".into(),
+        consumer_id: m.into(),
+        coordinator: coordinator.into(),
+        epoch,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for m in ["m1", "m2"] {
+        loop {
+            match c
+                .report_consumer_group_coordinator(report(m, &old, epoch))
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the report of {m} was never taken: {e:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let md = c
+            .fetch_metadata(FetchMetadataRequest {
+                groups: vec!["g".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .group_metadata
+            .remove(0);
+        if m == "m1" {
+            assert_eq!((md.coordinator.as_str(), md.epoch), (old.as_str(), epoch));
+        }
+    }
+    let group = |c: &mut ApiClient<Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.fetch_metadata(FetchMetadataRequest {
+                groups: vec!["g".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .group_metadata
+            .remove(0)
+        }
+    };
+    let md = loop {
+        let md = group(&mut c).await;
+        if md.coordinator != old {
+            break md;
+        }
+        assert!(Instant::now() < deadline, "no new coordinator: {md:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(live.contains(&md.coordinator), "{md:?}");
+    assert!(md.epoch > epoch);
+    // The new coordinator answers at the new epoch.
+    let mut coord = cluster.client(&md.coordinator).await;
+    let r = coord
+        .fetch_consumer_group_assignments(FetchConsumerGroupAssignmentsRequest {
+            group_id: "g".into(),
+            consumer_id: "m1".into(),
+            epoch: md.epoch,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.epoch, md.epoch);
+    // A former witness's report of the new coordinator does not move it again at once.
+    c.report_consumer_group_coordinator(report("m1", &md.coordinator, md.epoch))
+        .await
+        .unwrap();
+    let again = group(&mut c).await;
+    assert_eq!(
+        (again.coordinator.as_str(), again.epoch),
+        (md.coordinator.as_str(), md.epoch)
+    );
+    cluster.stop().await;
+}
