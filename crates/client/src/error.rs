@@ -60,6 +60,13 @@ pub enum Error {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+    /// A consumer-group subscription was refused: a newer generation of the group holds the
+    /// partition (the server's words).
+    #[error("partition assigned elsewhere: {0}")]
+    NotAssigned(String),
+    /// The consumer group does not exist (any more): its last member left or expired.
+    #[error("no such consumer group")]
+    NoSuchGroup,
     /// Any other failure, with the server's status.
     #[error("transport: {0}")]
     Transport(tonic::Status),
@@ -72,8 +79,12 @@ impl Error {
         let msg = s.message().to_lowercase();
         match s.code() {
             Code::AlreadyExists => Error::StreamExists,
+            Code::NotFound if msg.contains("consumer group") => Error::NoSuchGroup,
             Code::NotFound if msg.contains("partition") => Error::NoSuchPartition,
             Code::NotFound => Error::NoSuchStream,
+            Code::FailedPrecondition if msg.contains("not currently assigned") => {
+                Error::NotAssigned(s.message().to_owned())
+            }
             Code::FailedPrecondition if msg.contains("leader") => Error::NotLeader,
             Code::FailedPrecondition if msg.contains("readonly") || msg.contains("read-only") => {
                 Error::ReadonlyPartition

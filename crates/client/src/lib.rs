@@ -10,6 +10,11 @@
 //!   round-robin ([`Partitioner`]).
 //! - Subscribing: [`Client::subscribe`] gives a [`Subscription`], a `futures::Stream` of
 //!   [`Message`]s that resubscribes by itself when its broker goes away.
+//! - Consumer groups: [`Client::consumer`] gives a [`GroupConsumer`], one member of a group
+//!   that shares the partitions of its streams with the other members, commits positions
+//!   (go-liftbridge's cursor id `__group:<group>`, so Go and Rust members share progress), and
+//!   takes over partitions when members leave or die. [`Client::group_lag`] tells how far a
+//!   group is behind.
 //!
 //! ```
 //! use futures_util::StreamExt;
@@ -62,6 +67,7 @@
 
 mod client;
 mod error;
+mod group;
 mod publish;
 mod subscribe;
 mod transport;
@@ -69,6 +75,7 @@ mod types;
 
 pub use client::{Client, ClientBuilder};
 pub use error::{Error, Result};
+pub use group::{AutoOffset, ConsumerBuilder, GroupConsumer, PartitionLag, group_cursor_id};
 pub use publish::PendingAck;
 pub use subscribe::Subscription;
 pub use types::{

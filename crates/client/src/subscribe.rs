@@ -64,6 +64,8 @@ struct State {
     current: Option<tonic::Streaming<api::Message>>,
     last_offset: Option<i64>,
     done: bool,
+    /// Set for a consumer-group member's subscription.
+    consumer: Option<api::Consumer>,
 }
 
 /// Errors after which a subscription opens again rather than ending.
@@ -81,7 +83,8 @@ impl State {
         if let Some(o) = self.last_offset {
             opts.start = StartAt::Offset(if opts.reverse { o - 1 } else { o + 1 });
         }
-        let req = opts.to_request(&self.stream);
+        let mut req = opts.to_request(&self.stream);
+        req.consumer = self.consumer.clone();
         let deadline = Instant::now() + self.client.inner.resubscribe_wait;
         let mut attempt = 0u32;
         loop {
@@ -159,7 +162,9 @@ impl State {
                     // A clean end: the end of a reverse read. A forward read never ends cleanly,
                     // so its server went away; read on from another.
                     self.current = None;
-                    if self.opts.reverse {
+                    // A group subscription ends cleanly when a newer one of its group replaced
+                    // it: the partition belongs to another member now.
+                    if self.opts.reverse || self.consumer.is_some() {
                         self.done = true;
                         return None;
                     }
@@ -197,6 +202,16 @@ impl Client {
     /// latest on an empty partition), [`Error::InvalidArgument`] (e.g. a stop offset before the
     /// start), [`Error::PartitionPaused`].
     pub async fn subscribe(&self, stream: &str, opts: SubscribeOptions) -> Result<Subscription> {
+        self.subscribe_as(stream, opts, None).await
+    }
+
+    /// A subscription, as a member of a consumer group when `consumer` is set.
+    pub(crate) async fn subscribe_as(
+        &self,
+        stream: &str,
+        opts: SubscribeOptions,
+        consumer: Option<api::Consumer>,
+    ) -> Result<Subscription> {
         self.check_open()?;
         let mut state = State {
             client: self.clone(),
@@ -205,6 +220,7 @@ impl Client {
             current: None,
             last_offset: None,
             done: false,
+            consumer,
         };
         state.open().await?;
         let inner = futures_util::stream::unfold(state, |mut st| async move {

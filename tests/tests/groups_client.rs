@@ -1,0 +1,265 @@
+//! `liftbridge-client`'s group consumer on one broker: members split the partitions, a member
+//! that leaves or dies hands its partitions over from the committed position, lag is reported,
+//! and a member that speaks the RPCs the way go-liftbridge does shares the group with a Rust
+//! member.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use liftbridge_client::*;
+use liftbridge_proto::api;
+
+async fn connect(srv: &TestServer) -> Client {
+    Client::connect([srv.running().grpc_addr().to_string()])
+        .await
+        .unwrap()
+}
+
+/// Publishes `n` messages round-robin over `partitions`, values `<tag>-<i>`.
+async fn publish_n(c: &Client, stream: &str, tag: &str, n: usize, partitions: i32) {
+    for i in 0..n {
+        c.publish(
+            stream,
+            format!("{tag}-{i}"),
+            PublishOptions::default().partition(i as i32 % partitions),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// Reads from every member until `n` messages with `tag` arrived in total; returns who got
+/// which, keyed by value.
+async fn drain(
+    members: &mut [&mut GroupConsumer],
+    tag: &str,
+    n: usize,
+) -> BTreeMap<String, Vec<String>> {
+    let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut count = 0;
+    while count < n {
+        assert!(Instant::now() < deadline, "only {count} of {n}: {got:?}");
+        for m in members.iter_mut() {
+            if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(20), m.next()).await {
+                let msg = msg.expect("a message");
+                let v = String::from_utf8(msg.value.to_vec()).unwrap();
+                if v.starts_with(tag) {
+                    count += 1;
+                }
+                got.entry(v).or_default().push(m.id().to_owned());
+            }
+        }
+    }
+    got
+}
+
+/// Waits until every member holds assignments at one epoch that together cover `total`
+/// partitions, each once.
+async fn settled(members: &[&GroupConsumer], total: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let views: Vec<(u64, Vec<(String, i32)>)> =
+            members.iter().map(|m| m.assignments()).collect();
+        let same = views.windows(2).all(|w| w[0].0 == w[1].0);
+        let mut all: Vec<(String, i32)> = views.iter().flat_map(|v| v.1.clone()).collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        if same && n == total && all.len() == total && views.iter().all(|v| !v.1.is_empty()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never settled: {views:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn member(c: &Client, id: &str) -> ConsumerBuilder {
+    c.consumer("g")
+        .id(id)
+        .auto_offset(AutoOffset::Earliest)
+        .auto_commit(None)
+        .fetch_interval(Duration::from_millis(100))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_split_partitions_and_hand_them_over_from_the_committed_position() {
+    let srv =
+        TestServer::start_with(|c| c.broker.groups.consumer_timeout = Duration::from_secs(1)).await;
+    let c = connect(&srv).await;
+    c.create_stream("work", "work", StreamOptions::default().partitions(4))
+        .await
+        .unwrap();
+    publish_n(&c, "work", "a", 40, 4).await;
+    let mut m1 = member(&c, "m1").subscribe(["work"]).await.unwrap();
+    let mut m2 = member(&c, "m2").subscribe(["work"]).await.unwrap();
+    settled(&[&m1, &m2], 4).await;
+    let got = drain(&mut [&mut m1, &mut m2], "a-", 40).await;
+    assert_eq!(got.len(), 40);
+    assert!(
+        got.values().all(|who| who.len() == 1),
+        "each message to one member: {got:?}"
+    );
+    assert_eq!(m1.assignments().1.len(), 2);
+    m1.commit().await.unwrap();
+    m2.commit().await.unwrap();
+    let lag = c.group_lag("g", ["work"]).await.unwrap();
+    assert_eq!(lag.iter().map(|l| l.lag).sum::<i64>(), 0, "{lag:?}");
+    assert!(
+        lag.iter()
+            .all(|l| l.committed == 9 && l.high_watermark == 9),
+        "{lag:?}"
+    );
+
+    // A third member: partitions move, and reading goes on from the committed position.
+    let mut m3 = member(&c, "m3").subscribe(["work"]).await.unwrap();
+    settled(&[&m1, &m2, &m3], 4).await;
+    publish_n(&c, "work", "b", 40, 4).await;
+    let got = drain(&mut [&mut m1, &mut m2, &mut m3], "b-", 40).await;
+    assert!(
+        got.keys().all(|v| v.starts_with("b-")),
+        "nothing committed comes again: {got:?}"
+    );
+    assert!(got.values().all(|who| who.len() == 1), "{got:?}");
+    for m in [&m1, &m2, &m3] {
+        m.commit().await.unwrap();
+    }
+    let lag = c.group_lag("g", ["work"]).await.unwrap();
+    assert_eq!(lag.iter().map(|l| l.lag).sum::<i64>(), 0, "{lag:?}");
+
+    // m2 dies (no leave): the coordinator removes it after the consumer timeout, and the
+    // others take its partitions from where it committed.
+    drop(m2);
+    settled(&[&m1, &m3], 4).await;
+    publish_n(&c, "work", "c", 40, 4).await;
+    let got = drain(&mut [&mut m1, &mut m3], "c-", 40).await;
+    assert!(got.keys().all(|v| v.starts_with("c-")), "{got:?}");
+    assert!(got.values().all(|who| who.len() == 1), "{got:?}");
+
+    // m3 closes (commits and leaves): m1 has everything; the group shows no lag.
+    m3.close().await.unwrap();
+    settled(&[&m1], 4).await;
+    m1.commit().await.unwrap();
+    let lag = c.group_lag("g", ["work"]).await.unwrap();
+    assert_eq!(lag.iter().map(|l| l.lag).sum::<i64>(), 0, "{lag:?}");
+    m1.close().await.unwrap();
+    let md = c.fetch_metadata().await.unwrap();
+    assert!(md.streams.contains_key("work"));
+    c.close();
+    srv.stop().await;
+}
+
+/// A member that uses the RPCs as go-liftbridge's `Consumer` does: Join on any broker,
+/// FetchConsumerGroupAssignments on the coordinator, FetchCursor `__group:<g>`, Subscribe with
+/// the consumer fields from cursor + 1, SetCursor after handling, Leave on close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_member_and_a_go_style_member_share_a_group_and_its_progress() {
+    let srv = TestServer::start().await;
+    let c = connect(&srv).await;
+    c.create_stream("shared", "shared", StreamOptions::default().partitions(2))
+        .await
+        .unwrap();
+    publish_n(&c, "shared", "x", 20, 2).await;
+    let mut raw = srv.client().await;
+    let j = raw
+        .join_consumer_group(api::JoinConsumerGroupRequest {
+            group_id: "g".into(),
+            consumer_id: "go".into(),
+            streams: vec!["shared".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut rust = member(&c, "rust").subscribe(["shared"]).await.unwrap();
+    // The go-style member polls until it sees the epoch of the Rust member's join.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (epoch, mine) = loop {
+        let md = raw
+            .fetch_metadata(api::FetchMetadataRequest {
+                groups: vec!["g".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .group_metadata
+            .remove(0);
+        assert_eq!(md.coordinator, j.coordinator);
+        if let Ok(r) = raw
+            .fetch_consumer_group_assignments(api::FetchConsumerGroupAssignmentsRequest {
+                group_id: "g".into(),
+                consumer_id: "go".into(),
+                epoch: md.epoch,
+            })
+            .await
+        {
+            let r = r.into_inner();
+            if md.epoch > j.epoch {
+                assert_eq!(r.assignments.len(), 1);
+                break (r.epoch, r.assignments[0].partitions.clone());
+            }
+        }
+        assert!(Instant::now() < deadline, "no rebalance seen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(mine.len(), 1, "one partition each");
+    let p = mine[0];
+    // Its partition from cursor + 1 (none yet: from the start), with the consumer fields.
+    let cursor = c.fetch_cursor("__group:g", "shared", p).await.unwrap();
+    assert_eq!(cursor, -1);
+    let mut req = sub("shared", api::StartPosition::Earliest);
+    req.partition = p;
+    req.consumer = Some(api::Consumer {
+        group_id: "g".into(),
+        group_epoch: epoch,
+        consumer_id: "go".into(),
+    });
+    let mut s = subscribe(&mut raw, req).await.unwrap();
+    let mut go_got = Vec::new();
+    for _ in 0..10 {
+        let m = next(&mut s).await.unwrap();
+        go_got.push(String::from_utf8(m.value.to_vec()).unwrap());
+    }
+    // It handled offset 4 of its partition and commits that, as go-liftbridge's checkpoint.
+    c.set_cursor("__group:g", "shared", p, 4).await.unwrap();
+
+    let rust_got = drain(&mut [&mut rust], "x-", 10).await;
+    let all: Vec<String> = go_got
+        .iter()
+        .cloned()
+        .chain(rust_got.keys().cloned())
+        .collect();
+    let mut sorted = all.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        20,
+        "every message to exactly one member: {all:?}"
+    );
+
+    // The go-style member leaves; the Rust member takes its partition from offset 5.
+    raw.leave_consumer_group(api::LeaveConsumerGroupRequest {
+        group_id: "g".into(),
+        consumer_id: "go".into(),
+    })
+    .await
+    .unwrap();
+    let more = drain(&mut [&mut rust], "x-", 5).await;
+    let expected: Vec<String> = go_got[5..].to_vec();
+    let mut taken: Vec<String> = more.keys().cloned().collect();
+    taken.sort();
+    let mut want = expected.clone();
+    want.sort();
+    assert_eq!(
+        taken, want,
+        "from the go-style member's committed offset + 1"
+    );
+    rust.close().await.unwrap();
+    c.close();
+    srv.stop().await;
+}
