@@ -961,3 +961,203 @@ async fn a_dead_group_coordinator_is_replaced_when_most_members_report_it() {
     );
     cluster.stop().await;
 }
+
+/// Three brokers, a 4-partition stream, members with `liftbridge-client`: each message goes
+/// to one member; a member that dies loses its partitions to the others within the consumer
+/// timeout, and a coordinator broker that dies is replaced (the members report it) under a
+/// higher epoch; nothing committed is delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_on_three_brokers_survive_a_dead_member_and_a_dead_coordinator() {
+    use liftbridge_client as lc;
+    use std::collections::BTreeMap;
+    let mut cluster = Cluster::start_with(|cfg| {
+        cfg.broker.cursors.partitions = 1;
+        cfg.broker.groups.consumer_timeout = Duration::from_secs(2);
+        cfg.broker.groups.coordinator_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let addrs: Vec<String> = cluster
+        .live()
+        .iter()
+        .map(|id| {
+            cluster
+                .node(id)
+                .running
+                .as_ref()
+                .unwrap()
+                .grpc_addr()
+                .to_string()
+        })
+        .collect();
+    let client = lc::Client::connect(addrs.clone()).await.unwrap();
+    client
+        .create_stream(
+            "jobs",
+            "jobs",
+            lc::StreamOptions::default()
+                .partitions(4)
+                .replication_factor(3),
+        )
+        .await
+        .unwrap();
+    cluster
+        .partition_until("jobs", "three in-sync replicas", |p| p.isr.len() == 3)
+        .await;
+    let member = |id: &str| {
+        client
+            .consumer("g")
+            .id(id)
+            .auto_offset(lc::AutoOffset::Earliest)
+            .auto_commit(None)
+            .fetch_interval(Duration::from_millis(200))
+    };
+    let publish = |tag: &'static str| {
+        let client = client.clone();
+        async move {
+            for i in 0..40 {
+                let opts = lc::PublishOptions::default()
+                    .partition(i % 4)
+                    .ack_policy(lc::AckPolicy::All);
+                client
+                    .publish("jobs", format!("{tag}-{i}"), opts)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    async fn drain(
+        members: &mut [&mut lc::GroupConsumer],
+        tag: &str,
+        n: usize,
+    ) -> BTreeMap<String, Vec<String>> {
+        let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut count = 0;
+        while count < n {
+            assert!(Instant::now() < deadline, "only {count} of {n}: {got:?}");
+            for m in members.iter_mut() {
+                if let Ok(Some(msg)) =
+                    tokio::time::timeout(Duration::from_millis(20), m.next()).await
+                {
+                    let Ok(msg) = msg else { continue };
+                    let v = String::from_utf8(msg.value.to_vec()).unwrap();
+                    count += usize::from(v.starts_with(tag));
+                    got.entry(v).or_default().push(m.id().to_owned());
+                }
+            }
+        }
+        got
+    }
+    async fn settled(members: &[&lc::GroupConsumer]) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let views: Vec<(u64, Vec<(String, i32)>)> =
+                members.iter().map(|m| m.assignments()).collect();
+            let mut all: Vec<(String, i32)> = views.iter().flat_map(|v| v.1.clone()).collect();
+            let n = all.len();
+            all.sort();
+            all.dedup();
+            if views.windows(2).all(|w| w[0].0 == w[1].0) && n == 4 && all.len() == 4 {
+                return views[0].0;
+            }
+            assert!(Instant::now() < deadline, "never settled: {views:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let once = |got: &BTreeMap<String, Vec<String>>, tag: &str| {
+        assert!(
+            got.keys().all(|v| v.starts_with(tag)),
+            "nothing old again: {got:?}"
+        );
+        assert!(
+            got.values().all(|who| who.len() == 1),
+            "one member each: {got:?}"
+        );
+    };
+
+    // The cursors stream was created when "a" was alone, so "a" is its only replica; a group
+    // that "a" coordinates first makes "b" the coordinator of ours, which can then die
+    // without taking the group's positions with it.
+    let mut raw_a = cluster.client("a").await;
+    let first = raw_a
+        .join_consumer_group(JoinConsumerGroupRequest {
+            group_id: "first".into(),
+            consumer_id: "x".into(),
+            streams: vec!["jobs".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.coordinator, "a");
+    let mut m1 = member("m1").subscribe(["jobs"]).await.unwrap();
+    let mut m2 = member("m2").subscribe(["jobs"]).await.unwrap();
+    settled(&[&m1, &m2]).await;
+    publish("a").await;
+    once(&drain(&mut [&mut m1, &mut m2], "a-", 40).await, "a-");
+    for m in [&m1, &m2] {
+        m.commit().await.unwrap();
+    }
+    let mut m3 = member("m3").subscribe(["jobs"]).await.unwrap();
+    settled(&[&m1, &m2, &m3]).await;
+    publish("b").await;
+    once(
+        &drain(&mut [&mut m1, &mut m2, &mut m3], "b-", 40).await,
+        "b-",
+    );
+    for m in [&m1, &m2, &m3] {
+        m.commit().await.unwrap();
+    }
+
+    // m2 dies without leaving.
+    drop(m2);
+    settled(&[&m1, &m3]).await;
+    publish("c").await;
+    once(&drain(&mut [&mut m1, &mut m3], "c-", 40).await, "c-");
+    for m in [&m1, &m3] {
+        m.commit().await.unwrap();
+    }
+
+    // The coordinator's broker dies: the members report it, a new one takes over at a higher
+    // epoch, and consuming goes on.
+    let mut raw = cluster.client(&cluster.live()[0]).await;
+    let group = raw
+        .fetch_metadata(FetchMetadataRequest {
+            groups: vec!["g".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .group_metadata
+        .remove(0);
+    assert_eq!(group.coordinator, "b");
+    cluster.stop_node(&group.coordinator).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let epoch = loop {
+        let e = settled(&[&m1, &m3]).await;
+        if e > group.epoch {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new coordinator for the members"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(epoch > group.epoch);
+    publish("d").await;
+    once(&drain(&mut [&mut m1, &mut m3], "d-", 40).await, "d-");
+    // The cursors partition may have been led by the dead broker: commits work again once
+    // its followers have taken it over.
+    for m in [&m1, &m3] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(e) = m.commit().await {
+            assert!(Instant::now() < deadline, "commits never worked again: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    m1.close().await.unwrap();
+    m3.close().await.unwrap();
+    client.close();
+    cluster.stop().await;
+}

@@ -313,14 +313,28 @@ impl Shared {
     }
 
     async fn leave(&self) -> Result<()> {
-        let (_, mut c) = self.client.any_conn().await?;
-        c.leave_consumer_group(self.client.request(api::LeaveConsumerGroupRequest {
+        let req = api::LeaveConsumerGroupRequest {
             group_id: self.group.clone(),
             consumer_id: self.id.clone(),
-        }))
-        .await
-        .map_err(Error::from_status)?;
-        Ok(())
+        };
+        match self
+            .client
+            .on_any_broker(|mut c| {
+                let r = self.client.request(req.clone());
+                async move { c.leave_consumer_group(r).await }
+            })
+            .await
+        {
+            // Not in the group (any more): expired, or an earlier attempt whose answer was
+            // lost took effect. Either way the member is out, which is what was asked.
+            Ok(_) | Err(Error::NoSuchGroup) => Ok(()),
+            Err(Error::Transport(s))
+                if s.message().contains("not a member of the consumer group") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Commits what was delivered and not yet committed: on every partition, or on `only`.
@@ -605,14 +619,16 @@ fn key_of(m: &Message) -> Key {
 impl Client {
     /// The coordinator and epoch of a group, or `None` when the group does not exist.
     pub(crate) async fn group_metadata(&self, group: &str) -> Result<Option<(String, u64)>> {
-        let (_, mut c) = self.any_conn().await?;
-        let md = c
-            .fetch_metadata(self.request(api::FetchMetadataRequest {
-                groups: vec![group.to_owned()],
-                ..Default::default()
-            }))
-            .await
-            .map_err(Error::from_status)?
+        let req = api::FetchMetadataRequest {
+            groups: vec![group.to_owned()],
+            ..Default::default()
+        };
+        let md = self
+            .on_any_broker(|mut c| {
+                let r = self.request(req.clone());
+                async move { c.fetch_metadata(r).await }
+            })
+            .await?
             .into_inner();
         Ok(md
             .group_metadata
@@ -629,18 +645,43 @@ impl Client {
         coordinator: &str,
         epoch: u64,
     ) -> Result<()> {
-        let (_, mut c) = self.any_conn().await?;
-        c.report_consumer_group_coordinator(self.request(
-            api::ReportConsumerGroupCoordinatorRequest {
-                group_id: group.to_owned(),
-                consumer_id: consumer.to_owned(),
-                coordinator: coordinator.to_owned(),
-                epoch,
-            },
-        ))
-        .await
-        .map_err(Error::from_status)?;
+        let req = api::ReportConsumerGroupCoordinatorRequest {
+            group_id: group.to_owned(),
+            consumer_id: consumer.to_owned(),
+            coordinator: coordinator.to_owned(),
+            epoch,
+        };
+        self.on_any_broker(|mut c| {
+            let r = self.request(req.clone());
+            async move { c.report_consumer_group_coordinator(r).await }
+        })
+        .await?;
         Ok(())
+    }
+
+    /// Calls some broker; a broker that cannot be reached is forgotten and the next one tried
+    /// (up to three).
+    pub(crate) async fn on_any_broker<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn(crate::transport::Conn) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let mut last = None;
+        for _ in 0..3 {
+            let (addr, c) = self.any_conn().await?;
+            match call(c).await {
+                Ok(v) => return Ok(v),
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    self.forget(&addr);
+                    last = Some(s);
+                }
+                Err(s) => return Err(Error::from_status(s)),
+            }
+        }
+        Err(last.map_or(
+            Error::NoBrokers("no broker answered".into()),
+            Error::from_status,
+        ))
     }
 }
 
@@ -694,7 +735,16 @@ impl GroupConsumer {
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
-        let committed = self.shared.commit_delivered(None).await;
+        // A partition leader may be moving (a broker just died): try a few times.
+        let mut committed = self.shared.commit_delivered(None).await;
+        for attempt in 0..5 {
+            if committed.is_ok() {
+                break;
+            }
+            let _ = self.shared.client.refresh_metadata().await;
+            self.shared.client.backoff(attempt + 2).await;
+            committed = self.shared.commit_delivered(None).await;
+        }
         self.shared.leave().await?;
         committed
     }
