@@ -263,3 +263,64 @@ async fn a_rust_member_and_a_go_style_member_share_a_group_and_its_progress() {
     c.close();
     srv.stop().await;
 }
+
+/// go-liftbridge's auto-offset tests: with no committed position, a member starts where it
+/// is told (earliest, latest, only new messages), or reports that it has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_committed_position_a_member_starts_where_its_auto_offset_says() {
+    let srv = TestServer::start().await;
+    let c = connect(&srv).await;
+    for (i, name) in ["e", "l", "n", "x"].iter().enumerate() {
+        c.create_stream(name, name, StreamOptions::default())
+            .await
+            .unwrap();
+        publish_n(&c, name, "old", 3, 1).await;
+        let mode = [
+            AutoOffset::Earliest,
+            AutoOffset::Latest,
+            AutoOffset::NewOnly,
+            AutoOffset::None,
+        ][i];
+        let mut m = c
+            .consumer(format!("g-{name}"))
+            .id("m")
+            .auto_offset(mode)
+            .fetch_interval(Duration::from_millis(100))
+            .subscribe([*name])
+            .await
+            .unwrap();
+        settled(&[&m], 1).await;
+        if mode == AutoOffset::None {
+            let e = tokio::time::timeout(Duration::from_secs(10), m.next())
+                .await
+                .expect("an error")
+                .expect("an item")
+                .unwrap_err();
+            assert!(
+                e.to_string().contains(
+                    "no previous consumer group offset found for partition 0 of stream x"
+                ),
+                "{e}"
+            );
+            m.close().await.unwrap();
+            continue;
+        }
+        // The assignments are reported once their subscriptions are in place.
+        c.publish(name, "new-0", PublishOptions::default())
+            .await
+            .unwrap();
+        let mut seen: Vec<String> = Vec::new();
+        if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), m.next()).await {
+            seen.push(String::from_utf8(msg.unwrap().value.to_vec()).unwrap());
+        }
+        let first = seen.first().expect("a message arrives").clone();
+        match mode {
+            AutoOffset::Earliest => assert_eq!(first, "old-0"),
+            AutoOffset::Latest => assert_eq!(first, "old-2"),
+            _ => assert_eq!(first, "new-0"),
+        }
+        m.close().await.unwrap();
+    }
+    c.close();
+    srv.stop().await;
+}

@@ -41,7 +41,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Commits what was read and leaves: the others take the partitions at once.
     member.close().await?;
     for lag in client.group_lag("workers", ["example"]).await? {
-        println!("partition {}: committed {}, {} behind", lag.partition, lag.committed, lag.lag);
+        println!(
+            "partition {}: committed {}, {} behind",
+            lag.partition, lag.committed, lag.lag
+        );
     }
     Ok(())
 }

@@ -115,6 +115,7 @@ impl ConsumerBuilder {
             queued: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             next_lease: std::sync::atomic::AtomicU64::new(1),
+            owned: Mutex::new(Vec::new()),
             assignments: Mutex::new((0, Vec::new())),
         });
         let joined = shared.join().await?;
@@ -273,7 +274,9 @@ struct Shared {
     /// (before the partition went to another member and came back) is not delivered.
     leases: Mutex<HashMap<Key, u64>>,
     next_lease: std::sync::atomic::AtomicU64,
-    /// The latest assignments and their epoch.
+    /// The partitions this member owns now; only their messages are delivered.
+    owned: Mutex<Vec<Key>>,
+    /// The latest assignments and their epoch, once their subscriptions are in place.
     assignments: Mutex<(u64, Vec<Key>)>,
 }
 
@@ -512,7 +515,7 @@ async fn reconcile(
         .iter()
         .flat_map(|a| a.partitions.iter().map(|p| (a.stream.clone(), *p)))
         .collect();
-    *shared.assignments.lock() = (resp.epoch, assigned.clone());
+    *shared.owned.lock() = assigned.clone();
     let gone: Vec<Key> = readers
         .iter()
         .filter(|(k, r)| !assigned.contains(k) || r.epoch != resp.epoch)
@@ -543,7 +546,7 @@ async fn reconcile(
             shared.committed.lock().remove(k);
         }
     }
-    for key in assigned {
+    for key in assigned.iter().cloned() {
         if readers.contains_key(&key) {
             continue;
         }
@@ -610,6 +613,7 @@ async fn reconcile(
             },
         );
     }
+    *shared.assignments.lock() = (resp.epoch, assigned);
 }
 
 fn key_of(m: &Message) -> Key {
@@ -712,7 +716,8 @@ impl GroupConsumer {
         &self.shared.id
     }
 
-    /// The group's epoch and this member's partitions, as last fetched from the coordinator.
+    /// The group's epoch and this member's partitions, as last fetched from the coordinator,
+    /// once their subscriptions are in place.
     pub fn assignments(&self) -> (u64, Vec<(String, i32)>) {
         self.shared.assignments.lock().clone()
     }
@@ -773,7 +778,7 @@ impl Stream for GroupConsumer {
                 let key = key_of(m);
                 // Read before its partition moved to another member, which reads it from
                 // the committed position: not delivered here.
-                if !self.shared.assignments.lock().1.contains(&key)
+                if !self.shared.owned.lock().contains(&key)
                     || self.shared.leases.lock().get(&key) != Some(&lease)
                 {
                     continue;
