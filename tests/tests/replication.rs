@@ -1161,3 +1161,29 @@ async fn group_members_on_three_brokers_survive_a_dead_member_and_a_dead_coordin
     client.close();
     cluster.stop().await;
 }
+
+/// An encrypted stream replicates: followers copy the sealed bytes as the leader stored them,
+/// and serve them opened, as the leader does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_copy_encrypted_values_and_serve_them_opened() {
+    let cluster = Cluster::start_with(|cfg| {
+        cfg.broker.encryption_key = Some(broker::MasterKey::new(b"+KbPeShVmYq3t6w9").unwrap());
+    })
+    .await;
+    let mut a = cluster.client("a").await;
+    let mut req = create("sealed", 3);
+    req.encryption = Some(NullableBool { value: true });
+    a.create_stream(req).await.unwrap();
+    let p = cluster
+        .partition_until("sealed", "three in-sync replicas", |p| p.isr.len() == 3)
+        .await;
+    let mut leader = cluster.client(&p.leader).await;
+    let sent = values("hidden", 10);
+    publish_all(&mut leader, "sealed", &sent).await;
+    let expected: Vec<(i64, String)> = (0..10).zip(sent).collect();
+    for id in cluster.live() {
+        let mut c = cluster.client(&id).await;
+        assert_eq!(read_from(&mut c, "sealed", 10).await, expected, "on {id}");
+    }
+    cluster.stop().await;
+}

@@ -77,6 +77,8 @@ pub(crate) struct Inner {
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Coordinator: when each member of the groups this broker coordinates was last heard of.
     pub(crate) liveness: Mutex<replication::groups::Liveness>,
+    /// Partitions this server refused to open, and why (an encrypted stream without the key).
+    pub(crate) refused: Mutex<HashMap<Key, String>>,
 }
 
 impl Broker {
@@ -154,6 +156,7 @@ impl Broker {
                 local_acks,
                 shutdown,
                 tasks: Mutex::new(Vec::new()),
+                refused: Mutex::new(HashMap::new()),
                 liveness: Mutex::new(replication::groups::Liveness::new(
                     consumer_timeout.as_millis() as u64,
                 )),
@@ -270,7 +273,10 @@ impl Broker {
                 .collect()
         });
         let running = self.inner.partitions.read();
-        wanted.iter().all(|k| running.contains_key(k))
+        let refused = self.inner.refused.lock();
+        wanted
+            .iter()
+            .all(|k| running.contains_key(k) || refused.contains_key(k))
     }
 
     pub(crate) fn internal_streams_ready(&self) -> bool {
@@ -399,7 +405,25 @@ impl Broker {
     }
 
     /// A partition's message as the API sends it.
-    pub(crate) fn to_api(p: &Partition, mut r: commitlog::Record) -> api::Message {
+    /// A record as the API sends it, its value opened if the stream is encrypted.
+    ///
+    /// # Errors
+    /// Internal, naming the record, when an encrypted value does not open (a different
+    /// master key, or damage); never garbage.
+    pub(crate) fn to_api(p: &Partition, mut r: commitlog::Record) -> Result<api::Message> {
+        if let Some(c) = &p.crypto {
+            let opened = c.master.open(&r.value).map_err(|e| {
+                BrokerError::Internal(format!(
+                    "cannot read offset {} of stream {} partition {}: {e}",
+                    r.offset, p.stream, p.id
+                ))
+            })?;
+            r.value = opened.into();
+        }
+        Ok(Self::record_to_api(p, r))
+    }
+
+    fn record_to_api(p: &Partition, mut r: commitlog::Record) -> api::Message {
         let header = |name: &str| {
             r.headers
                 .iter()

@@ -266,6 +266,9 @@ pub struct BrokerConfig {
     pub cursors: CursorsConfig,
     /// Consumer groups.
     pub groups: GroupsConfig,
+    /// The master key for encrypted streams (`LIFTBRIDGE_ENCRYPTION_KEY`). Without it, an
+    /// encrypted stream cannot be created, led or followed here.
+    pub encryption_key: Option<crate::encryption::MasterKey>,
     /// The NATS server, when it runs in this process (our addition). With it, a publish that
     /// only this broker's own partitions want is not sent to NATS at all, and partitions
     /// record their subjects through in-process subscriptions that never drop a message.
@@ -320,6 +323,7 @@ impl BrokerConfig {
             activity: ActivityConfig::default(),
             cursors: CursorsConfig::default(),
             groups: GroupsConfig::default(),
+            encryption_key: None,
             embedded_nats: None,
             ingest_max_pending_bytes: 16 * 1024 * 1024,
             max_partitions: 1024,

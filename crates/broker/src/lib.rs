@@ -23,6 +23,7 @@ mod connections;
 mod cursor_cache;
 mod disk;
 mod embedded;
+mod encryption;
 mod error;
 mod groups;
 mod ops;
@@ -39,6 +40,7 @@ pub use config::{
     StreamSettings,
 };
 pub use embedded::{EmbeddedNats, LocalSubscribe, LocalSubscription, NatsMessage};
+pub use encryption::{EncryptionError, MasterKey, Sealer};
 pub use error::{BrokerError, Result};
 pub use metastore::MAX_PARTITIONS;
 pub use metastore::service::Bootstrap;

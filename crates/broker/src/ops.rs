@@ -66,7 +66,7 @@ impl Broker {
     ///
     /// # Errors
     /// InvalidArgument for a bad name, subject, replication factor or setting; AlreadyExists;
-    /// FailedPrecondition for encryption, which this version does not provide.
+    /// FailedPrecondition for an encrypted stream on a server without the master key.
     pub async fn create_stream(&self, req: api::CreateStreamRequest) -> Result<()> {
         check_stream_name(&req.name)?;
         if natsbridge::validate_subject(&req.subject).is_err() {
@@ -75,11 +75,16 @@ impl Broker {
         if RESERVED.contains(&req.name.as_str()) {
             return Err(BrokerError::InvalidArgument("Stream is reserved".into()));
         }
-        if req.encryption.is_some_and(|e| e.value)
-            || (req.encryption.is_none() && self.config().streams.encryption)
-        {
+        // The choice is recorded with the stream, so a later change of the server's default
+        // never re-reads old data the other way (the original follows the current default).
+        let encrypted = req
+            .encryption
+            .map_or(self.config().streams.encryption, |e| e.value);
+        if encrypted && self.config().encryption_key.is_none() {
             return Err(BrokerError::FailedPrecondition(
-                "encryption at rest is not available in this version of the server".into(),
+                "Failed on preconditions for stream's encryption handler: \
+                 LIFTBRIDGE_ENCRYPTION_KEY is not set on this server (16 or 32 bytes)"
+                    .into(),
             ));
         }
         let n64 =
@@ -101,7 +106,7 @@ impl Broker {
             auto_pause_disable_if_subscribers: nb(req.auto_pause_disable_if_subscribers),
             min_isr: n32(req.min_isr),
             optimistic_concurrency_control: nb(req.optimistic_concurrency_control),
-            encryption: nb(req.encryption),
+            encryption: Some(internal::NullableBool { value: encrypted }),
         };
         // Refuse settings the log would refuse, before anything is recorded.
         let settings = self
@@ -332,6 +337,15 @@ impl Broker {
             self.resume_for_publish(&req.stream, req.partition)
                 .await
                 .map_err(|e| BrokerError::Internal(format!("failed to resume partition: {e}")))?;
+        }
+        let refused = self
+            .inner
+            .refused
+            .lock()
+            .get(&(req.stream.clone(), req.partition))
+            .cloned();
+        if let Some(why) = refused {
+            return Err(BrokerError::FailedPrecondition(why));
         }
         let Some(p) = self.opened(&req.stream, req.partition, &meta).await else {
             // The metadata lists this server, but its replica is not running yet (it is
@@ -1016,7 +1030,9 @@ fn forward_stream(
                 if stop.is_some_and(|s| r.offset >= s) {
                     reached = true;
                 }
-                Poll::Ready(Some(Ok(Broker::to_api(&p, r))))
+                let m = Broker::to_api(&p, r);
+                done |= m.is_err();
+                Poll::Ready(Some(m))
             }
             Poll::Ready(Err(e)) => {
                 done = true;
@@ -1044,7 +1060,9 @@ fn reverse_stream(
                 if stop.is_some_and(|s| r.offset <= s) {
                     done = true;
                 }
-                Poll::Ready(Some(Ok(Broker::to_api(&p, r))))
+                let m = Broker::to_api(&p, r);
+                done |= m.is_err();
+                Poll::Ready(Some(m))
             }
             // Past the oldest message: a clean end.
             Ok(None) => {

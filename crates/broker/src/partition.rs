@@ -179,6 +179,14 @@ pub(crate) struct Partition {
     /// Set before a stop of the broker itself: the ingest task records what it has received
     /// before it ends.
     drain_on_stop: std::sync::atomic::AtomicBool,
+    /// For an encrypted stream: the master key (to open values) and this leader's sealer.
+    pub(crate) crypto: Option<Crypto>,
+}
+
+/// An encrypted partition's keys.
+pub(crate) struct Crypto {
+    pub(crate) master: crate::encryption::MasterKey,
+    sealer: crate::encryption::Sealer,
 }
 
 /// A publish this broker took, handed to one of its own leading partitions without NATS.
@@ -250,6 +258,22 @@ impl Partition {
         dir: std::path::PathBuf,
         ctx: &Arc<Ctx>,
     ) -> Result<Arc<Partition>> {
+        // An encrypted partition needs the master key, to lead (seal) and to follow (its
+        // readers open what it copies): without it, this broker does not open it at all.
+        let crypto = if spec.settings.encryption {
+            let master = ctx.cfg.encryption_key.clone().ok_or_else(|| {
+                BrokerError::FailedPrecondition(format!(
+                    "stream {} is encrypted and LIFTBRIDGE_ENCRYPTION_KEY is not set on this \
+                     server: it cannot lead or follow partition {}",
+                    spec.stream, spec.id
+                ))
+            })?;
+            let sealer = crate::encryption::Sealer::new(&master)
+                .map_err(|e| BrokerError::internal("creating the partition's data key", e))?;
+            Some(Crypto { master, sealer })
+        } else {
+            None
+        };
         let opts = log_options(&spec.settings, ctx.cfg.sync);
         let log = tokio::task::spawn_blocking(move || Log::open(dir, opts))
             .await
@@ -287,6 +311,7 @@ impl Partition {
             local_bytes: crate::budget::ByteBudget::new(LOCAL_QUEUE_BYTES),
             write: Mutex::new(()),
             drain_on_stop: std::sync::atomic::AtomicBool::new(false),
+            crypto,
         });
         if p.role.paused {
             p.log
@@ -870,7 +895,21 @@ impl Partition {
             u64::MAX
         };
         let mut unannounced = 0usize;
-        for Incoming { msg, ack: to } in batch {
+        for Incoming { mut msg, ack: to } in batch {
+            if let Some(c) = &self.crypto {
+                match c.sealer.seal(&msg.value) {
+                    Ok(sealed) => msg.value = sealed.into(),
+                    Err(e) => {
+                        warn!(ctx.logger, "encrypting a message failed"; "stream" => &self.stream,
+                            "partition" => self.id, "error" => %e);
+                        if to.ack_inbox.is_empty() {
+                            unannounced += 1;
+                        }
+                        acks.push(self.ack_for(to, msg.timestamp, 0, ack::Error::Encryption));
+                        continue;
+                    }
+                }
+            }
             // Too large for the configured limit, for a follower's fetch to carry, or for the
             // record format (which would fail the whole batch, other publishers' too).
             let refused = if to.size as u64 > ctx.cfg.replication_max_bytes

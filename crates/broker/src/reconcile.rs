@@ -21,6 +21,7 @@ use metastore::service::WatchEvent;
 use slog::{info, warn};
 
 use crate::broker::*;
+use crate::error::BrokerError;
 use crate::partition::{Partition, Role, Spec, now_nanos};
 
 impl Broker {
@@ -169,6 +170,9 @@ impl Broker {
             if key.0 == CURSORS_STREAM && became_leader {
                 self.inner.cursor_cache.lock().clear();
             }
+            if self.inner.refused.lock().contains_key(&key) {
+                continue;
+            }
             let dir = self.stream_dir(&key.0).join(key.1.to_string());
             let spec = Spec {
                 stream: &key.0,
@@ -184,6 +188,13 @@ impl Broker {
                     self.edit_partitions(|map| map.insert(key.clone(), p));
                     self.inner.created.lock().insert(key.0.clone(), created);
                 }
+                // Refused for what this server lacks (the encryption key): said once, and not
+                // tried again every second; the rest of the server keeps working.
+                Err(BrokerError::FailedPrecondition(why)) => {
+                    slog::error!(self.inner.logger, "this server cannot hold a partition";
+                        "stream" => &key.0, "partition" => key.1, "why" => &why);
+                    self.inner.refused.lock().insert(key.clone(), why);
+                }
                 Err(e) => warn!(self.inner.logger, "starting a partition failed";
                     "stream" => &key.0, "partition" => key.1, "error" => %e),
             }
@@ -195,8 +206,11 @@ impl Broker {
         let cfg = self.inner.cfg.clone();
         let mut wanted = Vec::new();
         if cfg.cursors.partitions > 0 {
+            // Internal streams are never encrypted: they hold positions and metadata events,
+            // and the broker reads them itself.
             let mut c = internal::StreamConfig {
                 compact_enabled: Some(internal::NullableBool { value: true }),
+                encryption: Some(internal::NullableBool { value: false }),
                 ..Default::default()
             };
             if !cfg.cursors.auto_pause_time.is_zero() {
@@ -218,7 +232,10 @@ impl Broker {
                 self.inner.subjects.activity(),
                 1,
                 -1,
-                internal::StreamConfig::default(),
+                internal::StreamConfig {
+                    encryption: Some(internal::NullableBool { value: false }),
+                    ..Default::default()
+                },
             ));
         }
         for (name, subject, partitions, rf, config) in wanted {
