@@ -46,9 +46,9 @@ pub enum EncryptionError {
 
 /// The master key: AES-128 or AES-256 key wrap.
 #[derive(Clone)]
-pub struct MasterKey(Kek);
+pub struct MasterKey(std::sync::Arc<Kek>);
 
-#[derive(Clone)]
+#[allow(clippy::large_enum_variant)] // one per server, behind an Arc
 enum Kek {
     Aes128(aes_kw::KekAes128),
     Aes256(aes_kw::KekAes256),
@@ -67,18 +67,18 @@ impl MasterKey {
     /// [`EncryptionError::KeySize`].
     pub fn new(raw: &[u8]) -> Result<MasterKey, EncryptionError> {
         match raw.len() {
-            16 => Ok(MasterKey(Kek::Aes128(
+            16 => Ok(MasterKey(std::sync::Arc::new(Kek::Aes128(
                 aes_kw::KekAes128::try_from(raw).map_err(|_| EncryptionError::KeySize(16))?,
-            ))),
-            32 => Ok(MasterKey(Kek::Aes256(
+            )))),
+            32 => Ok(MasterKey(std::sync::Arc::new(Kek::Aes256(
                 aes_kw::KekAes256::try_from(raw).map_err(|_| EncryptionError::KeySize(32))?,
-            ))),
+            )))),
             n => Err(EncryptionError::KeySize(n)),
         }
     }
 
     fn wrap(&self, dek: &[u8]) -> Result<Vec<u8>, EncryptionError> {
-        match &self.0 {
+        match &*self.0 {
             Kek::Aes128(k) => k.wrap_with_padding_vec(dek),
             Kek::Aes256(k) => k.wrap_with_padding_vec(dek),
         }
@@ -86,7 +86,7 @@ impl MasterKey {
     }
 
     fn unwrap(&self, wrapped: &[u8]) -> Result<Vec<u8>, EncryptionError> {
-        match &self.0 {
+        match &*self.0 {
             Kek::Aes128(k) => k.unwrap_with_padding_vec(wrapped),
             Kek::Aes256(k) => k.unwrap_with_padding_vec(wrapped),
         }
