@@ -78,10 +78,10 @@ pub struct Flags {
     /// Start a new cluster of exactly these server ids (comma-separated).
     #[arg(long = "raft-bootstrap-peers", value_delimiter = ',')]
     pub raft_bootstrap_peers: Vec<String>,
-    /// TLS certificate (not available in this version).
+    /// TLS certificate of the API (PEM); with `--tls-key`.
     #[arg(long = "tls-cert")]
     pub tls_cert: Option<PathBuf>,
-    /// TLS key (not available in this version).
+    /// TLS key of the API (PEM); with `--tls-cert`.
     #[arg(long = "tls-key")]
     pub tls_key: Option<PathBuf>,
 }
@@ -118,6 +118,20 @@ pub struct Config {
     pub id_given: bool,
     /// Whether a bootstrap mode was configured.
     pub bootstrap_given: bool,
+    /// TLS and authorization of the API.
+    pub api_security: ApiSecurity,
+}
+
+/// TLS and authorization of the API (`tls.*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiSecurity {
+    /// `tls.cert` and `tls.key`: TLS is on when both are set.
+    pub cert_and_key: Option<(PathBuf, PathBuf)>,
+    /// `tls.client.auth.enabled` with `tls.client.auth.ca`: clients need a certificate that
+    /// CA signed.
+    pub client_ca: Option<PathBuf>,
+    /// `tls.client.authz.enabled` with `tls.client.authz.model` and `.policy`.
+    pub authz: Option<(PathBuf, PathBuf)>,
 }
 
 /// Every key Liftbridge accepts.
@@ -463,7 +477,7 @@ impl Config {
 
         let (bind, host) = addresses(&k, flags, &mut b)?;
         let log_level = general(&k, flags, &mut b)?;
-        security(&k, flags)?;
+        let api_security = security(&k, flags)?;
         let embedded_nats = nats(&k, flags, &mut b)?;
         streams(&k, &mut b)?;
         b.encryption_key = encryption_key()?;
@@ -478,6 +492,7 @@ impl Config {
             log_level,
             id_given,
             bootstrap_given,
+            api_security,
         })
     }
 }
@@ -568,45 +583,113 @@ fn encryption_key() -> Result<Option<broker::MasterKey>, ConfigError> {
     }
 }
 
-fn security(k: &Keys, flags: &Flags) -> Result<(), ConfigError> {
-    if flags.tls_cert.is_some()
-        || flags.tls_key.is_some()
-        || k.string("tls.cert")?.is_some()
-        || k.string("tls.key")?.is_some()
-    {
-        return Err(Keys::bad(
-            "tls.cert",
-            "TLS is not available in this version of the server",
-        ));
-    }
-    // Security settings this version does not implement are refused, never ignored: a
-    // deployment that asks for them must not run without them.
-    for key in ["tls.client.auth.enabled", "tls.client.authz.enabled"] {
-        if k.boolean(key)? == Some(true) {
+/// `tls.*`: the API's TLS, client certificates and authorization. Every combination that
+/// cannot work stops the start with a message saying what is missing (the original ignores a
+/// lone key or certificate, reads the authorization flag from the client-auth key, and answers
+/// every call with an error when authorization lacks TLS or client certificates).
+fn security(k: &Keys, flags: &Flags) -> Result<ApiSecurity, ConfigError> {
+    let cert = flags
+        .tls_cert
+        .clone()
+        .or(k.string("tls.cert")?.map(PathBuf::from))
+        .filter(|s| !s.as_os_str().is_empty());
+    let key = flags
+        .tls_key
+        .clone()
+        .or(k.string("tls.key")?.map(PathBuf::from))
+        .filter(|s| !s.as_os_str().is_empty());
+    let cert_and_key = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => {
             return Err(Keys::bad(
-                key,
-                "client authentication and authorization are not available in this \
-                     version of the server; remove the key or set it to false",
+                "tls.key",
+                "tls.cert is set: TLS needs the key too",
             ));
         }
-    }
-    for key in [
-        "tls.client.auth.ca",
-        "tls.client.authz.model",
-        "tls.client.authz.policy",
-        "nats.tls.cert",
-        "nats.tls.key",
-        "nats.tls.ca",
-    ] {
+        (None, Some(_)) => {
+            return Err(Keys::bad(
+                "tls.cert",
+                "tls.key is set: TLS needs the certificate too",
+            ));
+        }
+    };
+    let client_auth = k.boolean("tls.client.auth.enabled")?.unwrap_or(false);
+    let ca = k.string("tls.client.auth.ca")?.filter(|s| !s.is_empty());
+    let client_ca = match (client_auth, ca) {
+        (false, None) => None,
+        (false, Some(_)) => {
+            return Err(Keys::bad(
+                "tls.client.auth.ca",
+                "set, but tls.client.auth.enabled is not true: enable client authentication or remove the CA",
+            ));
+        }
+        (true, None) => {
+            return Err(Keys::bad(
+                "tls.client.auth.ca",
+                "client authentication needs the CA that signs the client certificates",
+            ));
+        }
+        (true, Some(ca)) => {
+            if cert_and_key.is_none() {
+                return Err(Keys::bad(
+                    "tls.client.auth.enabled",
+                    "client authentication needs TLS: set tls.cert and tls.key",
+                ));
+            }
+            Some(PathBuf::from(ca))
+        }
+    };
+    let authz_on = k.boolean("tls.client.authz.enabled")?.unwrap_or(false);
+    let model = k
+        .string("tls.client.authz.model")?
+        .filter(|s| !s.is_empty());
+    let policy = k
+        .string("tls.client.authz.policy")?
+        .filter(|s| !s.is_empty());
+    let authz = if authz_on {
+        if cert_and_key.is_none() || client_ca.is_none() {
+            return Err(Keys::bad(
+                "tls.client.authz.enabled",
+                "authorization identifies clients by their certificate: it needs TLS (tls.cert, tls.key) and client authentication (tls.client.auth.enabled, tls.client.auth.ca)",
+            ));
+        }
+        match (model, policy) {
+            (Some(m), Some(p)) => Some((PathBuf::from(m), PathBuf::from(p))),
+            _ => {
+                return Err(Keys::bad(
+                    "tls.client.authz.enabled",
+                    "authorization needs tls.client.authz.model and tls.client.authz.policy",
+                ));
+            }
+        }
+    } else {
+        if model.is_some() || policy.is_some() {
+            return Err(Keys::bad(
+                if model.is_some() {
+                    "tls.client.authz.model"
+                } else {
+                    "tls.client.authz.policy"
+                },
+                "set, but tls.client.authz.enabled is not true: enable authorization or remove the key",
+            ));
+        }
+        None
+    };
+    // NATS TLS is not implemented: refused, never ignored.
+    for key in ["nats.tls.cert", "nats.tls.key", "nats.tls.ca"] {
         if k.0.contains_key(key) {
             return Err(Keys::bad(
                 key,
-                "TLS settings are not available in this version of the server; remove \
-                     the key",
+                "TLS to NATS is not available in this version of the server; remove the key",
             ));
         }
     }
-    Ok(())
+    Ok(ApiSecurity {
+        cert_and_key,
+        client_ca,
+        authz,
+    })
 }
 
 /// `nats.*`: the servers, the embedded server if any, credentials and the ingest queue.
@@ -928,30 +1011,55 @@ mod tests {
     }
 
     #[test]
-    fn security_keys_this_version_lacks_are_refused_not_ignored() {
-        for yaml in [
-            "tls.client.auth.enabled: true\n",
-            "tls.client.authz.enabled: true\n",
-            "tls.client.auth.ca: /etc/ca.pem\n",
-            "tls.client.authz.model: model.conf\n",
-            "tls.client.authz.policy: policy.csv\n",
-            "nats.tls.cert: c.pem\n",
-            "nats:\n  tls:\n    key: k.pem\n",
-            "nats.tls.ca: ca.pem\n",
+    fn security_settings_that_cannot_work_are_refused_not_ignored() {
+        for (yaml, says) in [
+            ("tls.client.auth.enabled: true\n", "needs the CA"),
+            ("tls.client.authz.enabled: true\n", "it needs TLS"),
+            (
+                "tls.client.auth.ca: /etc/ca.pem\n",
+                "tls.client.auth.enabled is not true",
+            ),
+            (
+                "tls.client.authz.model: model.conf\n",
+                "tls.client.authz.enabled is not true",
+            ),
+            (
+                "tls.client.authz.policy: policy.csv\n",
+                "tls.client.authz.enabled is not true",
+            ),
+            ("tls.cert: c.pem\n", "needs the key too"),
+            ("tls.key: k.pem\n", "needs the certificate too"),
+            ("nats.tls.cert: c.pem\n", "not available"),
+            ("nats:\n  tls:\n    key: k.pem\n", "not available"),
+            ("nats.tls.ca: ca.pem\n", "not available"),
         ] {
             let key = yaml.split(':').next().unwrap();
             let err = from_yaml(yaml, &Flags::default()).unwrap_err().to_string();
-            assert!(err.contains("not available"), "{yaml}: {err}");
-            if !key.contains('\n') && key != "nats" {
+            assert!(err.contains(says), "{yaml}: {err}");
+            if !key.contains('\n') && key != "nats" && !says.contains("needs the") {
                 assert!(err.contains(key), "{yaml}: {err}");
             }
         }
-        // Turning them off explicitly is harmless.
+        // Turning them off explicitly is harmless; a complete set is read.
         from_yaml(
             "tls.client.auth.enabled: false\ntls.client.authz.enabled: false\n",
             &Flags::default(),
         )
         .unwrap();
+        let c = from_yaml(
+            "tls.cert: c.pem\ntls.key: k.pem\ntls.client.auth.enabled: true\ntls.client.auth.ca: ca.pem\n\
+             tls.client.authz.enabled: true\ntls.client.authz.model: m.conf\ntls.client.authz.policy: p.csv\n",
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.api_security,
+            ApiSecurity {
+                cert_and_key: Some(("c.pem".into(), "k.pem".into())),
+                client_ca: Some("ca.pem".into()),
+                authz: Some(("m.conf".into(), "p.csv".into())),
+            }
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use broker::Broker;
 use prost::Message as _;
 use slog::{Drain, Logger, info, o};
 
-pub use config::{Config, ConfigError, EmbeddedNats, Flags};
+pub use config::{ApiSecurity, Config, ConfigError, EmbeddedNats, Flags};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,9 @@ pub enum StartError {
     /// The broker failed to start.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    /// A TLS or authorization file cannot be used.
+    #[error(transparent)]
+    Security(#[from] api::SecurityError),
 }
 
 /// A logger writing to standard error at `level`.
@@ -109,6 +112,7 @@ pub struct Running {
     grpc_addr: std::net::SocketAddr,
     nats_url: String,
     logger: Logger,
+    authz: Option<Arc<api::Authorizer>>,
 }
 
 impl std::fmt::Debug for Running {
@@ -121,6 +125,25 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
+    /// Reads the authorization policy again (SIGHUP). A policy that does not load leaves the
+    /// previous one in force, and says so; without authorization it does nothing.
+    pub async fn reload_authorization(&self) {
+        let Some(a) = &self.authz else {
+            info!(
+                self.logger,
+                "SIGHUP received; no authorization policy to reload"
+            );
+            return;
+        };
+        match a.reload().await {
+            Ok(()) => info!(self.logger, "reloaded the authorization policy"),
+            Err(e) => {
+                slog::error!(self.logger, "the authorization policy did not reload; the previous one stays in force";
+                "error" => %e)
+            }
+        }
+    }
+
     /// Where the gRPC API listens.
     pub fn grpc_addr(&self) -> std::net::SocketAddr {
         self.grpc_addr
@@ -228,7 +251,18 @@ pub async fn start(mut cfg: Config, logger: Logger) -> Result<Running, StartErro
             "the metadata group is not ready yet; serving anyway"
         );
     }
-    let api = api::serve(broker.clone(), listener)
+    let security = match api_security(&cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            broker.shutdown().await;
+            if let Some(n) = nats {
+                n.shutdown().await;
+            }
+            return Err(e.into());
+        }
+    };
+    let authz = security.authz.clone();
+    let api = api::serve_with(broker.clone(), listener, security)
         .await
         .map_err(|source| StartError::Listen {
             addr: cfg.bind.clone(),
@@ -244,6 +278,7 @@ pub async fn start(mut cfg: Config, logger: Logger) -> Result<Running, StartErro
         grpc_addr,
         nats_url,
         logger,
+        authz,
     })
 }
 
@@ -266,7 +301,22 @@ pub async fn start_local(data_dir: &Path) -> Result<Running, StartError> {
     start(cfg, Logger::root(slog::Discard, o!())).await
 }
 
-/// Runs until SIGINT or SIGTERM, then stops cleanly. Returns the process exit code.
+/// Reads the API's TLS and authorization files.
+async fn api_security(cfg: &Config) -> Result<api::Security, api::SecurityError> {
+    let s = &cfg.api_security;
+    let tls = match &s.cert_and_key {
+        Some((cert, key)) => Some(api::TlsSettings::load(cert, key, s.client_ca.as_deref())?),
+        None => None,
+    };
+    let authz = match &s.authz {
+        Some((model, policy)) => Some(Arc::new(api::Authorizer::load(model, policy).await?)),
+        None => None,
+    };
+    Ok(api::Security { tls, authz })
+}
+
+/// Runs until SIGINT or SIGTERM, then stops cleanly; SIGHUP reloads the authorization policy.
+/// Returns the process exit code.
 pub async fn run(cfg: Config) -> i32 {
     let logger = logger(cfg.log_level);
     let running = match start(cfg, logger.clone()).await {
@@ -287,9 +337,25 @@ pub async fn run(cfg: Config) -> i32 {
             return 1;
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!(logger, "SIGINT received"),
-        _ = term.recv() => info!(logger, "SIGTERM received"),
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("liftbridged: cannot install the SIGHUP handler: {e}");
+            return 1;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                info!(logger, "SIGINT received");
+                break;
+            }
+            _ = term.recv() => {
+                info!(logger, "SIGTERM received");
+                break;
+            }
+            _ = hup.recv() => running.reload_authorization().await,
+        }
     }
     running.shutdown().await;
     drop(logger);

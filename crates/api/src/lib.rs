@@ -5,11 +5,19 @@
 //! errors become gRPC status codes ([`status`]). [`serve`] runs it with the standard gRPC health
 //! service, which reports `proto.API` as SERVING while it runs.
 //!
-//! This crate never touches NATS or disk itself.
+//! [`serve_with`] adds TLS, client certificates and authorization ([`security`]).
+//!
+//! This crate never touches NATS or disk itself (it reads the TLS and policy files it is
+//! given).
+
+pub mod security;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
+
+pub use security::{Authorizer, SecurityError, TlsSettings};
 
 use broker::{Broker, BrokerError};
 use futures_util::{Stream, StreamExt};
@@ -66,12 +74,32 @@ fn parse_timeout(v: &str) -> Option<Duration> {
 #[derive(Debug, Clone)]
 pub struct Service {
     broker: Broker,
+    authz: Option<Arc<Authorizer>>,
 }
 
 impl Service {
     /// The service for `broker`.
     pub fn new(broker: Broker) -> Self {
-        Service { broker }
+        Service {
+            broker,
+            authz: None,
+        }
+    }
+
+    /// The service for `broker`, authorizing each call with `authz`.
+    pub fn with_authorizer(broker: Broker, authz: Arc<Authorizer>) -> Self {
+        Service {
+            broker,
+            authz: Some(authz),
+        }
+    }
+
+    /// Allows the call when no authorization is configured or the policy allows it.
+    fn allow<T>(&self, req: &Request<T>, object: &str, action: &str) -> Result<(), Status> {
+        match &self.authz {
+            Some(a) => a.check(req, object, action),
+            None => Ok(()),
+        }
     }
 }
 
@@ -83,6 +111,11 @@ impl Api for Service {
         &self,
         request: Request<CreateStreamRequest>,
     ) -> Result<Response<CreateStreamResponse>, Status> {
+        // The original checks the name and subject first.
+        self.broker
+            .check_stream_names(request.get_ref())
+            .map_err(status)?;
+        self.allow(&request, &request.get_ref().name.clone(), "CreateStream")?;
         self.broker
             .create_stream(request.into_inner())
             .await
@@ -94,6 +127,7 @@ impl Api for Service {
         &self,
         request: Request<DeleteStreamRequest>,
     ) -> Result<Response<DeleteStreamResponse>, Status> {
+        self.allow(&request, &request.get_ref().name.clone(), "DeleteStream")?;
         self.broker
             .delete_stream(&request.into_inner().name)
             .await
@@ -105,6 +139,7 @@ impl Api for Service {
         &self,
         request: Request<PauseStreamRequest>,
     ) -> Result<Response<PauseStreamResponse>, Status> {
+        self.allow(&request, &request.get_ref().name.clone(), "PauseStream")?;
         let r = request.into_inner();
         self.broker
             .pause_stream(&r.name, r.partitions, r.resume_all)
@@ -117,6 +152,11 @@ impl Api for Service {
         &self,
         request: Request<SetStreamReadonlyRequest>,
     ) -> Result<Response<SetStreamReadonlyResponse>, Status> {
+        self.allow(
+            &request,
+            &request.get_ref().name.clone(),
+            "SetStreamReadonly",
+        )?;
         let r = request.into_inner();
         self.broker
             .set_stream_readonly(&r.name, r.partitions, r.readonly)
@@ -131,6 +171,9 @@ impl Api for Service {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        // Before the subscription exists (the original checks after, so a denied group member
+        // still displaced the current one).
+        self.allow(&request, &request.get_ref().stream.clone(), "Subscribe")?;
         let sub = self
             .broker
             .subscribe(request.into_inner())
@@ -146,6 +189,7 @@ impl Api for Service {
         &self,
         request: Request<FetchMetadataRequest>,
     ) -> Result<Response<FetchMetadataResponse>, Status> {
+        self.allow(&request, "*", "FetchMetadata")?;
         let d = deadline(&request);
         Ok(Response::new(
             self.broker.fetch_metadata(request.into_inner(), d).await,
@@ -156,6 +200,11 @@ impl Api for Service {
         &self,
         request: Request<FetchPartitionMetadataRequest>,
     ) -> Result<Response<FetchPartitionMetadataResponse>, Status> {
+        self.allow(
+            &request,
+            &request.get_ref().stream.clone(),
+            "FetchPartitionMetadata",
+        )?;
         let r = request.into_inner();
         let metadata = self
             .broker
@@ -170,6 +219,10 @@ impl Api for Service {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
+        // After the stream lookup, as the original: an unknown stream is NotFound for all.
+        if self.broker.has_stream(&request.get_ref().stream) {
+            self.allow(&request, &request.get_ref().stream.clone(), "Publish")?;
+        }
         let d = deadline(&request);
         let ack = self
             .broker
@@ -192,6 +245,8 @@ impl Api for Service {
         &self,
         request: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishAsyncStream>, Status> {
+        let request_meta =
+            Request::from_parts(request.metadata().clone(), request.extensions().clone(), ());
         // A client error or cancellation ends the input like a clean close.
         let input = request
             .into_inner()
@@ -199,7 +254,31 @@ impl Api for Service {
             .filter_map(|r| std::future::ready(r.ok()));
         let (tx, rx) = mpsc::channel(1024);
         let broker = self.broker.clone();
-        tokio::spawn(async move { broker.publish_async(Box::pin(input), tx).await });
+        match self.authz.clone() {
+            None => {
+                tokio::spawn(async move { broker.publish_async(Box::pin(input), tx).await });
+            }
+            Some(authz) => {
+                // Each message is checked; a denied one gets its error and is not published
+                // (the original sent the error and published it anyway).
+                let subject = security::client_id(&request_meta);
+                let denials = tx.clone();
+                let input = input.filter_map(move |r| {
+                    let allowed = subject
+                        .as_deref()
+                        .is_some_and(|s| authz.allows(s, &r.stream, "Publish"));
+                    let denials = denials.clone();
+                    async move {
+                        if allowed {
+                            return Some(r);
+                        }
+                        let _ = denials.send(denied_async(&r)).await;
+                        None
+                    }
+                });
+                tokio::spawn(async move { broker.publish_async(Box::pin(input), tx).await });
+            }
+        }
         let out = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
         Ok(Response::new(Box::pin(out)))
     }
@@ -208,6 +287,11 @@ impl Api for Service {
         &self,
         request: Request<PublishToSubjectRequest>,
     ) -> Result<Response<PublishToSubjectResponse>, Status> {
+        self.allow(
+            &request,
+            &request.get_ref().subject.clone(),
+            "PublishToSubject",
+        )?;
         let d = deadline(&request);
         let ack = self
             .broker
@@ -221,6 +305,10 @@ impl Api for Service {
         &self,
         request: Request<SetCursorRequest>,
     ) -> Result<Response<SetCursorResponse>, Status> {
+        let r = request.get_ref();
+        if !r.stream.is_empty() && !r.cursor_id.is_empty() {
+            self.allow(&request, &r.stream.clone(), "SetCursor")?;
+        }
         self.broker
             .set_cursor(request.into_inner())
             .await
@@ -232,6 +320,10 @@ impl Api for Service {
         &self,
         request: Request<FetchCursorRequest>,
     ) -> Result<Response<FetchCursorResponse>, Status> {
+        let r = request.get_ref();
+        if !r.stream.is_empty() && !r.cursor_id.is_empty() {
+            self.allow(&request, &r.stream.clone(), "FetchCursor")?;
+        }
         let offset = self
             .broker
             .fetch_cursor(request.into_inner())
@@ -244,6 +336,12 @@ impl Api for Service {
         &self,
         request: Request<JoinConsumerGroupRequest>,
     ) -> Result<Response<JoinConsumerGroupResponse>, Status> {
+        // The group calls are checked too (the original never does), on the group.
+        self.allow(
+            &request,
+            &request.get_ref().group_id.clone(),
+            "JoinConsumerGroup",
+        )?;
         let resp = self
             .broker
             .join_consumer_group(request.into_inner())
@@ -256,6 +354,11 @@ impl Api for Service {
         &self,
         request: Request<LeaveConsumerGroupRequest>,
     ) -> Result<Response<LeaveConsumerGroupResponse>, Status> {
+        self.allow(
+            &request,
+            &request.get_ref().group_id.clone(),
+            "LeaveConsumerGroup",
+        )?;
         self.broker
             .leave_consumer_group(request.into_inner())
             .await
@@ -267,6 +370,11 @@ impl Api for Service {
         &self,
         request: Request<FetchConsumerGroupAssignmentsRequest>,
     ) -> Result<Response<FetchConsumerGroupAssignmentsResponse>, Status> {
+        self.allow(
+            &request,
+            &request.get_ref().group_id.clone(),
+            "FetchConsumerGroupAssignments",
+        )?;
         let resp = self
             .broker
             .fetch_consumer_group_assignments(request.into_inner())
@@ -278,6 +386,11 @@ impl Api for Service {
         &self,
         request: Request<ReportConsumerGroupCoordinatorRequest>,
     ) -> Result<Response<ReportConsumerGroupCoordinatorResponse>, Status> {
+        self.allow(
+            &request,
+            &request.get_ref().group_id.clone(),
+            "ReportConsumerGroupCoordinator",
+        )?;
         self.broker
             .report_consumer_group_coordinator(request.into_inner())
             .await
@@ -326,8 +439,45 @@ pub fn max_message_size(broker: &Broker) -> usize {
     recorded.saturating_add(1024 * 1024).max(4 * 1024 * 1024)
 }
 
+/// The PublishAsync answer to a message the policy does not allow.
+fn denied_async(r: &PublishRequest) -> PublishResponse {
+    PublishResponse {
+        correlation_id: r.correlation_id.clone(),
+        ack: None,
+        async_error: Some(PublishAsyncError {
+            code: publish_async_error::Code::PermissionDenied as i32,
+            message: format!(
+                "The client is not authorized to call Publish on resource {}",
+                r.stream
+            ),
+        }),
+    }
+}
+
+/// What protects the API: TLS (with client certificates) and authorization.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// TLS; `None` serves plain HTTP/2.
+    pub tls: Option<TlsSettings>,
+    /// Authorization; needs TLS with client certificates.
+    pub authz: Option<Arc<Authorizer>>,
+}
+
 /// Serves the API for `broker` on `listener`, with the health service.
 pub async fn serve(broker: Broker, listener: tokio::net::TcpListener) -> std::io::Result<Server> {
+    serve_with(broker, listener, Security::default()).await
+}
+
+/// Serves the API for `broker` on `listener` with TLS and authorization, with the health
+/// service (which is never authorized: load balancers ask it).
+///
+/// # Errors
+/// The listener's address, or a TLS configuration the TLS library refuses.
+pub async fn serve_with(
+    broker: Broker,
+    listener: tokio::net::TcpListener,
+    security: Security,
+) -> std::io::Result<Server> {
     let addr = listener.local_addr()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -343,11 +493,21 @@ pub async fn serve(broker: Broker, listener: tokio::net::TcpListener) -> std::io
             let _ = s.set_nodelay(true);
         })
     });
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &security.tls {
+        builder = builder
+            .tls_config(tls.server_config())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    }
+    let service = match security.authz {
+        Some(a) => Service::with_authorizer(broker.clone(), a),
+        None => Service::new(broker.clone()),
+    };
     let task = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .add_service(health_service)
             .add_service(
-                ApiServer::new(Service::new(broker.clone()))
+                ApiServer::new(service)
                     .max_decoding_message_size(max_message_size(&broker))
                     .max_encoding_message_size(max_message_size(&broker)),
             )

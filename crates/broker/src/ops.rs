@@ -62,12 +62,12 @@ fn check_stream_name(name: &str) -> Result<()> {
 }
 
 impl Broker {
-    /// Creates a stream; see the CreateStream RPC.
+    /// The first checks of a CreateStream, which come before its authorization: the name, the
+    /// subject, and the reserved names.
     ///
     /// # Errors
-    /// InvalidArgument for a bad name, subject, replication factor or setting; AlreadyExists;
-    /// FailedPrecondition for an encrypted stream on a server without the master key.
-    pub async fn create_stream(&self, req: api::CreateStreamRequest) -> Result<()> {
+    /// InvalidArgument.
+    pub fn check_stream_names(&self, req: &api::CreateStreamRequest) -> Result<()> {
         check_stream_name(&req.name)?;
         if natsbridge::validate_subject(&req.subject).is_err() {
             return Err(BrokerError::InvalidArgument("Subject is invalid".into()));
@@ -75,6 +75,21 @@ impl Broker {
         if RESERVED.contains(&req.name.as_str()) {
             return Err(BrokerError::InvalidArgument("Stream is reserved".into()));
         }
+        Ok(())
+    }
+
+    /// Whether a stream of that name exists.
+    pub fn has_stream(&self, name: &str) -> bool {
+        self.metadata().with_state(|f| f.stream(name).is_some())
+    }
+
+    /// Creates a stream; see the CreateStream RPC.
+    ///
+    /// # Errors
+    /// InvalidArgument for a bad name, subject, replication factor or setting; AlreadyExists;
+    /// FailedPrecondition for an encrypted stream on a server without the master key.
+    pub async fn create_stream(&self, req: api::CreateStreamRequest) -> Result<()> {
+        self.check_stream_names(&req)?;
         // The choice is recorded with the stream, so a later change of the server's default
         // never re-reads old data the other way (the original follows the current default).
         let encrypted = req

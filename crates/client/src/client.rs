@@ -42,6 +42,52 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     request_timeout: Duration,
     resubscribe_wait: Duration,
+    tls: Option<ClientTls>,
+}
+
+/// TLS to the brokers: the CA that signed their certificates and, for servers that require
+/// client certificates (mutual TLS, and authorization, which names the client by its
+/// certificate's common name), this client's certificate and key. All PEM.
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    /// The CA bundle that verifies the brokers' certificates.
+    pub ca_pem: Vec<u8>,
+    /// This client's certificate chain and key, when the brokers ask for one.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name to verify the brokers' certificates against; default: the host of each
+    /// address.
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("client_certificate", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// TLS verifying the brokers with `ca_pem`.
+    pub fn new(ca_pem: impl Into<Vec<u8>>) -> Self {
+        ClientTls {
+            ca_pem: ca_pem.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Presents this certificate and key (PEM) to the brokers.
+    pub fn identity(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Verifies the brokers' certificates against this name.
+    pub fn domain(mut self, name: impl Into<String>) -> Self {
+        self.domain = Some(name.into());
+        self
+    }
 }
 
 impl ClientBuilder {
@@ -64,6 +110,12 @@ impl ClientBuilder {
         self
     }
 
+    /// Connects with TLS (and a client certificate, if `tls` has one).
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Connects to the first reachable broker and loads the metadata.
     ///
     /// # Errors
@@ -78,6 +130,7 @@ impl ClientBuilder {
                 connect_timeout: self.connect_timeout,
                 request_timeout: self.request_timeout,
                 resubscribe_wait: self.resubscribe_wait,
+                tls: self.tls.clone(),
                 pool: Mutex::new(HashMap::new()),
                 metadata: RwLock::new(Metadata::default()),
                 sessions: tokio::sync::Mutex::new(HashMap::new()),
@@ -106,6 +159,7 @@ fn correlation_id(prefix: &str, n: u64) -> String {
 
 pub(crate) struct Inner {
     seeds: Vec<String>,
+    tls: Option<ClientTls>,
     connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) resubscribe_wait: Duration,
@@ -172,6 +226,7 @@ impl Client {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             resubscribe_wait: Duration::from_secs(30),
+            tls: None,
         }
     }
 
@@ -212,15 +267,33 @@ impl Client {
         if let Some(c) = self.inner.pool.lock().get(addr) {
             return Ok(c.clone());
         }
+        let scheme = if self.inner.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let uri = if addr.contains("://") {
             addr.to_owned()
         } else {
-            format!("http://{addr}")
+            format!("{scheme}://{addr}")
         };
-        let endpoint = Endpoint::from_shared(uri)
+        let mut endpoint = Endpoint::from_shared(uri)
             .map_err(|e| Error::InvalidArgument(format!("broker address {addr:?}: {e}")))?
             .connect_timeout(self.inner.connect_timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.inner.tls {
+            let mut c = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                c = c.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            if let Some(d) = &tls.domain {
+                c = c.domain_name(d.clone());
+            }
+            endpoint = endpoint
+                .tls_config(c)
+                .map_err(|e| Error::InvalidArgument(format!("TLS settings: {e}")))?;
+        }
         let c = transport::connect(endpoint)
             .await
             .map_err(|e| Error::NoBrokers(format!("{addr}: {e}")))?;

@@ -37,7 +37,8 @@
 //! # client.close(); server.shutdown().await; Ok(()) }
 //! ```
 //!
-//! Connections are plain gRPC (HTTP/2 without TLS) for now.
+//! Connections are plain gRPC (HTTP/2), or TLS with [`ClientBuilder::tls`] and a [`ClientTls`]
+//! (with a client certificate for servers that require one).
 //!
 //! # Servers it is checked against
 //!
@@ -73,7 +74,7 @@ mod subscribe;
 mod transport;
 mod types;
 
-pub use client::{Client, ClientBuilder};
+pub use client::{Client, ClientBuilder, ClientTls};
 pub use error::{Error, Result};
 pub use group::{AutoOffset, ConsumerBuilder, GroupConsumer, PartitionLag, group_cursor_id};
 pub use publish::PendingAck;
