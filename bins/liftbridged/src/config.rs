@@ -158,6 +158,9 @@ const KNOWN: &[&str] = &[
     "nats.servers",
     "nats.user",
     "nats.password",
+    "nats.token",
+    "nats.nkey.seed.file",
+    "nats.credentials",
     "nats.tls.cert",
     "nats.tls.key",
     "nats.tls.ca",
@@ -676,15 +679,6 @@ fn security(k: &Keys, flags: &Flags) -> Result<ApiSecurity, ConfigError> {
         }
         None
     };
-    // NATS TLS is not implemented: refused, never ignored.
-    for key in ["nats.tls.cert", "nats.tls.key", "nats.tls.ca"] {
-        if k.0.contains_key(key) {
-            return Err(Keys::bad(
-                key,
-                "TLS to NATS is not available in this version of the server; remove the key",
-            ));
-        }
-    }
     Ok(ApiSecurity {
         cert_and_key,
         client_ca,
@@ -751,6 +745,62 @@ fn nats(
                     "must be from 1 MiB to 4 GiB",
                 )
             })?;
+    }
+    if let Some(t) = k.string("nats.token")?.filter(|t| !t.is_empty()) {
+        b.nats.token = Some(t);
+    }
+    if let Some(path) = k.string("nats.nkey.seed.file")? {
+        let seed = std::fs::read_to_string(&path)
+            .map_err(|e| Keys::bad("nats.nkey.seed.file", format!("cannot read {path}: {e}")))?;
+        let seed = seed
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("SU"))
+            .ok_or_else(|| {
+                Keys::bad(
+                    "nats.nkey.seed.file",
+                    format!("{path} holds no user NKey seed (SU...)"),
+                )
+            })?;
+        b.nats.nkey_seed = Some(seed.to_owned());
+    }
+    if let Some(path) = k.string("nats.credentials")? {
+        let path = PathBuf::from(path);
+        if !path.exists() {
+            return Err(Keys::bad(
+                "nats.credentials",
+                format!("{} does not exist", path.display()),
+            ));
+        }
+        b.nats.credentials_file = Some(path);
+    }
+    let tls_cert = k.string("nats.tls.cert")?.map(PathBuf::from);
+    let tls_key = k.string("nats.tls.key")?.map(PathBuf::from);
+    let tls_ca = k.string("nats.tls.ca")?.map(PathBuf::from);
+    let cert_and_key = match (tls_cert, tls_key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(Keys::bad(
+                "nats.tls.cert",
+                "nats.tls.cert and nats.tls.key go together",
+            ));
+        }
+    };
+    let named = cert_and_key
+        .iter()
+        .flat_map(|(c, k)| [("nats.tls.cert", c), ("nats.tls.key", k)])
+        .chain(tls_ca.iter().map(|c| ("nats.tls.ca", c)));
+    for (key, p) in named {
+        if !p.exists() {
+            return Err(Keys::bad(key, format!("{} does not exist", p.display())));
+        }
+    }
+    if cert_and_key.is_some() || tls_ca.is_some() {
+        b.nats.tls = Some(natsbridge::NatsTls {
+            cert_and_key,
+            ca: tls_ca,
+        });
     }
     if let (Some(u), Some(p)) = (k.string("nats.user")?, k.string("nats.password")?) {
         b.nats.user_password = Some((u, p));
@@ -1029,9 +1079,14 @@ mod tests {
             ),
             ("tls.cert: c.pem\n", "needs the key too"),
             ("tls.key: k.pem\n", "needs the certificate too"),
-            ("nats.tls.cert: c.pem\n", "not available"),
-            ("nats:\n  tls:\n    key: k.pem\n", "not available"),
-            ("nats.tls.ca: ca.pem\n", "not available"),
+            ("nats.tls.cert: c.pem\n", "go together"),
+            ("nats:\n  tls:\n    key: k.pem\n", "go together"),
+            ("nats.tls.ca: /nonexistent/ca.pem\n", "does not exist"),
+            (
+                "nats.credentials: /nonexistent/user.creds\n",
+                "does not exist",
+            ),
+            ("nats.nkey.seed.file: /nonexistent/seed\n", "cannot read"),
         ] {
             let key = yaml.split(':').next().unwrap();
             let err = from_yaml(yaml, &Flags::default()).unwrap_err().to_string();

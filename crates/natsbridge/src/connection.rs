@@ -11,8 +11,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-/// Everything needed to reach NATS.
-#[derive(Debug, Clone)]
+/// TLS to the NATS servers (`nats.tls.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsTls {
+    /// A client certificate and its key (PEM files), for servers that verify clients.
+    pub cert_and_key: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The CA (PEM file) that signs the servers' certificates; default: the system's roots.
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// Everything needed to reach NATS. Its `Debug` output leaves the secrets out.
+#[derive(Clone)]
 pub struct NatsConfig {
     /// Server URLs, e.g. `nats://127.0.0.1:4222`; any of them may be used.
     pub servers: Vec<String>,
@@ -20,6 +29,12 @@ pub struct NatsConfig {
     pub user_password: Option<(String, String)>,
     /// A token, if the servers require one.
     pub token: Option<String>,
+    /// An NKey seed (`SU...`), if the servers authenticate users by NKey.
+    pub nkey_seed: Option<String>,
+    /// A credentials file (user JWT and NKey seed), for servers in operator mode.
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// TLS to the servers: required when set.
+    pub tls: Option<NatsTls>,
     /// Wait between reconnect attempts. Default 250 ms.
     pub reconnect_wait: Duration,
     /// Time allowed for the first connection. Default 5 s.
@@ -31,12 +46,30 @@ pub struct NatsConfig {
     pub events: Option<EventHook>,
 }
 
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |b: bool| if b { "(set)" } else { "(none)" };
+        f.debug_struct("NatsConfig")
+            .field("servers", &self.servers)
+            .field("user", &self.user_password.as_ref().map(|(u, _)| u))
+            .field("password", &set(self.user_password.is_some()))
+            .field("token", &set(self.token.is_some()))
+            .field("nkey_seed", &set(self.nkey_seed.is_some()))
+            .field("credentials_file", &self.credentials_file)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for NatsConfig {
     fn default() -> Self {
         NatsConfig {
             servers: vec!["nats://127.0.0.1:4222".into()],
             user_password: None,
             token: None,
+            nkey_seed: None,
+            credentials_file: None,
+            tls: None,
             reconnect_wait: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(5),
             subscription_capacity: 64 * 1024,
@@ -299,6 +332,31 @@ impl Connection {
         }
         if let Some(token) = &cfg.token {
             opts = opts.token(token.clone());
+        }
+        if let Some(seed) = &cfg.nkey_seed {
+            opts = opts.nkey(seed.clone());
+        }
+        let servers_text = cfg.servers.join(",");
+        let failed = |reason: String| NatsError::Connect {
+            servers: servers_text.clone(),
+            reason,
+        };
+        if let Some(path) = &cfg.credentials_file {
+            opts = opts.credentials_file(path).await.map_err(|e| {
+                failed(format!(
+                    "cannot use the NATS credentials file {}: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        if let Some(tls) = &cfg.tls {
+            opts = opts.require_tls(true);
+            if let Some((cert, key)) = &tls.cert_and_key {
+                opts = opts.add_client_certificate(cert.clone(), key.clone());
+            }
+            if let Some(ca) = &tls.ca {
+                opts = opts.add_root_certificates(ca.clone());
+            }
         }
         let servers = cfg.servers.join(",");
         let connect = opts.connect(cfg.servers.as_slice());

@@ -1,0 +1,187 @@
+//! Every way a broker connection authenticates to the reference `nats-server`: user and
+//! password, token, NKey, and TLS with a client certificate. The right credentials connect; the
+//! wrong ones or none are a clear error.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use natsbridge::{Connection, NatsConfig, NatsError, NatsTls};
+
+struct Server {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `nats-server` with `conf` as its configuration (the port is added).
+async fn server(conf: &str, dir: tempfile::TempDir) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = dir.path().join("server.conf");
+    std::fs::write(&file, format!("host: 127.0.0.1\nport: {port}\n{conf}")).unwrap();
+    let child = Command::new("nats-server")
+        .arg("-c")
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the reference `nats-server` must be installed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Server {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+fn config(s: &Server, scheme: &str) -> NatsConfig {
+    NatsConfig {
+        servers: vec![format!("{scheme}://127.0.0.1:{}", s.port)],
+        connect_timeout: Duration::from_secs(3),
+        ..NatsConfig::default()
+    }
+}
+
+async fn works(cfg: &NatsConfig) {
+    let c = Connection::connect(cfg, "auth-test")
+        .await
+        .expect("connects");
+    let r = c
+        .request(
+            "_AUTH.roundtrip",
+            bytes::Bytes::new(),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(matches!(r, Err(NatsError::NoResponders(_))), "{r:?}");
+    c.close().await;
+}
+
+async fn refused(cfg: &NatsConfig) {
+    let r = Connection::connect(cfg, "auth-test").await;
+    assert!(
+        matches!(r, Err(NatsError::Connect { .. })),
+        "connected without the right credentials"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password_and_token() {
+    let s = server(
+        "authorization { user: broker, password: s3cret }\n",
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    let mut cfg = config(&s, "nats");
+    refused(&cfg).await;
+    cfg.user_password = Some(("broker".into(), "wrong".into()));
+    refused(&cfg).await;
+    cfg.user_password = Some(("broker".into(), "s3cret".into()));
+    works(&cfg).await;
+    drop(s);
+
+    let s = server(
+        "authorization { token: t0ken }\n",
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    let mut cfg = config(&s, "nats");
+    refused(&cfg).await;
+    cfg.token = Some("t0ken".into());
+    works(&cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nkey() {
+    let user = nkeys::KeyPair::new_user();
+    let other = nkeys::KeyPair::new_user();
+    let s = server(
+        &format!(
+            "authorization {{ users: [ {{ nkey: {} }} ] }}\n",
+            user.public_key()
+        ),
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    let mut cfg = config(&s, "nats");
+    refused(&cfg).await;
+    cfg.nkey_seed = Some(other.seed().unwrap());
+    refused(&cfg).await;
+    cfg.nkey_seed = Some(user.seed().unwrap());
+    works(&cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_client_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |cn: &str, file: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        p.subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.path().join(format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.path().join(format!("{file}.key")), key.serialize_pem()).unwrap();
+    };
+    leaf("server", "server");
+    leaf("broker", "client");
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let base = dir.path().to_owned();
+    let p = |f: &str| base.join(f);
+    let conf = format!(
+        "tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, verify: true }}\n",
+        p("server.pem"),
+        p("server.key"),
+        p("ca.pem")
+    );
+    let tls = |with_cert: bool, ca: &Path| NatsTls {
+        cert_and_key: with_cert.then(|| (p("client.pem"), p("client.key"))),
+        ca: Some(ca.to_owned()),
+    };
+    let ca_path = p("ca.pem");
+    let s = server(&conf, dir).await;
+    let mut cfg = config(&s, "tls");
+    cfg.tls = Some(tls(false, &ca_path));
+    refused(&cfg).await;
+    cfg.tls = Some(tls(true, &ca_path));
+    works(&cfg).await;
+}
+
+#[tokio::test]
+async fn a_missing_credentials_file_is_a_clear_error() {
+    let cfg = NatsConfig {
+        servers: vec!["nats://127.0.0.1:1".into()],
+        credentials_file: Some("/nonexistent/user.creds".into()),
+        ..NatsConfig::default()
+    };
+    let e = Connection::connect(&cfg, "auth-test").await.unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/user.creds"), "{e}");
+}
