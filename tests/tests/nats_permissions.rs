@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-struct Nats(Child, u16, tempfile::TempDir);
+/// The server, its port, and the folder of its configuration (kept until the server stops).
+struct Nats(Child, u16, #[allow(dead_code)] tempfile::TempDir);
 
 impl Drop for Nats {
     fn drop(&mut self) {
