@@ -539,7 +539,7 @@ fn settings_that_cannot_work_stop_the_start_with_what_is_missing() {
         ),
         (
             "nats:\n  tls:\n    cert: /c\n",
-            "TLS to NATS is not available",
+            "nats.tls.cert and nats.tls.key go together",
         ),
     ];
     for (yaml, says) in cases {

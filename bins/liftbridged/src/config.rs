@@ -84,6 +84,10 @@ pub struct Flags {
     /// TLS key of the API (PEM); with `--tls-cert`.
     #[arg(long = "tls-key")]
     pub tls_key: Option<PathBuf>,
+    /// Serve metrics, liveness and readiness over HTTP on this address (`http.listen`), for
+    /// example `127.0.0.1:9293`. Off by default.
+    #[arg(long = "http")]
+    pub http: Option<String>,
 }
 
 /// The embedded NATS server's settings.
@@ -120,6 +124,8 @@ pub struct Config {
     pub bootstrap_given: bool,
     /// TLS and authorization of the API.
     pub api_security: ApiSecurity,
+    /// Where the operators' HTTP port (metrics, health) listens; `None`: off.
+    pub http_listen: Option<String>,
 }
 
 /// TLS and authorization of the API (`tls.*`).
@@ -158,6 +164,7 @@ const KNOWN: &[&str] = &[
     "nats.servers",
     "nats.user",
     "nats.password",
+    "http.listen",
     "nats.token",
     "nats.nkey.seed.file",
     "nats.credentials",
@@ -496,6 +503,11 @@ impl Config {
             id_given,
             bootstrap_given,
             api_security,
+            http_listen: flags
+                .http
+                .clone()
+                .or(k.string("http.listen")?)
+                .filter(|s| !s.is_empty()),
         })
     }
 }

@@ -113,6 +113,7 @@ pub struct Running {
     nats_url: String,
     logger: Logger,
     authz: Option<Arc<api::Authorizer>>,
+    monitor: Option<monitor::Server>,
 }
 
 impl std::fmt::Debug for Running {
@@ -149,6 +150,11 @@ impl Running {
         self.grpc_addr
     }
 
+    /// Where the operators' HTTP port listens, when it is on.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.monitor.as_ref().map(monitor::Server::local_addr)
+    }
+
     /// The NATS server the broker uses.
     pub fn nats_url(&self) -> &str {
         &self.nats_url
@@ -172,6 +178,9 @@ impl Running {
         // The API stops accepting calls while the broker closes its logs, which ends the open
         // subscriptions (with Unavailable, so clients resubscribe elsewhere or later).
         tokio::join!(self.api.shutdown(), self.broker.shutdown());
+        if let Some(m) = self.monitor {
+            m.shutdown().await;
+        }
         if let Some(n) = self.nats {
             n.shutdown().await;
         }
@@ -262,6 +271,30 @@ pub async fn start(mut cfg: Config, logger: Logger) -> Result<Running, StartErro
         }
     };
     let authz = security.authz.clone();
+    let monitor = match &cfg.http_listen {
+        Some(addr) => {
+            let bound = tokio::net::TcpListener::bind(addr).await;
+            match bound {
+                Ok(l) => Some(monitor::serve(broker.clone(), l).await.map_err(|source| {
+                    StartError::Listen {
+                        addr: addr.clone(),
+                        source,
+                    }
+                })?),
+                Err(source) => {
+                    broker.shutdown().await;
+                    if let Some(n) = nats {
+                        n.shutdown().await;
+                    }
+                    return Err(StartError::Listen {
+                        addr: addr.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        None => None,
+    };
     let api = api::serve_with(broker.clone(), listener, security)
         .await
         .map_err(|source| StartError::Listen {
@@ -279,6 +312,7 @@ pub async fn start(mut cfg: Config, logger: Logger) -> Result<Running, StartErro
         nats_url,
         logger,
         authz,
+        monitor,
     })
 }
 

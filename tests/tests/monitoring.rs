@@ -1,0 +1,93 @@
+//! The operators' HTTP port: liveness, readiness, and Prometheus metrics whose names are the
+//! ones `monitor::METRICS` lists (the names the deploy/ dashboard and alerts use).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A plain HTTP/1.1 GET: the status code and the body.
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_owned();
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let srv = TestServer::start_with(|c| c.http_listen = Some("127.0.0.1:0".into())).await;
+    let addr = srv.running().http_addr().expect("the HTTP port is on");
+    let mut c = srv.client().await;
+    let mut r = stream("m", "m");
+    r.partitions = 2;
+    c.create_stream(r).await.unwrap();
+    publish(&mut c, "m", "one").await;
+    c.join_consumer_group(liftbridge_proto::api::JoinConsumerGroupRequest {
+        group_id: "g".into(),
+        consumer_id: "c".into(),
+        streams: vec!["m".into()],
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    let (code, body) = get(addr, "/readyz").await;
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+
+    let (code, metrics) = get(addr, "/metrics").await;
+    assert_eq!(code, 200);
+    for name in monitor::METRICS {
+        assert!(
+            metrics.contains(&format!("# TYPE {name} ")),
+            "{name} is missing from:\n{metrics}"
+        );
+    }
+    let line = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"))
+            .to_owned()
+    };
+    // Two partitions of "m" and the one of __cursors, all led here, none under-replicated.
+    assert_eq!(
+        line("liftbridge_partitions_led "),
+        "liftbridge_partitions_led 3"
+    );
+    assert_eq!(
+        line("liftbridge_partitions_under_replicated "),
+        "liftbridge_partitions_under_replicated 0"
+    );
+    assert_eq!(
+        line("liftbridge_metadata_leader "),
+        "liftbridge_metadata_leader 1"
+    );
+    let hw = metrics
+        .lines()
+        .filter(|l| l.starts_with("liftbridge_partition_high_watermark{"))
+        .filter(|l| l.contains("stream=\"m\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+        .max();
+    assert_eq!(hw, Some(0), "one message committed:\n{metrics}");
+    srv.stop().await;
+}
