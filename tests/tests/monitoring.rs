@@ -91,3 +91,36 @@ async fn health_readiness_and_metrics() {
     assert_eq!(hw, Some(0), "one message committed:\n{metrics}");
     srv.stop().await;
 }
+
+/// Every metric the dashboard and the alerting rules in deploy/ use is one the port exposes: a
+/// renamed metric fails here.
+#[test]
+fn the_dashboard_and_the_alerts_use_only_exposed_metrics() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in [
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/liftbridge.json",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut used = 0;
+        for (i, _) in text.match_indices("liftbridge_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // Alert names are CamelCase ("LiftbridgeNoMetadataLeader"); metric names are not.
+            assert!(
+                monitor::METRICS.contains(&name.as_str()),
+                "{file} uses {name}, which /metrics does not expose"
+            );
+            used += 1;
+        }
+        assert!(used > 5, "{file} uses {used} metrics");
+    }
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/liftbridge.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(dash["schemaVersion"], 39);
+    assert!(dash["panels"].as_array().is_some_and(|p| !p.is_empty()));
+}
