@@ -109,27 +109,10 @@ async fn a_forged_raft_heartbeat_is_refused_and_the_broker_keeps_serving() {
     let running = liftbridged::start(config(dir.path()), logger)
         .await
         .expect("server starts");
-    let status = running.broker().metadata().status();
-    let id = metastore::service::raft_id("a");
     // From the only member, a term ahead, committing far past the log: raft-rs would panic.
-    let mut m = raft::eraftpb::Message::default();
-    m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
-    m.from = id;
-    m.to = id;
-    m.term = status.term + 1;
-    m.commit = status.last_index + 1_000_000;
-    let bytes = natsbridge::envelope::encode(
-        natsbridge::MsgType::RaftMessage,
-        &metastore::node::encode_message(&m),
-        true,
-    );
+    let (subject, bytes) = forged_heartbeat(&running);
     let nc = async_nats::connect(running.nats_url()).await.unwrap();
-    nc.publish(
-        format!("liftbridge-default.raft.metadata.{id}.accept"),
-        bytes,
-    )
-    .await
-    .unwrap();
+    nc.publish(subject, bytes).await.unwrap();
     nc.flush().await.unwrap();
     wait_logged(
         &lines,

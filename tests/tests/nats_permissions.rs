@@ -55,26 +55,6 @@ async fn nats_server() -> Nats {
     Nats(child, port, dir)
 }
 
-fn forged_heartbeat(running: &liftbridged::Running) -> (String, bytes::Bytes) {
-    let status = running.broker().metadata().status();
-    let id = metastore::service::raft_id("a");
-    let mut m = raft::eraftpb::Message::default();
-    m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
-    m.from = id;
-    m.to = id;
-    m.term = status.term + 1;
-    m.commit = status.last_index + 1_000_000;
-    let bytes = natsbridge::envelope::encode(
-        natsbridge::MsgType::RaftMessage,
-        &metastore::node::encode_message(&m),
-        true,
-    );
-    (
-        format!("liftbridge-default.raft.metadata.{id}.accept"),
-        bytes,
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_user_cannot_speak_for_a_broker() {
     let nats = nats_server().await;

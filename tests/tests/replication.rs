@@ -113,6 +113,15 @@ impl Cluster {
             .expect("gRPC connect")
     }
 
+    /// The gRPC addresses of the running brokers.
+    fn grpc_addrs(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.running.as_ref())
+            .map(|r| r.grpc_addr().to_string())
+            .collect()
+    }
+
     fn live(&self) -> Vec<String> {
         self.nodes
             .iter()
@@ -603,18 +612,7 @@ async fn subscriptions_move_to_the_new_leader_after_a_failover() {
     let p = cluster
         .partition_until("moving", "three in-sync replicas", |p| p.isr.len() == 3)
         .await;
-    let addrs: Vec<String> = ["a", "b", "c"]
-        .iter()
-        .map(|id| {
-            cluster
-                .node(id)
-                .running
-                .as_ref()
-                .unwrap()
-                .grpc_addr()
-                .to_string()
-        })
-        .collect();
+    let addrs = cluster.grpc_addrs();
     let client = lc::Client::builder(addrs.iter().map(String::as_str))
         .resubscribe_wait(Duration::from_secs(60))
         .connect()
@@ -976,19 +974,7 @@ async fn group_members_on_three_brokers_survive_a_dead_member_and_a_dead_coordin
         cfg.broker.groups.coordinator_timeout = Duration::from_secs(2);
     })
     .await;
-    let addrs: Vec<String> = cluster
-        .live()
-        .iter()
-        .map(|id| {
-            cluster
-                .node(id)
-                .running
-                .as_ref()
-                .unwrap()
-                .grpc_addr()
-                .to_string()
-        })
-        .collect();
+    let addrs = cluster.grpc_addrs();
     let client = lc::Client::connect(addrs.clone()).await.unwrap();
     client
         .create_stream(

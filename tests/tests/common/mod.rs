@@ -276,3 +276,26 @@ pub async fn wait_logged(lines: &std::sync::Mutex<Vec<String>>, parts: &[&str]) 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A Raft heartbeat forged in the name of broker `a` (the only member of a one-broker cluster),
+/// a term ahead and committing far past the log, which raft-rs would panic on: the subject it
+/// goes to, and its bytes.
+pub fn forged_heartbeat(running: &liftbridged::Running) -> (String, bytes::Bytes) {
+    let status = running.broker().metadata().status();
+    let id = metastore::service::raft_id("a");
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    m.from = id;
+    m.to = id;
+    m.term = status.term + 1;
+    m.commit = status.last_index + 1_000_000;
+    let bytes = natsbridge::envelope::encode(
+        natsbridge::MsgType::RaftMessage,
+        &metastore::node::encode_message(&m),
+        true,
+    );
+    (
+        format!("liftbridge-default.raft.metadata.{id}.accept"),
+        bytes,
+    )
+}
