@@ -124,3 +124,77 @@ fn the_dashboard_and_the_alerts_use_only_exposed_metrics() {
     assert_eq!(dash["schemaVersion"], 39);
     assert!(dash["panels"].as_array().is_some_and(|p| !p.is_empty()));
 }
+
+/// `/readyz` of a broker of `cluster` once it answers with `code` (within 30 s): the body.
+async fn readyz_until(addr: std::net::SocketAddr, code: u16) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (got, body) = get(addr, "/readyz").await;
+        if got == code {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz stayed {got}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_stopping_and_without_a_metadata_leader() {
+    let mut cluster = common::cluster::Cluster::start_with(|c| {
+        c.http_listen = Some("127.0.0.1:0".into());
+        c.broker.handoff_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let addr = |cluster: &common::cluster::Cluster, id: &str| {
+        cluster
+            .node(id)
+            .running
+            .as_ref()
+            .and_then(|r| r.http_addr())
+            .expect("the HTTP port is on")
+    };
+    for id in ["a", "b", "c"] {
+        readyz_until(addr(&cluster, id), 200).await;
+    }
+    // A broker handing off before it stops tells the load balancer at once.
+    let b = addr(&cluster, "b");
+    let running = cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.id == "b")
+        .and_then(|n| n.running.take())
+        .unwrap();
+    running.broker().hand_off().await;
+    let (code, body) = get(b, "/readyz").await;
+    assert_eq!(
+        (code, body.as_str()),
+        (503, "not ready: this broker is stopping\n")
+    );
+    assert_eq!(get(b, "/healthz").await.0, 200, "still alive");
+    running.shutdown().await;
+    // With two of three brokers gone, the last one knows no metadata leader.
+    let last = cluster
+        .live()
+        .into_iter()
+        .find(|id| {
+            !cluster
+                .node(id)
+                .running
+                .as_ref()
+                .unwrap()
+                .broker()
+                .metadata()
+                .is_leader()
+        })
+        .expect("a follower of the metadata group");
+    let gone: Vec<String> = cluster.live().into_iter().filter(|id| *id != last).collect();
+    for id in gone {
+        cluster.stop_node(&id).await;
+    }
+    let body = readyz_until(addr(&cluster, &last), 503).await;
+    assert_eq!(body, "not ready: no metadata leader is known\n");
+    cluster.stop().await;
+}

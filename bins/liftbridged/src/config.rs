@@ -175,6 +175,7 @@ const KNOWN: &[&str] = &[
     "nats.embedded.config",
     "nats.embedded.port",
     "nats.ingest.max.pending.bytes",
+    "shutdown.handoff.timeout",
     "streams.retention.max.bytes",
     "streams.retention.max.messages",
     "streams.retention.max.age",
@@ -961,6 +962,9 @@ fn clustering(
     if let Some(v) = k.duration("clustering.replica.fetch.timeout")? {
         b.replica.fetch_timeout = positive("clustering.replica.fetch.timeout", v)?;
     }
+    if let Some(v) = k.duration("shutdown.handoff.timeout")? {
+        b.handoff_timeout = v;
+    }
     if let Some(v) = k.duration("groups.consumer.timeout")? {
         b.groups.consumer_timeout = positive("groups.consumer.timeout", v)?;
     }
@@ -1175,6 +1179,17 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn the_handoff_timeout_is_read_and_zero_turns_it_off() {
+        let c = from_yaml("shutdown.handoff.timeout: 3s\n", &Flags::default()).unwrap();
+        assert_eq!(c.broker.handoff_timeout, Duration::from_secs(3));
+        let c = from_yaml("shutdown:\n  handoff.timeout: 0\n", &Flags::default()).unwrap();
+        assert_eq!(c.broker.handoff_timeout, Duration::ZERO);
+        let d = from_yaml("{}", &Flags::default()).unwrap();
+        assert_eq!(d.broker.handoff_timeout, Duration::from_secs(10));
+        assert!(from_yaml("shutdown.handoff.timeout: soon\n", &Flags::default()).is_err());
     }
 
     #[test]

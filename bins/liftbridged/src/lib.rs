@@ -165,9 +165,14 @@ impl Running {
         &self.broker
     }
 
-    /// Stops the API and the broker (closing every log cleanly), then the embedded NATS server.
+    /// A planned stop: hands off what this broker leads (see [`Broker::hand_off`]), then stops
+    /// the API and the broker (closing every log cleanly), then the embedded NATS server.
     pub async fn shutdown(self) {
         info!(self.logger, "shutting down");
+        // A planned stop: what this broker leads moves to peers first (bounded by
+        // `shutdown.handoff.timeout`), so clients retry on a new leader instead of waiting
+        // out a failover.
+        self.broker.hand_off().await;
         // With embedded NATS, the other NATS clients go first: the broker then records what
         // the server had accepted from them before it closes its logs.
         if let Some(n) = &self.nats {

@@ -79,6 +79,9 @@ pub(crate) struct Inner {
     pub(crate) liveness: Mutex<replication::groups::Liveness>,
     /// Partitions this server refused to open, and why (an encrypted stream without the key).
     pub(crate) refused: Mutex<HashMap<Key, String>>,
+    /// Set by [`Broker::hand_off`]: the broker is stopping (not ready), and at shutdown it
+    /// also leaves the ISRs it is in (unless the hand-off is turned off).
+    pub(crate) leaving: std::sync::atomic::AtomicBool,
 }
 
 impl Broker {
@@ -157,6 +160,7 @@ impl Broker {
                 shutdown,
                 tasks: Mutex::new(Vec::new()),
                 refused: Mutex::new(HashMap::new()),
+                leaving: std::sync::atomic::AtomicBool::new(false),
                 liveness: Mutex::new(replication::groups::Liveness::new(
                     consumer_timeout.as_millis() as u64,
                 )),
@@ -309,6 +313,13 @@ impl Broker {
         let _guard = self.inner.reconciling.lock().await;
         let parts: Vec<_> = self.edit_partitions(|map| map.drain().map(|(_, p)| p).collect());
         futures_util::future::join_all(parts.iter().map(|p| p.stop_draining())).await;
+        if self
+            .inner
+            .leaving
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.leave_isrs().await;
+        }
         self.inner.meta.shutdown().await;
         for c in self.connections() {
             c.close().await;

@@ -290,6 +290,11 @@ pub struct BrokerConfig {
     /// `nats.ingest.max.pending.bytes` (our addition): with embedded NATS, bytes a partition's
     /// ingest queues before the server stops reading from the publishers. Default 16 MiB.
     pub ingest_max_pending_bytes: usize,
+    /// `shutdown.handoff.timeout` (our addition): at a clean stop (SIGTERM), how long the
+    /// broker waits for the partitions it leads, and the metadata leadership, to move to
+    /// in-sync peers before it stops anyway. Zero stops at once, as Liftbridge does (its
+    /// partitions then fail over when the followers notice). Default 10 s.
+    pub handoff_timeout: Duration,
 }
 
 impl std::fmt::Debug for dyn crate::EmbeddedNats {
@@ -330,6 +335,7 @@ impl BrokerConfig {
             hw_checkpoint_interval: Duration::from_secs(5),
             all_ack_max_wait: Duration::from_secs(60),
             min_free_bytes: 128 * 1024 * 1024,
+            handoff_timeout: Duration::from_secs(10),
         }
     }
 }

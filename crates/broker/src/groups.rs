@@ -241,6 +241,12 @@ impl Broker {
                 "No coordinator provided".into(),
             ));
         }
+        if req.consumer_id == req.coordinator {
+            // That report is the coordinator's own resignation, sent only between brokers.
+            return Err(BrokerError::InvalidArgument(
+                "A consumer cannot report itself as its group's coordinator".into(),
+            ));
+        }
         let op = internal::ReportConsumerGroupCoordinatorOp {
             group_id: req.group_id,
             consumer_id: req.consumer_id,
@@ -313,7 +319,9 @@ pub(crate) async fn judge_coordinator(
             group.coordinator, group.epoch, op.coordinator, op.epoch
         )));
     }
-    if !group.members.contains_key(&op.consumer_id) {
+    // A coordinator reporting itself is stopping (a planned hand-off): no witnesses needed.
+    let resigning = op.consumer_id == op.coordinator;
+    if !resigning && !group.members.contains_key(&op.consumer_id) {
         return Err(OpError::FailedPrecondition(format!(
             "Consumer {} is not a member of consumer group {}",
             op.consumer_id, op.group_id
@@ -321,14 +329,16 @@ pub(crate) async fn judge_coordinator(
     }
     // The tally's rule counts witnesses against `size − 1`; a group needs more than half of
     // its members, so it is given members + 1.
-    if !tally.report(
-        op.group_id.clone(),
-        &op.coordinator,
-        op.epoch,
-        &op.consumer_id,
-        group.members.len() + 1,
-        now_ms(),
-    ) {
+    if !resigning
+        && !tally.report(
+            op.group_id.clone(),
+            &op.coordinator,
+            op.epoch,
+            &op.consumer_id,
+            group.members.len() + 1,
+            now_ms(),
+        )
+    {
         return Ok(());
     }
     let new = broker

@@ -26,6 +26,7 @@ mod embedded;
 mod encryption;
 mod error;
 mod groups;
+mod handoff;
 mod monitor;
 mod ops;
 mod partition;
@@ -43,6 +44,7 @@ pub use config::{
 pub use embedded::{EmbeddedNats, LocalSubscribe, LocalSubscription, NatsMessage};
 pub use encryption::{EncryptionError, MasterKey, Sealer};
 pub use error::{BrokerError, Result};
+pub use handoff::HandOff;
 pub use metastore::MAX_PARTITIONS;
 pub use metastore::service::Bootstrap;
 pub use monitor::{PartitionView, Snapshot};

@@ -124,13 +124,21 @@ impl Broker {
         }
     }
 
-    /// Whether this broker is ready to serve: a metadata leader is known, every partition the
+    /// Whether this broker is ready to serve: it is not stopping, a metadata leader is known, every partition the
     /// metadata gives it is open (or refused for a reason it logged), and it is in the ISR of
     /// every partition it follows. `Err` says what is missing.
     ///
     /// # Errors
     /// A sentence naming the first thing that is not ready.
     pub fn ready(&self) -> std::result::Result<(), String> {
+        if self
+            .inner
+            .leaving
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || self.is_shutting_down()
+        {
+            return Err("this broker is stopping".into());
+        }
         let status = self.metadata().status();
         if status.leader.is_none() {
             return Err("no metadata leader is known".into());

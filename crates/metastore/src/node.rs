@@ -64,6 +64,9 @@ pub enum Input {
     },
     /// A message from a peer.
     Message(Box<Message>),
+    /// While leading, hand leadership to the most up-to-date other voter (a planned stop);
+    /// nothing happens if this node does not lead or has no other voter.
+    TransferLeader,
 }
 
 /// One applied entry.
@@ -265,6 +268,22 @@ impl<S: LogStore> MetaNode<S> {
         conf.voters.contains(&node) || conf.learners.contains(&node)
     }
 
+    /// The voter a leader would hand leadership to: the other voter that has replicated the
+    /// most of the log (ties go to the lower id, so the choice is deterministic).
+    pub fn transferee(&self) -> Option<u64> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return None;
+        }
+        let conf = raft.prs().conf().to_conf_state();
+        conf.voters
+            .iter()
+            .filter(|&&v| v != raft.id)
+            .filter_map(|&v| raft.prs().get(v).map(|p| (p.matched, v)))
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+            .map(|(_, v)| v)
+    }
+
     /// The state machine.
     pub fn fsm(&self) -> &Fsm {
         &self.fsm
@@ -297,6 +316,11 @@ impl<S: LogStore> MetaNode<S> {
                     ConfChangeType::AddNode
                 });
                 self.raw.propose_conf_change(vec![], cc)?;
+            }
+            Input::TransferLeader => {
+                if let Some(to) = self.transferee() {
+                    self.raw.transfer_leader(to);
+                }
             }
             Input::Message(m) => {
                 self.admit(&m).map_err(NodeError::Refused)?;

@@ -201,6 +201,7 @@ enum Command {
         entry: Box<RaftLog>,
         reply: oneshot::Sender<Result<Applied, MetaError>>,
     },
+    TransferLeader,
     Shutdown,
 }
 
@@ -551,6 +552,26 @@ impl Metastore {
         }
     }
 
+    /// A planned stop: if this node leads the metadata group, hands leadership to the most
+    /// up-to-date other voter and waits, at most `wait`, until it no longer leads. Returns
+    /// whether this node has stopped leading (true at once for a node that did not lead). A
+    /// single-voter group keeps its leader.
+    pub async fn hand_off_leadership(&self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.is_leader() {
+            if self.status().voters.len() < 2 || tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            // Asked again each round: raft-rs drops a transfer that does not finish within an
+            // election timeout.
+            if self.commands.send(Command::TransferLeader).await.is_err() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50).min(wait)).await;
+        }
+        true
+    }
+
     /// Stops the node's task.
     pub async fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown).await;
@@ -720,6 +741,7 @@ impl Driver {
                 _ = tick.tick() => self.node.handle(Input::Tick),
                 cmd = commands.recv() => match cmd {
                     Some(Command::Propose { entry, reply }) => self.propose(entry, Waiter::Local(reply)),
+                    Some(Command::TransferLeader) => self.node.handle(Input::TransferLeader),
                     Some(Command::Shutdown) | None => break,
                 },
                 Some(m) = raft_sub.next() => {

@@ -467,6 +467,76 @@ fn a_proposal_on_a_follower_reaches_the_leader_and_gets_its_verdict() {
 }
 
 #[test]
+fn a_planned_stop_hands_metadata_leadership_to_the_most_up_to_date_voter() {
+    let mut sim = Sim::new(11, 3);
+    let settle = |sim: &mut Sim, ticks: usize| {
+        for _ in 0..ticks {
+            sim.step += 1;
+            for id in [1, 2, 3] {
+                sim.feed(id, Input::Tick);
+            }
+            while !sim.net.is_empty() {
+                sim.deliver(0);
+            }
+        }
+    };
+    let leader_of = |sim: &Sim| {
+        sim.nodes
+            .values()
+            .find(|n| n.role() == StateRole::Leader)
+            .map(|n| n.id())
+    };
+    settle(&mut sim, 100);
+    let old = leader_of(&sim).expect("a leader");
+    // One follower misses an entry: the other is the only one fully up to date.
+    let behind = [1, 2, 3].into_iter().find(|&i| i != old).unwrap();
+    let ahead = [1, 2, 3]
+        .into_iter()
+        .find(|&i| i != old && i != behind)
+        .unwrap();
+    sim.feed(
+        old,
+        Input::Propose {
+            id: 1,
+            entry: Box::new(create("orders")),
+        },
+    );
+    for _ in 0..20 {
+        sim.net.retain(|(_, to, _)| *to != behind);
+        if sim.net.is_empty() {
+            break;
+        }
+        sim.deliver(0);
+    }
+    for n in sim.nodes.values() {
+        if n.id() != old {
+            assert_eq!(n.leader(), Some(old), "node {} follows another", n.id());
+        }
+    }
+    assert_eq!(sim.nodes[&old].transferee(), Some(ahead));
+    // A follower asked to transfer does nothing.
+    sim.feed(behind, Input::TransferLeader);
+    assert_eq!(leader_of(&sim), Some(old));
+    sim.feed(old, Input::TransferLeader);
+    for _ in 0..20 {
+        while !sim.net.is_empty() {
+            sim.deliver(0);
+        }
+    }
+    assert_eq!(leader_of(&sim), Some(ahead), "leadership went elsewhere");
+    settle(&mut sim, 20);
+    assert_eq!(leader_of(&sim), Some(ahead));
+    for n in sim.nodes.values() {
+        assert!(
+            n.fsm().stream("orders").is_some(),
+            "node {} lost the entry",
+            n.id()
+        );
+    }
+    sim.check();
+}
+
+#[test]
 fn a_seed_elects_itself_and_adds_members_by_configuration_change() {
     let mut seed = MetaNode::new(1, node::bootstrap_storage(&[1])).unwrap();
     for _ in 0..30 {

@@ -82,6 +82,9 @@ struct FollowerView {
     last_seen: Millis,
     /// When it last held everything the leader had.
     last_caught_up: Millis,
+    /// Out of the ISR and not heard from since: what the leader knows of it may be stale (a
+    /// replica that left the ISR to stop), so it must fetch before it can be added back.
+    unheard: bool,
 }
 
 /// What the leader tells a follower in answer to a fetch.
@@ -141,6 +144,7 @@ impl Leader {
                         offset: -1,
                         last_seen: now,
                         last_caught_up: now,
+                        unheard: !isr.contains(r),
                     },
                 )
             })
@@ -199,6 +203,7 @@ impl Leader {
         // A follower never holds more than the leader: anything beyond is a stale view.
         v.offset = offset.min(self.newest);
         v.last_seen = now;
+        v.unheard = false;
         if v.offset >= self.newest {
             v.last_caught_up = now;
         }
@@ -214,8 +219,13 @@ impl Leader {
 
     /// The metadata group applied a new ISR. Returns the new HW if it advanced.
     pub fn on_isr(&mut self, isr: impl IntoIterator<Item = String>) -> Option<Offset> {
-        self.isr = isr.into_iter().collect();
+        let before = std::mem::replace(&mut self.isr, isr.into_iter().collect());
         self.isr.insert(self.me.clone());
+        for (r, v) in self.followers.iter_mut() {
+            if before.contains(r) && !self.isr.contains(r) {
+                v.unheard = true;
+            }
+        }
         // Only the changes this ISR shows done are settled; the others may still be applied.
         let isr = &self.isr;
         self.proposed.retain(|c| match c {
@@ -233,7 +243,7 @@ impl Leader {
             let lagging = now.saturating_sub(v.last_caught_up) > self.settings.max_lag;
             let change = if in_isr && lagging {
                 IsrChange::Shrink(r.clone())
-            } else if !in_isr && !lagging && v.offset >= self.newest {
+            } else if !in_isr && !lagging && !v.unheard && v.offset >= self.newest {
                 IsrChange::Expand(r.clone())
             } else {
                 continue;
@@ -677,6 +687,35 @@ mod tests {
         assert_eq!(l.on_isr(s(&["a"])), Some(9), "alone, the leader commits");
         l.on_fetch("b", 1, 9, 110);
         assert_eq!(l.on_tick(111), vec![IsrChange::Expand("b".into())]);
+    }
+
+    #[test]
+    fn a_replica_taken_out_of_the_isr_must_fetch_again_to_return() {
+        let mut l = Leader::new(
+            "a",
+            1,
+            s(&["a", "b", "c"]),
+            s(&["a", "b", "c"]),
+            (9, -1),
+            settings(),
+            0,
+        );
+        l.on_fetch("b", 1, 9, 10);
+        l.on_fetch("c", 1, 9, 10);
+        // b leaves the ISR by its own request (it is stopping), caught up as far as we know.
+        assert_eq!(l.on_isr(s(&["a", "c"])), None);
+        assert!(l.on_tick(20).is_empty(), "b is not added back unheard");
+        l.on_fetch("b", 1, 9, 30);
+        assert_eq!(l.on_tick(31), vec![IsrChange::Expand("b".into())]);
+    }
+
+    #[test]
+    fn a_replica_out_of_the_isr_from_the_start_is_added_only_after_a_fetch() {
+        // An empty log: offset -1 is "caught up", but nothing was heard from b.
+        let mut l = Leader::new("a", 1, s(&["a", "b"]), s(&["a"]), (-1, -1), settings(), 0);
+        assert!(l.on_tick(5).is_empty());
+        l.on_fetch("b", 1, -1, 6);
+        assert_eq!(l.on_tick(7), vec![IsrChange::Expand("b".into())]);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! embedded NATS server on a free port, and a gRPC client for it.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
