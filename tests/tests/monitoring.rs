@@ -56,7 +56,10 @@ async fn health_readiness_and_metrics() {
 
     let (code, metrics) = get(addr, "/metrics").await;
     assert_eq!(code, 200);
-    for name in monitor::METRICS {
+    for name in monitor::METRICS
+        .iter()
+        .filter(|m| !monitor::SPARSE.contains(m))
+    {
         assert!(
             metrics.contains(&format!("# TYPE {name} ")),
             "{name} is missing from:\n{metrics}"
@@ -92,6 +95,145 @@ async fn health_readiness_and_metrics() {
     srv.stop().await;
 }
 
+/// The value of the sample whose line starts with `prefix` (labels in registration order).
+fn sample(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_lag_errors_and_the_process_are_counted() {
+    let srv = TestServer::start_with(|c| c.http_listen = Some("127.0.0.1:0".into())).await;
+    let addr = srv.running().http_addr().expect("the HTTP port is on");
+    let mut c = srv.client().await;
+    c.create_stream(stream("t", "t.subject")).await.unwrap();
+    for v in ["one", "two", "three"] {
+        publish(&mut c, "t", v).await;
+    }
+    // A plain NATS message on the subject: source "nats".
+    let nc = srv.nats().await;
+    nc.publish("t.subject", bytes::Bytes::from_static(b"plain"))
+        .await
+        .unwrap();
+    round_trip(&nc).await;
+    // A publish to a stream that does not exist fails with NotFound.
+    let missing = c
+        .publish(liftbridge_proto::api::PublishRequest {
+            stream: "nope".into(),
+            value: b"x".to_vec().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    // A subscriber reads all four.
+    let mut s = subscribe(
+        &mut c,
+        sub("t", liftbridge_proto::api::StartPosition::Earliest),
+    )
+    .await
+    .unwrap();
+    for _ in 0..4 {
+        next(&mut s).await.unwrap();
+    }
+    // A group's cursor at offset 0: three committed messages past it.
+    c.set_cursor(liftbridge_proto::api::SetCursorRequest {
+        stream: "t".into(),
+        partition: 0,
+        cursor_id: format!("{}x", monitor::GROUP_CURSOR_PREFIX),
+        offset: 0,
+    })
+    .await
+    .unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (code, m) = get(addr, "/metrics").await;
+        assert_eq!(code, 200);
+        // The plain message is recorded without an ack to wait for.
+        if m.contains(
+            "liftbridge_messages_in_total{stream=\"t\",partition=\"0\",source=\"nats\"} 1",
+        ) || std::time::Instant::now() > deadline
+        {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let p = "stream=\"t\",partition=\"0\"";
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("liftbridge_messages_in_total{{{p},source=\"api\"}}")
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("liftbridge_messages_in_total{{{p},source=\"nats\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("liftbridge_bytes_in_total{{{p},source=\"nats\"}}")
+        ),
+        5.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("liftbridge_messages_out_total{{{p},to=\"subscriber\"}}")
+        ),
+        4.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("liftbridge_bytes_out_total{{{p},to=\"subscriber\"}}")
+        ),
+        (3 + 3 + 5 + 5) as f64
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "liftbridge_publish_ack_seconds_count{ack_policy=\"leader\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "liftbridge_publish_errors_total{code=\"NotFound\"}"
+        ),
+        1.0
+    );
+    assert!(sample(&metrics, "liftbridge_log_append_batch_messages_sum") >= 4.0);
+    assert!(sample(&metrics, "liftbridge_metadata_proposal_seconds_count") >= 1.0);
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("liftbridge_cursor_lag_messages{{{p},cursor=\"__group:x\"}}")
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "liftbridge_consumer_group_lag_messages{group=\"x\"}"
+        ),
+        3.0
+    );
+    assert!(sample(&metrics, "process_resident_memory_bytes") > 0.0);
+    assert!(sample(&metrics, "process_open_fds") > 0.0);
+    srv.stop().await;
+}
+
 /// Every metric the dashboard and the alerting rules in deploy/ use is one the port exposes: a
 /// renamed metric fails here.
 #[test]
@@ -108,9 +250,17 @@ fn the_dashboard_and_the_alerts_use_only_exposed_metrics() {
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
+            // Counters and histograms are used through their series' suffixes.
+            let base = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    name.strip_suffix(suffix)
+                        .filter(|b| monitor::METRICS.contains(b))
+                })
+                .unwrap_or(&name);
             // Alert names are CamelCase ("LiftbridgeNoMetadataLeader"); metric names are not.
             assert!(
-                monitor::METRICS.contains(&name.as_str()),
+                monitor::METRICS.contains(&base),
                 "{file} uses {name}, which /metrics does not expose"
             );
             used += 1;
@@ -159,6 +309,35 @@ async fn readiness_fails_while_stopping_and_without_a_metadata_leader() {
     for id in ["a", "b", "c"] {
         readyz_until(addr(&cluster, id), 200).await;
     }
+    // A replicated partition: its leader reports each follower's lag.
+    let mut c = cluster.client("a").await;
+    let mut req = stream("lagged", "lagged");
+    req.replication_factor = 3;
+    c.create_stream(with_deadline(req)).await.unwrap();
+    publish(&mut c, "lagged", "one").await;
+    let leader = cluster
+        .partition_until("lagged", "a leader", |p| !p.leader.is_empty())
+        .await
+        .leader;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, m) = get(addr(&cluster, &leader), "/metrics").await;
+        let lags: Vec<&str> = m
+            .lines()
+            .filter(|l| {
+                l.starts_with("liftbridge_partition_follower_lag_messages{stream=\"lagged\"")
+            })
+            .collect();
+        // Both followers, caught up.
+        if lags.len() == 2 && lags.iter().all(|l| l.ends_with(" 0")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "follower lag: {lags:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // A broker handing off before it stops tells the load balancer at once.
     let b = addr(&cluster, "b");
     let running = cluster
@@ -190,7 +369,11 @@ async fn readiness_fails_while_stopping_and_without_a_metadata_leader() {
                 .is_leader()
         })
         .expect("a follower of the metadata group");
-    let gone: Vec<String> = cluster.live().into_iter().filter(|id| *id != last).collect();
+    let gone: Vec<String> = cluster
+        .live()
+        .into_iter()
+        .filter(|id| *id != last)
+        .collect();
     for id in gone {
         cluster.stop_node(&id).await;
     }

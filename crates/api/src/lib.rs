@@ -228,7 +228,13 @@ impl Api for Service {
             .broker
             .publish(request.into_inner(), d)
             .await
-            .map_err(status)?;
+            .map_err(|e| {
+                let s = status(e);
+                self.broker
+                    .metrics()
+                    .publish_failed(&format!("{:?}", s.code()));
+                s
+            })?;
         Ok(Response::new(PublishResponse {
             correlation_id: ack
                 .as_ref()

@@ -141,7 +141,7 @@ pub(crate) async fn publish(broker: Broker, ev: api::ActivityStreamEvent) {
                     publish_activity_op: Some(internal::PublishActivityOp { raft_index: ev.id }),
                     ..Default::default()
                 };
-                let _ = broker.metadata().propose(entry).await;
+                let _ = broker.inner.ctx.propose(entry).await;
                 return;
             }
             Err(e) => {

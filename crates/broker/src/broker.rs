@@ -133,6 +133,7 @@ impl Broker {
             never_wait: ["acks", "replication"]
                 .map(|role| connection_name(&cfg.namespace, &cfg.server_id, role))
                 .to_vec(),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
         });
         let (shutdown, _) = watch::channel(false);
         let consumer_timeout = cfg.groups.consumer_timeout;
@@ -235,6 +236,11 @@ impl Broker {
     /// The settings it runs with.
     pub fn config(&self) -> &BrokerConfig {
         &self.inner.cfg
+    }
+
+    /// The broker's counters and timings, for `/metrics`.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.ctx.metrics
     }
 
     /// The metadata node.
@@ -431,6 +437,9 @@ impl Broker {
             })?;
             r.value = opened.into();
         }
+        // Every message a subscription sends comes through here.
+        p.counters.out_subscribers.0.inc();
+        p.counters.out_subscribers.1.inc_by(r.value.len() as u64);
         Ok(Self::record_to_api(p, r))
     }
 

@@ -112,7 +112,7 @@ impl Broker {
                     ..Default::default()
                 }
             };
-            let verdict = match self.metadata().propose(entry).await {
+            let verdict = match self.inner.ctx.propose(entry).await {
                 Ok(a) => a.result.map(|()| a.join).map_err(MetaError::Op),
                 Err(e) => Err(e),
             };
@@ -166,7 +166,7 @@ impl Broker {
             }),
             ..Default::default()
         };
-        let applied = self.metadata().propose(entry).await?;
+        let applied = self.inner.ctx.propose(entry).await?;
         applied.result.map_err(MetaError::Op)?;
         Ok(())
     }
@@ -354,7 +354,7 @@ pub(crate) async fn judge_coordinator(
         }),
         ..Default::default()
     };
-    match broker.metadata().propose(entry).await {
+    match broker.inner.ctx.propose(entry).await {
         Ok(a) => a.result,
         Err(MetaError::Op(e)) => Err(e),
         Err(e) => Err(OpError::FailedPrecondition(format!(

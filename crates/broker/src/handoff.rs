@@ -184,8 +184,8 @@ impl Broker {
             return;
         }
         let wait = self.inner.cfg.handoff_timeout.min(Duration::from_secs(5));
-        let meta = &self.inner.meta;
-        let all = futures_util::future::join_all(shrinks.into_iter().map(|e| meta.propose(e)));
+        let ctx = &self.inner.ctx;
+        let all = futures_util::future::join_all(shrinks.into_iter().map(|e| ctx.propose(e)));
         match tokio::time::timeout(wait, all).await {
             Ok(results) => {
                 let left = results.iter().filter(|r| r.is_ok()).count();

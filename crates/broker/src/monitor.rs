@@ -1,7 +1,8 @@
 //! What the broker tells its operators: a snapshot of its state for metrics, and readiness.
 //!
 //! Everything here is read at the moment it is asked for, from the metadata and the running
-//! partitions; nothing is counted on the hot paths.
+//! partitions (follower lag from each leader's replication state, cursor lag from the cursor
+//! cache). Counters and timings live in `metrics`.
 
 use crate::broker::Broker;
 
@@ -34,6 +35,21 @@ pub struct PartitionView {
     pub segments: usize,
     /// Whether this broker holds a replica of it (and so reports it).
     pub local: bool,
+    /// When this broker leads it: each follower's lag in messages.
+    pub follower_lag: Vec<(String, i64)>,
+}
+
+/// A cursor's lag: the partition's high watermark minus the cursor's offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorLag {
+    /// The stream.
+    pub stream: String,
+    /// The partition.
+    pub partition: i32,
+    /// The cursor id (a consumer group's is `__group:<group>` style, see the client).
+    pub cursor: String,
+    /// Messages committed past the cursor.
+    pub lag: i64,
 }
 
 /// The broker at one moment.
@@ -61,6 +77,9 @@ pub struct Snapshot {
     pub nats: Vec<(String, u64, u64, u64)>,
     /// Consumer groups: id, members, epoch.
     pub groups: Vec<(String, usize, u64)>,
+    /// Cursors this broker keeps (it leads their cursors partition) whose partition it also
+    /// holds open, with their lag; at most the cursor cache's size.
+    pub cursors: Vec<CursorLag>,
 }
 
 impl Broker {
@@ -96,6 +115,9 @@ impl Broker {
                         bytes: segments.iter().map(|s| s.bytes).sum(),
                         segments: segments.len(),
                         local: p.replicas.contains(&me),
+                        follower_lag: open
+                            .and_then(|o| o.commit.lock().as_ref().map(|l| l.follower_lag()))
+                            .unwrap_or_default(),
                     });
                 }
             }
@@ -109,8 +131,27 @@ impl Broker {
             .into_iter()
             .map(|(name, s)| (name, s.slow_consumer, s.disconnects, s.reconnects))
             .collect();
+        let mut cursors: Vec<CursorLag> = self
+            .inner
+            .cursor_cache
+            .lock()
+            .entries()
+            .filter_map(|((stream, partition, cursor), offset)| {
+                let open = running.get(&(stream.clone(), *partition))?;
+                Some(CursorLag {
+                    stream: stream.clone(),
+                    partition: *partition,
+                    cursor: cursor.clone(),
+                    lag: (open.log.high_watermark() - offset).max(0),
+                })
+            })
+            .collect();
+        cursors.sort_by(|a, b| {
+            (&a.stream, a.partition, &a.cursor).cmp(&(&b.stream, b.partition, &b.cursor))
+        });
         Snapshot {
             server_id: me,
+            cursors,
             metadata_leader: status.is_leader,
             metadata_leader_known: status.leader.is_some(),
             raft_term: status.term,

@@ -194,7 +194,7 @@ impl Broker {
                 settings.min_isr
             )));
         }
-        let applied = self.metadata().propose(entry).await?;
+        let applied = self.inner.ctx.propose(entry).await?;
         applied
             .result
             .map_err(metastore::service::MetaError::from)?;
@@ -230,7 +230,7 @@ impl Broker {
         use metastore::OpError;
         use metastore::service::MetaError;
         // A refusal comes back either as the applied verdict or, forwarded, as an error.
-        let verdict = match self.metadata().propose(entry).await {
+        let verdict = match self.inner.ctx.propose(entry).await {
             Ok(a) => a.result,
             Err(MetaError::Op(e)) => Err(e),
             Err(e) => return Err(e.into()),
@@ -538,9 +538,22 @@ impl Broker {
         req: api::PublishRequest,
         deadline: Option<Duration>,
     ) -> Result<Option<api::Ack>> {
+        let started = std::time::Instant::now();
+        let policy = match AckPolicy::try_from(req.ack_policy) {
+            Ok(AckPolicy::All) => "all",
+            Ok(AckPolicy::None) => "none",
+            _ => "leader",
+        };
         let subject = self.prepare_publish(&req).await?;
         let msg = Self::envelope_of(req, &subject);
         let ack = self.publish_envelope(&subject, msg, deadline).await?;
+        if ack
+            .as_ref()
+            .is_some_and(|a| a.ack_error == ack::Error::Ok as i32)
+        {
+            self.metrics()
+                .acked(policy, started.elapsed().as_secs_f64());
+        }
         match ack.as_ref().map(|a| ack::Error::try_from(a.ack_error)) {
             Some(Ok(ack::Error::TooLarge)) => Err(BrokerError::InvalidArgument(
                 "Message exceeds maximum allowed size".into(),
@@ -899,6 +912,7 @@ impl Broker {
         let key = Self::cursor_key(&req.stream, req.partition, &req.cursor_id)?;
         let (partition, subject) = self.cursor_partition(&key)?;
         self.resume_for_publish(CURSORS_STREAM, partition).await?;
+        let of = (req.stream.clone(), req.partition, req.cursor_id.clone());
         let value = internal::Cursor {
             stream: req.stream,
             partition: req.partition,
@@ -919,7 +933,7 @@ impl Broker {
             .map_err(|e| BrokerError::Internal(format!("failed to set cursor: {e}")))?;
         match ack {
             Some(a) if a.ack_error == ack::Error::Ok as i32 => {
-                self.cache_cursor(key, req.offset);
+                self.cache_cursor(key, of, req.offset);
                 Ok(())
             }
             _ => Err(BrokerError::Internal("failed to set cursor".into())),
@@ -962,14 +976,18 @@ impl Broker {
         .map_err(|e| BrokerError::internal("reading cursors", e))?
         .map_err(|e| BrokerError::internal("reading cursors", e))?;
         if found >= 0 {
-            self.cache_cursor(key, found);
+            self.cache_cursor(
+                key,
+                (req.stream.clone(), req.partition, req.cursor_id.clone()),
+                found,
+            );
         }
         Ok(found)
     }
 
     /// Remembers a cursor in the bounded cache.
-    fn cache_cursor(&self, key: String, offset: i64) {
-        self.inner.cursor_cache.lock().insert(key, offset);
+    fn cache_cursor(&self, key: String, of: crate::cursor_cache::CursorOf, offset: i64) {
+        self.inner.cursor_cache.lock().insert(key, of, offset);
     }
 }
 

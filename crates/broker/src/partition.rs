@@ -124,9 +124,22 @@ pub(crate) struct Ctx {
     /// The names of the connections the ingest publishes on (acks, replication): with
     /// embedded NATS they never wait for an ingest queue, which would deadlock.
     pub never_wait: Vec<String>,
+    /// Counters and timings for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Ctx {
+    /// Proposes a metadata change and waits for its verdict, timing it.
+    pub(crate) async fn propose(
+        &self,
+        entry: liftbridge_proto::internal::RaftLog,
+    ) -> std::result::Result<metastore::fsm::Applied, metastore::service::MetaError> {
+        let started = Instant::now();
+        let out = self.meta.propose(entry).await;
+        self.metrics.proposed(started.elapsed().as_secs_f64());
+        out
+    }
+
     /// The largest record a leader accepts: one that a follower's fetch can carry. A fetch
     /// answer is one NATS message (the envelope, epoch and high watermark, then whole records),
     /// so a record must fit in NATS's max payload with that header, and within
@@ -163,6 +176,8 @@ pub(crate) struct Partition {
     pub(crate) commit: Mutex<Option<replication::Leader>>,
     /// The ISR last taken from the metadata.
     isr: Mutex<Vec<String>>,
+    /// This partition's series in `/metrics`.
+    pub(crate) counters: crate::metrics::PartitionCounters,
     /// Leader: followers that fetched everything and wait for a notification.
     pub(crate) waiting: Mutex<std::collections::BTreeSet<String>>,
     /// Follower: the leader's notification that data arrived.
@@ -298,6 +313,7 @@ impl Partition {
             log,
             role: spec.role,
             stats: spec.stats,
+            counters: ctx.metrics.partition(spec.stream, spec.id),
             subscribers: Arc::new(AtomicUsize::new(0)),
             group_subs: Default::default(),
             pending: Mutex::new(BTreeMap::new()),
@@ -666,6 +682,8 @@ struct AckTo {
     /// Optimistic concurrency: the offset the publisher expects; -1 for none.
     expected_offset: i64,
     size: usize,
+    /// A Liftbridge publish (an envelope), not a plain NATS message.
+    api: bool,
 }
 
 /// Turns a NATS message into a log message: a Publish envelope gives key, headers and ack
@@ -702,6 +720,7 @@ fn incoming(
             // A plain NATS message carries no expectation (Liftbridge reads it as offset 0).
             expected_offset: -1,
             size,
+            api: false,
         },
     }
 }
@@ -739,6 +758,7 @@ fn from_envelope(
             ack_policy: AckPolicy::try_from(env.ack_policy).unwrap_or(AckPolicy::Leader),
             expected_offset: env.offset,
             size,
+            api: true,
         },
     }
 }
@@ -952,7 +972,11 @@ impl Partition {
         if msgs.is_empty() {
             return acks;
         }
-        let info = match self.log.append(&msgs) {
+        let started = Instant::now();
+        let appended = self.log.append(&msgs);
+        ctx.metrics
+            .appended(started.elapsed().as_secs_f64(), msgs.len());
+        let info = match appended {
             Ok(info) => info,
             Err(commitlog::Error::Readonly) => {
                 warn!(ctx.logger, "dropped messages sent to a read-only partition";
@@ -978,6 +1002,13 @@ impl Partition {
         drop(msgs);
         for (i, (to, received)) in acks_to.into_iter().enumerate() {
             let offset = info.first_offset + i as i64;
+            let (msgs, bytes) = if to.api {
+                &self.counters.in_api
+            } else {
+                &self.counters.in_nats
+            };
+            msgs.inc();
+            bytes.inc_by(to.size as u64);
             if to.ack_inbox.is_empty() {
                 continue;
             }
@@ -1189,9 +1220,13 @@ async fn cleaner(p: Arc<Partition>, logger: Logger, mut stop: watch::Receiver<bo
         .await;
         match result {
             Ok(Ok((0, 0))) => {}
-            Ok(Ok((expired, compacted))) => info!(logger, "cleaned partition";
+            Ok(Ok((expired, compacted))) => {
+                p.counters.expired.inc_by(expired);
+                p.counters.compacted.inc_by(compacted);
+                info!(logger, "cleaned partition";
                 "stream" => &p.stream, "partition" => p.id,
-                "expired_messages" => expired, "compacted_messages" => compacted),
+                "expired_messages" => expired, "compacted_messages" => compacted)
+            }
             Ok(Err(commitlog::Error::Closed)) => return,
             Ok(Err(e)) => warn!(logger, "cleaning a partition failed";
                 "stream" => &p.stream, "partition" => p.id, "error" => %e),
@@ -1228,7 +1263,7 @@ async fn auto_pause(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Receiver<
                 }),
                 ..Default::default()
             };
-            match ctx.meta.propose(entry).await {
+            match ctx.propose(entry).await {
                 Ok(_) => return,
                 Err(e) => warn!(ctx.logger, "auto-pause failed"; "error" => %e),
             }

@@ -250,7 +250,7 @@ impl Broker {
                 ..Default::default()
             };
             match self.create_stream_entry(&req, config) {
-                Ok(entry) => match self.inner.meta.propose(entry).await {
+                Ok(entry) => match self.inner.ctx.propose(entry).await {
                     Ok(a) if a.result.is_ok() => {
                         info!(self.inner.logger, "created internal stream"; "stream" => name)
                     }

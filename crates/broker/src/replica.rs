@@ -106,7 +106,11 @@ async fn answer_fetch(p: &Arc<Partition>, ctx: &Ctx, m: natsbridge::Message) {
     let records = if from <= p.log.newest_offset() {
         // Within what one NATS message carries: every record was accepted within it.
         match p.log.read_raw(from, ctx.record_budget() as usize) {
-            Ok(Some(batch)) => batch.data,
+            Ok(Some(batch)) => {
+                p.counters.out_followers.0.inc_by(batch.count as u64);
+                p.counters.out_followers.1.inc_by(batch.data.len() as u64);
+                batch.data
+            }
             Ok(None) => Bytes::new(),
             Err(e) => {
                 warn!(ctx.logger, "reading records for a follower failed";
@@ -239,8 +243,12 @@ async fn propose_isr_change(p: &Partition, ctx: &Ctx, change: IsrChange) {
         if *p.stop.borrow() {
             return;
         }
-        match ctx.meta.propose(entry.clone()).await {
+        match ctx.propose(entry.clone()).await {
             Ok(_) => {
+                match &change {
+                    IsrChange::Shrink(_) => p.counters.shrinks.inc(),
+                    IsrChange::Expand(_) => p.counters.expands.inc(),
+                };
                 info!(ctx.logger, "changed the ISR"; "stream" => &p.stream,
                     "partition" => p.id, "change" => ?change);
                 return;
@@ -600,7 +608,7 @@ async fn judge(
         }),
         ..Default::default()
     };
-    match broker.inner.meta.propose(entry).await {
+    match broker.inner.ctx.propose(entry).await {
         Ok(_) => Ok(()),
         Err(MetaError::Op(e)) => Err(e),
         Err(e) => Err(OpError::FailedPrecondition(format!(

@@ -272,7 +272,7 @@ impl Broker {
             }),
             ..Default::default()
         };
-        self.inner.meta.propose(entry).await?;
+        self.inner.ctx.propose(entry).await?;
         self.reconcile().await;
         self.wait_partition_started(stream, partition, Duration::from_secs(5))
             .await;

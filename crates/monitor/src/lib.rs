@@ -1,6 +1,8 @@
 //! `monitor`: the broker's HTTP port for operators.
 //!
-//! - `/metrics`: Prometheus text format, read from [`broker::Broker::snapshot`] at each scrape.
+//! - `/metrics`: Prometheus text format: gauges read from [`broker::Broker::snapshot`] at each
+//!   scrape, the broker's counters and histograms ([`broker::Metrics`]), and the standard
+//!   process metrics from `/proc` ([`Process`]).
 //! - `/healthz`: 200 while the process serves.
 //! - `/readyz`: 200 once [`broker::Broker::ready`]: a metadata leader is known, every partition
 //!   of this broker is open, and it is in sync on every partition it follows; else 503 with the
@@ -18,7 +20,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use broker::{Broker, Snapshot};
+use broker::{Broker, Metrics, Snapshot};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -53,7 +55,44 @@ pub const METRICS: &[&str] = &[
     "liftbridge_nats_reconnects",
     "liftbridge_consumer_group_members",
     "liftbridge_consumer_group_epoch",
+    "liftbridge_partition_follower_lag_messages",
+    "liftbridge_cursor_lag_messages",
+    "liftbridge_consumer_group_lag_messages",
+    "liftbridge_messages_in",
+    "liftbridge_bytes_in",
+    "liftbridge_messages_out",
+    "liftbridge_bytes_out",
+    "liftbridge_isr_changes",
+    "liftbridge_cleaned_messages",
+    "liftbridge_log_append_seconds",
+    "liftbridge_log_append_batch_messages",
+    "liftbridge_publish_ack_seconds",
+    "liftbridge_publish_errors",
+    "liftbridge_metadata_proposal_seconds",
+    "process_cpu_seconds",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
 ];
+
+/// Metrics of [`METRICS`] with series only once there is something to report (followers,
+/// cursors, errors): until then a scrape leaves them out.
+pub const SPARSE: &[&str] = &[
+    "liftbridge_partition_follower_lag_messages",
+    "liftbridge_cursor_lag_messages",
+    "liftbridge_consumer_group_lag_messages",
+    "liftbridge_publish_errors",
+    "liftbridge_publish_ack_seconds",
+];
+
+/// The prefix of a consumer group's cursor id (as `liftbridge-client` names it): cursor lags
+/// under it add up to the group's lag.
+pub const GROUP_CURSOR_PREFIX: &str = "__group:";
+
+mod process;
+pub use process::Process;
 
 type Labels = Vec<(String, String)>;
 
@@ -75,9 +114,14 @@ fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The metrics of one snapshot, in the Prometheus text format.
-pub fn render(s: &Snapshot) -> String {
+/// The metrics of one snapshot, the broker's counters and this process, in the Prometheus
+/// text format.
+pub fn render(s: &Snapshot, counters: &Metrics) -> String {
     let mut reg = Registry::default();
+    counters.register(&mut reg);
+    if let Some(p) = Process::read() {
+        p.register(&mut reg);
+    }
     gauge(&mut reg, "liftbridge_up", "1 while the broker serves", 1);
     gauge(
         &mut reg,
@@ -250,6 +294,59 @@ pub fn render(s: &Snapshot) -> String {
             .map(|g| (vec![("group".to_owned(), g.0.clone())], clamp(g.2)))
             .collect(),
     );
+    family(
+        &mut reg,
+        "liftbridge_partition_follower_lag_messages",
+        "On the leader: messages each follower has yet to copy",
+        local
+            .iter()
+            .flat_map(|p| {
+                p.follower_lag.iter().map(|(f, lag)| {
+                    (
+                        vec![
+                            ("stream".to_owned(), p.stream.clone()),
+                            ("partition".to_owned(), p.partition.to_string()),
+                            ("follower".to_owned(), f.clone()),
+                        ],
+                        *lag,
+                    )
+                })
+            })
+            .collect(),
+    );
+    family(
+        &mut reg,
+        "liftbridge_cursor_lag_messages",
+        "Committed messages past each cursor (on the broker keeping the cursor, when it holds the partition)",
+        s.cursors
+            .iter()
+            .map(|c| {
+                (
+                    vec![
+                        ("stream".to_owned(), c.stream.clone()),
+                        ("partition".to_owned(), c.partition.to_string()),
+                        ("cursor".to_owned(), c.cursor.clone()),
+                    ],
+                    c.lag,
+                )
+            })
+            .collect(),
+    );
+    let mut group_lag: std::collections::BTreeMap<&str, i64> = Default::default();
+    for c in &s.cursors {
+        if let Some(g) = c.cursor.strip_prefix(GROUP_CURSOR_PREFIX) {
+            *group_lag.entry(g).or_default() += c.lag;
+        }
+    }
+    family(
+        &mut reg,
+        "liftbridge_consumer_group_lag_messages",
+        "Committed messages past a consumer group's cursors, summed over the partitions seen here",
+        group_lag
+            .into_iter()
+            .map(|(g, lag)| (vec![("group".to_owned(), g.to_owned())], lag))
+            .collect(),
+    );
     let mut out = String::new();
     let _ = encode(&mut out, &reg);
     out
@@ -261,7 +358,7 @@ async fn metrics(State(b): State<Broker>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        render(&b.snapshot()),
+        render(&b.snapshot(), b.metrics()),
     )
 }
 

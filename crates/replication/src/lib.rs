@@ -179,6 +179,14 @@ impl Leader {
         &self.isr
     }
 
+    /// Each follower's lag: messages the leader holds that the follower has not said it holds.
+    pub fn follower_lag(&self) -> Vec<(String, i64)> {
+        self.followers
+            .iter()
+            .map(|(r, v)| (r.clone(), (self.newest - v.offset).max(0)))
+            .collect()
+    }
+
     /// The leader appended up to `newest`. Returns the new HW if it advanced.
     pub fn on_append(&mut self, newest: Offset) -> Option<Offset> {
         self.newest = self.newest.max(newest);
@@ -705,8 +713,18 @@ mod tests {
         // b leaves the ISR by its own request (it is stopping), caught up as far as we know.
         assert_eq!(l.on_isr(s(&["a", "c"])), None);
         assert!(l.on_tick(20).is_empty(), "b is not added back unheard");
+        assert_eq!(
+            l.follower_lag(),
+            vec![("b".to_owned(), 0), ("c".to_owned(), 0)]
+        );
+        l.on_append(12);
         l.on_fetch("b", 1, 9, 30);
-        assert_eq!(l.on_tick(31), vec![IsrChange::Expand("b".into())]);
+        l.on_fetch("b", 1, 12, 31);
+        assert_eq!(
+            l.follower_lag(),
+            vec![("b".to_owned(), 0), ("c".to_owned(), 3)]
+        );
+        assert_eq!(l.on_tick(32), vec![IsrChange::Expand("b".into())]);
     }
 
     #[test]
