@@ -229,6 +229,47 @@ async fn the_originals_lifecycle_assigns_and_rebalances_partitions() {
         (md.error, md.coordinator.as_str(), md.epoch),
         (consumer_group_metadata::Error::Ok as i32, "a", 0)
     );
+    // Ours: the members and their assignments, and every group when asked for all.
+    assert_eq!(
+        md.members,
+        vec![ConsumerGroupMember {
+            consumer_id: "c1".into(),
+            streams: vec!["bar".into(), "foo".into()],
+            assignments: vec![
+                PartitionAssignment {
+                    stream: "bar".into(),
+                    partitions: vec![0, 1],
+                },
+                PartitionAssignment {
+                    stream: "foo".into(),
+                    partitions: vec![0, 1],
+                },
+            ],
+        }]
+    );
+    let all = c
+        .fetch_metadata(FetchMetadataRequest {
+            all_groups: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .group_metadata;
+    assert_eq!(
+        all.iter().map(|g| g.group_id.as_str()).collect::<Vec<_>>(),
+        ["g"]
+    );
+    assert!(
+        group_md(&mut c, "g").await.members.len() == 1
+            && c.fetch_metadata(FetchMetadataRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .group_metadata
+                .is_empty(),
+        "without the flag, only the groups asked for"
+    );
 
     // c2 on foo takes both foo partitions; c1 keeps bar; the epoch moves.
     let j2 = c

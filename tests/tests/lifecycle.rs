@@ -176,6 +176,7 @@ async fn metadata_describes_brokers_and_streams() {
         .fetch_metadata(FetchMetadataRequest {
             streams: vec!["m".into(), "unknown".into()],
             groups: vec!["g".into()],
+            ..Default::default()
         })
         .await
         .unwrap()

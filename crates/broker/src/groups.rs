@@ -258,8 +258,19 @@ impl Broker {
     }
 
     /// The metadata of the named groups (`UNKNOWN_GROUP` for unknown ones).
-    pub(crate) fn group_metadata(&self, ids: Vec<String>) -> Vec<api::ConsumerGroupMetadata> {
+    pub(crate) fn group_metadata(
+        &self,
+        mut ids: Vec<String>,
+        all: bool,
+    ) -> Vec<api::ConsumerGroupMetadata> {
         self.metadata().with_state(|f| {
+            if all {
+                for id in f.groups().keys() {
+                    if !ids.contains(id) {
+                        ids.push(id.clone());
+                    }
+                }
+            }
             ids.into_iter()
                 .map(|id| match f.groups().get(&id) {
                     Some(g) => api::ConsumerGroupMetadata {
@@ -267,6 +278,22 @@ impl Broker {
                         error: api::consumer_group_metadata::Error::Ok as i32,
                         coordinator: g.coordinator.clone(),
                         epoch: g.epoch,
+                        members: g
+                            .members
+                            .iter()
+                            .map(|(cid, m)| api::ConsumerGroupMember {
+                                consumer_id: cid.clone(),
+                                streams: m.streams.iter().cloned().collect(),
+                                assignments: m
+                                    .assignments
+                                    .iter()
+                                    .map(|(s, ps)| api::PartitionAssignment {
+                                        stream: s.clone(),
+                                        partitions: ps.clone(),
+                                    })
+                                    .collect(),
+                            })
+                            .collect(),
                     },
                     None => api::ConsumerGroupMetadata {
                         group_id: id,

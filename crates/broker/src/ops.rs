@@ -810,7 +810,7 @@ impl Broker {
                 })
                 .collect()
         });
-        let group_metadata = self.group_metadata(req.groups);
+        let group_metadata = self.group_metadata(req.groups, req.all_groups);
         api::FetchMetadataResponse {
             brokers,
             stream_metadata,
