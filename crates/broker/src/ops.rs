@@ -775,9 +775,14 @@ impl Broker {
         req: api::FetchMetadataRequest,
         deadline: Option<Duration>,
     ) -> api::FetchMetadataResponse {
-        let brokers = self
+        let mut brokers = self
             .brokers(deadline.unwrap_or(Duration::from_secs(3)))
             .await;
+        if let Some(leader) = self.metadata().status().leader {
+            for b in &mut brokers {
+                b.metadata_leader = metastore::service::raft_id(&b.id) == leader;
+            }
+        }
         let stream_metadata = self.metadata().with_state(|f| {
             let names: Vec<String> = if req.streams.is_empty() {
                 f.streams()

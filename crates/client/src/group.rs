@@ -620,7 +620,74 @@ fn key_of(m: &Message) -> Key {
     (m.stream.clone(), m.partition)
 }
 
+/// A consumer group as the cluster describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// The group id.
+    pub id: String,
+    /// The broker coordinating it.
+    pub coordinator: String,
+    /// Its epoch (generation of membership and assignments).
+    pub epoch: u64,
+    /// Its members (with `liftbridged`; the original Liftbridge sends none).
+    pub members: Vec<GroupMember>,
+}
+
+/// One member of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    /// The consumer id.
+    pub id: String,
+    /// The streams it consumes.
+    pub streams: Vec<String>,
+    /// Its partitions, by stream.
+    pub assignments: Vec<(String, Vec<i32>)>,
+}
+
 impl Client {
+    /// The named groups that exist, or with `ids` empty every group of the cluster (a
+    /// `liftbridged` extension; the original Liftbridge answers with none).
+    ///
+    /// # Errors
+    /// As [`fetch_metadata`](Client::fetch_metadata).
+    pub async fn groups(&self, ids: &[&str]) -> Result<Vec<GroupInfo>> {
+        let req = api::FetchMetadataRequest {
+            groups: ids.iter().map(|s| (*s).to_owned()).collect(),
+            all_groups: ids.is_empty(),
+            ..Default::default()
+        };
+        let md = self
+            .on_any_broker(|mut c| {
+                let r = self.request(req.clone());
+                async move { c.fetch_metadata(r).await }
+            })
+            .await?
+            .into_inner();
+        Ok(md
+            .group_metadata
+            .into_iter()
+            .filter(|g| g.error == api::consumer_group_metadata::Error::Ok as i32)
+            .map(|g| GroupInfo {
+                id: g.group_id,
+                coordinator: g.coordinator,
+                epoch: g.epoch,
+                members: g
+                    .members
+                    .into_iter()
+                    .map(|m| GroupMember {
+                        id: m.consumer_id,
+                        streams: m.streams,
+                        assignments: m
+                            .assignments
+                            .into_iter()
+                            .map(|a| (a.stream, a.partitions))
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+
     /// The coordinator and epoch of a group, or `None` when the group does not exist.
     pub(crate) async fn group_metadata(&self, group: &str) -> Result<Option<(String, u64)>> {
         let req = api::FetchMetadataRequest {

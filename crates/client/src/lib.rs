@@ -76,7 +76,10 @@ mod types;
 
 pub use client::{Client, ClientBuilder, ClientTls};
 pub use error::{Error, Result};
-pub use group::{AutoOffset, ConsumerBuilder, GroupConsumer, PartitionLag, group_cursor_id};
+pub use group::{
+    AutoOffset, ConsumerBuilder, GroupConsumer, GroupInfo, GroupMember, PartitionLag,
+    group_cursor_id,
+};
 pub use publish::PendingAck;
 pub use subscribe::Subscription;
 pub use types::{

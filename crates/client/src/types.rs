@@ -132,6 +132,8 @@ pub struct BrokerInfo {
     pub partition_count: i32,
     /// Partitions it leads.
     pub leader_count: i32,
+    /// It leads the metadata group (`liftbridged` only; always false from the original).
+    pub metadata_leader: bool,
 }
 
 impl BrokerInfo {
@@ -222,6 +224,7 @@ impl Metadata {
                     port: u16::try_from(b.port).unwrap_or(0),
                     partition_count: b.partition_count,
                     leader_count: b.leader_count,
+                    metadata_leader: b.metadata_leader,
                 })
                 .collect(),
             streams: m
@@ -609,6 +612,7 @@ mod tests {
             port: 9292,
             partition_count: 0,
             leader_count: 0,
+            metadata_leader: false,
         };
         assert_eq!(b.addr(), "127.0.0.1:9292");
     }
