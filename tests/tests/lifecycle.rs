@@ -188,7 +188,10 @@ async fn metadata_describes_brokers_and_streams() {
     assert_eq!(b.port, i32::from(srv.running().grpc_addr().port()));
     // Two partitions of "m" and the one of __cursors.
     assert_eq!((b.partition_count, b.leader_count), (3, 3));
-    assert!(b.metadata_leader, "ours: the one broker leads the metadata group");
+    assert!(
+        b.metadata_leader,
+        "ours: the one broker leads the metadata group"
+    );
     let m = &md.stream_metadata[0];
     assert_eq!(
         (m.name.as_str(), m.subject.as_str(), m.error),
