@@ -229,6 +229,12 @@ async fn traffic_lag_errors_and_the_process_are_counted() {
         ),
         3.0
     );
+    let connected: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("liftbridge_nats_connected{"))
+        .collect();
+    assert_eq!(connected.len(), 5, "one per connection: {connected:?}");
+    assert!(connected.iter().all(|l| l.ends_with(" 1")), "{connected:?}");
     assert!(sample(&metrics, "process_resident_memory_bytes") > 0.0);
     assert!(sample(&metrics, "process_open_fds") > 0.0);
     srv.stop().await;

@@ -73,8 +73,8 @@ pub struct Snapshot {
     pub pending_acks: usize,
     /// Free bytes on the data folder's file system, if known.
     pub free_bytes: Option<u64>,
-    /// Per NATS connection: name, slow-consumer drops, disconnects, reconnects.
-    pub nats: Vec<(String, u64, u64, u64)>,
+    /// Per NATS connection: name, slow-consumer drops, disconnects, reconnects, connected.
+    pub nats: Vec<(String, u64, u64, u64, bool)>,
     /// Consumer groups: id, members, epoch.
     pub groups: Vec<(String, usize, u64)>,
     /// Cursors this broker keeps (it leads their cursors partition) whose partition it also
@@ -129,7 +129,15 @@ impl Broker {
         let nats = self
             .nats_stats()
             .into_iter()
-            .map(|(name, s)| (name, s.slow_consumer, s.disconnects, s.reconnects))
+            .map(|(name, s)| {
+                (
+                    name,
+                    s.slow_consumer,
+                    s.disconnects,
+                    s.reconnects,
+                    s.connected,
+                )
+            })
             .collect();
         let mut cursors: Vec<CursorLag> = self
             .inner

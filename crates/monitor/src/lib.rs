@@ -53,6 +53,7 @@ pub const METRICS: &[&str] = &[
     "liftbridge_nats_slow_consumer_drops",
     "liftbridge_nats_disconnects",
     "liftbridge_nats_reconnects",
+    "liftbridge_nats_connected",
     "liftbridge_consumer_group_members",
     "liftbridge_consumer_group_epoch",
     "liftbridge_partition_follower_lag_messages",
@@ -275,6 +276,15 @@ pub fn render(s: &Snapshot, counters: &Metrics) -> String {
         "liftbridge_nats_reconnects",
         "NATS connections regained",
         conn(2),
+    );
+    family(
+        &mut reg,
+        "liftbridge_nats_connected",
+        "1 while the NATS connection is up",
+        s.nats
+            .iter()
+            .map(|c| (vec![("connection".to_owned(), c.0.clone())], i64::from(c.4)))
+            .collect(),
     );
     family(
         &mut reg,

@@ -159,6 +159,8 @@ pub struct ConnectionStats {
     pub disconnects: u64,
     /// Connections regained.
     pub reconnects: u64,
+    /// Connected to a NATS server now.
+    pub connected: bool,
 }
 
 /// The counters behind [`ConnectionStats`], and the state of reporting.
@@ -396,6 +398,7 @@ impl Connection {
             slow_consumer: c.slow_consumer.load(Ordering::Relaxed),
             disconnects: c.disconnects.load(Ordering::Relaxed),
             reconnects: c.reconnects.load(Ordering::Relaxed),
+            connected: self.client.connection_state() == async_nats::connection::State::Connected,
         }
     }
 
