@@ -267,13 +267,11 @@ async fn losing_and_regaining_an_external_nats_is_logged_per_connection_and_coun
     let running = liftbridged::start(cfg, logger)
         .await
         .expect("server starts");
-    assert!(
-        running
-            .broker()
-            .nats_stats()
-            .iter()
-            .all(|(_, s)| *s == Default::default())
-    );
+    assert!(running.broker().nats_stats().iter().all(|(_, s)| *s
+        == natsbridge::ConnectionStats {
+            connected: true,
+            ..Default::default()
+        }));
     nats.shutdown().await;
     for role in ["raft", "streams", "acks", "replication", "publishes"] {
         wait_logged(
@@ -287,6 +285,14 @@ async fn losing_and_regaining_an_external_nats_is_logged_per_connection_and_coun
         )
         .await;
     }
+    assert!(
+        running
+            .broker()
+            .nats_stats()
+            .iter()
+            .all(|(_, s)| !s.connected),
+        "every connection is down"
+    );
     let again = natsd::Server::start(natsd::ServerConfig {
         port,
         ..Default::default()
@@ -300,7 +306,7 @@ async fn losing_and_regaining_an_external_nats_is_logged_per_connection_and_coun
         assert_eq!(stats.len(), 5);
         if stats
             .iter()
-            .all(|(_, s)| s.disconnects == 1 && s.reconnects == 1)
+            .all(|(_, s)| s.disconnects == 1 && s.reconnects == 1 && s.connected)
         {
             break;
         }

@@ -788,8 +788,11 @@ async fn group_members_on_three_brokers_survive_a_dead_member_and_a_dead_coordin
     use std::collections::BTreeMap;
     let mut cluster = Cluster::start_with(|cfg| {
         cfg.broker.cursors.partitions = 1;
-        cfg.broker.groups.consumer_timeout = Duration::from_secs(2);
-        cfg.broker.groups.coordinator_timeout = Duration::from_secs(2);
+        // Long enough that a live member polling every 200 ms never expires on a loaded
+        // machine (an expiry re-reads its partitions from the cursor: at-least-once, not the
+        // once this test checks), short enough to see a dead one go.
+        cfg.broker.groups.consumer_timeout = Duration::from_secs(6);
+        cfg.broker.groups.coordinator_timeout = Duration::from_secs(4);
     })
     .await;
     let addrs = cluster.grpc_addrs();

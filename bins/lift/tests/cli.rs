@@ -241,6 +241,68 @@ async fn streams_messages_and_cursors() {
     .await;
     assert_eq!(since.ok(), "first\n");
 
+    // --latest reads the newest message; --time from a moment in the past reads them all;
+    // --follow goes on past the newest message (here up to --count).
+    assert_eq!(
+        lift(s, &["sub", "orders", "--latest", "--raw"], None)
+            .await
+            .ok(),
+        "line-999\n"
+    );
+    let from_time = lift(
+        s,
+        &[
+            "sub",
+            "orders",
+            "--partition",
+            "1",
+            "--time",
+            "2020-01-01T00:00:00Z",
+            "--raw",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(from_time.ok(), "v0\nv1\nv2\n");
+    let following = tokio::spawn({
+        let s = s.to_owned();
+        async move {
+            lift(
+                &s,
+                &[
+                    "sub",
+                    "orders",
+                    "--partition",
+                    "1",
+                    "--offset",
+                    "2",
+                    "--follow",
+                    "--count",
+                    "3",
+                    "--raw",
+                ],
+                None,
+            )
+            .await
+        }
+    });
+    lift(
+        s,
+        &[
+            "pub",
+            "orders",
+            "--partition",
+            "1",
+            "--count",
+            "2",
+            "late{n}",
+        ],
+        None,
+    )
+    .await
+    .ok();
+    assert_eq!(following.await.unwrap().ok(), "v2\nlate0\nlate1\n");
+
     // Partition state.
     let info = lift(s, &["stream", "info", "orders", "--json"], None)
         .await
@@ -251,7 +313,7 @@ async fn streams_messages_and_cursors() {
             info[0]["high_watermark"].as_i64(),
             info[1]["high_watermark"].as_i64()
         ),
-        (Some(1000), Some(2))
+        (Some(1000), Some(4))
     );
     lift(s, &["stream", "readonly", "orders"], None).await.ok();
     let refused = lift(s, &["pub", "orders", "x"], None).await;
@@ -317,6 +379,19 @@ async fn streams_messages_and_cursors() {
         }
         assert!(Instant::now() < deadline, "{r:?}");
     }
+
+    // Optimistic concurrency on "kept": the right expected offset is taken, a wrong one refused.
+    let right = lift(
+        s,
+        &["pub", "kept", "--expected-offset", "1", "ok", "--json"],
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(right[0]["offset"], 1);
+    let wrong = lift(s, &["pub", "kept", "--expected-offset", "7", "no"], None).await;
+    assert_eq!(wrong.code, 1);
+    assert!(wrong.stderr.contains("publish refused"), "{wrong:?}");
 
     lift(s, &["stream", "delete", "kept"], None).await.ok();
     let gone = lift(s, &["stream", "info", "kept"], None).await;
