@@ -131,17 +131,42 @@ struct PubPlan {
     opts: PublishOptions,
 }
 
+/// A publisher's outcomes so far.
+struct Tally {
+    hist: Histogram<u64>,
+    acked: u64,
+    errors: u64,
+    progress: ProgressBar,
+}
+
+impl Tally {
+    /// One publish ended: its latency from when it was due, or an error.
+    fn settle(&mut self, due: Instant, r: liftbridge_client::Result<()>) {
+        match r {
+            Ok(()) => {
+                record(&mut self.hist, due.elapsed());
+                self.acked += 1;
+            }
+            Err(_) => self.errors += 1,
+        }
+        self.progress.inc(1);
+    }
+}
+
 async fn publisher(
     c: Client,
     plan: Arc<PubPlan>,
     id: u32,
     progress: ProgressBar,
 ) -> (ClientResult, Histogram<u64>) {
-    let mut hist = histogram();
+    let mut tally = Tally {
+        hist: histogram(),
+        acked: 0,
+        errors: 0,
+        progress,
+    };
     let start = Instant::now();
     let end = plan.duration.map(|d| start + d);
-    let mut acked = 0u64;
-    let mut errors = 0u64;
     let mut in_flight = FuturesUnordered::new();
     let mut n = 0u64;
     let mut value = vec![b'x'; plan.size.max(8)];
@@ -168,58 +193,34 @@ async fn publisher(
             .partition((n % plan.partitions.max(1) as u64) as i32);
         n += 1;
         if plan.sync {
-            match c.publish(&plan.stream, payload, opts).await {
-                Ok(_) => {
-                    record(&mut hist, due.elapsed());
-                    acked += 1;
-                }
-                Err(_) => errors += 1,
-            }
-            progress.inc(1);
+            let r = c.publish(&plan.stream, payload, opts).await.map(|_| ());
+            tally.settle(due, r);
             continue;
         }
         match c.publish_async(&plan.stream, payload, opts).await {
             Ok(pending) => in_flight.push(async move { (due, pending.await) }),
-            Err(_) => {
-                errors += 1;
-                progress.inc(1);
-            }
+            Err(e) => tally.settle(due, Err(e)),
         }
         while in_flight.len() >= plan.window {
             if let Some((due, r)) = in_flight.next().await {
-                match r {
-                    Ok(_) => {
-                        record(&mut hist, due.elapsed());
-                        acked += 1;
-                    }
-                    Err(_) => errors += 1,
-                }
-                progress.inc(1);
+                tally.settle(due, r.map(|_| ()));
             }
         }
     }
     while let Some((due, r)) = in_flight.next().await {
-        match r {
-            Ok(_) => {
-                record(&mut hist, due.elapsed());
-                acked += 1;
-            }
-            Err(_) => errors += 1,
-        }
-        progress.inc(1);
+        tally.settle(due, r.map(|_| ()));
     }
-    progress.finish();
-    (
-        result(
-            "publisher",
-            id,
-            acked,
-            errors,
-            plan.size.max(8),
-            start.elapsed(),
-        ),
-        hist,
-    )
+    tally.progress.finish();
+    let size = plan.size.max(8);
+    let r = result(
+        "publisher",
+        id,
+        tally.acked,
+        tally.errors,
+        size,
+        start.elapsed(),
+    );
+    (r, tally.hist)
 }
 
 /// What a subscriber needs to know.

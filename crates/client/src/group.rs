@@ -690,22 +690,11 @@ impl Client {
 
     /// The coordinator and epoch of a group, or `None` when the group does not exist.
     pub(crate) async fn group_metadata(&self, group: &str) -> Result<Option<(String, u64)>> {
-        let req = api::FetchMetadataRequest {
-            groups: vec![group.to_owned()],
-            ..Default::default()
-        };
-        let md = self
-            .on_any_broker(|mut c| {
-                let r = self.request(req.clone());
-                async move { c.fetch_metadata(r).await }
-            })
+        Ok(self
+            .groups(&[group])
             .await?
-            .into_inner();
-        Ok(md
-            .group_metadata
             .into_iter()
-            .find(|g| g.group_id == group)
-            .filter(|g| g.error == api::consumer_group_metadata::Error::Ok as i32)
+            .find(|g| g.id == group)
             .map(|g| (g.coordinator, g.epoch)))
     }
 
