@@ -1,7 +1,8 @@
 //! The locked-down NATS model of `docs/security.md`: the brokers have their own NATS user, and
 //! applications have users that may not publish under the brokers' namespace. A forged Raft
 //! message or join request from an application never reaches a broker; the same message from
-//! the brokers' user does (and is refused by the broker itself).
+//! the brokers' user does (and is refused by the broker itself). Both on nats-server and on the
+//! embedded server, with the same users read from nats-server's configuration syntax.
 
 mod common;
 
@@ -9,6 +10,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+
+/// The users of both servers: the brokers' own, and applications that may publish anywhere
+/// but under the brokers' namespace, and subscribe only to inboxes.
+const AUTHORIZATION: &str = "authorization { users = [
+  { user: liftbridge, password: brokerpw }
+  { user: apps, password: appspw, permissions: {
+      publish: { allow: [\">\"], deny: [\"liftbridge-default.>\"] },
+      subscribe: { allow: [\"_INBOX.>\"] } } }
+] }
+";
 
 /// The server, its port, and the folder of its configuration (kept until the server stops).
 struct Nats(Child, u16, #[allow(dead_code)] tempfile::TempDir);
@@ -27,14 +38,7 @@ async fn nats_server() -> Nats {
         .local_addr()
         .unwrap()
         .port();
-    let conf = format!(
-        "host: 127.0.0.1\nport: {port}\nauthorization {{ users = [
-  {{ user: liftbridge, password: brokerpw }}
-  {{ user: apps, password: appspw, permissions: {{
-      publish: {{ allow: [\">\"], deny: [\"liftbridge-default.>\"] }},
-      subscribe: {{ allow: [\"_INBOX.>\"] }} }} }}
-] }}\n"
-    );
+    let conf = format!("host: 127.0.0.1\nport: {port}\n{AUTHORIZATION}");
     let file = dir.path().join("nats.conf");
     std::fs::write(&file, conf).unwrap();
     let child = Command::new("nats-server")
@@ -69,7 +73,64 @@ async fn an_application_user_cannot_speak_for_a_broker() {
     let running = liftbridged::start(cfg, logger)
         .await
         .expect("server starts");
-    let (subject, forged) = forged_heartbeat(&running);
+    refused_for_applications(&url, &running, &lines).await;
+    running.shutdown().await;
+    drop(nats);
+}
+
+/// The same users in the embedded server, read from `nats.embedded.config`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_server_keeps_applications_out_of_the_brokers_subjects() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(&conf, AUTHORIZATION).unwrap();
+    let flags = liftbridged::Flags {
+        data_dir: Some(dir.path().join("data")),
+        host: Some("127.0.0.1".into()),
+        port: Some(0),
+        embedded_nats_port: Some(0),
+        embedded_nats_config: Some(conf),
+        id: Some("a".into()),
+        ..Default::default()
+    };
+    let mut cfg = liftbridged::Config::load(&flags).unwrap();
+    cfg.broker.cursors.partitions = 1;
+    cfg.broker.nats.user_password = Some(("liftbridge".into(), "brokerpw".into()));
+    let (logger, lines) = capturing();
+    let running = liftbridged::start(cfg, logger)
+        .await
+        .expect("server starts");
+    let url = running.nats_url().to_owned();
+    // Without a user, nobody gets in.
+    assert!(async_nats::connect(url.as_str()).await.is_err());
+    // An application may not subscribe to the brokers' traffic either.
+    let app = async_nats::ConnectOptions::with_user_and_password("apps".into(), "appspw".into())
+        .connect(url.as_str())
+        .await
+        .unwrap();
+    let mut spy = app.subscribe("liftbridge-default.>").await.unwrap();
+    app.flush().await.unwrap();
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            futures_util::StreamExt::next(&mut spy)
+        )
+        .await
+        .map_or(true, |m| m.is_none()),
+        "a subscription under the namespace got a message"
+    );
+    refused_for_applications(&url, &running, &lines).await;
+    running.shutdown().await;
+}
+
+/// An application user's forged Raft heartbeat and join are refused by NATS; the brokers'
+/// user's reach the broker, which refuses the heartbeat itself; the broker serves on.
+async fn refused_for_applications(
+    url: &str,
+    running: &liftbridged::Running,
+    lines: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let (subject, forged) = forged_heartbeat(running);
 
     // As an application: NATS refuses both publishes, and says so.
     let violations = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -79,7 +140,7 @@ async fn an_application_user_cannot_speak_for_a_broker() {
             seen.lock().unwrap().push(e.to_string());
             std::future::ready(())
         })
-        .connect(url.as_str())
+        .connect(url)
         .await
         .unwrap();
     app.publish(subject.clone(), forged.clone()).await.unwrap();
@@ -106,12 +167,12 @@ async fn an_application_user_cannot_speak_for_a_broker() {
     // this one is counted: the application's never arrived before it.
     let insider =
         async_nats::ConnectOptions::with_user_and_password("liftbridge".into(), "brokerpw".into())
-            .connect(url.as_str())
+            .connect(url)
             .await
             .unwrap();
     insider.publish(subject, forged).await.unwrap();
     insider.flush().await.unwrap();
-    wait_logged(&lines, &["WARN refused a raft message", "refused_total=1"]).await;
+    wait_logged(lines, &["WARN refused a raft message", "refused_total=1"]).await;
     let refused: Vec<String> = lines
         .lock()
         .unwrap()
@@ -129,6 +190,4 @@ async fn an_application_user_cannot_speak_for_a_broker() {
     .await
     .unwrap();
     c.create_stream(stream("still", "still")).await.unwrap();
-    running.shutdown().await;
-    drop(nats);
 }

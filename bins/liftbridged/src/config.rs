@@ -103,6 +103,8 @@ pub struct EmbeddedNats {
     pub max_connections: Option<usize>,
     /// Subscriptions per connection (`max_subscriptions`, 0: no limit), if set.
     pub max_subscriptions: Option<usize>,
+    /// Who may connect, and what each user may publish and subscribe to (`authorization`).
+    pub auth: Option<natsd::Auth>,
 }
 
 /// The resolved configuration of one server.
@@ -404,38 +406,50 @@ fn level(key: &str, s: &str) -> Result<slog::Level, ConfigError> {
 fn embedded_from_file(path: &Path, e: &mut EmbeddedNats) -> Result<(), ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| ConfigError::Load(format!("{}: {err}", path.display())))?;
-    for line in text.lines() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        let Some((k, v)) = line
-            .split_once([':', '='])
-            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
-        else {
-            continue;
-        };
-        let bad = |what: &str| ConfigError::Invalid {
-            key: format!("{} ({k})", path.display()),
-            reason: format!("{what}: {v:?}"),
-        };
-        match k {
-            "port" => e.port = v.parse().map_err(|_| bad("not a port"))?,
-            "host" | "net" => e.host = v.to_owned(),
-            "listen" => match v.rsplit_once(':') {
-                Some((h, p)) => {
-                    e.host = h.to_owned();
-                    e.port = p.parse().map_err(|_| bad("not host:port"))?;
-                }
-                None => e.port = v.parse().map_err(|_| bad("not a port"))?,
-            },
-            "max_payload" => e.max_payload = Some(v.parse().map_err(|_| bad("not a size"))?),
-            "max_connections" => {
-                e.max_connections = Some(v.parse().map_err(|_| bad("not a count"))?)
-            }
-            "max_subscriptions" | "max_subs" => {
-                e.max_subscriptions = Some(v.parse().map_err(|_| bad("not a count"))?)
-            }
-            _ => {}
-        }
+    let invalid = |what: String| ConfigError::Invalid {
+        key: format!("nats.embedded.config ({})", path.display()),
+        reason: what,
+    };
+    let root = natsd::conf::parse(&text).map_err(|err| invalid(err.to_string()))?;
+    let scalar = |k: &str| root.get(k).and_then(natsd::conf::Value::text);
+    let number = |k: &str| -> Result<Option<usize>, ConfigError> {
+        scalar(k)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| invalid(format!("{k} is not a number: {v:?}")))
+            })
+            .transpose()
+    };
+    if let Some(h) = scalar("host").or(scalar("net")) {
+        e.host = h.to_owned();
     }
+    if let Some(p) = scalar("port") {
+        e.port = p
+            .parse()
+            .map_err(|_| invalid(format!("port is not a port: {p:?}")))?;
+    }
+    if let Some(l) = scalar("listen") {
+        let port = match l.rsplit_once(':') {
+            Some((h, p)) => {
+                e.host = h.to_owned();
+                p
+            }
+            None => l,
+        };
+        e.port = port
+            .parse()
+            .map_err(|_| invalid(format!("listen is not host:port: {l:?}")))?;
+    }
+    if let Some(v) = number("max_payload")? {
+        e.max_payload = Some(v);
+    }
+    if let Some(v) = number("max_connections")? {
+        e.max_connections = Some(v);
+    }
+    if let Some(v) = number("max_subscriptions")?.or(number("max_subs")?) {
+        e.max_subscriptions = Some(v);
+    }
+    e.auth = natsd::conf::authorization(&root).map_err(invalid)?;
     Ok(())
 }
 
@@ -735,6 +749,7 @@ fn nats(
             max_payload: None,
             max_connections: None,
             max_subscriptions: None,
+            auth: None,
         };
         if let Some(path) = &embedded_config {
             embedded_from_file(path, &mut e)?;
@@ -1298,6 +1313,27 @@ mod tests {
         );
         std::fs::write(&path, "port: lots\n").unwrap();
         assert!(from_yaml("{}", &flags).is_err());
+        // nats-server's authorization block: users and their permissions.
+        std::fs::write(
+            &path,
+            "authorization {\n  users = [\n    {user: broker, password: b}\n    {user: app, password: a, permissions: {publish: \"orders.>\"}}\n  ]\n}\n",
+        )
+        .unwrap();
+        let e = from_yaml("{}", &flags).unwrap().embedded_nats.unwrap();
+        let Some(natsd::Auth::Users(users)) = e.auth else {
+            panic!("users: {:?}", e.auth)
+        };
+        assert_eq!(users.len(), 2);
+        assert_eq!(
+            users[1].permissions.as_ref().unwrap().publish.allow,
+            ["orders.>"]
+        );
+        std::fs::write(&path, "authorization {\n  users = [ {user: x} ]\n}\n").unwrap();
+        let err = from_yaml("{}", &flags).unwrap_err().to_string();
+        assert!(err.contains("user x has no password"), "{err}");
+        std::fs::write(&path, "authorization {\n  token: t\n").unwrap();
+        let err = from_yaml("{}", &flags).unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
     }
 
     #[test]

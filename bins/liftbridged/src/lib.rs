@@ -215,6 +215,7 @@ pub async fn start(mut cfg: Config, logger: Logger) -> Result<Running, StartErro
             if let Some(m) = e.max_subscriptions {
                 nc.max_subscriptions = m;
             }
+            nc.auth = e.auth.clone();
             let server = natsd::Server::start(nc)
                 .await
                 .map_err(|err| StartError::Nats {

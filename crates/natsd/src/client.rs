@@ -194,6 +194,8 @@ struct Session {
     headers: bool,
     no_responders: bool,
     pings_out: u32,
+    /// The authenticated user's permissions; `None`: anything.
+    perms: Option<crate::perms::Permissions>,
     cache: MatchCache,
     batch: Vec<(Arc<Conn>, BytesMut)>,
     /// In-process subscribers this read filled past their limit: the reader waits for them
@@ -228,6 +230,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
         headers: false,
         no_responders: false,
         pings_out: 0,
+        perms: None,
         cache: MatchCache::default(),
         batch: Vec::new(),
         full_locals: Vec::new(),
@@ -465,6 +468,17 @@ impl Session {
                 {
                     self.send_err("Invalid Publish Subject");
                 }
+                if let Some(p) = &self.perms
+                    && !std::str::from_utf8(&subject).is_ok_and(|s| p.publish.allows_publish(s))
+                {
+                    // As nats-server: the message is dropped, the connection stays.
+                    let text = format!(
+                        "Permissions Violation for Publish to \"{}\"",
+                        String::from_utf8_lossy(&subject)
+                    );
+                    self.send_err(&text);
+                    return true;
+                }
                 // The acknowledgement comes before the deliveries, as nats-server sends it.
                 self.ok();
                 self.publish(&subject, reply.as_ref(), header_len, &payload);
@@ -484,6 +498,16 @@ impl Session {
                     info.user.as_deref() == Some(user.as_str())
                         && info.pass.as_deref() == Some(password.as_str())
                 }
+                Auth::Users(users) => match users.iter().find(|u| {
+                    info.user.as_deref() == Some(u.user.as_str())
+                        && info.pass.as_deref() == Some(u.password.as_str())
+                }) {
+                    Some(u) => {
+                        self.perms = u.permissions.clone();
+                        true
+                    }
+                    None => false,
+                },
             };
             if !ok {
                 self.send_err("Authorization Violation");
@@ -516,6 +540,14 @@ impl Session {
                 return;
             }
         };
+        if let Some(p) = &self.perms
+            && !p.subscribe.allows_subscribe(&subject)
+        {
+            self.send_err(&format!(
+                "Permissions Violation for Subscription to \"{subject}\""
+            ));
+            return;
+        }
         let queue = match queue.map(|q| String::from_utf8(q.to_vec())) {
             None => None,
             Some(Ok(q)) if !q.is_empty() => Some(q),

@@ -30,6 +30,19 @@ pub enum Auth {
         /// The password.
         password: String,
     },
+    /// One of several users, each with its own permissions.
+    Users(Vec<User>),
+}
+
+/// One user of [`Auth::Users`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The user name.
+    pub user: String,
+    /// The password.
+    pub password: String,
+    /// What it may publish and subscribe to; `None`: anything.
+    pub permissions: Option<crate::perms::Permissions>,
 }
 
 /// Server settings. The defaults are nats-server's.

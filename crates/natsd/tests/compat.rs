@@ -26,6 +26,8 @@ struct Opts {
     max_pending: Option<usize>,
     token: Option<String>,
     user: Option<(String, String)>,
+    /// An `authorization { ... }` block in nats-server's syntax.
+    authorization: Option<&'static str>,
 }
 
 struct TestServer {
@@ -64,6 +66,9 @@ impl TestServer {
                 if let Some((user, password)) = opts.user.clone() {
                     cfg.auth = Some(natsd::Auth::User { user, password });
                 }
+                if let Some(a) = opts.authorization {
+                    cfg.auth = natsd::conf::authorization(&natsd::conf::parse(a).unwrap()).unwrap();
+                }
                 let server = natsd::Server::start(cfg).await.unwrap();
                 TestServer {
                     port,
@@ -87,6 +92,9 @@ impl TestServer {
                     conf.push_str(&format!(
                         "authorization {{ user: \"{u}\", password: \"{p}\" }}\n"
                     ));
+                }
+                if let Some(a) = opts.authorization {
+                    conf.push_str(a);
                 }
                 let path = dir.path().join("nats.conf");
                 std::fs::write(&path, conf).unwrap();
@@ -253,6 +261,7 @@ both!(
     protocol_errors,
     authentication,
     user_and_password,
+    permissions,
     verbose_and_echo,
 );
 
@@ -681,6 +690,57 @@ async fn user_and_password(kind: Kind) {
         .await
         .unwrap();
     sync(&c).await;
+    s.stop().await;
+}
+
+/// Users with publish and subscribe permissions, as the brokers and applications of a
+/// locked-down deployment have them.
+async fn permissions(kind: Kind) {
+    let s = TestServer::start(
+        kind,
+        Opts {
+            authorization: Some(
+                "authorization {\n  users = [\n    { user: broker, password: b }\n    { user: app, password: a, permissions: {\n        publish: { allow: \">\", deny: [\"ns.>\"] }\n        subscribe: [\"_INBOX.>\", \"orders\"]\n    } }\n  ]\n}\n",
+            ),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let (mut raw, _) = Raw::connect(&s).await;
+    raw.send("CONNECT {\"verbose\":false,\"user\":\"app\",\"pass\":\"a\"}\r\n")
+        .await;
+    raw.send("SUB ns.raft 1\r\nPING\r\n").await;
+    assert_eq!(
+        raw.line().await.as_deref(),
+        Some("-ERR 'Permissions Violation for Subscription to \"ns.raft\"'")
+    );
+    assert_eq!(raw.line().await.as_deref(), Some("PONG"));
+    raw.send("PUB ns.raft.x 1\r\nx\r\nPING\r\n").await;
+    assert_eq!(
+        raw.line().await.as_deref(),
+        Some("-ERR 'Permissions Violation for Publish to \"ns.raft.x\"'")
+    );
+    assert_eq!(
+        raw.line().await.as_deref(),
+        Some("PONG"),
+        "the connection stays"
+    );
+    raw.send("SUB orders 2\r\nPUB orders 2\r\nok\r\nPING\r\n")
+        .await;
+    assert_eq!(raw.line().await.as_deref(), Some("MSG orders 2 2"));
+    assert_eq!(raw.line().await.as_deref(), Some("ok"));
+    assert_eq!(raw.line().await.as_deref(), Some("PONG"));
+    // The broker's user has no limits: it sees what the application may not send.
+    let broker = async_nats::ConnectOptions::with_user_and_password("broker".into(), "b".into())
+        .connect(s.url())
+        .await
+        .unwrap();
+    let mut sub = broker.subscribe("ns.>").await.unwrap();
+    broker
+        .publish("ns.raft.y", Bytes::from_static(b"in"))
+        .await
+        .unwrap();
+    assert_eq!(&next(&mut sub).await.payload[..], b"in");
     s.stop().await;
 }
 

@@ -1,0 +1,371 @@
+//! The subset of nats-server's configuration syntax the embedded server reads: `key: value`,
+//! `key = value` or `key value`; maps in `{}`, arrays in `[]`, items separated by commas or
+//! new lines; quoted or bare strings; `#` and `//` comments.
+//!
+//! Settings it applies: `host`/`net`, `port`, `listen`, `max_payload`, `max_connections`,
+//! `max_subscriptions`, and `authorization` with a `token`, one `user`/`password`, or `users`
+//! each with `permissions` (`publish`/`subscribe`, each a subject, a list, or
+//! `{allow: […], deny: […]}`). Other keys are read and ignored, as a nats-server file holds
+//! many this server has no use for; a syntax error is an error with its line.
+
+use crate::perms::{Permissions, Rule};
+use crate::server::{Auth, User};
+
+/// A parsed value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A string, number or boolean, as written.
+    Scalar(String),
+    /// A list.
+    List(Vec<Value>),
+    /// A map, in file order.
+    Map(Vec<(String, Value)>),
+}
+
+/// A syntax error, with its 1-based line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {what}")]
+pub struct ConfError {
+    /// The line.
+    pub line: usize,
+    /// What is wrong.
+    pub what: String,
+}
+
+struct Lexer<'a> {
+    s: &'a [u8],
+    i: usize,
+    line: usize,
+    depth: usize,
+}
+
+const MAX_DEPTH: usize = 32;
+
+impl Lexer<'_> {
+    fn err(&self, what: impl Into<String>) -> ConfError {
+        ConfError {
+            line: self.line,
+            what: what.into(),
+        }
+    }
+
+    /// Skips blanks and comments; with `newlines`, also line ends and commas.
+    fn skip(&mut self, newlines: bool) {
+        while self.i < self.s.len() {
+            match self.s[self.i] {
+                b'\n' if newlines => {
+                    self.line += 1;
+                    self.i += 1;
+                }
+                b',' if newlines => self.i += 1,
+                b' ' | b'\t' | b'\r' => self.i += 1,
+                b'#' => self.skip_line(),
+                b'/' if self.s.get(self.i + 1) == Some(&b'/') => self.skip_line(),
+                _ => return,
+            }
+        }
+    }
+
+    fn skip_line(&mut self) {
+        while self.i < self.s.len() && self.s[self.i] != b'\n' {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    /// A quoted or bare string. A bare key ends at `:` or `=`; a bare value may hold them
+    /// (`listen: 127.0.0.1:4222`).
+    fn word(&mut self, key: bool) -> Result<String, ConfError> {
+        match self.peek() {
+            Some(q @ (b'"' | b'\'')) => {
+                self.i += 1;
+                let start = self.i;
+                while self.i < self.s.len() && self.s[self.i] != q {
+                    if self.s[self.i] == b'\n' {
+                        return Err(self.err("a quoted string runs past the end of its line"));
+                    }
+                    self.i += 1;
+                }
+                if self.i >= self.s.len() {
+                    return Err(self.err("a quoted string is not closed"));
+                }
+                let w = String::from_utf8_lossy(&self.s[start..self.i]).into_owned();
+                self.i += 1;
+                Ok(w)
+            }
+            _ => {
+                let start = self.i;
+                while self.i < self.s.len()
+                    && !matches!(
+                        self.s[self.i],
+                        b' ' | b'\t' | b'\r' | b'\n' | b',' | b'{' | b'}' | b'[' | b']' | b'#'
+                    )
+                    && !(key && matches!(self.s[self.i], b':' | b'='))
+                {
+                    self.i += 1;
+                }
+                if start == self.i {
+                    return Err(self.err("expected a name or a value"));
+                }
+                Ok(String::from_utf8_lossy(&self.s[start..self.i]).into_owned())
+            }
+        }
+    }
+
+    fn value(&mut self) -> Result<Value, ConfError> {
+        self.skip(false);
+        match self.peek() {
+            Some(b'{') => {
+                self.i += 1;
+                self.nest()?;
+                let m = self.map(Some(b'}'))?;
+                self.depth -= 1;
+                Ok(m)
+            }
+            Some(b'[') => {
+                self.i += 1;
+                self.nest()?;
+                let mut items = Vec::new();
+                loop {
+                    self.skip(true);
+                    match self.peek() {
+                        Some(b']') => {
+                            self.i += 1;
+                            break;
+                        }
+                        None => return Err(self.err("a list is not closed with ]")),
+                        _ => items.push(self.value()?),
+                    }
+                }
+                self.depth -= 1;
+                Ok(Value::List(items))
+            }
+            None | Some(b'\n') => Err(self.err("a key without a value")),
+            _ => Ok(Value::Scalar(self.word(false)?)),
+        }
+    }
+
+    fn nest(&mut self) -> Result<(), ConfError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.err("nested too deeply"));
+        }
+        Ok(())
+    }
+
+    fn map(&mut self, close: Option<u8>) -> Result<Value, ConfError> {
+        let mut entries = Vec::new();
+        loop {
+            self.skip(true);
+            match (self.peek(), close) {
+                (None, None) => return Ok(Value::Map(entries)),
+                (None, Some(_)) => return Err(self.err("a map is not closed with }")),
+                (Some(c), Some(want)) if c == want => {
+                    self.i += 1;
+                    return Ok(Value::Map(entries));
+                }
+                _ => {}
+            }
+            let key = self.word(true)?;
+            self.skip(false);
+            if matches!(self.peek(), Some(b':' | b'=')) {
+                self.i += 1;
+            }
+            let v = self.value()?;
+            entries.push((key.to_lowercase(), v));
+        }
+    }
+}
+
+/// Parses a whole file.
+///
+/// # Errors
+/// [`ConfError`] for a syntax error.
+pub fn parse(text: &str) -> Result<Value, ConfError> {
+    Lexer {
+        s: text.as_bytes(),
+        i: 0,
+        line: 1,
+        depth: 0,
+    }
+    .map(None)
+}
+
+impl Value {
+    /// The value under `key`, in a map.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Map(m) => m.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The scalar's text.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Value::Scalar(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A scalar as one item, or a list's scalars.
+    fn strings(&self) -> Vec<String> {
+        match self {
+            Value::Scalar(s) => vec![s.clone()],
+            Value::List(l) => l
+                .iter()
+                .filter_map(|v| v.text().map(str::to_owned))
+                .collect(),
+            Value::Map(_) => Vec::new(),
+        }
+    }
+}
+
+fn rule(v: &Value) -> Rule {
+    match v {
+        Value::Map(_) => Rule {
+            allow: v.get("allow").map(Value::strings).unwrap_or_default(),
+            deny: v.get("deny").map(Value::strings).unwrap_or_default(),
+        },
+        other => Rule {
+            allow: other.strings(),
+            deny: Vec::new(),
+        },
+    }
+}
+
+fn permissions(v: &Value) -> Permissions {
+    Permissions {
+        publish: v.get("publish").map(rule).unwrap_or_default(),
+        subscribe: v.get("subscribe").map(rule).unwrap_or_default(),
+    }
+}
+
+/// The `authorization` block of a parsed file, if it has one.
+///
+/// # Errors
+/// A message naming what is missing (a user without a password, say).
+pub fn authorization(root: &Value) -> Result<Option<Auth>, String> {
+    let Some(a) = root.get("authorization") else {
+        return Ok(None);
+    };
+    if let Some(t) = a.get("token").and_then(Value::text) {
+        return Ok(Some(Auth::Token(t.to_owned())));
+    }
+    if let Some(Value::List(users)) = a.get("users") {
+        let mut out = Vec::new();
+        for u in users {
+            let user = u
+                .get("user")
+                .and_then(Value::text)
+                .ok_or("a user in authorization.users has no name")?;
+            let password = u
+                .get("password")
+                .and_then(Value::text)
+                .ok_or_else(|| format!("user {user} has no password"))?;
+            out.push(User {
+                user: user.to_owned(),
+                password: password.to_owned(),
+                permissions: u.get("permissions").map(permissions),
+            });
+        }
+        if out.is_empty() {
+            return Err("authorization.users is empty".into());
+        }
+        return Ok(Some(Auth::Users(out)));
+    }
+    match (
+        a.get("user").and_then(Value::text),
+        a.get("password").and_then(Value::text),
+    ) {
+        (Some(user), Some(password)) => Ok(Some(Auth::User {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        })),
+        (None, None) => Ok(None),
+        _ => Err("authorization needs both user and password".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+# The embedded server of a locked-down broker.
+port: 4333
+listen = 127.0.0.1:4444   // a bare value may hold colons
+max_payload 2097152
+authorization {
+  users = [
+    { user: broker, password: "s3cret" }   # everything
+    {
+      user: app
+      password: 'app pw'
+      permissions: {
+        publish: { allow: ["orders.>", "_INBOX.>"], deny: "orders.secret" }
+        subscribe: ["orders.>", "_INBOX.>"]
+      }
+    },
+  ]
+}
+"#;
+
+    #[test]
+    fn users_and_permissions_are_read() {
+        let v = parse(FILE).unwrap();
+        assert_eq!(v.get("port").and_then(Value::text), Some("4333"));
+        assert_eq!(
+            v.get("listen").and_then(Value::text),
+            Some("127.0.0.1:4444")
+        );
+        assert_eq!(v.get("max_payload").and_then(Value::text), Some("2097152"));
+        let Some(Auth::Users(users)) = authorization(&v).unwrap() else {
+            panic!("users")
+        };
+        assert_eq!(users.len(), 2);
+        assert_eq!(
+            (users[0].user.as_str(), users[0].password.as_str()),
+            ("broker", "s3cret")
+        );
+        assert_eq!(users[0].permissions, None);
+        let p = users[1].permissions.clone().unwrap();
+        assert_eq!(users[1].password, "app pw");
+        assert_eq!(p.publish.allow, ["orders.>", "_INBOX.>"]);
+        assert_eq!(p.publish.deny, ["orders.secret"]);
+        assert_eq!(p.subscribe.allow, ["orders.>", "_INBOX.>"]);
+    }
+
+    #[test]
+    fn a_token_or_one_user_also_work() {
+        let t = parse("authorization { token: abc }").unwrap();
+        assert_eq!(authorization(&t).unwrap(), Some(Auth::Token("abc".into())));
+        let u = parse("authorization {\n user: a\n password: b\n}").unwrap();
+        assert_eq!(
+            authorization(&u).unwrap(),
+            Some(Auth::User {
+                user: "a".into(),
+                password: "b".into()
+            })
+        );
+        assert_eq!(authorization(&parse("port: 1").unwrap()).unwrap(), None);
+        assert!(authorization(&parse("authorization { user: a }").unwrap()).is_err());
+        assert!(authorization(&parse("authorization { users: [ {user: a} ] }").unwrap()).is_err());
+    }
+
+    #[test]
+    fn syntax_errors_name_their_line() {
+        assert_eq!(parse("a {\n b: 1\n").unwrap_err().line, 3);
+        assert_eq!(
+            parse("a: [1, 2\n").unwrap_err().what,
+            "a list is not closed with ]"
+        );
+        assert_eq!(parse("a: \"open\nb: 1").unwrap_err().line, 1);
+        assert!(parse("a:\n").is_err());
+        let deep = "a: ".to_owned() + &"[".repeat(100);
+        assert_eq!(parse(&deep).unwrap_err().what, "nested too deeply");
+    }
+}
