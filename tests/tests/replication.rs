@@ -849,7 +849,16 @@ async fn group_members_on_three_brokers_survive_a_dead_member_and_a_dead_coordin
                     let Ok(msg) = msg else { continue };
                     let v = String::from_utf8(msg.value.to_vec()).unwrap();
                     count += usize::from(v.starts_with(tag));
-                    got.entry(v).or_default().push(m.id().to_owned());
+                    // Who, under which epoch and assignments: a failure then says how two
+                    // members came to read one partition.
+                    let (epoch, owned) = m.assignments();
+                    let owned: Vec<i32> = owned.iter().map(|(_, p)| *p).collect();
+                    got.entry(v).or_default().push(format!(
+                        "{}@{epoch}{owned:?}/p{}o{}",
+                        m.id(),
+                        msg.partition,
+                        msg.offset
+                    ));
                 }
             }
         }
