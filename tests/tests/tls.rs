@@ -571,3 +571,68 @@ async fn a_ca_file_without_a_certificate_is_an_error_at_start() {
         .to_string();
     assert!(e.contains("holds no PEM certificate"), "{e}");
 }
+
+/// The embedded NATS server with TLS and users from `nats.embedded.config`: the broker's own
+/// connections go over TLS as its user, a client must trust the CA, and the broker serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_nats_server_speaks_tls_to_the_broker_and_its_clients() {
+    let pki = Pki::new(&[]);
+    let conf = pki.path("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\nauthorization {{ users = [ {{ user: liftbridge, password: brokerpw }} ] }}\n",
+            pki.path("server.pem").display(),
+            pki.path("server.key").display()
+        ),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let flags = liftbridged::Flags {
+        data_dir: Some(dir.path().to_path_buf()),
+        host: Some("127.0.0.1".into()),
+        port: Some(0),
+        embedded_nats_port: Some(0),
+        embedded_nats_config: Some(conf),
+        id: Some("a".into()),
+        ..Default::default()
+    };
+    let mut cfg = liftbridged::Config::load(&flags).unwrap();
+    cfg.broker.cursors.partitions = 1;
+    cfg.broker.nats.user_password = Some(("liftbridge".into(), "brokerpw".into()));
+    cfg.broker.nats.tls = Some(natsbridge::NatsTls {
+        cert_and_key: None,
+        ca: Some(pki.path("ca.pem")),
+    });
+    let running = liftbridged::start(cfg, quiet())
+        .await
+        .expect("server starts");
+    let url = running.nats_url().to_owned();
+    // A plain client does not get in; one that trusts the CA does, and its message is recorded.
+    assert!(
+        async_nats::ConnectOptions::with_user_and_password("liftbridge".into(), "brokerpw".into())
+            .connect(url.as_str())
+            .await
+            .is_err()
+    );
+    let nc =
+        async_nats::ConnectOptions::with_user_and_password("liftbridge".into(), "brokerpw".into())
+            .add_root_certificates(pki.path("ca.pem"))
+            .require_tls(true)
+            .connect(url.as_str())
+            .await
+            .unwrap();
+    let mut c = ApiClient::connect(format!("http://{}", running.grpc_addr()))
+        .await
+        .unwrap();
+    c.create_stream(stream("sealed", "sealed")).await.unwrap();
+    nc.publish("sealed", bytes::Bytes::from_static(b"over tls"))
+        .await
+        .unwrap();
+    nc.flush().await.unwrap();
+    let mut s = subscribe(&mut c, sub("sealed", StartPosition::Earliest))
+        .await
+        .unwrap();
+    assert_eq!(&next(&mut s).await.unwrap().value[..], b"over tls");
+    running.shutdown().await;
+}

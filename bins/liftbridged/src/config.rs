@@ -105,6 +105,8 @@ pub struct EmbeddedNats {
     pub max_subscriptions: Option<usize>,
     /// Who may connect, and what each user may publish and subscribe to (`authorization`).
     pub auth: Option<natsd::Auth>,
+    /// TLS for its clients (`tls`).
+    pub tls: Option<natsd::tls::TlsFiles>,
 }
 
 /// The resolved configuration of one server.
@@ -450,6 +452,7 @@ fn embedded_from_file(path: &Path, e: &mut EmbeddedNats) -> Result<(), ConfigErr
         e.max_subscriptions = Some(v);
     }
     e.auth = natsd::conf::authorization(&root).map_err(invalid)?;
+    e.tls = natsd::conf::tls(&root).map_err(invalid)?;
     Ok(())
 }
 
@@ -750,6 +753,7 @@ fn nats(
             max_connections: None,
             max_subscriptions: None,
             auth: None,
+            tls: None,
         };
         if let Some(path) = &embedded_config {
             embedded_from_file(path, &mut e)?;

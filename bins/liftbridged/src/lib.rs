@@ -216,6 +216,14 @@ pub async fn start(mut cfg: Config, logger: Logger) -> Result<Running, StartErro
                 nc.max_subscriptions = m;
             }
             nc.auth = e.auth.clone();
+            if let Some(files) = &e.tls {
+                nc.tls = Some(
+                    natsd::tls::Tls::load(files).map_err(|reason| StartError::Nats {
+                        addr: format!("{}:{}", e.host, e.port),
+                        reason: format!("TLS: {reason}"),
+                    })?,
+                );
+            }
             let server = natsd::Server::start(nc)
                 .await
                 .map_err(|err| StartError::Nats {

@@ -16,7 +16,6 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 use crate::local::{LocalMessage, LocalQueue, Pushed};
@@ -211,11 +210,42 @@ pub(crate) async fn refuse(mut stream: TcpStream, why: &str) {
     let _ = stream.shutdown().await;
 }
 
-/// Serves one accepted connection until it closes.
-pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
+/// Serves one accepted connection until it closes. With TLS, the INFO goes out in the clear
+/// and the client's handshake follows, as with nats-server.
+pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, id: u64) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
-    let (mut rd, wr) = stream.into_split();
+    let Some(tls) = shared.cfg.tls.clone() else {
+        let (rd, wr) = stream.into_split();
+        return serve_io(shared, rd, wr, id, peer, false).await;
+    };
+    let info = shared.info_line(id, peer);
+    let wait = shared.cfg.auth_timeout;
+    if !matches!(
+        tokio::time::timeout(wait, stream.write_all(info.as_bytes())).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
+    // A client that never finishes its handshake (or speaks plain NATS) is dropped.
+    if let Ok(Ok(s)) = tokio::time::timeout(wait, acceptor.accept(stream)).await {
+        let (rd, wr) = tokio::io::split(s);
+        serve_io(shared, rd, wr, id, peer, true).await;
+    }
+}
+
+async fn serve_io<R, W>(
+    shared: Arc<Shared>,
+    mut rd: R,
+    wr: W,
+    id: u64,
+    peer: Option<std::net::SocketAddr>,
+    info_sent: bool,
+) where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let conn = Arc::new(Conn::new(id, shared.cfg.max_pending));
     shared.register(conn.clone());
     let writer = tokio::spawn(write_loop(conn.clone(), wr, shared.cfg.write_deadline));
@@ -236,8 +266,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
         full_locals: Vec::new(),
         rng: id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
     };
-    session.send_to_self(shared.info_line(id, peer).as_bytes());
-    session.flush();
+    if !info_sent {
+        session.send_to_self(shared.info_line(id, peer).as_bytes());
+        session.flush();
+    }
 
     let mut parser = Parser::new(shared.cfg.max_control_line, shared.cfg.max_payload);
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -314,7 +346,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
     shared.unregister(id);
 }
 
-async fn write_loop(conn: Arc<Conn>, mut wr: OwnedWriteHalf, deadline: Duration) {
+async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
+    conn: Arc<Conn>,
+    mut wr: W,
+    deadline: Duration,
+) {
     loop {
         let chunk = {
             let mut out = conn.out.lock();

@@ -5,7 +5,7 @@
 //! Settings it applies: `host`/`net`, `port`, `listen`, `max_payload`, `max_connections`,
 //! `max_subscriptions`, and `authorization` with a `token`, one `user`/`password`, or `users`
 //! each with `permissions` (`publish`/`subscribe`, each a subject, a list, or
-//! `{allow: […], deny: […]}`). Other keys are read and ignored, as a nats-server file holds
+//! `{allow: […], deny: […]}`), and `tls` (`cert_file`, `key_file`, `ca_file`, `verify`). Other keys are read and ignored, as a nats-server file holds
 //! many this server has no use for; a syntax error is an error with its line.
 
 use crate::perms::{Permissions, Rule};
@@ -244,6 +244,31 @@ fn permissions(v: &Value) -> Permissions {
     }
 }
 
+/// The `tls` block of a parsed file (`cert_file`, `key_file`, `ca_file`, `verify`), if it has one.
+///
+/// # Errors
+/// A message naming what is missing.
+pub fn tls(root: &Value) -> Result<Option<crate::tls::TlsFiles>, String> {
+    let Some(t) = root.get("tls") else {
+        return Ok(None);
+    };
+    let file = |k: &str| t.get(k).and_then(Value::text).map(std::path::PathBuf::from);
+    let (Some(cert), Some(key)) = (file("cert_file"), file("key_file")) else {
+        return Err("tls needs cert_file and key_file".into());
+    };
+    let verify = t.get("verify").and_then(Value::text) == Some("true");
+    let ca = file("ca_file");
+    if verify && ca.is_none() {
+        return Err("tls.verify needs ca_file".into());
+    }
+    Ok(Some(crate::tls::TlsFiles {
+        cert,
+        key,
+        ca,
+        verify,
+    }))
+}
+
 /// The `authorization` block of a parsed file, if it has one.
 ///
 /// # Errors
@@ -337,6 +362,19 @@ authorization {
         assert_eq!(p.publish.allow, ["orders.>", "_INBOX.>"]);
         assert_eq!(p.publish.deny, ["orders.secret"]);
         assert_eq!(p.subscribe.allow, ["orders.>", "_INBOX.>"]);
+    }
+
+    #[test]
+    fn the_tls_block_is_read() {
+        let v = parse("tls {\n  cert_file: \"/c.pem\"\n  key_file: /k.pem\n  ca_file: /ca.pem\n  verify: true\n}\n").unwrap();
+        let t = tls(&v).unwrap().unwrap();
+        assert_eq!(t.cert, std::path::PathBuf::from("/c.pem"));
+        assert_eq!(t.key, std::path::PathBuf::from("/k.pem"));
+        assert_eq!(t.ca, Some(std::path::PathBuf::from("/ca.pem")));
+        assert!(t.verify);
+        assert_eq!(tls(&parse("port: 1").unwrap()).unwrap(), None);
+        assert!(tls(&parse("tls { cert_file: a }").unwrap()).is_err());
+        assert!(tls(&parse("tls { cert_file: a, key_file: b, verify: true }").unwrap()).is_err());
     }
 
     #[test]

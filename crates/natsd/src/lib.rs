@@ -8,9 +8,9 @@
 //! `max_payload`. Slow consumers are cut off when their queue passes `max_pending`, so memory
 //! stays bounded. Protocol violations get nats-server's `-ERR` text and close behaviour.
 //!
-//! Its settings can come from a file in nats-server's syntax ([`conf`]). It has no clustering,
-//! JetStream, TLS or accounts: a `liftbridged` that needs those joins a real NATS cluster
-//! instead.
+//! Its settings can come from a file in nats-server's syntax ([`conf`]), TLS included
+//! ([`tls`]). It has no clustering, JetStream, NKeys, JWTs or accounts: a `liftbridged` that
+//! needs those joins a real NATS cluster instead.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), natsd::Error> {
@@ -27,6 +27,7 @@ pub mod parser;
 pub mod perms;
 mod server;
 pub mod sublist;
+pub mod tls;
 
 pub use local::{LocalMessage, LocalOptions, LocalSubscription};
 pub use server::{Auth, COMPATIBLE_VERSION, Error, Handle, Server, ServerConfig, User};

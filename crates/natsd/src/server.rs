@@ -76,6 +76,8 @@ pub struct ServerConfig {
     /// Subscriptions per connection; 0 (the default, as nats-server's `max_subscriptions`)
     /// for no limit. A SUB beyond it is refused with `maximum subscriptions exceeded`.
     pub max_subscriptions: usize,
+    /// TLS for every client (see [`crate::tls`]); `None` (the default): plain TCP.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +96,7 @@ impl Default for ServerConfig {
             name: "liftbridge-natsd".into(),
             max_connections: 64 * 1024,
             max_subscriptions: 0,
+            tls: None,
         }
     }
 }
@@ -131,6 +134,10 @@ struct Info<'a> {
     client_ip: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     auth_required: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    tls_required: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    tls_verify: bool,
 }
 
 /// State shared by the accept loop and every connection.
@@ -164,6 +171,8 @@ impl Shared {
             client_id,
             client_ip: peer.map(|p| p.ip().to_string()),
             auth_required: self.cfg.auth.is_some(),
+            tls_required: self.cfg.tls.is_some(),
+            tls_verify: self.cfg.tls.as_ref().is_some_and(|t| t.verify),
         };
         format!(
             "INFO {}\r\n",
