@@ -1,6 +1,7 @@
 //! Three `liftbridged` processes on a real `nats-server`, each reaching NATS through a proxy the
 //! test can sever. A stream with replication factor 3 takes a continuous stream of publishes with
-//! ack policy ALL while the test kills the leader with SIGKILL and restarts it, cuts a follower
+//! ack policy ALL while the test kills the leader with SIGKILL and restarts it, stops the next
+//! leader with SIGTERM (it hands the partition over first) and restarts it, cuts a follower
 //! off NATS and heals it, and kills two of the three brokers. After each fault the cluster serves
 //! again once it can; at the end every acked message is present exactly once, at its acked
 //! offset, in the same order on every replica.
@@ -116,6 +117,31 @@ impl Broker {
             .unwrap();
         self.proc = Some(Proc(child));
         wait_port(self.grpc);
+    }
+
+    /// SIGTERM, and the exit status once the process has stopped (within 60 s).
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut p = self.proc.take().expect("running");
+        let pid = p.0.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = p.0.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop on SIGTERM",
+                self.id
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGKILL: no clean shutdown, no flushing of anything.
@@ -402,6 +428,36 @@ async fn acked_messages_survive_kills_and_severed_connections() {
         &cluster,
         &acked,
         "the old leader back in the ISR",
+        20,
+        |p| p.isr.len() == 3,
+    )
+    .await;
+
+    // 1b. SIGTERM the leader: before it exits, it hands the partition to an in-sync follower
+    // and leaves the ISR (the planned stop of a rolling restart); the acks go on.
+    let old = partition(&cluster.ports()).await.unwrap().leader;
+    let status = cluster.broker(&old).terminate();
+    assert!(status.success(), "{status:?}\n{}", cluster.logs());
+    let log = std::fs::read_to_string(&cluster.broker(&old).log).unwrap();
+    let handed = log.lines().find(|l| l.contains("handed off everything"));
+    assert!(
+        handed.is_some_and(|l| l.contains("partitions: 1")),
+        "no hand-off before the exit\n{}",
+        cluster.logs()
+    );
+    until(
+        &cluster,
+        &acked,
+        "another leader, without the stopped one",
+        20,
+        |p| !p.leader.is_empty() && p.leader != old && !p.isr.contains(&old),
+    )
+    .await;
+    cluster.broker(&old).start();
+    until(
+        &cluster,
+        &acked,
+        "the stopped leader back in the ISR",
         20,
         |p| p.isr.len() == 3,
     )
