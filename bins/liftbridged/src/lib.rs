@@ -367,17 +367,8 @@ async fn api_security(cfg: &Config) -> Result<api::Security, api::SecurityError>
 /// Returns the process exit code.
 pub async fn run(cfg: Config) -> i32 {
     let logger = logger(cfg.log_level);
-    let running = match start(cfg, logger.clone()).await {
-        Ok(r) => r,
-        Err(e) => {
-            slog::crit!(logger, "cannot start"; "error" => %e);
-            // Let the asynchronous drain print the message.
-            drop(logger);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            eprintln!("liftbridged: {e}");
-            return 1;
-        }
-    };
+    // The handlers go in before anything listens: a SIGHUP or SIGTERM that comes while the
+    // server starts is then handled, not fatal.
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -389,6 +380,17 @@ pub async fn run(cfg: Config) -> i32 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("liftbridged: cannot install the SIGHUP handler: {e}");
+            return 1;
+        }
+    };
+    let running = match start(cfg, logger.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            slog::crit!(logger, "cannot start"; "error" => %e);
+            // Let the asynchronous drain print the message.
+            drop(logger);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            eprintln!("liftbridged: {e}");
             return 1;
         }
     };

@@ -193,3 +193,124 @@ async fn external_nats_server() {
     assert!(sigterm(&mut p).success());
     drop(nats);
 }
+
+/// A CA, a server certificate for localhost and 127.0.0.1, and a client certificate for
+/// `client1`, as PEM files in `dir`; returns the CA, the client certificate and its key.
+fn pki(dir: &Path) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "process test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |cn: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        p.subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf("server");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), server_cert).unwrap();
+    std::fs::write(dir.join("server.key"), server_key).unwrap();
+    let (client_cert, client_key) = leaf("client1");
+    (ca.pem(), client_cert, client_key)
+}
+
+/// SIGHUP, sent to the process, reloads the authorization policy: a call the old policy
+/// denied is allowed under the new one, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_authorization_policy() {
+    use liftbridge_proto::api::*;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = pki(dir.path());
+    let path = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    std::fs::write(
+        dir.path().join("model.conf"),
+        "[request_definition]\nr = sub, obj, act\n\n[policy_definition]\np = sub, obj, act\n\n[policy_effect]\ne = some(where (p.eft == allow))\n\n[matchers]\nm = r.sub == p.sub && r.obj == p.obj && r.act == p.act\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policy.csv"),
+        "p, client1, *, FetchMetadata\n",
+    )
+    .unwrap();
+    let (grpc, nats) = (free_port(), free_port());
+    let conf = dir.path().join("liftbridge.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{grpc}\nnats.embedded.port: {nats}\ntls:\n  cert: {}\n  key: {}\n  client:\n    auth:\n      enabled: true\n      ca: {}\n    authz:\n      enabled: true\n      model: {}\n      policy: {}\n",
+            path("server.pem"),
+            path("server.key"),
+            path("ca.pem"),
+            path("model.conf"),
+            path("policy.csv"),
+        ),
+    )
+    .unwrap();
+    let mut p = liftbridged(
+        &["--config", conf.to_str().unwrap()],
+        &dir.path().join("data"),
+    );
+    wait_port(grpc);
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(&cert, &key));
+    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{grpc}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = api_client::ApiClient::new(channel);
+    let create = || CreateStreamRequest {
+        name: "s".into(),
+        subject: "s".into(),
+        ..Default::default()
+    };
+    c.fetch_metadata(FetchMetadataRequest::default())
+        .await
+        .expect("allowed from the start");
+    let denied = c.create_stream(create()).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+    std::fs::write(
+        dir.path().join("policy.csv"),
+        "p, client1, *, FetchMetadata\np, client1, s, CreateStream\n",
+    )
+    .unwrap();
+    let pid = p.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The signal is handled asynchronously: wait, bounded, for the new verdict.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.create_stream(create()).await {
+            Ok(_) => break,
+            Err(e) if e.code() == tonic::Code::PermissionDenied => {
+                assert!(Instant::now() < deadline, "the policy was never reloaded");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(
+        sigterm(&mut p).success(),
+        "still running after the reload, and stops cleanly"
+    );
+}

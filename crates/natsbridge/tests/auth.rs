@@ -1,6 +1,6 @@
 //! Every way a broker connection authenticates to the reference `nats-server`: user and
-//! password, token, NKey, and TLS with a client certificate. The right credentials connect; the
-//! wrong ones or none are a clear error.
+//! password, token, NKey, a credentials file in operator mode, and TLS with a client
+//! certificate. The right credentials connect; the wrong ones or none are a clear error.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -184,4 +184,90 @@ async fn a_missing_credentials_file_is_a_clear_error() {
     };
     let e = Connection::connect(&cfg, "auth-test").await.unwrap_err();
     assert!(e.to_string().contains("/nonexistent/user.creds"), "{e}");
+}
+
+/// A JWT in NATS's form: `header.claims.signature`, base64url without padding, signed by
+/// `issuer` with ed25519.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": format!("{name}{}", subject.len()),
+        "iat": 1_700_000_000u64,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let body = b64.encode(claims.to_string());
+    let signed = format!("{header}.{body}");
+    let sig = b64.encode(issuer.sign(signed.as_bytes()).unwrap());
+    format!("{signed}.{sig}")
+}
+
+/// Operator mode, as a NATS deployment with accounts runs: the server trusts an operator, the
+/// operator signed an account, the account signed the broker's user. The credentials file
+/// (user JWT and seed) connects; a user the account never signed does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credentials_file_connects_in_operator_mode() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let op_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        "op",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let acc_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "acc",
+        serde_json::json!({
+            "limits": {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                       "wildcards": true, "conn": -1, "leaf": -1},
+            "default_permissions": {"pub": {}, "sub": {}},
+            "type": "account", "version": 2
+        }),
+    );
+    let user_claims = serde_json::json!({
+        "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+        "type": "user", "version": 2
+    });
+    let user_jwt = jwt(&account, &user.public_key(), "broker", user_claims.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let creds = |jwt: &str, seed: &str| {
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        )
+    };
+    let good = dir.path().join("broker.creds");
+    std::fs::write(&good, creds(&user_jwt, &user.seed().unwrap())).unwrap();
+    // A user signed by a key that is not the account's.
+    let stranger = nkeys::KeyPair::new_user();
+    let forger = nkeys::KeyPair::new_account();
+    let bad = dir.path().join("stranger.creds");
+    std::fs::write(
+        &bad,
+        creds(
+            &jwt(&forger, &stranger.public_key(), "x", user_claims),
+            &stranger.seed().unwrap(),
+        ),
+    )
+    .unwrap();
+    let conf = format!(
+        "operator: {op_jwt}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {acc_jwt}\n}}\n",
+        account.public_key()
+    );
+    let s = server(&conf, dir).await;
+    let mut cfg = config(&s, "nats");
+    refused(&cfg).await;
+    cfg.credentials_file = Some(bad);
+    refused(&cfg).await;
+    cfg.credentials_file = Some(good);
+    works(&cfg).await;
 }
