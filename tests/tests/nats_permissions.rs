@@ -143,18 +143,24 @@ async fn refused_for_applications(
         .connect(url)
         .await
         .unwrap();
-    app.publish(subject.clone(), forged.clone()).await.unwrap();
-    app.publish("liftbridge-default.raft.metadata.join", forged.clone())
-        .await
-        .unwrap();
+    // A Raft message, a join request, and a follower's fetch for a stream's partition.
+    let targets = [
+        subject.clone(),
+        "liftbridge-default.raft.metadata.join".to_owned(),
+        "liftbridge-default.still.0.replicate".to_owned(),
+    ];
+    for t in &targets {
+        app.publish(t.clone(), forged.clone()).await.unwrap();
+    }
     app.flush().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !violations
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|v| v.to_lowercase().contains("permissions violation"))
-    {
+    while !targets.iter().all(|t| {
+        violations
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|v| v.to_lowercase().contains("permissions violation") && v.contains(t.as_str()))
+    }) {
         assert!(
             Instant::now() < deadline,
             "NATS did not refuse the forged publish: {:?}",
