@@ -387,3 +387,74 @@ async fn readiness_fails_while_stopping_and_without_a_metadata_leader() {
     assert_eq!(body, "not ready: no metadata leader is known\n");
     cluster.stop().await;
 }
+
+/// A write batch closes once its values reach `batch.max.bytes`: bursts of 1 KiB messages,
+/// from PublishAsync and from plain NATS publishes, under a 4 KiB limit are appended in
+/// batches of at most four messages (without the limit they gather up to
+/// `batch.max.messages`, 1024).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_batches_close_at_batch_max_bytes() {
+    let srv = TestServer::start_with(|c| {
+        c.http_listen = Some("127.0.0.1:0".into());
+        c.broker.batch_max_bytes = 4096;
+    })
+    .await;
+    let addr = srv.running().http_addr().expect("the HTTP port is on");
+    let mut c = srv.client().await;
+    c.create_stream(stream("b", "b.subject")).await.unwrap();
+    const N: usize = 1000;
+    let value = vec![b'x'; 1024];
+    // Every request is there before the session starts, so that the broker could take them
+    // in one go.
+    let reqs: Vec<_> = (0..N)
+        .map(|i| liftbridge_proto::api::PublishRequest {
+            stream: "b".into(),
+            value: value.clone().into(),
+            correlation_id: format!("{i}"),
+            ack_policy: liftbridge_proto::api::AckPolicy::Leader as i32,
+            ..Default::default()
+        })
+        .collect();
+    let mut out = c
+        .publish_async(futures_util::stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..N {
+        let r = tokio::time::timeout(Duration::from_secs(10), out.message())
+            .await
+            .expect("an ack")
+            .unwrap()
+            .expect("the session is open");
+        assert!(r.ack.is_some(), "{r:?}");
+    }
+    let nc = srv.nats().await;
+    for _ in 0..N {
+        nc.publish("b.subject", value.clone().into()).await.unwrap();
+    }
+    round_trip(&nc).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (code, m) = get(addr, "/metrics").await;
+        assert_eq!(code, 200);
+        let nats = "liftbridge_messages_in_total{stream=\"b\",partition=\"0\",source=\"nats\"}";
+        if sample(&m, nats) == N as f64 {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every NATS message was recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let batches = sample(&metrics, "liftbridge_log_append_batch_messages_count");
+    let small = sample(
+        &metrics,
+        "liftbridge_log_append_batch_messages_bucket{le=\"4.0\"}",
+    );
+    assert!(
+        sample(&metrics, "liftbridge_log_append_batch_messages_sum") >= (2 * N) as f64,
+        "{metrics}"
+    );
+    assert_eq!(small, batches, "a batch of more than four messages");
+}

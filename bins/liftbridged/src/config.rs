@@ -154,6 +154,7 @@ const KNOWN: &[&str] = &[
     "metadata.cache.max.age",
     "batch.max.messages",
     "batch.max.time",
+    "batch.max.bytes",
     "logging.level",
     "logging.recovery",
     "logging.raft",
@@ -598,6 +599,12 @@ fn general(k: &Keys, flags: &Flags, b: &mut BrokerConfig) -> Result<slog::Level,
     }
     if let Some(v) = k.duration("batch.max.time")? {
         b.batch_max_time = v;
+    }
+    if let Some(v) = k.int("batch.max.bytes")? {
+        b.batch_max_bytes = usize::try_from(v)
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| Keys::bad("batch.max.bytes", "must be at least 1"))?;
     }
     Ok(log_level)
 }
@@ -1177,6 +1184,28 @@ mod tests {
             let yaml = format!("streams.max.partitions: {bad}\n");
             let err = from_yaml(&yaml, &Flags::default()).unwrap_err();
             assert!(err.to_string().contains("streams.max.partitions"), "{err}");
+        }
+    }
+
+    #[test]
+    fn batch_limits_are_read_and_bounded() {
+        let c = from_yaml(
+            "batch.max.messages: 10\nbatch.max.bytes: 65536\n",
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.broker.batch_max_messages, 10);
+        assert_eq!(c.broker.batch_max_bytes, 64 << 10);
+        let d = from_yaml("", &Flags::default()).unwrap();
+        assert_eq!(d.broker.batch_max_messages, 1024);
+        assert_eq!(d.broker.batch_max_bytes, 1 << 20);
+        for (key, bad) in [
+            ("batch.max.messages", "0"),
+            ("batch.max.bytes", "0"),
+            ("batch.max.bytes", "-1"),
+        ] {
+            let err = from_yaml(&format!("{key}: {bad}\n"), &Flags::default()).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
         }
     }
 

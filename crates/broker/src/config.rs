@@ -247,6 +247,11 @@ pub struct BrokerConfig {
     pub batch_max_messages: usize,
     /// `batch.max.time`: how long a batch may wait to fill; zero: take what is there.
     pub batch_max_time: Duration,
+    /// `batch.max.bytes` (ours): a batch closes once its values reach this many bytes, so
+    /// that what one write copies into the page cache is still in the CPU's cache (a batch of
+    /// 1024 messages of 16 KiB, 16 MiB, made the ingest three times slower). At least one
+    /// message goes in every batch.
+    pub batch_max_bytes: usize,
     /// `clustering.replication.max.bytes`: larger messages are refused with a TOO_LARGE ack.
     pub replication_max_bytes: u64,
     /// `clustering.min.insync.replicas`.
@@ -319,6 +324,7 @@ impl BrokerConfig {
             raft_snapshot_threshold: 8192,
             batch_max_messages: 1024,
             batch_max_time: Duration::ZERO,
+            batch_max_bytes: 1024 * 1024,
             replication_max_bytes: 1024 * 1024,
             min_insync_replicas: 1,
             replica: ReplicaConfig::default(),

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::broker::{Broker, CURSORS_STREAM, internal_message};
 use crate::error::{BrokerError, Result};
-use crate::partition::Partition;
+use crate::partition::{Gather, Partition};
 
 /// Names of the internal streams, which clients may not create or delete.
 const RESERVED: [&str; 2] = [crate::broker::ACTIVITY_STREAM, CURSORS_STREAM];
@@ -628,7 +628,6 @@ impl Broker {
         let mut shutdown = self.shutdown_signal();
         let mut inflight: usize = 0;
         let mut input_done = false;
-        let batch_max = self.inner.cfg.batch_max_messages.max(1);
         let drain_deadline = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
         tokio::pin!(drain_deadline);
         loop {
@@ -641,9 +640,15 @@ impl Broker {
                     // appended as one batch.
                     let mut reqs = Vec::from_iter(req);
                     let mut ended = reqs.is_empty();
-                    while !ended && reqs.len() < batch_max {
+                    let cfg = &self.inner.cfg;
+                    let mut fill = Gather::new(cfg.batch_max_messages, cfg.batch_max_bytes);
+                    reqs.iter().for_each(|r| fill.add(r.value.len()));
+                    while !ended && fill.room() {
                         match input.next().now_or_never() {
-                            Some(Some(req)) => reqs.push(req),
+                            Some(Some(req)) => {
+                                fill.add(req.value.len());
+                                reqs.push(req);
+                            }
                             Some(None) => ended = true,
                             None => break,
                         }

@@ -542,7 +542,7 @@ impl Partition {
     /// Appends publishes this broker took, in the caller's task, as one batch; then sends the
     /// acks and wakes the followers, as the ingest task does. The caller checked
     /// [`appends_in_place`](Self::appends_in_place) and keeps the batch within
-    /// `batch_max_messages`. Acks for this broker's own waiters are handed over before this
+    /// `batch_max_messages` and `batch_max_bytes` ([`Gather`]). Acks for this broker's own waiters are handed over before this
     /// returns.
     pub(crate) async fn append_in_place(&self, ctx: &Ctx, batch: Vec<LocalPublish>) {
         let now = now_nanos();
@@ -1030,6 +1030,36 @@ impl Partition {
     }
 }
 
+/// The fill of a batch being gathered: it has room until it holds `batch.max.messages`
+/// messages or `batch.max.bytes` bytes of values, whichever comes first.
+pub(crate) struct Gather {
+    max_messages: usize,
+    max_bytes: usize,
+    messages: usize,
+    bytes: usize,
+}
+
+impl Gather {
+    pub(crate) fn new(max_messages: usize, max_bytes: usize) -> Self {
+        Gather {
+            max_messages: max_messages.max(1),
+            max_bytes: max_bytes.max(1),
+            messages: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Whether another message may go in. An empty batch always has room.
+    pub(crate) fn room(&self) -> bool {
+        self.messages < self.max_messages && self.bytes < self.max_bytes
+    }
+
+    pub(crate) fn add(&mut self, value_bytes: usize) {
+        self.messages += 1;
+        self.bytes += value_bytes;
+    }
+}
+
 async fn ingest(
     p: Arc<Partition>,
     ctx: Arc<Ctx>,
@@ -1055,8 +1085,10 @@ async fn ingest(
         let now = now_nanos();
         p.stats.lock().received.touch(now);
         let mut batch = vec![first.into_incoming(epoch, now)];
+        let mut fill = Gather::new(max, ctx.cfg.batch_max_bytes);
+        fill.add(batch[0].msg.value.len());
         let deadline = tokio::time::Instant::now() + ctx.cfg.batch_max_time;
-        while batch.len() < max {
+        while fill.room() {
             let next = match arrival(&mut source, &mut local).now_or_never() {
                 Some(a) => a,
                 None if ctx.cfg.batch_max_time.is_zero() => break,
@@ -1069,7 +1101,11 @@ async fn ingest(
                 }
             };
             match next {
-                Some(a) => batch.push(a.into_incoming(epoch, now)),
+                Some(a) => {
+                    let incoming = a.into_incoming(epoch, now);
+                    fill.add(incoming.msg.value.len());
+                    batch.push(incoming);
+                }
                 None => break,
             }
         }
@@ -1114,7 +1150,8 @@ async fn drain(
     while !ended {
         let now = now_nanos();
         let mut batch = Vec::new();
-        while batch.len() < max {
+        let mut fill = Gather::new(max, ctx.cfg.batch_max_bytes);
+        while fill.room() {
             let next = async {
                 match local.try_recv() {
                     Ok(l) => Some(Arrival::Local(l)),
@@ -1122,7 +1159,11 @@ async fn drain(
                 }
             };
             match tokio::time::timeout_at(deadline, next).await {
-                Ok(Some(a)) => batch.push(a.into_incoming(epoch, now)),
+                Ok(Some(a)) => {
+                    let incoming = a.into_incoming(epoch, now);
+                    fill.add(incoming.msg.value.len());
+                    batch.push(incoming);
+                }
                 Ok(None) => {
                     ended = true;
                     break;
@@ -1268,5 +1309,33 @@ async fn auto_pause(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Receiver<
                 Err(e) => warn!(ctx.logger, "auto-pause failed"; "error" => %e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Gather;
+
+    #[test]
+    fn a_batch_closes_at_whichever_limit_comes_first() {
+        let mut by_bytes = Gather::new(1024, 4096);
+        let mut n = 0;
+        while by_bytes.room() {
+            by_bytes.add(1000);
+            n += 1;
+        }
+        assert_eq!(n, 5, "4000 bytes leave room for a fifth message");
+        let mut by_count = Gather::new(3, 1 << 20);
+        let mut n = 0;
+        while by_count.room() {
+            by_count.add(10);
+            n += 1;
+        }
+        assert_eq!(n, 3);
+        // A message larger than the limit still goes, alone.
+        let mut big = Gather::new(1024, 4096);
+        assert!(big.room());
+        big.add(1 << 20);
+        assert!(!big.room());
     }
 }

@@ -42,6 +42,10 @@ struct Args {
     /// all of them.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Run only these message sizes in bytes (comma-separated), of 100, 1024 and 16384.
+    /// Default: all three.
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<usize>,
     /// The nats-server for JetStream and external NATS.
     #[arg(long, default_value = "nats-server")]
     nats_server: PathBuf,
@@ -106,6 +110,8 @@ fn median(v: &[f64]) -> f64 {
 struct Counts {
     /// The workloads to run; empty: all.
     only: Vec<String>,
+    /// The message sizes to run; empty: all.
+    sizes: Vec<usize>,
     async_msgs: fn(usize) -> usize,
     durable_msgs: fn(usize) -> usize,
     sync_msgs: usize,
@@ -116,12 +122,17 @@ impl Counts {
     fn wants(&self, workload: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|w| w == workload)
     }
+
+    fn wants_size(&self, size: usize) -> bool {
+        self.sizes.is_empty() || self.sizes.contains(&size)
+    }
 }
 
-fn counts(quick: bool, only: Vec<String>) -> Counts {
+fn counts(quick: bool, only: Vec<String>, sizes: Vec<usize>) -> Counts {
     if quick {
         Counts {
             only,
+            sizes,
             async_msgs: |_| 400,
             durable_msgs: |_| 100,
             sync_msgs: 50,
@@ -130,6 +141,7 @@ fn counts(quick: bool, only: Vec<String>) -> Counts {
     } else {
         Counts {
             only,
+            sizes,
             async_msgs: |s| match s {
                 0..=128 => 200_000,
                 129..=2048 => 100_000,
@@ -160,7 +172,7 @@ async fn run_system(
     };
     let durable = matches!(kind, Kind::LbDurable | Kind::JsDurable);
     let outcome = async {
-        for size in SIZES {
+        for size in SIZES.into_iter().filter(|s| c.wants_size(*s)) {
             let n = if durable {
                 (c.durable_msgs)(size)
             } else {
@@ -457,12 +469,16 @@ fn report(res: &Results, args: &Args, runs: usize, versions: &str) -> String {
     out
 }
 
-fn section_key(only: &[String]) -> String {
-    if only.is_empty() {
-        "e2e".into()
-    } else {
-        format!("e2e-{}", only.join("-"))
+fn section_key(only: &[String], sizes: &[usize]) -> String {
+    let mut key = String::from("e2e");
+    for w in only {
+        key.push('-');
+        key.push_str(w);
     }
+    for s in sizes {
+        key.push_str(&format!("-{s}"));
+    }
+    key
 }
 
 /// Writes `body` into the Markdown file between the markers of its section: `e2e` for a run of
@@ -581,7 +597,7 @@ fn main() {
             .unwrap_or_else(|| args.nats_server.clone()),
     };
     let runs = if args.quick { 1 } else { args.runs.max(1) };
-    let c = counts(args.quick, args.only.clone());
+    let c = counts(args.quick, args.only.clone(), args.sizes.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -634,7 +650,7 @@ fn main() {
     let text = report(&res, &args, runs, &versions);
     println!("{text}");
     if let Some(out) = &args.out
-        && let Err(e) = write_section(out, &section_key(&args.only), &text)
+        && let Err(e) = write_section(out, &section_key(&args.only, &args.sizes), &text)
     {
         eprintln!("cannot write {}: {e}", out.display());
         failed = true;
