@@ -25,39 +25,19 @@ impl Pki {
     /// A CA, a server certificate for localhost and 127.0.0.1, and client certificates with
     /// the given common names.
     fn new(client_names: &[&str]) -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
         let dir = tempfile::tempdir().unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "liftbridge test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let leaf = |cn: &str| {
-            let key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-            p.subject_alt_names
-                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-            p.distinguished_name.push(DnType::CommonName, cn);
-            let cert = p.signed_by(&key, &issuer).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_cert, server_key) = leaf("server");
-        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
-        std::fs::write(dir.path().join("server.pem"), &server_cert).unwrap();
-        std::fs::write(dir.path().join("server.key"), &server_key).unwrap();
+        let ca = testpki::TestCa::new("liftbridge test CA");
+        ca.write(dir.path(), &["server"]);
         let clients = client_names
             .iter()
             .map(|cn| {
-                let (c, k) = leaf(cn);
-                (cn.to_string(), c, k)
+                let leaf = ca.leaf(cn);
+                (cn.to_string(), leaf.cert, leaf.key)
             })
             .collect();
         Pki {
             dir,
-            ca: ca_cert.pem(),
+            ca: ca.pem().to_owned(),
             clients,
         }
     }

@@ -197,30 +197,10 @@ async fn external_nats_server() {
 /// A CA, a server certificate for localhost and 127.0.0.1, and a client certificate for
 /// `client1`, as PEM files in `dir`; returns the CA, the client certificate and its key.
 fn pki(dir: &Path) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "process test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |cn: &str| {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        p.subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        p.distinguished_name.push(DnType::CommonName, cn);
-        let cert = p.signed_by(&key, &issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = leaf("server");
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("server.pem"), server_cert).unwrap();
-    std::fs::write(dir.join("server.key"), server_key).unwrap();
-    let (client_cert, client_key) = leaf("client1");
-    (ca.pem(), client_cert, client_key)
+    let ca = testpki::TestCa::new("process test CA");
+    ca.write(dir, &["server"]);
+    let client = ca.leaf("client1");
+    (ca.pem().to_owned(), client.cert, client.key)
 }
 
 /// SIGHUP, sent to the process, reloads the authorization policy: a call the old policy

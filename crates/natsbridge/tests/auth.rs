@@ -131,29 +131,13 @@ async fn nkey() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_client_certificate() {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
     let dir = tempfile::tempdir().unwrap();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |cn: &str, file: &str| {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        p.subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        p.distinguished_name.push(DnType::CommonName, cn);
-        let cert = p.signed_by(&key, &issuer).unwrap();
-        std::fs::write(dir.path().join(format!("{file}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.path().join(format!("{file}.key")), key.serialize_pem()).unwrap();
-    };
-    leaf("server", "server");
-    leaf("broker", "client");
-    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let ca = testpki::TestCa::new("test CA");
+    ca.write(dir.path(), &["server"]);
+    // The broker's certificate, in the files a NATS client is given.
+    let broker = ca.leaf("broker");
+    std::fs::write(dir.path().join("client.pem"), broker.cert).unwrap();
+    std::fs::write(dir.path().join("client.key"), broker.key).unwrap();
     let base = dir.path().to_owned();
     let p = |f: &str| base.join(f);
     let conf = format!(
