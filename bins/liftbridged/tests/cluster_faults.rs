@@ -122,26 +122,7 @@ impl Broker {
     /// SIGTERM, and the exit status once the process has stopped (within 60 s).
     fn terminate(&mut self) -> std::process::ExitStatus {
         let mut p = self.proc.take().expect("running");
-        let pid = p.0.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(s) = p.0.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop on SIGTERM",
-                self.id
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        p.terminate(Duration::from_secs(60))
     }
 
     /// SIGKILL: no clean shutdown, no flushing of anything.

@@ -31,25 +31,7 @@ fn liftbridged_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Proc {
 }
 
 fn sigterm(p: &mut Proc) -> std::process::ExitStatus {
-    let pid = p.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(s) = p.0.try_wait().unwrap() {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "liftbridged did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    p.terminate(Duration::from_secs(20))
 }
 
 async fn create_and_publish(port: u16, name: &str) -> i64 {
@@ -269,14 +251,7 @@ async fn sighup_reloads_the_authorization_policy() {
         "p, client1, *, FetchMetadata\np, client1, s, CreateStream\n",
     )
     .unwrap();
-    let pid = p.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    p.signal("HUP");
     // The signal is handled asynchronously: wait, bounded, for the new verdict.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -27,6 +27,37 @@ pub fn wait_port(port: u16) {
 /// A child process killed when dropped, so a failed test leaves nothing running.
 pub struct Proc(pub Child);
 
+impl Proc {
+    /// Sends the signal named `sig` (`TERM`, `HUP`) to the process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.0.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([format!("-{sig}").as_str(), &pid])
+                .status()
+                .unwrap()
+                .success(),
+            "kill -{sig} {pid}"
+        );
+    }
+
+    /// SIGTERM, and the exit status once the process has stopped (within `limit`).
+    pub fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.0.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the process did not stop on SIGTERM within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
