@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::groups::group_md;
 use common::*;
 use liftbridge_proto::api::api_client::ApiClient;
 use liftbridge_proto::api::*;
@@ -49,18 +50,6 @@ fn pairs(items: &[(&str, &[i32])]) -> Vec<(String, Vec<i32>)> {
         .iter()
         .map(|(s, p)| (s.to_string(), p.to_vec()))
         .collect()
-}
-
-async fn group_md(c: &mut ApiClient<Channel>, group: &str) -> ConsumerGroupMetadata {
-    c.fetch_metadata(FetchMetadataRequest {
-        groups: vec![group.into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .group_metadata
-    .remove(0)
 }
 
 fn refused(e: tonic::Status, code: Code, message: &str) {

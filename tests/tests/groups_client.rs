@@ -5,13 +5,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::groups::{OnError, drain, group_md, settled};
 use common::*;
 use futures_util::StreamExt;
 use liftbridge_client::*;
 use liftbridge_proto::api;
+
+/// How long members may take to settle, or to deliver what a test waits for.
+const WAIT: Duration = Duration::from_secs(30);
 
 async fn connect(srv: &TestServer) -> Client {
     Client::connect([srv.running().grpc_addr().to_string()])
@@ -29,52 +32,6 @@ async fn publish_n(c: &Client, stream: &str, tag: &str, n: usize, partitions: i3
         )
         .await
         .unwrap();
-    }
-}
-
-/// Reads from every member until `n` messages with `tag` arrived in total; returns who got
-/// which, keyed by value.
-async fn drain(
-    members: &mut [&mut GroupConsumer],
-    tag: &str,
-    n: usize,
-) -> BTreeMap<String, Vec<String>> {
-    let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut count = 0;
-    while count < n {
-        assert!(Instant::now() < deadline, "only {count} of {n}: {got:?}");
-        for m in members.iter_mut() {
-            if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(20), m.next()).await {
-                let msg = msg.expect("a message");
-                let v = String::from_utf8(msg.value.to_vec()).unwrap();
-                if v.starts_with(tag) {
-                    count += 1;
-                }
-                got.entry(v).or_default().push(m.id().to_owned());
-            }
-        }
-    }
-    got
-}
-
-/// Waits until every member holds assignments at one epoch that together cover `total`
-/// partitions, each once.
-async fn settled(members: &[&GroupConsumer], total: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let views: Vec<(u64, Vec<(String, i32)>)> =
-            members.iter().map(|m| m.assignments()).collect();
-        let same = views.windows(2).all(|w| w[0].0 == w[1].0);
-        let mut all: Vec<(String, i32)> = views.iter().flat_map(|v| v.1.clone()).collect();
-        let n = all.len();
-        all.sort();
-        all.dedup();
-        if same && n == total && all.len() == total && views.iter().all(|v| !v.1.is_empty()) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never settled: {views:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -97,8 +54,8 @@ async fn members_split_partitions_and_hand_them_over_from_the_committed_position
     publish_n(&c, "work", "a", 40, 4).await;
     let mut m1 = member(&c, "m1").subscribe(["work"]).await.unwrap();
     let mut m2 = member(&c, "m2").subscribe(["work"]).await.unwrap();
-    settled(&[&m1, &m2], 4).await;
-    let got = drain(&mut [&mut m1, &mut m2], "a-", 40).await;
+    settled(&[&m1, &m2], 4, WAIT).await;
+    let got = drain(&mut [&mut m1, &mut m2], "a-", 40, WAIT, OnError::Fail).await;
     assert_eq!(got.len(), 40);
     assert!(
         got.values().all(|who| who.len() == 1),
@@ -117,9 +74,16 @@ async fn members_split_partitions_and_hand_them_over_from_the_committed_position
 
     // A third member: partitions move, and reading goes on from the committed position.
     let mut m3 = member(&c, "m3").subscribe(["work"]).await.unwrap();
-    settled(&[&m1, &m2, &m3], 4).await;
+    settled(&[&m1, &m2, &m3], 4, WAIT).await;
     publish_n(&c, "work", "b", 40, 4).await;
-    let got = drain(&mut [&mut m1, &mut m2, &mut m3], "b-", 40).await;
+    let got = drain(
+        &mut [&mut m1, &mut m2, &mut m3],
+        "b-",
+        40,
+        WAIT,
+        OnError::Fail,
+    )
+    .await;
     assert!(
         got.keys().all(|v| v.starts_with("b-")),
         "nothing committed comes again: {got:?}"
@@ -134,15 +98,15 @@ async fn members_split_partitions_and_hand_them_over_from_the_committed_position
     // m2 dies (no leave): the coordinator removes it after the consumer timeout, and the
     // others take its partitions from where it committed.
     drop(m2);
-    settled(&[&m1, &m3], 4).await;
+    settled(&[&m1, &m3], 4, WAIT).await;
     publish_n(&c, "work", "c", 40, 4).await;
-    let got = drain(&mut [&mut m1, &mut m3], "c-", 40).await;
+    let got = drain(&mut [&mut m1, &mut m3], "c-", 40, WAIT, OnError::Fail).await;
     assert!(got.keys().all(|v| v.starts_with("c-")), "{got:?}");
     assert!(got.values().all(|who| who.len() == 1), "{got:?}");
 
     // m3 closes (commits and leaves): m1 has everything; the group shows no lag.
     m3.close().await.unwrap();
-    settled(&[&m1], 4).await;
+    settled(&[&m1], 4, WAIT).await;
     m1.commit().await.unwrap();
     let lag = c.group_lag("g", ["work"]).await.unwrap();
     assert_eq!(lag.iter().map(|l| l.lag).sum::<i64>(), 0, "{lag:?}");
@@ -178,16 +142,7 @@ async fn a_rust_member_and_a_go_style_member_share_a_group_and_its_progress() {
     // The go-style member polls until it sees the epoch of the Rust member's join.
     let deadline = Instant::now() + Duration::from_secs(20);
     let (epoch, mine) = loop {
-        let md = raw
-            .fetch_metadata(api::FetchMetadataRequest {
-                groups: vec!["g".into()],
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .group_metadata
-            .remove(0);
+        let md = group_md(&mut raw, "g").await;
         assert_eq!(md.coordinator, j.coordinator);
         if let Ok(r) = raw
             .fetch_consumer_group_assignments(api::FetchConsumerGroupAssignmentsRequest {
@@ -227,7 +182,7 @@ async fn a_rust_member_and_a_go_style_member_share_a_group_and_its_progress() {
     // It handled offset 4 of its partition and commits that, as go-liftbridge's checkpoint.
     c.set_cursor("__group:g", "shared", p, 4).await.unwrap();
 
-    let rust_got = drain(&mut [&mut rust], "x-", 10).await;
+    let rust_got = drain(&mut [&mut rust], "x-", 10, WAIT, OnError::Fail).await;
     let all: Vec<String> = go_got
         .iter()
         .cloned()
@@ -249,7 +204,7 @@ async fn a_rust_member_and_a_go_style_member_share_a_group_and_its_progress() {
     })
     .await
     .unwrap();
-    let more = drain(&mut [&mut rust], "x-", 5).await;
+    let more = drain(&mut [&mut rust], "x-", 5, WAIT, OnError::Fail).await;
     let expected: Vec<String> = go_got[5..].to_vec();
     let mut taken: Vec<String> = more.keys().cloned().collect();
     taken.sort();
@@ -289,7 +244,7 @@ async fn without_a_committed_position_a_member_starts_where_its_auto_offset_says
             .subscribe([*name])
             .await
             .unwrap();
-        settled(&[&m], 1).await;
+        settled(&[&m], 1, WAIT).await;
         if mode == AutoOffset::None {
             let e = tokio::time::timeout(Duration::from_secs(10), m.next())
                 .await
