@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,48 +20,10 @@ const AUTHORIZATION: &str = "authorization { users = [
 ] }
 ";
 
-/// The server, its port, and the folder of its configuration (kept until the server stops).
-struct Nats(Child, u16, #[allow(dead_code)] tempfile::TempDir);
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn nats_server() -> Nats {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = format!("host: 127.0.0.1\nport: {port}\n{AUTHORIZATION}");
-    let file = dir.path().join("nats.conf");
-    std::fs::write(&file, conf).unwrap();
-    let child = Command::new("nats-server")
-        .arg("-c")
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the reference `nats-server` must be installed");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "nats-server did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Nats(child, port, dir)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_user_cannot_speak_for_a_broker() {
-    let nats = nats_server().await;
-    let url = format!("nats://127.0.0.1:{}", nats.1);
+    let nats = testkit::RefNats::start(AUTHORIZATION);
+    let url = nats.url();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.embedded_nats = None;

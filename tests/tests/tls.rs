@@ -26,7 +26,7 @@ impl Pki {
     /// the given common names.
     fn new(client_names: &[&str]) -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let ca = testpki::TestCa::new("liftbridge test CA");
+        let ca = testkit::TestCa::new("liftbridge test CA");
         ca.write(dir.path(), &["server"]);
         let clients = client_names
             .iter()

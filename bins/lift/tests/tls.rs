@@ -7,7 +7,7 @@ use assert_cmd::Command;
 
 /// A CA, a server certificate for 127.0.0.1, and a client certificate, as files in `dir`.
 fn pki(dir: &std::path::Path) {
-    testpki::TestCa::new("lift test CA").write(dir, &["server", "client"]);
+    testkit::TestCa::new("lift test CA").write(dir, &["server", "client"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use common::{Proc, free_port, nats_server, wait_port};
+use common::{Proc, free_port, wait_port};
+use testkit::RefNats;
 
 const BIN: &str = env!("CARGO_BIN_EXE_liftbridged");
 const STREAM: &str = "faults";
@@ -137,7 +138,7 @@ impl Broker {
 /// Dropped in order: the brokers, then NATS, then the data.
 struct Cluster {
     brokers: Vec<Broker>,
-    _nats: Proc,
+    _nats: RefNats,
     _dir: tempfile::TempDir,
 }
 
@@ -169,8 +170,8 @@ fn write_config(path: &Path, id: &str, grpc: u16, proxy: u16, seed: bool) {
 impl Cluster {
     async fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let nats_port = free_port();
-        let nats = nats_server(nats_port);
+        let nats = RefNats::start("");
+        let nats_port = nats.port();
         let mut brokers = Vec::new();
         for id in ["a", "b", "c"] {
             let proxy = Proxy::start(nats_port).await;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Proc, free_port, nats_server, wait_port};
+use common::{Proc, free_port, wait_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_liftbridged");
 
@@ -103,8 +103,8 @@ fn an_unknown_key_stops_the_start_and_is_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_nats_server() {
-    let nats_port = free_port();
-    let nats = nats_server(nats_port);
+    let nats = testkit::RefNats::start("");
+    let nats_port = nats.port();
     let dir = tempfile::tempdir().unwrap();
     let grpc = free_port();
     let url = format!("nats://127.0.0.1:{nats_port}");
@@ -179,7 +179,7 @@ async fn external_nats_server() {
 /// A CA, a server certificate for localhost and 127.0.0.1, and a client certificate for
 /// `client1`, as PEM files in `dir`; returns the CA, the client certificate and its key.
 fn pki(dir: &Path) -> (String, String, String) {
-    let ca = testpki::TestCa::new("process test CA");
+    let ca = testkit::TestCa::new("process test CA");
     ca.write(dir, &["server"]);
     let client = ca.leaf("client1");
     (ca.pem().to_owned(), client.cert, client.key)

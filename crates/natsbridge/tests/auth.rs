@@ -3,58 +3,14 @@
 //! certificate. The right credentials connect; the wrong ones or none are a clear error.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use natsbridge::{Connection, NatsConfig, NatsError, NatsTls};
+use testkit::RefNats;
 
-struct Server {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `nats-server` with `conf` as its configuration (the port is added).
-async fn server(conf: &str, dir: tempfile::TempDir) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let file = dir.path().join("server.conf");
-    std::fs::write(&file, format!("host: 127.0.0.1\nport: {port}\n{conf}")).unwrap();
-    let child = Command::new("nats-server")
-        .arg("-c")
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the reference `nats-server` must be installed");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "nats-server did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Server {
-        child,
-        port,
-        _dir: dir,
-    }
-}
-
-fn config(s: &Server, scheme: &str) -> NatsConfig {
+fn config(s: &RefNats, scheme: &str) -> NatsConfig {
     NatsConfig {
-        servers: vec![format!("{scheme}://127.0.0.1:{}", s.port)],
+        servers: vec![format!("{scheme}://127.0.0.1:{}", s.port())],
         connect_timeout: Duration::from_secs(3),
         ..NatsConfig::default()
     }
@@ -85,11 +41,7 @@ async fn refused(cfg: &NatsConfig) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_and_password_and_token() {
-    let s = server(
-        "authorization { user: broker, password: s3cret }\n",
-        tempfile::tempdir().unwrap(),
-    )
-    .await;
+    let s = RefNats::start("authorization { user: broker, password: s3cret }\n");
     let mut cfg = config(&s, "nats");
     refused(&cfg).await;
     cfg.user_password = Some(("broker".into(), "wrong".into()));
@@ -98,11 +50,7 @@ async fn user_and_password_and_token() {
     works(&cfg).await;
     drop(s);
 
-    let s = server(
-        "authorization { token: t0ken }\n",
-        tempfile::tempdir().unwrap(),
-    )
-    .await;
+    let s = RefNats::start("authorization { token: t0ken }\n");
     let mut cfg = config(&s, "nats");
     refused(&cfg).await;
     cfg.token = Some("t0ken".into());
@@ -113,14 +61,10 @@ async fn user_and_password_and_token() {
 async fn nkey() {
     let user = nkeys::KeyPair::new_user();
     let other = nkeys::KeyPair::new_user();
-    let s = server(
-        &format!(
-            "authorization {{ users: [ {{ nkey: {} }} ] }}\n",
-            user.public_key()
-        ),
-        tempfile::tempdir().unwrap(),
-    )
-    .await;
+    let s = RefNats::start(&format!(
+        "authorization {{ users: [ {{ nkey: {} }} ] }}\n",
+        user.public_key()
+    ));
     let mut cfg = config(&s, "nats");
     refused(&cfg).await;
     cfg.nkey_seed = Some(other.seed().unwrap());
@@ -132,7 +76,7 @@ async fn nkey() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = testpki::TestCa::new("test CA");
+    let ca = testkit::TestCa::new("test CA");
     ca.write(dir.path(), &["server"]);
     // The broker's certificate, in the files a NATS client is given.
     let broker = ca.leaf("broker");
@@ -151,7 +95,7 @@ async fn tls_with_a_client_certificate() {
         ca: Some(ca.to_owned()),
     };
     let ca_path = p("ca.pem");
-    let s = server(&conf, dir).await;
+    let s = RefNats::start(&conf);
     let mut cfg = config(&s, "tls");
     cfg.tls = Some(tls(false, &ca_path));
     refused(&cfg).await;
@@ -247,7 +191,7 @@ async fn a_credentials_file_connects_in_operator_mode() {
         "operator: {op_jwt}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {acc_jwt}\n}}\n",
         account.public_key()
     );
-    let s = server(&conf, dir).await;
+    let s = RefNats::start(&conf);
     let mut cfg = config(&s, "nats");
     refused(&cfg).await;
     cfg.credentials_file = Some(bad);

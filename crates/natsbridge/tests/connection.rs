@@ -1,6 +1,5 @@
 //! The connection wrapper against our embedded server and against the real nats-server.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,7 +10,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 enum Server {
     Ours(natsd::Server),
-    Reference(Child, u16),
+    Reference(testkit::RefNats),
 }
 
 impl Server {
@@ -23,32 +22,13 @@ impl Server {
             };
             return Server::Ours(natsd::Server::start(cfg).await.unwrap());
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the reference `nats-server` must be installed");
-        let deadline = Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Server::Reference(child, port)
+        Server::Reference(testkit::RefNats::start(""))
     }
 
     fn config(&self) -> NatsConfig {
         let url = match self {
             Server::Ours(s) => s.client_url(),
-            Server::Reference(_, port) => format!("nats://127.0.0.1:{port}"),
+            Server::Reference(n) => n.url(),
         };
         NatsConfig {
             servers: vec![url],
@@ -59,10 +39,7 @@ impl Server {
     async fn stop(self) {
         match self {
             Server::Ours(s) => s.shutdown().await,
-            Server::Reference(mut c, _) => {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+            Server::Reference(n) => drop(n),
         }
     }
 }

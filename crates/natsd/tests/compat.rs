@@ -3,7 +3,6 @@
 //!
 //! Servers listen on 127.0.0.1 only, and every wait is bounded.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,8 +32,8 @@ struct Opts {
 struct TestServer {
     port: u16,
     ours: Option<natsd::Server>,
-    child: Option<Child>,
-    _dir: tempfile::TempDir,
+    /// Kept until the test server drops, which stops it.
+    _reference: Option<testkit::RefNats>,
 }
 
 fn free_port() -> u16 {
@@ -47,7 +46,6 @@ fn free_port() -> u16 {
 
 impl TestServer {
     async fn start(kind: Kind, opts: Opts) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
         let port = opts.port.unwrap_or_else(free_port);
         match kind {
             Kind::Ours => {
@@ -73,12 +71,11 @@ impl TestServer {
                 TestServer {
                     port,
                     ours: Some(server),
-                    child: None,
-                    _dir: dir,
+                    _reference: None,
                 }
             }
             Kind::Reference => {
-                let mut conf = format!("listen: 127.0.0.1:{port}\nwrite_deadline: \"2s\"\n");
+                let mut conf = String::from("write_deadline: \"2s\"\n");
                 if let Some(n) = opts.max_payload {
                     conf.push_str(&format!("max_payload: {n}\n"));
                 }
@@ -96,25 +93,10 @@ impl TestServer {
                 if let Some(a) = opts.authorization {
                     conf.push_str(a);
                 }
-                let path = dir.path().join("nats.conf");
-                std::fs::write(&path, conf).unwrap();
-                let child = Command::new("nats-server")
-                    .arg("-c")
-                    .arg(&path)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("the reference `nats-server` must be installed (apt-get install -y nats-server)");
-                let deadline = Instant::now() + WAIT;
-                while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                    assert!(Instant::now() < deadline, "nats-server did not start");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
                 TestServer {
                     port,
                     ours: None,
-                    child: Some(child),
-                    _dir: dir,
+                    _reference: Some(testkit::RefNats::start_on(port, &conf)),
                 }
             }
         }
@@ -128,19 +110,7 @@ impl TestServer {
         if let Some(s) = self.ours.take() {
             s.shutdown().await;
         }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // A reference server stops as `self` drops.
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::io::AsyncBufReadExt;
 
 /// A CA, a certificate for 127.0.0.1 and localhost (server and client), in `dir`.
 fn pki(dir: &Path) {
-    testpki::TestCa::new("natsd test CA").write(dir, &["server", "client"]);
+    testkit::TestCa::new("natsd test CA").write(dir, &["server", "client"]);
 }
 
 async fn server(dir: &Path, verify: bool) -> natsd::Server {

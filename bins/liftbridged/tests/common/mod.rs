@@ -1,9 +1,9 @@
-//! Helpers of the process tests: free ports, child processes that die with the test, and the
-//! reference `nats-server`.
+//! Helpers of the process tests: free ports, and child processes that die with the test (the
+//! reference `nats-server` is `testkit::RefNats`).
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// A port nothing listens on now.
@@ -63,20 +63,4 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// The reference `nats-server` on 127.0.0.1:`port`, once it accepts connections.
-pub fn nats_server(port: u16) -> Proc {
-    let p = Proc(
-        Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "the reference `nats-server` must be installed (apt-get install -y nats-server)",
-            ),
-    );
-    wait_port(port);
-    p
 }

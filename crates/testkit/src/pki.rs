@@ -1,6 +1,6 @@
 //! Test certificates, made fresh by each test: a throw-away certificate authority and leaf
-//! certificates it signs, valid for `localhost` and `127.0.0.1`. For tests only; the keys are
-//! generated in memory and never leave the test's temporary folders.
+//! certificates it signs, valid for `localhost` and `127.0.0.1`. The keys are generated in
+//! memory and never leave the test's temporary folders.
 
 use std::path::Path;
 
