@@ -45,17 +45,10 @@ async fn the_embedded_server_keeps_applications_out_of_the_brokers_subjects() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("nats.conf");
     std::fs::write(&conf, AUTHORIZATION).unwrap();
-    let flags = liftbridged::Flags {
-        data_dir: Some(dir.path().join("data")),
-        host: Some("127.0.0.1".into()),
-        port: Some(0),
-        embedded_nats_port: Some(0),
+    let mut cfg = config_from(&liftbridged::Flags {
         embedded_nats_config: Some(conf),
-        id: Some("a".into()),
-        ..Default::default()
-    };
-    let mut cfg = liftbridged::Config::load(&flags).unwrap();
-    cfg.broker.cursors.partitions = 1;
+        ..flags(&dir.path().join("data"))
+    });
     cfg.broker.nats.user_password = Some(("liftbridge".into(), "brokerpw".into()));
     let (logger, lines) = capturing();
     let running = liftbridged::start(cfg, logger)

@@ -234,12 +234,7 @@ async fn every_row_of_the_authorization_table_is_allowed_and_denied() {
         .await
         .unwrap();
     assert_eq!(&next(&mut s).await.unwrap().value[..], b"one");
-    c.fetch_partition_metadata(FetchPartitionMetadataRequest {
-        stream: "foo".into(),
-        partition: 0,
-    })
-    .await
-    .unwrap();
+    partition_md(&mut c, "foo", 0).await;
     c.set_cursor(SetCursorRequest {
         stream: "foo".into(),
         partition: 0,
@@ -456,16 +451,7 @@ async fn every_row_of_the_authorization_table_is_allowed_and_denied() {
     let e = answers["1"].async_error.as_ref().expect("an error");
     assert_eq!(e.code, publish_async_error::Code::PermissionDenied as i32);
     assert!(answers["2"].ack.is_some());
-    let md = c
-        .fetch_partition_metadata(FetchPartitionMetadataRequest {
-            stream: "foo".into(),
-            partition: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .metadata
-        .unwrap();
+    let md = partition_md(&mut c, "foo", 0).await;
     assert_eq!(md.newest_offset, 2, "one, two and allowed only");
 
     // Another client certificate, in no policy line: denied everything.
@@ -568,17 +554,10 @@ async fn the_embedded_nats_server_speaks_tls_to_the_broker_and_its_clients() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let flags = liftbridged::Flags {
-        data_dir: Some(dir.path().to_path_buf()),
-        host: Some("127.0.0.1".into()),
-        port: Some(0),
-        embedded_nats_port: Some(0),
+    let mut cfg = config_from(&liftbridged::Flags {
         embedded_nats_config: Some(conf),
-        id: Some("a".into()),
-        ..Default::default()
-    };
-    let mut cfg = liftbridged::Config::load(&flags).unwrap();
-    cfg.broker.cursors.partitions = 1;
+        ..flags(dir.path())
+    });
     cfg.broker.nats.user_password = Some(("liftbridge".into(), "brokerpw".into()));
     cfg.broker.nats.tls = Some(natsbridge::NatsTls {
         cert_and_key: None,

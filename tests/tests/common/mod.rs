@@ -20,15 +20,24 @@ pub struct TestServer {
 
 /// Base configuration of a test server in `dir`.
 pub fn config(dir: &std::path::Path) -> liftbridged::Config {
-    let flags = liftbridged::Flags {
+    config_from(&flags(dir))
+}
+
+/// The command-line flags of a test server in `dir`: 127.0.0.1, free ports, embedded NATS.
+pub fn flags(dir: &std::path::Path) -> liftbridged::Flags {
+    liftbridged::Flags {
         data_dir: Some(dir.to_path_buf()),
         host: Some("127.0.0.1".into()),
         port: Some(0),
         embedded_nats_port: Some(0),
         id: Some("a".into()),
         ..Default::default()
-    };
-    let mut cfg = liftbridged::Config::load(&flags).expect("test configuration");
+    }
+}
+
+/// The configuration `flags` give, with the test defaults.
+pub fn config_from(flags: &liftbridged::Flags) -> liftbridged::Config {
+    let mut cfg = liftbridged::Config::load(flags).expect("test configuration");
     cfg.broker.cursors.partitions = 1;
     cfg
 }
