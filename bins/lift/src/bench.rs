@@ -94,17 +94,37 @@ fn result(
     size: usize,
     took: Duration,
 ) -> ClientResult {
-    let seconds = took.as_secs_f64().max(1e-9);
-    let bytes = messages * size as u64;
-    ClientResult {
+    ClientResult::new(
         role,
         id,
         messages,
         errors,
-        bytes,
-        seconds,
-        msgs_per_sec: messages as f64 / seconds,
-        mb_per_sec: bytes as f64 / seconds / 1e6,
+        messages * size as u64,
+        took.as_secs_f64(),
+    )
+}
+
+impl ClientResult {
+    /// A result with its rates over `seconds` (at least a nanosecond).
+    fn new(
+        role: &'static str,
+        id: u32,
+        messages: u64,
+        errors: u64,
+        bytes: u64,
+        seconds: f64,
+    ) -> Self {
+        let seconds = seconds.max(1e-9);
+        ClientResult {
+            role,
+            id,
+            messages,
+            errors,
+            bytes,
+            seconds,
+            msgs_per_sec: messages as f64 / seconds,
+            mb_per_sec: bytes as f64 / seconds / 1e6,
+        }
     }
 }
 
@@ -311,17 +331,8 @@ fn total(role: &'static str, rs: &[&ClientResult]) -> Option<ClientResult> {
     let messages = rs.iter().map(|r| r.messages).sum::<u64>();
     let errors = rs.iter().map(|r| r.errors).sum::<u64>();
     let bytes = rs.iter().map(|r| r.bytes).sum::<u64>();
-    let seconds = rs.iter().map(|r| r.seconds).fold(0.0, f64::max).max(1e-9);
-    Some(ClientResult {
-        role,
-        id: 0,
-        messages,
-        errors,
-        bytes,
-        seconds,
-        msgs_per_sec: messages as f64 / seconds,
-        mb_per_sec: bytes as f64 / seconds / 1e6,
-    })
+    let seconds = rs.iter().map(|r| r.seconds).fold(0.0, f64::max);
+    Some(ClientResult::new(role, 0, messages, errors, bytes, seconds))
 }
 
 /// Runs `lift bench`.
