@@ -542,8 +542,8 @@ impl Partition {
     /// Appends publishes this broker took, in the caller's task, as one batch; then sends the
     /// acks and wakes the followers, as the ingest task does. The caller checked
     /// [`appends_in_place`](Self::appends_in_place) and keeps the batch within
-    /// `batch_max_messages` and `batch_max_bytes` ([`Gather`]). Acks for this broker's own waiters are handed over before this
-    /// returns.
+    /// `batch_max_messages` and `batch_max_bytes` ([`Gather`]). Acks for this broker's own
+    /// waiters are handed over before this returns.
     pub(crate) async fn append_in_place(&self, ctx: &Ctx, batch: Vec<LocalPublish>) {
         let now = now_nanos();
         self.stats.lock().received.touch(now);
@@ -916,23 +916,25 @@ impl Partition {
         };
         let mut unannounced = 0usize;
         for Incoming { mut msg, ack: to } in batch {
-            if let Some(c) = &self.crypto {
-                match c.sealer.seal(&msg.value) {
-                    Ok(sealed) => msg.value = sealed.into(),
+            let sealed = match &self.crypto {
+                Some(c) => match c.sealer.seal(&msg.value) {
+                    Ok(sealed) => {
+                        msg.value = sealed.into();
+                        true
+                    }
                     Err(e) => {
                         warn!(ctx.logger, "encrypting a message failed"; "stream" => &self.stream,
                             "partition" => self.id, "error" => %e);
-                        if to.ack_inbox.is_empty() {
-                            unannounced += 1;
-                        }
-                        acks.push(self.ack_for(to, msg.timestamp, 0, ack::Error::Encryption));
-                        continue;
+                        false
                     }
-                }
-            }
+                },
+                None => true,
+            };
             // Too large for the configured limit, for a follower's fetch to carry, or for the
             // record format (which would fail the whole batch, other publishers' too).
-            let refused = if to.size as u64 > ctx.cfg.replication_max_bytes
+            let refused = if !sealed {
+                Some(ack::Error::Encryption)
+            } else if to.size as u64 > ctx.cfg.replication_max_bytes
                 || msg.encoded_len() > budget
                 || msg.check_format().is_err()
             {
