@@ -421,7 +421,6 @@ impl Broker {
         Ok((start, stop))
     }
 
-    /// A partition's message as the API sends it.
     /// A record as the API sends it, its value opened if the stream is encrypted.
     ///
     /// # Errors

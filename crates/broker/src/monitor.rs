@@ -173,9 +173,9 @@ impl Broker {
         }
     }
 
-    /// Whether this broker is ready to serve: it is not stopping, a metadata leader is known, every partition the
-    /// metadata gives it is open (or refused for a reason it logged), and it is in the ISR of
-    /// every partition it follows. `Err` says what is missing.
+    /// Whether this broker is ready to serve: it is not stopping, a metadata leader is known,
+    /// every partition the metadata gives it is open (or refused for a reason it logged), and
+    /// it is in the ISR of every partition it follows. `Err` says what is missing.
     ///
     /// # Errors
     /// A sentence naming the first thing that is not ready.
