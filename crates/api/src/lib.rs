@@ -115,7 +115,7 @@ impl Api for Service {
         self.broker
             .check_stream_names(request.get_ref())
             .map_err(status)?;
-        self.allow(&request, &request.get_ref().name.clone(), "CreateStream")?;
+        self.allow(&request, &request.get_ref().name, "CreateStream")?;
         self.broker
             .create_stream(request.into_inner())
             .await
@@ -127,7 +127,7 @@ impl Api for Service {
         &self,
         request: Request<DeleteStreamRequest>,
     ) -> Result<Response<DeleteStreamResponse>, Status> {
-        self.allow(&request, &request.get_ref().name.clone(), "DeleteStream")?;
+        self.allow(&request, &request.get_ref().name, "DeleteStream")?;
         self.broker
             .delete_stream(&request.into_inner().name)
             .await
@@ -139,7 +139,7 @@ impl Api for Service {
         &self,
         request: Request<PauseStreamRequest>,
     ) -> Result<Response<PauseStreamResponse>, Status> {
-        self.allow(&request, &request.get_ref().name.clone(), "PauseStream")?;
+        self.allow(&request, &request.get_ref().name, "PauseStream")?;
         let r = request.into_inner();
         self.broker
             .pause_stream(&r.name, r.partitions, r.resume_all)
@@ -152,11 +152,7 @@ impl Api for Service {
         &self,
         request: Request<SetStreamReadonlyRequest>,
     ) -> Result<Response<SetStreamReadonlyResponse>, Status> {
-        self.allow(
-            &request,
-            &request.get_ref().name.clone(),
-            "SetStreamReadonly",
-        )?;
+        self.allow(&request, &request.get_ref().name, "SetStreamReadonly")?;
         let r = request.into_inner();
         self.broker
             .set_stream_readonly(&r.name, r.partitions, r.readonly)
@@ -173,7 +169,7 @@ impl Api for Service {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         // Before the subscription exists (the original checks after, so a denied group member
         // still displaced the current one).
-        self.allow(&request, &request.get_ref().stream.clone(), "Subscribe")?;
+        self.allow(&request, &request.get_ref().stream, "Subscribe")?;
         let sub = self
             .broker
             .subscribe(request.into_inner())
@@ -202,7 +198,7 @@ impl Api for Service {
     ) -> Result<Response<FetchPartitionMetadataResponse>, Status> {
         self.allow(
             &request,
-            &request.get_ref().stream.clone(),
+            &request.get_ref().stream,
             "FetchPartitionMetadata",
         )?;
         let r = request.into_inner();
@@ -221,7 +217,7 @@ impl Api for Service {
     ) -> Result<Response<PublishResponse>, Status> {
         // After the stream lookup, as the original: an unknown stream is NotFound for all.
         if self.broker.has_stream(&request.get_ref().stream) {
-            self.allow(&request, &request.get_ref().stream.clone(), "Publish")?;
+            self.allow(&request, &request.get_ref().stream, "Publish")?;
         }
         let d = deadline(&request);
         let ack = self
@@ -251,25 +247,24 @@ impl Api for Service {
         &self,
         request: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishAsyncStream>, Status> {
-        let request_meta =
-            Request::from_parts(request.metadata().clone(), request.extensions().clone(), ());
+        // The caller's identity, read before the request gives up its certificates.
+        let authz = self
+            .authz
+            .clone()
+            .map(|a| (a, security::client_id(&request)));
         // A client error or cancellation ends the input like a clean close.
         let input = request
             .into_inner()
             .take_while(|r| std::future::ready(r.is_ok()))
             .filter_map(|r| std::future::ready(r.ok()));
         let (tx, rx) = mpsc::channel(1024);
-        let broker = self.broker.clone();
-        match self.authz.clone() {
-            None => {
-                tokio::spawn(async move { broker.publish_async(Box::pin(input), tx).await });
-            }
-            Some(authz) => {
+        let input: Pin<Box<dyn Stream<Item = PublishRequest> + Send>> = match authz {
+            None => Box::pin(input),
+            Some((authz, subject)) => {
                 // Each message is checked; a denied one gets its error and is not published
                 // (the original sent the error and published it anyway).
-                let subject = security::client_id(&request_meta);
                 let denials = tx.clone();
-                let input = input.filter_map(move |r| {
+                Box::pin(input.filter_map(move |r| {
                     let allowed = subject
                         .as_deref()
                         .is_some_and(|s| authz.allows(s, &r.stream, "Publish"));
@@ -281,10 +276,11 @@ impl Api for Service {
                         let _ = denials.send(denied_async(&r)).await;
                         None
                     }
-                });
-                tokio::spawn(async move { broker.publish_async(Box::pin(input), tx).await });
+                }))
             }
-        }
+        };
+        let broker = self.broker.clone();
+        tokio::spawn(async move { broker.publish_async(input, tx).await });
         let out = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
         Ok(Response::new(Box::pin(out)))
     }
@@ -293,11 +289,7 @@ impl Api for Service {
         &self,
         request: Request<PublishToSubjectRequest>,
     ) -> Result<Response<PublishToSubjectResponse>, Status> {
-        self.allow(
-            &request,
-            &request.get_ref().subject.clone(),
-            "PublishToSubject",
-        )?;
+        self.allow(&request, &request.get_ref().subject, "PublishToSubject")?;
         let d = deadline(&request);
         let ack = self
             .broker
@@ -313,7 +305,7 @@ impl Api for Service {
     ) -> Result<Response<SetCursorResponse>, Status> {
         let r = request.get_ref();
         if !r.stream.is_empty() && !r.cursor_id.is_empty() {
-            self.allow(&request, &r.stream.clone(), "SetCursor")?;
+            self.allow(&request, &r.stream, "SetCursor")?;
         }
         self.broker
             .set_cursor(request.into_inner())
@@ -328,7 +320,7 @@ impl Api for Service {
     ) -> Result<Response<FetchCursorResponse>, Status> {
         let r = request.get_ref();
         if !r.stream.is_empty() && !r.cursor_id.is_empty() {
-            self.allow(&request, &r.stream.clone(), "FetchCursor")?;
+            self.allow(&request, &r.stream, "FetchCursor")?;
         }
         let offset = self
             .broker
@@ -343,11 +335,7 @@ impl Api for Service {
         request: Request<JoinConsumerGroupRequest>,
     ) -> Result<Response<JoinConsumerGroupResponse>, Status> {
         // The group calls are checked too (the original never does), on the group.
-        self.allow(
-            &request,
-            &request.get_ref().group_id.clone(),
-            "JoinConsumerGroup",
-        )?;
+        self.allow(&request, &request.get_ref().group_id, "JoinConsumerGroup")?;
         let resp = self
             .broker
             .join_consumer_group(request.into_inner())
@@ -360,11 +348,7 @@ impl Api for Service {
         &self,
         request: Request<LeaveConsumerGroupRequest>,
     ) -> Result<Response<LeaveConsumerGroupResponse>, Status> {
-        self.allow(
-            &request,
-            &request.get_ref().group_id.clone(),
-            "LeaveConsumerGroup",
-        )?;
+        self.allow(&request, &request.get_ref().group_id, "LeaveConsumerGroup")?;
         self.broker
             .leave_consumer_group(request.into_inner())
             .await
@@ -378,7 +362,7 @@ impl Api for Service {
     ) -> Result<Response<FetchConsumerGroupAssignmentsResponse>, Status> {
         self.allow(
             &request,
-            &request.get_ref().group_id.clone(),
+            &request.get_ref().group_id,
             "FetchConsumerGroupAssignments",
         )?;
         let resp = self
@@ -394,7 +378,7 @@ impl Api for Service {
     ) -> Result<Response<ReportConsumerGroupCoordinatorResponse>, Status> {
         self.allow(
             &request,
-            &request.get_ref().group_id.clone(),
+            &request.get_ref().group_id,
             "ReportConsumerGroupCoordinator",
         )?;
         self.broker
