@@ -49,23 +49,23 @@ impl TlsSettings {
             std::fs::read(p)
                 .map_err(|e| SecurityError(format!("cannot read the {what} {}: {e}", p.display())))
         };
+        let holds_certificate = |key: &str, p: &Path, pem: &[u8]| {
+            if String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
+                Ok(())
+            } else {
+                Err(SecurityError(format!(
+                    "{key} {} holds no PEM certificate",
+                    p.display()
+                )))
+            }
+        };
         let cert_pem = read("TLS certificate (tls.cert)", cert)?;
         let key_pem = read("TLS key (tls.key)", key)?;
-        if !String::from_utf8_lossy(&cert_pem).contains("-----BEGIN CERTIFICATE-----") {
-            return Err(SecurityError(format!(
-                "tls.cert {} holds no PEM certificate",
-                cert.display()
-            )));
-        }
+        holds_certificate("tls.cert", cert, &cert_pem)?;
         let client_ca_pem = match client_ca {
             Some(p) => {
                 let pem = read("client CA (tls.client.auth.ca)", p)?;
-                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-                    return Err(SecurityError(format!(
-                        "tls.client.auth.ca {} holds no PEM certificate",
-                        p.display()
-                    )));
-                }
+                holds_certificate("tls.client.auth.ca", p, &pem)?;
                 Some(pem)
             }
             None => None,
