@@ -274,47 +274,47 @@ pub async fn start(mut cfg: Config, logger: Logger) -> Result<Running, StartErro
             "the metadata group is not ready yet; serving anyway"
         );
     }
-    let security = match api_security(&cfg).await {
+    // From here on a failure stops what has started: the broker and the embedded server.
+    let serving = async {
+        let security = api_security(&cfg).await?;
+        let authz = security.authz.clone();
+        let monitor = match &cfg.http_listen {
+            Some(addr) => {
+                let listen = |source| StartError::Listen {
+                    addr: addr.clone(),
+                    source,
+                };
+                let l = tokio::net::TcpListener::bind(addr).await.map_err(listen)?;
+                Some(monitor::serve(broker.clone(), l).await.map_err(listen)?)
+            }
+            None => None,
+        };
+        let api = api::serve_with(broker.clone(), listener, security)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: cfg.bind.clone(),
+                source,
+            });
+        match api {
+            Ok(api) => Ok((api, authz, monitor)),
+            Err(e) => {
+                if let Some(m) = monitor {
+                    m.shutdown().await;
+                }
+                Err(e)
+            }
+        }
+    };
+    let (api, authz, monitor) = match serving.await {
         Ok(s) => s,
         Err(e) => {
             broker.shutdown().await;
             if let Some(n) = nats {
                 n.shutdown().await;
             }
-            return Err(e.into());
+            return Err(e);
         }
     };
-    let authz = security.authz.clone();
-    let monitor = match &cfg.http_listen {
-        Some(addr) => {
-            let bound = tokio::net::TcpListener::bind(addr).await;
-            match bound {
-                Ok(l) => Some(monitor::serve(broker.clone(), l).await.map_err(|source| {
-                    StartError::Listen {
-                        addr: addr.clone(),
-                        source,
-                    }
-                })?),
-                Err(source) => {
-                    broker.shutdown().await;
-                    if let Some(n) = nats {
-                        n.shutdown().await;
-                    }
-                    return Err(StartError::Listen {
-                        addr: addr.clone(),
-                        source,
-                    });
-                }
-            }
-        }
-        None => None,
-    };
-    let api = api::serve_with(broker.clone(), listener, security)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: cfg.bind.clone(),
-            source,
-        })?;
     info!(logger, "liftbridged started"; "id" => broker.id(), "grpc" => %grpc_addr,
         "advertised" => format!("{}:{}", cfg.broker.advertise_host, cfg.broker.advertise_port),
         "nats" => &nats_url);
