@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::cli::{ClusterCmd, Conn, ContextCmd, CursorCmd, GroupCmd};
 use crate::context::{self, Context, Contexts};
-use crate::output::{Failure, Out, code};
+use crate::output::{Failure, Out, code, yes};
 
 /// Runs a `lift cursor` command.
 pub async fn cursor(c: &Client, cmd: CursorCmd, out: Out) -> Result<(), Failure> {
@@ -395,7 +395,7 @@ pub fn context(conn: &Conn, cmd: ContextCmd, out: Out) -> Result<(), Failure> {
                     r.name.clone(),
                     if r.current { "*" } else { "" }.to_owned(),
                     r.servers.join(","),
-                    if r.tls { "yes" } else { "no" }.to_owned(),
+                    yes(r.tls),
                 ]
             });
         }

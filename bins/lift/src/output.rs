@@ -61,6 +61,11 @@ impl Failure {
     }
 }
 
+/// A flag in a table cell.
+pub fn yes(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_owned()
+}
+
 /// Where data goes, and in which shape.
 #[derive(Debug, Clone, Copy)]
 pub struct Out {
@@ -89,11 +94,9 @@ impl Out {
         for r in rows {
             t.add_row(cells(r));
         }
+        let first = rows.first().map(&cells);
         for (i, col) in t.column_iter_mut().enumerate() {
-            let numeric = rows
-                .first()
-                .map(|r| cells(r)[i].parse::<f64>().is_ok())
-                .unwrap_or(false);
+            let numeric = first.as_ref().is_some_and(|c| c[i].parse::<f64>().is_ok());
             if numeric {
                 col.set_cell_alignment(CellAlignment::Right);
             }

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::{CreateArgs, StreamCmd};
-use crate::output::{Failure, Out};
+use crate::output::{Failure, Out, yes};
 
 /// One stream in `ls`.
 #[derive(Debug, Serialize)]
@@ -230,8 +230,4 @@ pub async fn run(c: &Client, cmd: StreamCmd, out: Out) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-fn yes(b: bool) -> String {
-    if b { "yes" } else { "no" }.to_owned()
 }
