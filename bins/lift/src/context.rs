@@ -146,8 +146,13 @@ pub async fn connect(conn: &Conn) -> Result<Client, Failure> {
             return Err(Failure::usage("--tls-cert needs --tls-ca"));
         };
         let mut tls = ClientTls::new(read(ca, "CA certificate")?);
-        if let (Some(cert), Some(key)) = (&ctx.tls_cert, &ctx.tls_key) {
-            tls = tls.identity(read(cert, "client certificate")?, read(key, "client key")?);
+        match (&ctx.tls_cert, &ctx.tls_key) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(read(cert, "client certificate")?, read(key, "client key")?);
+            }
+            (None, None) => {}
+            // Half an identity was silently dropped before: the server then saw no certificate.
+            _ => return Err(Failure::usage("--tls-cert and --tls-key go together")),
         }
         if let Some(d) = &ctx.tls_domain {
             tls = tls.domain(d.clone());

@@ -73,6 +73,39 @@ async fn tls_flags_reach_a_server_that_requires_client_certificates() {
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.starts_with("lift: "), "{err}");
     }
+    // A certificate without its key (a hand-edited contexts file; the flags require both) is
+    // a usage error, not a connection without a certificate.
+    let contexts = certs.path().join("contexts.json");
+    std::fs::write(
+        &contexts,
+        serde_json::json!({
+            "current": "half",
+            "contexts": {"half": {
+                "servers": [addr],
+                "tls_ca": file("ca.pem"),
+                "tls_cert": file("client.pem"),
+            }},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let half = tokio::task::spawn_blocking(move || {
+        Command::cargo_bin("lift")
+            .unwrap()
+            .env_remove("LIFT_SERVER")
+            .env("LIFT_CONFIG", &contexts)
+            .args(["--timeout", "3s", "stream", "ls"])
+            .timeout(Duration::from_secs(30))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(half.status.code(), Some(2), "{half:?}");
+    assert!(
+        String::from_utf8_lossy(&half.stderr).contains("--tls-cert and --tls-key go together"),
+        "{half:?}"
+    );
     // A missing file is a usage error naming it.
     let missing = run(vec!["--tls-ca".into(), file("nope.pem")])
         .await
