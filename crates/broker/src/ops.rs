@@ -943,7 +943,7 @@ impl Broker {
             .map_err(|e| BrokerError::Internal(format!("failed to set cursor: {e}")))?;
         match ack {
             Some(a) if a.ack_error == ack::Error::Ok as i32 => {
-                self.cache_cursor(key, of, req.offset);
+                self.cache_cursor(of, req.offset);
                 Ok(())
             }
             _ => Err(BrokerError::Internal("failed to set cursor".into())),
@@ -957,7 +957,8 @@ impl Broker {
     pub async fn fetch_cursor(&self, req: api::FetchCursorRequest) -> Result<i64> {
         let key = Self::cursor_key(&req.stream, req.partition, &req.cursor_id)?;
         let (partition, _) = self.cursor_partition(&key)?;
-        if let Some(o) = self.inner.cursor_cache.lock().get(&key) {
+        let of = (req.stream, req.partition, req.cursor_id);
+        if let Some(o) = self.inner.cursor_cache.lock().get(&of) {
             return Ok(o);
         }
         self.resume_for_publish(CURSORS_STREAM, partition).await?;
@@ -986,18 +987,14 @@ impl Broker {
         .map_err(|e| BrokerError::internal("reading cursors", e))?
         .map_err(|e| BrokerError::internal("reading cursors", e))?;
         if found >= 0 {
-            self.cache_cursor(
-                key,
-                (req.stream.clone(), req.partition, req.cursor_id.clone()),
-                found,
-            );
+            self.cache_cursor(of, found);
         }
         Ok(found)
     }
 
     /// Remembers a cursor in the bounded cache.
-    fn cache_cursor(&self, key: String, of: crate::cursor_cache::CursorOf, offset: i64) {
-        self.inner.cursor_cache.lock().insert(key, of, offset);
+    fn cache_cursor(&self, of: crate::cursor_cache::CursorOf, offset: i64) {
+        self.inner.cursor_cache.lock().insert(of, offset);
     }
 }
 
