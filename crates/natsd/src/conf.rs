@@ -5,8 +5,9 @@
 //! Settings it applies: `host`/`net`, `port`, `listen`, `max_payload`, `max_connections`,
 //! `max_subscriptions`, and `authorization` with a `token`, one `user`/`password`, or `users`
 //! each with `permissions` (`publish`/`subscribe`, each a subject, a list, or
-//! `{allow: […], deny: […]}`), and `tls` (`cert_file`, `key_file`, `ca_file`, `verify`). Other keys are read and ignored, as a nats-server file holds
-//! many this server has no use for; a syntax error is an error with its line.
+//! `{allow: […], deny: […]}`), and `tls` (`cert_file`, `key_file`, `ca_file`, `verify`).
+//! Other keys are read and ignored, as a nats-server file holds many this server has no use
+//! for; a syntax error is an error with its line.
 
 use crate::perms::{Permissions, Rule};
 use crate::server::{Auth, User};
