@@ -214,6 +214,8 @@ async fn traffic_lag_errors_and_the_process_are_counted() {
         1.0
     );
     assert!(sample(&metrics, "liftbridge_log_append_batch_messages_sum") >= 4.0);
+    // The OS sync policy leaves syncing to the system: no sync round yet.
+    assert_eq!(sample(&metrics, "liftbridge_log_fsync_seconds_count"), 0.0);
     assert!(sample(&metrics, "liftbridge_metadata_proposal_seconds_count") >= 1.0);
     assert_eq!(
         sample(
@@ -457,4 +459,31 @@ async fn write_batches_close_at_batch_max_bytes() {
         "{metrics}"
     );
     assert_eq!(small, batches, "a batch of more than four messages");
+}
+
+/// Under the `always` sync policy, each sync round (group commit) is timed and counts the
+/// messages it made durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_rounds_are_timed_and_counted() {
+    let srv = TestServer::start_with(|c| {
+        c.http_listen = Some("127.0.0.1:0".into());
+        c.broker.sync = commitlog::SyncPolicy::Always;
+    })
+    .await;
+    let addr = srv.running().http_addr().expect("the HTTP port is on");
+    let mut c = srv.client().await;
+    c.create_stream(stream("d", "d.subject")).await.unwrap();
+    for v in ["one", "two", "three"] {
+        publish(&mut c, "d", v).await;
+    }
+    let (code, metrics) = get(addr, "/metrics").await;
+    assert_eq!(code, 200);
+    // Acked with policy LEADER under `always`: each message was synced before its ack.
+    assert!(sample(&metrics, "liftbridge_log_fsync_seconds_count") >= 1.0);
+    assert!(sample(&metrics, "liftbridge_log_fsync_messages_sum") >= 3.0);
+    assert_eq!(
+        sample(&metrics, "liftbridge_log_fsync_seconds_count"),
+        sample(&metrics, "liftbridge_log_fsync_messages_count"),
+        "one observation of each per round"
+    );
 }

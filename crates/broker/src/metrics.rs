@@ -8,6 +8,7 @@
 //! until the broker restarts.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
@@ -42,6 +43,7 @@ pub struct Metrics {
     cleaned: Family<Labels, Counter>,
     append_seconds: Histogram,
     append_batch: Histogram,
+    fsyncs: Arc<Fsyncs>,
     ack_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     publish_errors: Family<Labels, Counter>,
     proposal_seconds: Histogram,
@@ -59,11 +61,30 @@ impl Default for Metrics {
             cleaned: Family::default(),
             append_seconds: seconds(),
             append_batch: batch_sizes(),
+            fsyncs: Arc::new(Fsyncs {
+                seconds: seconds(),
+                messages: batch_sizes(),
+            }),
             ack_seconds: Family::new_with_constructor(seconds),
             publish_errors: Family::default(),
             proposal_seconds: seconds(),
             labeled: Mutex::new(HashSet::new()),
         }
+    }
+}
+
+/// The sync rounds (`fdatasync`) of every log: how long each took and how many messages it
+/// made durable. Under `streams.sync.policy` `always`, one round is one group commit.
+#[derive(Debug)]
+pub(crate) struct Fsyncs {
+    seconds: Histogram,
+    messages: Histogram,
+}
+
+impl commitlog::SyncObserver for Fsyncs {
+    fn synced(&self, took: std::time::Duration, records: u64) {
+        self.seconds.observe(took.as_secs_f64());
+        self.messages.observe(records as f64);
     }
 }
 
@@ -148,6 +169,11 @@ impl Metrics {
         self.append_batch.observe(messages as f64);
     }
 
+    /// What each log tells of its sync rounds.
+    pub(crate) fn fsyncs(&self) -> Arc<dyn commitlog::SyncObserver> {
+        self.fsyncs.clone()
+    }
+
     /// A unary publish was acked after `seconds`, under `policy` (`leader`, `all`, `none`).
     pub fn acked(&self, policy: &str, seconds: f64) {
         self.ack_seconds
@@ -208,6 +234,16 @@ impl Metrics {
             "liftbridge_log_append_batch_messages",
             "Messages per write batch to a leader's log (under a syncing policy: per fsync)",
             self.append_batch.clone(),
+        );
+        reg.register(
+            "liftbridge_log_fsync_seconds",
+            "Time of one sync round (fdatasync) of a log; under the always sync policy, one group commit",
+            self.fsyncs.seconds.clone(),
+        );
+        reg.register(
+            "liftbridge_log_fsync_messages",
+            "Messages one sync round of a log made durable (the group commit's size)",
+            self.fsyncs.messages.clone(),
         );
         reg.register(
             "liftbridge_publish_ack_seconds",

@@ -289,7 +289,10 @@ impl Partition {
         } else {
             None
         };
-        let opts = log_options(&spec.settings, ctx.cfg.sync);
+        let opts = LogOptions {
+            on_sync: Some(ctx.metrics.fsyncs()),
+            ..log_options(&spec.settings, ctx.cfg.sync)
+        };
         let log = tokio::task::spawn_blocking(move || Log::open(dir, opts))
             .await
             .map_err(|e| BrokerError::internal("opening a log", e))?

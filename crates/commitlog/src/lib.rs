@@ -55,7 +55,8 @@ pub use log::{
     AppendInfo, CompactionReport, Log, RawBatch, RecoveryReport, RetentionReport, SegmentInfo,
 };
 pub use options::{
-    Clock, DEFAULT_INDEX_INTERVAL, LogOptions, ManualClock, Retention, SyncPolicy, SystemClock,
+    Clock, DEFAULT_INDEX_INTERVAL, LogOptions, ManualClock, Retention, SyncObserver, SyncPolicy,
+    SystemClock,
 };
 pub use reader::{Isolation, Reader, ReverseReader};
 pub use segment::SegmentRecovery;

@@ -1266,9 +1266,11 @@ impl Inner {
             let generation = self.truncations.load(Ordering::Acquire);
             let files = std::mem::take(&mut st.dirty);
             st.unsynced = 0;
+            let started = std::time::Instant::now();
             let res = parking_lot::MutexGuard::unlocked(&mut st, || {
                 files.iter().try_for_each(|s| s.sync_data())
             });
+            let took = started.elapsed();
             st.syncing = false;
             self.sync_cv.notify_all();
             match res {
@@ -1277,6 +1279,9 @@ impl Inner {
                     // again (the cut itself was synced).
                 }
                 Ok(()) => {
+                    if let Some(o) = self.opts.on_sync.as_ref().filter(|_| !files.is_empty()) {
+                        o.synced(took, (goal - st.durable).max(0) as u64);
+                    }
                     st.durable = st.durable.max(goal);
                     st.rounds += usize::from(!files.is_empty()) as u64;
                     if self.next_offset.fetch_max(goal, Ordering::AcqRel) < goal {

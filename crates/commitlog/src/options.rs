@@ -42,6 +42,15 @@ pub struct Retention {
     pub max_age: Option<Duration>,
 }
 
+/// Told of every sync round that wrote something to stable storage: how long the
+/// `fdatasync`s took and how many records they made durable. For metrics; it is called with the
+/// log's sync lock held, so it must be quick and must not call back into the log.
+pub trait SyncObserver: Send + Sync + Debug {
+    /// One sync round: its duration and the records it made durable (under
+    /// [`SyncPolicy::Always`], every append that shared it: the group commit).
+    fn synced(&self, took: Duration, records: u64);
+}
+
 /// A source of wall-clock time, in nanoseconds since the Unix epoch.
 ///
 /// The log reads time only through this trait, so tests can move time by hand.
@@ -108,6 +117,8 @@ pub struct LogOptions {
     pub max_record_bytes: u64,
     /// The clock for roll-by-age and retention-by-age.
     pub clock: Arc<dyn Clock>,
+    /// Told of each sync round (default: none).
+    pub on_sync: Option<Arc<dyn SyncObserver>>,
 }
 
 impl Default for LogOptions {
@@ -120,6 +131,7 @@ impl Default for LogOptions {
             retention: Retention::default(),
             max_record_bytes: 64 * 1024 * 1024,
             clock: Arc::new(SystemClock),
+            on_sync: None,
         }
     }
 }

@@ -695,11 +695,28 @@ fn every_sync_policy_keeps_the_data() {
     }
 }
 
+/// Counts the sync rounds it is told of, and the records they made durable.
+#[derive(Debug, Default)]
+struct Syncs {
+    rounds: std::sync::atomic::AtomicU64,
+    records: std::sync::atomic::AtomicU64,
+}
+
+impl commitlog::SyncObserver for Syncs {
+    fn synced(&self, _took: Duration, records: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.rounds.fetch_add(1, Relaxed);
+        self.records.fetch_add(records, Relaxed);
+    }
+}
+
 #[test]
 fn group_commit_with_concurrent_appenders() {
     let dir = tempfile::tempdir().unwrap();
+    let syncs = Arc::new(Syncs::default());
     let opts = LogOptions {
         sync: SyncPolicy::Always,
+        on_sync: Some(syncs.clone()),
         ..LogOptions::default()
     };
     let log = Log::open(dir.path(), opts).unwrap();
@@ -726,6 +743,10 @@ fn group_commit_with_concurrent_appenders() {
     // Every append waited for a sync; concurrent ones can share one, never need more than one.
     let rounds = log.sync_rounds();
     assert!((1..=400).contains(&rounds), "{rounds} sync rounds");
+    // The observer hears of each round, and of each record once.
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(syncs.rounds.load(Relaxed), rounds);
+    assert_eq!(syncs.records.load(Relaxed), 400);
 }
 
 #[test]

@@ -67,6 +67,8 @@ pub const METRICS: &[&str] = &[
     "liftbridge_cleaned_messages",
     "liftbridge_log_append_seconds",
     "liftbridge_log_append_batch_messages",
+    "liftbridge_log_fsync_seconds",
+    "liftbridge_log_fsync_messages",
     "liftbridge_publish_ack_seconds",
     "liftbridge_publish_errors",
     "liftbridge_metadata_proposal_seconds",
