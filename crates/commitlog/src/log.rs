@@ -1193,14 +1193,6 @@ impl Inner {
             }
         }
         let active = self.active();
-        {
-            // Registered before the write, under every policy, so that `sync` (explicit, periodic
-            // or per append) covers every segment written since the last one.
-            let mut st = self.sync.lock();
-            if !st.dirty.last().is_some_and(|s| Arc::ptr_eq(s, &active)) {
-                st.dirty.push(active.clone());
-            }
-        }
         let written = active.append(
             parts,
             total,
@@ -1212,7 +1204,19 @@ impl Inner {
             self.failed.lock().get_or_insert_with(|| why.clone());
         }
         written?;
-        self.end.store(last + 1, Ordering::Release);
+        {
+            // The segment is registered for the next sync, and the end moved, together under
+            // the sync lock, after the write: a sync round reads its goal and takes the list
+            // of segments under that lock too, so every record its goal counts was written
+            // before the list was taken, to a segment on it. (Registered before the write, a
+            // concurrent round could take the segment, sync it before the write landed, and
+            // the next round find nothing to sync yet count the record durable.)
+            let mut st = self.sync.lock();
+            if !st.dirty.last().is_some_and(|s| Arc::ptr_eq(s, &active)) {
+                st.dirty.push(active.clone());
+            }
+            self.end.store(last + 1, Ordering::Release);
+        }
         if self.opts.sync != SyncPolicy::Always {
             // Under `Always` the sync that covers the records publishes them.
             self.next_offset.store(last + 1, Ordering::Release);
@@ -1260,8 +1264,9 @@ impl Inner {
                 continue;
             }
             st.syncing = true;
-            // Read the goal before taking the dirty list: every append counted in the goal
-            // registered its segment before writing, so the list covers it.
+            // The goal and the list are read under the lock that appends register under, with
+            // their new end, after writing: every record the goal counts was written, before
+            // the list was taken, to a segment on it.
             let goal = self.end.load(Ordering::Acquire);
             let generation = self.truncations.load(Ordering::Acquire);
             let files = std::mem::take(&mut st.dirty);
