@@ -73,7 +73,8 @@ pub struct RawBatch {
 pub struct RecoveryReport {
     /// The log was closed cleanly last time.
     pub clean_shutdown: bool,
-    /// Segments whose index was rebuilt or whose tail was cut.
+    /// Segments whose index was rebuilt or whose tail was cut, or in which damage was found and
+    /// left in place (see [`SegmentRecovery::reason`]).
     pub repaired: Vec<SegmentRecovery>,
     /// Leftover files of interrupted operations, and empty sealed segments, that were deleted.
     pub removed_files: Vec<PathBuf>,
@@ -296,7 +297,7 @@ impl Log {
             Some(c) => c,
             None => {
                 report.epoch_cache_rebuilt = true;
-                rebuild_epochs(&dir, &segments)?
+                rebuild_epochs(&dir, &segments, &mut report)?
             }
         };
         let mut changed = epochs.clear_latest(next_offset);
@@ -561,7 +562,8 @@ impl Log {
                     None => return Ok(None),
                 }
             }
-            let chunk = crate::reader::read_chunk(&seg, pos, end, offset, limit, max_bytes)?;
+            let chunk = crate::reader::read_chunk(&seg, pos, end, offset, limit, max_bytes)?
+                .forward(offset)?;
             if let (Some(first), Some(last)) = (chunk.metas.first(), chunk.metas.last()) {
                 let start = first.0;
                 let stop = last.0 + last.1.len;
@@ -631,9 +633,9 @@ impl Log {
         }
         let (mut seg, _) = self.inner.locate(offset)?;
         for _ in 0..self.inner.segments.read().len() + 1 {
-            let pos = seg.position_of(offset)?;
+            let pos = seg.position_of(offset).map_err(|e| e.at_offset(offset))?;
             if pos < seg.size() {
-                let (bytes, meta) = seg.read_record(pos)?;
+                let (bytes, meta) = seg.read_record(pos).map_err(|e| e.at_offset(offset))?;
                 return Ok(Some(format::decode(&bytes, &meta)));
             }
             match self.inner.successor(&seg) {
@@ -1383,16 +1385,44 @@ fn list_dir(dir: &Path) -> Result<(Vec<i64>, Vec<PathBuf>)> {
     Ok((logs, leftovers))
 }
 
-/// Rebuilds the leader-epoch cache from the records' epochs.
-fn rebuild_epochs(dir: &Path, segments: &[Arc<Segment>]) -> Result<EpochCache> {
+/// Rebuilds the leader-epoch cache from the records' epochs. A damaged record in a sealed
+/// segment (one the open did not scan) ends that segment's part: the epochs of the intact records
+/// before it and of the later segments are kept, and the damage is reported in `repaired`.
+fn rebuild_epochs(
+    dir: &Path,
+    segments: &[Arc<Segment>],
+    report: &mut RecoveryReport,
+) -> Result<EpochCache> {
     let mut cache = EpochCache::new(dir);
     for seg in segments {
-        seg.for_each(0, seg.size(), |_, m, _| {
+        let scanned = seg.for_each(0, seg.size(), |_, m, _| {
             if cache.last().is_none_or(|e| m.leader_epoch > e.epoch) {
                 cache.push_if_newer(m.leader_epoch, m.offset);
             }
             ControlFlow::Continue(())
-        })?;
+        });
+        match scanned {
+            Ok(_) => {}
+            Err(e @ Error::Corrupt { .. }) => {
+                let reason = format!(
+                    "damaged record, left in place and reported to readers; the leader-epoch \
+                     cache was rebuilt without the records from it to the segment's end: {e}"
+                );
+                match report
+                    .repaired
+                    .iter_mut()
+                    .find(|r| r.base_offset == seg.base)
+                {
+                    Some(r) => r.reason = Some(reason),
+                    None => report.repaired.push(SegmentRecovery {
+                        base_offset: seg.base,
+                        reason: Some(reason),
+                        ..SegmentRecovery::default()
+                    }),
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(cache)
 }

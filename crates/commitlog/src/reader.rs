@@ -40,10 +40,25 @@ pub(crate) struct Chunk {
     pub next_pos: u64,
     /// A record beyond `limit` was reached.
     pub hit_limit: bool,
+    /// Damage found at `next_pos`: the records before it are in `metas`, nothing after it.
+    pub damage: Option<Error>,
+}
+
+impl Chunk {
+    /// The records for a forward read: those in range if there are any (the damage, if any, is
+    /// found again by the next read, which starts at it), otherwise the damage as an error
+    /// naming `offset`, the first offset the read could not deliver.
+    pub(crate) fn forward(self, offset: i64) -> Result<Chunk> {
+        match self.damage {
+            Some(e) if self.metas.is_empty() => Err(e.at_offset(offset)),
+            _ => Ok(self),
+        }
+    }
 }
 
 /// Reads records at `pos..end` of `seg` with offsets in `from..=limit`: about `max_bytes`, at least
-/// one whole record when there is one.
+/// one whole record when there is one. A damaged record ends the chunk: the intact records before
+/// it are returned, with the damage in [`Chunk::damage`].
 pub(crate) fn read_chunk(
     seg: &Segment,
     pos: u64,
@@ -59,6 +74,7 @@ pub(crate) fn read_chunk(
         metas: Vec::new(),
         next_pos: pos,
         hit_limit: false,
+        damage: None,
     };
     let mut at = 0usize;
     loop {
@@ -78,14 +94,19 @@ pub(crate) fn read_chunk(
             }
             Check::Incomplete { needed } => {
                 if pos + (at + needed) as u64 > end {
-                    return Err(seg.corrupt(pos + at as u64, "record runs past the segment's end"));
+                    let why = "record runs past the segment's end";
+                    chunk.damage = Some(seg.corrupt(pos + at as u64, why));
+                    break;
                 }
                 if at > 0 {
                     break; // the rest comes with the next call
                 }
                 data = seg.read(pos, needed)?;
             }
-            Check::Invalid(why) => return Err(seg.corrupt(pos + at as u64, why)),
+            Check::Invalid(why) => {
+                chunk.damage = Some(seg.corrupt(pos + at as u64, why));
+                break;
+            }
         }
     }
     chunk.next_pos = pos + at as u64;
@@ -275,7 +296,8 @@ impl Reader {
                     None => return Ok(false),
                 }
             }
-            let chunk = read_chunk(&seg, self.pos, end, self.next, limit, READ_CHUNK)?;
+            let chunk = read_chunk(&seg, self.pos, end, self.next, limit, READ_CHUNK)?
+                .forward(self.next)?;
             self.pos = chunk.next_pos;
             for (at, meta) in &chunk.metas {
                 let bytes = chunk.data.slice(*at..*at + meta.len);
@@ -372,6 +394,13 @@ impl ReverseReader {
         let mut first_in_interval = None;
         if end > start {
             let chunk = read_chunk(&seg, start, end, 0, self.next, (end - start) as usize)?;
+            if let Some(e) = chunk.damage {
+                // Unless the record at `next` itself came before it, records the reader still
+                // owes may lie behind the damage, where none can be found.
+                if chunk.metas.last().map(|(_, m)| m.offset) != Some(self.next) {
+                    return Err(e.at_offset(self.next));
+                }
+            }
             for (at, meta) in &chunk.metas {
                 first_in_interval.get_or_insert(meta.offset);
                 let bytes = chunk.data.slice(*at..*at + meta.len);

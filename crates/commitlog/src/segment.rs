@@ -150,7 +150,7 @@ pub struct SegmentRecovery {
     pub index_rebuilt: bool,
     /// Bytes cut from the end of the log because they were torn or invalid.
     pub truncated_bytes: u64,
-    /// Why those bytes were cut.
+    /// Why those bytes were cut, or what damage was found and left in place.
     pub reason: Option<String>,
 }
 
@@ -464,6 +464,7 @@ impl Segment {
             path: self.log_path.clone(),
             position,
             reason: reason.to_owned(),
+            offset: None,
         }
     }
 

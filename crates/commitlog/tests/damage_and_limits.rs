@@ -1,0 +1,123 @@
+//! Damaged records, and offsets or sizes at the edges of what the format holds: readers deliver
+//! every intact record before damage and then name it, opening never fails on one bad record,
+//! and no offset or position ever wraps.
+
+use std::path::Path;
+
+use commitlog::{EPOCH_FILE, Error, Isolation, Log, LogOptions, Message};
+
+/// Records of one size, so positions can be computed.
+fn msg(i: i64) -> Message {
+    Message::new(format!("value-{i:06}"))
+        .with_timestamp(1_000 + i)
+        .with_leader_epoch(1 + (i as u64) / 50)
+}
+
+fn opts() -> LogOptions {
+    LogOptions {
+        segment_max_bytes: 1 << 20,
+        index_interval_bytes: 4096,
+        ..LogOptions::default()
+    }
+}
+
+fn fill(log: &Log, from: i64, n: i64) {
+    for i in from..from + n {
+        assert_eq!(log.append(&[msg(i)]).unwrap().first_offset, i);
+    }
+}
+
+/// Flips a byte of the value of the `nth` record of the segment file `base` (records of one size).
+fn damage(dir: &Path, base: i64, nth: u64, record_len: u64) {
+    let p = dir.join(format!("{base:020}.log"));
+    let mut b = std::fs::read(&p).unwrap();
+    let at = ((nth + 1) * record_len - 3) as usize;
+    b[at] ^= 0x40;
+    std::fs::write(&p, b).unwrap();
+}
+
+fn expect_corrupt_at<T: std::fmt::Debug>(r: commitlog::Result<T>, offset: i64) {
+    match r {
+        Err(Error::Corrupt {
+            offset: Some(o), ..
+        }) => assert_eq!(o, offset),
+        other => panic!("expected damage at offset {offset}, got {other:?}"),
+    }
+}
+
+/// A log of 100 records in one sealed segment and 10 in the active one, closed cleanly; returns
+/// the record length.
+fn written(dir: &Path) -> u64 {
+    let log = Log::open(dir, opts()).unwrap();
+    fill(&log, 0, 100);
+    log.roll().unwrap();
+    fill(&log, 100, 10);
+    let len = log.segments()[0].bytes / 100;
+    log.close().unwrap();
+    len
+}
+
+#[test]
+fn readers_deliver_every_intact_record_before_damage_then_name_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let len = written(dir.path());
+    damage(dir.path(), 0, 20, len);
+    let log = Log::open(dir.path(), opts()).unwrap();
+
+    let mut r = log.reader(0, Isolation::Uncommitted);
+    for want in 0..20 {
+        let rec = r.try_next().unwrap().expect("an intact record");
+        assert_eq!(rec.offset, want);
+        assert_eq!(rec.value, msg(want).value);
+    }
+    expect_corrupt_at(r.try_next(), 20);
+    // The reader stays before the damage.
+    expect_corrupt_at(r.try_next(), 20);
+    assert_eq!(r.next_offset(), 20);
+
+    // A follower copies everything before the damage, then is told where it is.
+    let raw = log
+        .read_raw(0, 1 << 20)
+        .unwrap()
+        .expect("the intact records");
+    assert_eq!((raw.first_offset, raw.last_offset, raw.count), (0, 19, 20));
+    let raw = log.read_raw(7, 1 << 20).unwrap().unwrap();
+    assert_eq!((raw.first_offset, raw.last_offset), (7, 19));
+    expect_corrupt_at(log.read_raw(20, 1 << 20), 20);
+
+    assert_eq!(log.read_at(19).unwrap().unwrap().offset, 19);
+    expect_corrupt_at(log.read_at(20), 20);
+    // Backward: from before the damage everything; from behind it, the damage.
+    let mut rr = log.reverse_reader(19, Isolation::Uncommitted);
+    for want in (0..20).rev() {
+        assert_eq!(rr.next().unwrap().unwrap().offset, want);
+    }
+    assert!(rr.next().unwrap().is_none());
+    expect_corrupt_at(log.reverse_reader(30, Isolation::Uncommitted).next(), 30);
+    // Beyond the damaged segment all is readable.
+    assert_eq!(log.read_at(100).unwrap().unwrap().offset, 100);
+}
+
+#[test]
+fn a_damaged_record_does_not_fail_the_open_that_rebuilds_the_epoch_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let len = written(dir.path());
+    damage(dir.path(), 0, 20, len);
+    std::fs::remove_file(dir.path().join(EPOCH_FILE)).unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    assert!(log.recovery().epoch_cache_rebuilt);
+    let epochs: Vec<(u64, i64)> = log
+        .leader_epochs()
+        .iter()
+        .map(|e| (e.epoch, e.start_offset))
+        .collect();
+    // Epoch 2 started (at 50) behind the damage; the epochs before and after it are known.
+    assert_eq!(epochs, vec![(1, 0), (3, 100)]);
+    // Said loudly: the segment is listed as repaired, with the damage as the reason.
+    let report = log.recovery();
+    let seg0 = report.repaired.iter().find(|r| r.base_offset == 0);
+    let reason = seg0.and_then(|r| r.reason.as_deref()).unwrap_or_default();
+    assert!(reason.contains("damaged"), "{report:?}");
+    assert_eq!(report.truncated_bytes(), 0, "nothing is cut: {report:?}");
+    assert_eq!(log.read_at(105).unwrap().unwrap().value, msg(105).value);
+}
