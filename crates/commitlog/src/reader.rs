@@ -318,7 +318,8 @@ impl Reader {
 /// Reads the log backward, newest first, from a starting offset down to the oldest record.
 ///
 /// It never waits: [`next`](ReverseReader::next) returns `Ok(None)` once it has passed the
-/// oldest record.
+/// oldest record. After a truncation it drops the records it had read ahead and reads them again
+/// from the log as it is now, so it never returns a record the truncation removed.
 pub struct ReverseReader {
     log: Arc<Inner>,
     isolation: Isolation,
@@ -359,6 +360,7 @@ impl ReverseReader {
     /// [`Error::Closed`], [`Error::Corrupt`], [`Error::Io`].
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Record>> {
+        self.resync();
         for _ in 0..1024 {
             if let Some(r) = self.buffered.pop() {
                 return Ok(Some(r));
@@ -372,18 +374,29 @@ impl ReverseReader {
 
     /// Buffers the records of the index interval holding `next`, or moves to the previous
     /// segment. Returns `false` once there is nothing left.
-    fn fill(&mut self) -> Result<bool> {
-        self.log.check_open()?;
-        let _r = self.log.reading.read();
+    /// After a truncation: buffered records may be gone, so they are read again from the log as
+    /// it is now, from the newest of them or the new end, whichever is lower.
+    fn resync(&mut self) {
         let truncations = self.log.truncations.load(Ordering::Acquire);
         if truncations != self.truncations {
             self.truncations = truncations;
+            if let Some(newest) = self.buffered.last() {
+                self.next = newest.offset;
+            }
+            self.buffered.clear();
             let limit = match self.isolation {
                 Isolation::Committed => self.log.hw.load(Ordering::Acquire),
                 Isolation::Uncommitted => self.log.next_offset.load(Ordering::Acquire) - 1,
             };
             self.next = self.next.min(limit);
         }
+    }
+
+    fn fill(&mut self) -> Result<bool> {
+        self.log.check_open()?;
+        let log = self.log.clone();
+        let _r = log.reading.read();
+        self.resync();
         let oldest = self.log.oldest_offset();
         if self.next < 0 || oldest < 0 || self.next < oldest {
             return Ok(false);

@@ -121,3 +121,39 @@ fn a_damaged_record_does_not_fail_the_open_that_rebuilds_the_epoch_cache() {
     assert_eq!(report.truncated_bytes(), 0, "nothing is cut: {report:?}");
     assert_eq!(log.read_at(105).unwrap().unwrap().value, msg(105).value);
 }
+
+#[test]
+fn a_reverse_reader_never_returns_records_a_truncation_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    fill(&log, 0, 100);
+    let mut rr = log.reverse_reader(i64::MAX, Isolation::Uncommitted);
+    assert_eq!(rr.next().unwrap().unwrap().offset, 99);
+    log.truncate(50).unwrap();
+    assert_eq!(rr.next().unwrap().unwrap().offset, 49, "98 was cut");
+
+    // Cut and written again: the reader reads what the log holds now.
+    let mut rr = log.reverse_reader(i64::MAX, Isolation::Uncommitted);
+    assert_eq!(rr.next().unwrap().unwrap().offset, 49);
+    log.truncate(40).unwrap();
+    for i in 40..45 {
+        log.append(&[Message::new(format!("new-{i}"))]).unwrap();
+    }
+    let mut got = Vec::new();
+    while let Some(rec) = rr.next().unwrap() {
+        got.push((rec.offset, rec.value));
+        assert!(got.len() <= 100);
+    }
+    let want: Vec<(i64, bytes::Bytes)> = (0..45)
+        .rev()
+        .map(|o| {
+            let v = if o >= 40 {
+                format!("new-{o}").into()
+            } else {
+                msg(o).value
+            };
+            (o, v)
+        })
+        .collect();
+    assert_eq!(got, want);
+}
