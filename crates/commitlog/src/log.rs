@@ -550,9 +550,18 @@ impl Log {
             return Ok(None);
         }
         let (mut seg, mut pos) = self.inner.locate(offset)?;
-        for _ in 0..self.inner.segments.read().len() + 2 {
+        // Each step reads records further on in the segment (skipping those below `offset`:
+        // with a small `max_bytes` a whole index interval may take many) or moves to a later
+        // segment; only the moves are bounded.
+        let most_moves = self.inner.segments.read().len() + 2;
+        let mut moves = 0;
+        loop {
             let end = seg.size();
             if pos >= end {
+                moves += 1;
+                if moves > most_moves {
+                    return Ok(None);
+                }
                 match self.inner.successor(&seg) {
                     Some(next) => {
                         seg = next;
@@ -579,7 +588,6 @@ impl Log {
             }
             pos = chunk.next_pos;
         }
-        Ok(None)
     }
 
     /// The first offset whose record has a timestamp ≥ `timestamp`, or `None` if every record is

@@ -264,8 +264,10 @@ impl Reader {
         let _r = log.reading.read();
         self.resync();
         // Each step either buffers records, moves to a later segment, or skips records below
-        // `next`; the bound only guards against a log changing under a very slow reader.
-        for _ in 0..1024 {
+        // `next` (a large index interval may take many such steps, each further on in the
+        // segment). Only the moves are bounded, against a log changing under a very slow reader.
+        let mut moves = 0;
+        loop {
             let limit = self.limit();
             if self.next > limit {
                 return Ok(false);
@@ -285,6 +287,10 @@ impl Reader {
             };
             let end = seg.size();
             if self.pos >= end {
+                moves += 1;
+                if moves > 1024 {
+                    return Ok(false);
+                }
                 match self.log.successor(&seg) {
                     // The size may have grown just before the roll that created the successor.
                     Some(_) if seg.size() > self.pos => continue,
@@ -311,7 +317,6 @@ impl Reader {
                 return Ok(false);
             }
         }
-        Ok(false)
     }
 }
 

@@ -157,3 +157,38 @@ fn a_reverse_reader_never_returns_records_a_truncation_removed() {
         .collect();
     assert_eq!(got, want);
 }
+
+#[test]
+fn read_raw_with_a_small_max_bytes_finds_a_record_in_the_middle_of_an_index_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    fill(&log, 0, 100);
+    for max in [1, 50, 200, 4096] {
+        let raw = log.read_raw(50, max).unwrap().expect("offset 50 exists");
+        assert_eq!(raw.first_offset, 50, "max_bytes {max}");
+    }
+}
+
+#[test]
+fn a_reader_finds_a_record_far_into_a_large_index_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(
+        dir.path(),
+        LogOptions {
+            segment_max_bytes: 1 << 30,
+            index_interval_bytes: 1 << 30,
+            ..LogOptions::default()
+        },
+    )
+    .unwrap();
+    // Records over half a read chunk (64 KiB), so each read holds one: 1,100 of them to skip.
+    let value = bytes::Bytes::from(vec![b'x'; 33 * 1024]);
+    for b in 0..11 {
+        let batch: Vec<Message> = (0..100).map(|_| Message::new(value.clone())).collect();
+        assert_eq!(log.append(&batch).unwrap().first_offset, b * 100);
+    }
+    log.append(&[Message::new("wanted")]).unwrap();
+    let mut r = log.reader(1100, Isolation::Uncommitted);
+    let rec = r.try_next().unwrap().expect("offset 1100 exists");
+    assert_eq!((rec.offset, &rec.value[..]), (1100, &b"wanted"[..]));
+}
