@@ -1145,11 +1145,17 @@ impl Inner {
     }
 
     fn roll_locked(&self) -> Result<()> {
+        self.roll_locked_at(self.end.load(Ordering::Relaxed))
+    }
+
+    /// Rolls to a new segment based at `next` (≥ the end): a follower's batch that starts far
+    /// past the end gets a segment at its own first offset, so offsets relative to the base
+    /// never wrap.
+    fn roll_locked_at(&self, next: i64) -> Result<()> {
         let active = self.active();
         if active.size() == 0 {
             return Ok(());
         }
-        let next = self.end.load(Ordering::Relaxed);
         // The index first: a failed roll must not leave an empty segment file behind the
         // active one, which a reopening would take for the end of the log.
         active.write_index(self.opts.sync != SyncPolicy::Os)?;
@@ -1182,7 +1188,7 @@ impl Inner {
         let full = size + total > self.opts.segment_max_bytes;
         let span = last - active.base > u32::MAX as i64;
         if size > 0 && (full || span || self.aged(&active)) {
-            self.roll_locked()?;
+            self.roll_locked_at(first)?;
         } else if size == 0 && span {
             // An empty active segment whose base is far behind a leader's offsets: restart it.
             let mut segs = self.segments.write();

@@ -192,3 +192,41 @@ fn a_reader_finds_a_record_far_into_a_large_index_interval() {
     let rec = r.try_next().unwrap().expect("offset 1100 exists");
     assert_eq!((rec.offset, &rec.value[..]), (1100, &b"wanted"[..]));
 }
+
+/// Raw bytes of one record with offset `offset`, as a leader would ship them.
+fn raw_record_at(offset: i64, value: &str) -> bytes::Bytes {
+    let dir = tempfile::tempdir().unwrap();
+    // An empty segment named by an offset makes a log whose next offset is that one.
+    std::fs::write(dir.path().join(format!("{offset:020}.log")), b"").unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    assert_eq!(
+        log.append(&[Message::new(value.to_owned())])
+            .unwrap()
+            .first_offset,
+        offset
+    );
+    log.read_raw(offset, 1 << 20).unwrap().unwrap().data
+}
+
+#[test]
+fn append_raw_far_past_a_non_empty_segment_starts_a_segment_at_the_batch() {
+    let far = (1i64 << 32) + 10;
+    let dir = tempfile::tempdir().unwrap();
+    let o = LogOptions {
+        sync: commitlog::SyncPolicy::Always,
+        ..opts()
+    };
+    let log = Log::open(dir.path(), o.clone()).unwrap();
+    fill(&log, 0, 3);
+    let at = log.append_raw(&raw_record_at(far, "far")).unwrap();
+    assert_eq!((at.first_offset, at.last_offset), (far, far));
+    assert_eq!(log.segments().last().unwrap().base_offset, far);
+    assert_eq!(&log.read_at(far).unwrap().unwrap().value[..], b"far");
+    assert_eq!(log.read_at(1).unwrap().unwrap().offset, 1);
+    log.close().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), o).unwrap();
+    assert_eq!(log.recovery().truncated_bytes(), 0, "{:?}", log.recovery());
+    assert_eq!(&log.read_at(far).unwrap().unwrap().value[..], b"far");
+    assert_eq!(log.next_offset(), far + 1);
+}
