@@ -362,7 +362,8 @@ impl Log {
     /// returns once they are on stable storage.
     ///
     /// # Errors
-    /// [`Error::InvalidBatch`] for an empty batch or a message whose fields overflow the format,
+    /// [`Error::InvalidBatch`] for an empty batch, a message whose fields overflow the format, or
+    /// a batch whose last offset would be `i64::MAX` (the largest offset is `i64::MAX - 1`),
     /// [`Error::RecordTooLarge`], [`Error::Readonly`], [`Error::Closed`], [`Error::Failed`] after a
     /// failed sync, [`Error::Io`]. On error nothing of the batch is visible to readers.
     pub fn append(&self, messages: &[Message]) -> Result<AppendInfo> {
@@ -385,6 +386,14 @@ impl Log {
             encoded.clear();
             metas.clear();
             let first = self.inner.end.load(Ordering::Relaxed);
+            if messages.len() as i64 > i64::MAX - first {
+                return Err(Error::InvalidBatch(format!(
+                    "no room for {} more offsets after {first}: the largest offset a record \
+                     can have is {}",
+                    messages.len(),
+                    format::MAX_OFFSET
+                )));
+            }
             // Large values are written from the messages' own buffers: (position in
             // `encoded`, value).
             let mut in_place: Vec<(usize, &[u8])> = Vec::new();
@@ -426,7 +435,8 @@ impl Log {
     ///
     /// # Errors
     /// [`Error::InvalidBatch`] when the bytes are not whole valid records, when offsets do not
-    /// increase, or when the first offset is below [`next_offset`](Log::next_offset); plus the
+    /// increase, when the first offset is below [`next_offset`](Log::next_offset), or when an
+    /// offset is `i64::MAX` (no record could follow it); plus the
     /// errors of [`append`](Log::append) except [`Error::Readonly`]: the read-only flag does not
     /// stop a follower from copying what its leader accepted before the partition became
     /// read-only. On error nothing is written.
@@ -462,6 +472,13 @@ impl Log {
             ));
         };
         let last = metas.last().expect("non-empty").offset;
+        if last > format::MAX_OFFSET {
+            return Err(Error::InvalidBatch(format!(
+                "offset {last} is above the largest offset a record can have ({}): no record \
+                 could follow it",
+                format::MAX_OFFSET
+            )));
+        }
         let info = {
             let _w = self.inner.writer.lock();
             self.inner.check_healthy()?;

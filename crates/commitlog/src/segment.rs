@@ -60,6 +60,9 @@ impl Bounds {
         if offset < self.base || offset - self.base > u32::MAX as i64 {
             return Err("record offset outside the segment's range");
         }
+        if offset > format::MAX_OFFSET {
+            return Err("record offset is the largest possible: no record could follow it");
+        }
         if self.after.is_some_and(|a| offset <= a) {
             return Err("record offsets not increasing");
         }

@@ -230,3 +230,59 @@ fn append_raw_far_past_a_non_empty_segment_starts_a_segment_at_the_batch() {
     assert_eq!(&log.read_at(far).unwrap().unwrap().value[..], b"far");
     assert_eq!(log.next_offset(), far + 1);
 }
+
+/// `raw` (one record, as stored) with its offset changed and its checksum made right again.
+fn with_offset(raw: &[u8], offset: i64) -> Vec<u8> {
+    let mut b = raw.to_vec();
+    b[0..8].copy_from_slice(&offset.to_be_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&b[0..24]), &b[32..]);
+    b[28..32].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+#[test]
+fn offsets_that_no_record_could_follow_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    fill(&log, 0, 3);
+    let raw = raw_record_at(5, "edge");
+    match log.append_raw(&with_offset(&raw, i64::MAX)) {
+        Err(Error::InvalidBatch(why)) => assert!(why.contains("largest"), "{why}"),
+        other => panic!("offset i64::MAX was not refused: {other:?}"),
+    }
+    assert_eq!(log.next_offset(), 3, "nothing written");
+
+    // The last usable offset is accepted; after it, appends are refused, never wrapped.
+    let at = log.append_raw(&with_offset(&raw, i64::MAX - 1)).unwrap();
+    assert_eq!(at.last_offset, i64::MAX - 1);
+    assert_eq!(log.next_offset(), i64::MAX);
+    assert!(matches!(
+        log.append(&[Message::new("no room")]),
+        Err(Error::InvalidBatch(_))
+    ));
+    log.close().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), opts()).unwrap();
+    assert_eq!(log.next_offset(), i64::MAX);
+    assert_eq!(
+        &log.read_at(i64::MAX - 1).unwrap().unwrap().value[..],
+        b"edge"
+    );
+}
+
+#[test]
+fn a_stored_record_at_the_largest_offset_is_cut_at_open_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = i64::MAX - 10;
+    let raw = raw_record_at(5, "edge");
+    let mut file = with_offset(&raw, i64::MAX - 1);
+    file.extend_from_slice(&with_offset(&raw, i64::MAX));
+    std::fs::write(dir.path().join(format!("{base:020}.log")), &file).unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    assert_eq!(log.next_offset(), i64::MAX);
+    assert_eq!(log.recovery().truncated_bytes(), raw.len() as u64);
+    assert_eq!(
+        &log.read_at(i64::MAX - 1).unwrap().unwrap().value[..],
+        b"edge"
+    );
+}
