@@ -717,24 +717,47 @@ impl Log {
             return Ok(());
         }
         let _r = inner.reading.write();
-        {
+        // Whether a step changed the files: a later failure then leaves them part way, and
+        // the log refuses writes until reopened (which recovers from what is on disk).
+        let mut changed = false;
+        let cut = (|| {
             let mut segs = inner.segments.write();
             while segs.len() > 1 && segs.last().expect("non-empty").base >= offset {
-                segs.pop().expect("non-empty").delete_files()?;
+                // Off the list only once its files are gone, so the list stays what the
+                // folder holds.
+                let doomed = segs.last().expect("non-empty").clone();
+                changed = true;
+                doomed.delete_files()?;
+                segs.pop();
             }
             let last = segs.last().expect("one segment").clone();
             if last.base > offset {
-                // Everything goes, and the log restarts at `offset`.
+                // Everything goes, and the log restarts at `offset`. The new segment first, so
+                // the log is never without one.
+                let fresh = Arc::new(Segment::create(&inner.dir, offset)?);
+                changed = true;
                 last.delete_files()?;
-                segs.pop();
-                segs.push(Arc::new(Segment::create(&inner.dir, offset)?));
+                *segs.last_mut().expect("one segment") = fresh;
             } else {
-                last.truncate_from(offset)?;
+                last.truncate_from(offset).inspect_err(|e| {
+                    changed |= matches!(e, Error::Failed(_));
+                })?;
+                changed = true;
                 last.remove_index_file()?;
                 last.set_sealed(false);
             }
+            Ok(())
+        })()
+        .and_then(|()| sync_dir(&inner.dir));
+        if let Err(e) = &cut {
+            if !changed {
+                return cut;
+            }
+            inner
+                .failed
+                .lock()
+                .get_or_insert_with(|| format!("a truncation failed part way: {e}"));
         }
-        sync_dir(&inner.dir)?;
         let next = inner.active().next_offset();
         let generation = {
             // Under the sync lock, so that a sync round that began before the cut does not
@@ -761,7 +784,7 @@ impl Log {
         }
         drop(_r);
         inner.notify.notify();
-        Ok(())
+        cut
     }
 
     /// Deletes the oldest sealed segments that fall outside the retention limits in
@@ -1208,10 +1231,18 @@ impl Inner {
             self.roll_locked_at(first)?;
         } else if size == 0 && span {
             // An empty active segment whose base is far behind a leader's offsets: restart it.
+            // The new segment first, so the log is never without one.
             let mut segs = self.segments.write();
-            active.delete_files()?;
-            segs.pop();
-            segs.push(Arc::new(Segment::create(&self.dir, first)?));
+            let fresh = Arc::new(Segment::create(&self.dir, first)?);
+            if let Err(e) = active.delete_files() {
+                // The old file may be gone while it is still the list's active segment.
+                let _ = fresh.delete_files();
+                self.failed
+                    .lock()
+                    .get_or_insert_with(|| format!("restarting the active segment failed: {e}"));
+                return Err(e);
+            }
+            *segs.last_mut().expect("a log always has a segment") = fresh;
         }
         {
             let mut epochs = self.epochs.lock();

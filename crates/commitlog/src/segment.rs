@@ -493,6 +493,9 @@ impl Segment {
     }
 
     /// Removes every record with offset ≥ `offset`. Writer only, with readers excluded.
+    ///
+    /// [`Error::Failed`] means the file was cut but the cut may not be durable; any other error
+    /// means nothing changed.
     pub fn truncate_from(&self, offset: i64) -> Result<()> {
         let cut = self.position_of(offset)?;
         let old_size = self.size();
@@ -520,21 +523,30 @@ impl Segment {
         })?;
         faults::check(FileOp::SetLen, &self.log_path)
             .and_then(|()| self.file.set_len(cut))
-            .and_then(|()| faults::check(FileOp::Sync, &self.log_path))
-            .and_then(|()| self.file.sync_all())
             .map_err(io_at(&self.log_path))?;
-        let mut ix = self.index.write();
-        ix.record_count -= removed;
-        ix.last_offset = last;
-        ix.max_timestamp = max_ts;
-        ix.log_size = cut;
-        ix.since_entry = cut - restart;
-        if ix.record_count == 0 {
-            *ix = SegmentIndex::empty();
-            self.first_write.store(i64::MIN, Ordering::Relaxed);
+        // The file is cut: the facts follow at once, whether or not the sync below succeeds,
+        // so they never describe bytes that are gone.
+        {
+            let mut ix = self.index.write();
+            ix.record_count -= removed;
+            ix.last_offset = last;
+            ix.max_timestamp = max_ts;
+            ix.log_size = cut;
+            ix.since_entry = cut - restart;
+            if ix.record_count == 0 {
+                *ix = SegmentIndex::empty();
+                self.first_write.store(i64::MIN, Ordering::Relaxed);
+            }
         }
         self.size.store(cut, Ordering::Release);
-        Ok(())
+        faults::check(FileOp::Sync, &self.log_path)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| {
+                Error::Failed(format!(
+                    "{} was cut, but the cut could not be synced: {e}",
+                    self.log_path.display()
+                ))
+            })
     }
 
     /// Writes the index file for the current contents, syncing it when asked.

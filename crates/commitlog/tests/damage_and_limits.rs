@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use commitlog::faults::{self, FileOp, Plan, Rule};
 use commitlog::{EPOCH_FILE, Error, Isolation, Log, LogOptions, Message};
 
 /// Records of one size, so positions can be computed.
@@ -285,4 +286,118 @@ fn a_stored_record_at_the_largest_offset_is_cut_at_open_not_a_panic() {
         &log.read_at(i64::MAX - 1).unwrap().unwrap().value[..],
         b"edge"
     );
+}
+
+fn small() -> LogOptions {
+    LogOptions {
+        segment_max_bytes: 1024,
+        index_interval_bytes: 128,
+        ..LogOptions::default()
+    }
+}
+
+/// Every record, forward, as (offset, value).
+fn contents(log: &Log) -> Vec<(i64, bytes::Bytes)> {
+    let mut r = log.reader(0, Isolation::Uncommitted);
+    let mut out = Vec::new();
+    while let Some(rec) = r.try_next().unwrap() {
+        out.push((rec.offset, rec.value));
+        assert!(out.len() <= 10_000);
+    }
+    out
+}
+
+fn originals(range: std::ops::Range<i64>) -> Vec<(i64, bytes::Bytes)> {
+    range.map(|o| (o, msg(o).value)).collect()
+}
+
+#[test]
+fn a_truncation_whose_sync_fails_after_the_cut_fails_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    fill(&log, 0, 20);
+    let plan = Plan::new().with(Rule::new(FileOp::Sync).on(".log"));
+    let fault = faults::inject(dir.path(), plan.clone());
+    assert!(log.truncate(10).is_err());
+    assert_eq!(plan.injected(), 1);
+    drop(fault);
+    assert!(log.failure().is_some(), "the log must refuse writes");
+    assert!(matches!(log.append(&[msg(10)]), Err(Error::Failed(_))));
+    // What readers see matches the file: the cut records are gone, the rest readable.
+    assert_eq!(contents(&log), originals(0..10));
+    assert_eq!(log.next_offset(), 10);
+    log.close().ok();
+    drop(log);
+    let log = Log::open(dir.path(), opts()).unwrap();
+    assert_eq!(contents(&log), originals(0..10));
+    fill(&log, 10, 3);
+    assert_eq!(contents(&log), originals(0..13));
+}
+
+#[test]
+fn a_truncation_that_cannot_delete_a_later_segment_fails_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small()).unwrap();
+    fill(&log, 0, 60);
+    assert!(log.segments().len() >= 3);
+    let plan = Plan::new().with(Rule::new(FileOp::Remove).on(".log"));
+    let fault = faults::inject(dir.path(), plan.clone());
+    assert!(log.truncate(5).is_err());
+    drop(fault);
+    assert!(log.failure().is_some(), "the log must refuse writes");
+    assert!(matches!(log.append(&[msg(5)]), Err(Error::Failed(_))));
+    let seen = contents(&log);
+    assert_eq!(
+        seen,
+        originals(0..seen.len() as i64),
+        "a prefix, nothing else"
+    );
+    log.close().ok();
+    drop(log);
+    // The truncation did not happen: reopened, the log is whole and takes the next offsets.
+    let log = Log::open(dir.path(), small()).unwrap();
+    assert_eq!(contents(&log), originals(0..60));
+    log.truncate(5).unwrap();
+    fill(&log, 5, 3);
+    assert_eq!(contents(&log), originals(0..8));
+}
+
+#[test]
+fn a_truncation_that_cannot_create_the_restarted_segment_never_leaves_the_log_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(format!("{:020}.log", 100)), b"").unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    fill(&log, 100, 5);
+    let plan = Plan::new().with(Rule::new(FileOp::Create).on(".log"));
+    let fault = faults::inject(dir.path(), plan.clone());
+    assert!(log.truncate(50).is_err());
+    assert_eq!(plan.injected(), 1);
+    drop(fault);
+    // No panic on any call; nothing was cut.
+    assert_eq!(log.next_offset(), 105);
+    assert_eq!(log.segments().len(), 1);
+    assert_eq!(contents(&log), originals(100..105));
+    // Done again with a healthy disk, it works.
+    log.truncate(50).unwrap();
+    assert_eq!(log.next_offset(), 50);
+    fill(&log, 50, 2);
+    assert_eq!(contents(&log), originals(50..52));
+}
+
+#[test]
+fn restarting_an_empty_segment_whose_creation_fails_never_leaves_the_log_without_one() {
+    let far = (1i64 << 32) + 10;
+    let raw = raw_record_at(far, "far");
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    let plan = Plan::new().with(Rule::new(FileOp::Create).on(".log"));
+    let fault = faults::inject(dir.path(), plan.clone());
+    assert!(log.append_raw(&raw).is_err());
+    assert_eq!(plan.injected(), 1);
+    drop(fault);
+    assert_eq!(log.segments().len(), 1);
+    assert_eq!(log.next_offset(), 0);
+    let at = log.append_raw(&raw).unwrap();
+    assert_eq!(at.first_offset, far);
+    assert_eq!(&log.read_at(far).unwrap().unwrap().value[..], b"far");
 }
