@@ -263,16 +263,17 @@ impl Log {
                 bases.get(i + 1).copied(),
                 opts.index_interval_bytes,
             )?;
-            if !last && seg.record_count() == 0 {
+            let empty_sealed = !last && seg.record_count() == 0;
+            if rec.index_rebuilt && !empty_sealed && !last {
+                seg.write_index(true)?;
+            }
+            if (rec.index_rebuilt && !empty_sealed) || rec.truncated_bytes > 0 {
+                report.repaired.push(rec);
+            }
+            if empty_sealed {
                 seg.delete_files()?;
                 report.removed_files.push(seg.log_path.clone());
                 continue;
-            }
-            if rec.index_rebuilt && !last {
-                seg.write_index(true)?;
-            }
-            if rec.index_rebuilt || rec.truncated_bytes > 0 {
-                report.repaired.push(rec);
             }
             seg.set_sealed(!last);
             segments.push(Arc::new(seg));

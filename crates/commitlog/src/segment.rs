@@ -43,6 +43,8 @@ pub(crate) struct ScanStop {
     /// The problem at `end`, or `None` when the scan reached the end of its range or was stopped
     /// by its callback.
     pub problem: Option<&'static str>,
+    /// The record at `end` is whole and valid, but its offset does not belong here.
+    pub misplaced: bool,
 }
 
 /// Rules a record must follow to be accepted by a scan, beyond its own checksum.
@@ -93,6 +95,7 @@ pub(crate) fn scan_range(
             return Ok(ScanStop {
                 end: at,
                 problem: None,
+                misplaced: false,
             });
         }
         let in_buf = (at - buf_pos) as usize;
@@ -103,18 +106,21 @@ pub(crate) fn scan_range(
                     return Ok(ScanStop {
                         end: at,
                         problem: Some("record runs past the end of the range"),
+                        misplaced: false,
                     });
                 }
                 if let Err(problem) = bounds.admit(meta.offset) {
                     return Ok(ScanStop {
                         end: at,
                         problem: Some(problem),
+                        misplaced: true,
                     });
                 }
                 if f(at, &meta, &avail[..meta.len]).is_break() {
                     return Ok(ScanStop {
                         end: at,
                         problem: None,
+                        misplaced: false,
                     });
                 }
                 at += meta.len as u64;
@@ -125,6 +131,7 @@ pub(crate) fn scan_range(
                     return Ok(ScanStop {
                         end: at,
                         problem: Some("torn record at the end"),
+                        misplaced: false,
                     });
                 }
                 let want = (needed.max(chunk) as u64).min(remaining) as usize;
@@ -138,6 +145,7 @@ pub(crate) fn scan_range(
                 return Ok(ScanStop {
                     end: at,
                     problem: Some(problem),
+                    misplaced: false,
                 });
             }
         }
@@ -155,6 +163,10 @@ pub struct SegmentRecovery {
     pub truncated_bytes: u64,
     /// Why those bytes were cut, or what damage was found and left in place.
     pub reason: Option<String>,
+    /// Where the cut bytes were kept, when they began with a whole, valid record that did not
+    /// belong in this segment (its offset disagrees with the file's name or the next segment's):
+    /// data, not a torn write, so it is never deleted.
+    pub quarantined: Option<PathBuf>,
 }
 
 /// A segment of the log. See the module docs for the concurrency contract.
@@ -244,6 +256,19 @@ impl Segment {
                 if stop.end < len {
                     report.truncated_bytes = len - stop.end;
                     report.reason = stop.problem.map(str::to_owned);
+                    if stop.misplaced {
+                        // Whole, valid records, only in the wrong place: data, never deleted.
+                        // Kept aside (synced) before the cut, for an operator to look at.
+                        let kept = quarantine(&file, &log_path, stop.end, len)?;
+                        report.reason = Some(format!(
+                            "{}: {} bytes of valid records from byte {} kept in {}",
+                            stop.problem.unwrap_or("misplaced records"),
+                            len - stop.end,
+                            stop.end,
+                            kept.display()
+                        ));
+                        report.quarantined = Some(kept);
+                    }
                     faults::check(FileOp::SetLen, &log_path)
                         .and_then(|()| file.set_len(stop.end))
                         .and_then(|()| faults::check(FileOp::Sync, &log_path))
@@ -593,6 +618,35 @@ impl Segment {
             first_write: AtomicI64::new(first_write),
         }
     }
+}
+
+/// Copies bytes `from..to` of a segment's log to a new file beside it,
+/// `<name>.<from>.quarantined` (or with a number added if that exists), synced with its folder.
+/// The log never reads, nor deletes, such a file.
+fn quarantine(file: &File, log_path: &Path, from: u64, to: u64) -> Result<PathBuf> {
+    let name = log_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = log_path.parent().unwrap_or(Path::new("."));
+    let path = (0..1000)
+        .map(|i| match i {
+            0 => dir.join(format!("{name}.{from}.quarantined")),
+            i => dir.join(format!("{name}.{from}.{i}.quarantined")),
+        })
+        .find(|p| !p.exists())
+        .ok_or_else(|| {
+            Error::InvalidOption(format!(
+                "too many quarantined copies of {} already",
+                log_path.display()
+            ))
+        })?;
+    let mut bytes = vec![0u8; (to - from) as usize];
+    file.read_exact_at(&mut bytes, from)
+        .map_err(io_at(log_path))?;
+    write_file(&path, &bytes, true)?;
+    sync_dir(dir)?;
+    Ok(path)
 }
 
 /// Deletes a file; a missing file is fine.

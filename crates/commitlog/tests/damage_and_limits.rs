@@ -401,3 +401,47 @@ fn restarting_an_empty_segment_whose_creation_fails_never_leaves_the_log_without
     assert_eq!(at.first_offset, far);
     assert_eq!(&log.read_at(far).unwrap().unwrap().value[..], b"far");
 }
+
+#[test]
+fn a_segment_whose_name_disagrees_with_its_records_is_kept_aside_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small()).unwrap();
+    fill(&log, 0, 60);
+    let segs = log.segments();
+    assert!(segs.len() >= 3);
+    let (mid, next) = (segs[1].base_offset, segs[2].base_offset);
+    log.close().unwrap();
+    drop(log);
+    // The middle segment renamed to a base above its first record.
+    let wrong = mid + 2;
+    let old = dir.path().join(format!("{mid:020}.log"));
+    let bytes = std::fs::read(&old).unwrap();
+    std::fs::rename(&old, dir.path().join(format!("{wrong:020}.log"))).unwrap();
+    std::fs::remove_file(dir.path().join(format!("{mid:020}.index"))).unwrap();
+
+    let log = Log::open(dir.path(), small()).unwrap();
+    let report = log.recovery().clone();
+    let rec = report
+        .repaired
+        .iter()
+        .find(|r| r.base_offset == wrong)
+        .unwrap_or_else(|| panic!("not reported as repaired: {report:?}"));
+    assert!(
+        rec.reason.as_deref().unwrap_or_default().contains("range"),
+        "{rec:?}"
+    );
+    let kept = rec.quarantined.clone().expect("the records are kept aside");
+    assert_eq!(std::fs::read(&kept).unwrap(), bytes, "byte for byte");
+    // The rest of the log is intact, with a gap where the misnamed records were.
+    let want: Vec<(i64, bytes::Bytes)> = originals(0..60)
+        .into_iter()
+        .filter(|(o, _)| *o < mid || *o >= next)
+        .collect();
+    assert_eq!(contents(&log), want);
+    // Opening again finds nothing more to do and keeps the file.
+    log.close().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), small()).unwrap();
+    assert!(log.recovery().repaired.is_empty(), "{:?}", log.recovery());
+    assert!(kept.exists());
+}
