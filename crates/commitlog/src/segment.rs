@@ -641,10 +641,23 @@ fn quarantine(file: &File, log_path: &Path, from: u64, to: u64) -> Result<PathBu
                 log_path.display()
             ))
         })?;
-    let mut bytes = vec![0u8; (to - from) as usize];
-    file.read_exact_at(&mut bytes, from)
-        .map_err(io_at(log_path))?;
-    write_file(&path, &bytes, true)?;
+    let out = faults::check(FileOp::Create, &path)
+        .and_then(|()| File::create(&path))
+        .map_err(io_at(&path))?;
+    let mut buf = vec![0u8; SCAN_CHUNK];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at)
+            .map_err(io_at(log_path))?;
+        faults::check(FileOp::Write, &path)
+            .and_then(|()| out.write_all_at(&buf[..n], at - from))
+            .map_err(io_at(&path))?;
+        at += n as u64;
+    }
+    faults::check(FileOp::Sync, &path)
+        .and_then(|()| out.sync_all())
+        .map_err(io_at(&path))?;
     sync_dir(dir)?;
     Ok(path)
 }
