@@ -304,8 +304,13 @@ impl Segment {
         len: u64,
         bounds: &mut Bounds,
     ) -> Result<Option<SegmentIndex>> {
-        let bytes = match std::fs::read(index_path) {
-            Ok(b) => b,
+        // An index holds at most one entry per record, and a record takes at least
+        // `MIN_RECORD_LEN` bytes of the log.
+        let most = crate::index::INDEX_HEADER_LEN as u64
+            + crate::index::INDEX_ENTRY_LEN as u64 * (len / format::MIN_RECORD_LEN as u64 + 1);
+        let bytes = match read_bounded(index_path, most) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_at(index_path)(e)),
         };
@@ -660,6 +665,15 @@ fn quarantine(file: &File, log_path: &Path, from: u64, to: u64) -> Result<PathBu
         .map_err(io_at(&path))?;
     sync_dir(dir)?;
     Ok(path)
+}
+
+/// Reads a whole small file, unless it holds more than `max` bytes: `Ok(None)` then, without
+/// reading it into memory (a damaged or foreign file must not force a large allocation).
+pub(crate) fn read_bounded(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    File::open(path)?.take(max + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= max).then_some(bytes))
 }
 
 /// Deletes a file; a missing file is fine.

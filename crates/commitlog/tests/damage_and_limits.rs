@@ -445,3 +445,45 @@ fn a_segment_whose_name_disagrees_with_its_records_is_kept_aside_and_reported() 
     assert!(log.recovery().repaired.is_empty(), "{:?}", log.recovery());
     assert!(kept.exists());
 }
+
+/// Peak resident memory of this process (each test runs in its own under nextest), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+#[test]
+fn oversized_index_and_checkpoint_files_are_not_read_into_memory() {
+    const HUGE: u64 = 1 << 30;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    fill(&log, 0, 10);
+    log.roll().unwrap();
+    fill(&log, 10, 10);
+    log.close().unwrap();
+    drop(log);
+    // Sparse files claiming to be an index, the epoch cache and the high watermark.
+    for name in [format!("{:020}.index", 0), EPOCH_FILE.to_owned()] {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(dir.path().join(name))
+            .unwrap();
+        f.set_len(HUGE).unwrap();
+    }
+    let f = std::fs::File::create(dir.path().join(commitlog::HW_FILE)).unwrap();
+    f.set_len(HUGE).unwrap();
+    drop(f);
+    let before = peak_rss();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    let grew = peak_rss().saturating_sub(before);
+    assert!(
+        grew < HUGE / 4,
+        "opening grew the peak memory by {grew} bytes"
+    );
+    assert!(log.recovery().epoch_cache_rebuilt);
+    assert_eq!(contents(&log), originals(0..20));
+    assert_eq!(log.high_watermark(), -1);
+}
