@@ -109,6 +109,14 @@ pub(crate) fn scan_range(
                         misplaced: false,
                     });
                 }
+                if at + meta.len as u64 > crate::options::MAX_SEGMENT_BYTES {
+                    // Index positions are 32 bits: such a record would be misindexed.
+                    return Ok(ScanStop {
+                        end: at,
+                        problem: Some("record ends past the 4 GiB a segment can hold"),
+                        misplaced: true,
+                    });
+                }
                 if let Err(problem) = bounds.admit(meta.offset) {
                     return Ok(ScanStop {
                         end: at,
@@ -741,4 +749,52 @@ fn write_all_vectored_at(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scan_refuses_a_record_that_ends_past_what_a_position_can_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(log_file_name(0));
+        let mut record = Vec::new();
+        let len = format::encode(&mut record, 7, &crate::Message::new("x".repeat(40))).unwrap();
+        // A sparse file with a valid record straddling 4 GiB, and one wholly inside it.
+        let at = (u32::MAX as u64) - 20;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        file.write_all_at(&record, at - len as u64).unwrap();
+        let mut second = Vec::new();
+        format::encode(&mut second, 8, &crate::Message::new("x".repeat(40))).unwrap();
+        file.write_all_at(&second, at).unwrap();
+        let end = at + len as u64;
+        let mut seen = Vec::new();
+        let mut bounds = Bounds {
+            base: 0,
+            after: None,
+            below: None,
+        };
+        let stop = scan_range(
+            &file,
+            &path,
+            at - len as u64,
+            end,
+            &mut bounds,
+            |pos, _, _| {
+                seen.push(pos);
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+        assert_eq!(seen, vec![at - len as u64], "only the record that fits");
+        assert_eq!(stop.end, at);
+        assert!(stop.misplaced, "valid data: kept aside, not cut silently");
+    }
 }
