@@ -792,7 +792,9 @@ impl Log {
     /// [`LogOptions::retention`]. Limits on bytes and messages keep the newest segments while
     /// their running total stays within the limit (Liftbridge's rule: the log never holds more than
     /// the limit, except that the active segment is always kept); the age limit deletes segments
-    /// whose newest timestamp is older than the limit. Readers inside a deleted segment finish it.
+    /// whose newest timestamp is older than the limit. Only segments whose records are all at or
+    /// below the high watermark are deleted (Kafka's rule). Readers inside a deleted segment
+    /// finish it.
     ///
     /// # Errors
     /// [`Error::Closed`], [`Error::Io`].
@@ -824,6 +826,14 @@ impl Log {
                 .count();
             keep_from = keep_from.max(expired);
         }
+        // Only whole segments of committed records go: a record above the high watermark may
+        // yet be committed (Kafka's rule too).
+        let hw = inner.hw.load(Ordering::Acquire);
+        let committed = segs[..segs.len() - 1]
+            .iter()
+            .take_while(|s| s.next_offset() <= hw.saturating_add(1))
+            .count();
+        keep_from = keep_from.min(committed);
         let mut report = RetentionReport::default();
         if keep_from == 0 {
             return Ok(report);

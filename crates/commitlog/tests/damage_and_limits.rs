@@ -487,3 +487,33 @@ fn oversized_index_and_checkpoint_files_are_not_read_into_memory() {
     assert_eq!(contents(&log), originals(0..20));
     assert_eq!(log.high_watermark(), -1);
 }
+
+#[test]
+fn retention_never_deletes_records_above_the_high_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(
+        dir.path(),
+        LogOptions {
+            retention: commitlog::Retention {
+                max_messages: Some(5),
+                ..Default::default()
+            },
+            ..small()
+        },
+    )
+    .unwrap();
+    fill(&log, 0, 60);
+    assert!(log.segments().len() >= 4);
+    let report = log.apply_retention().unwrap();
+    assert_eq!(report.segments, 0, "nothing is committed yet");
+    assert_eq!(log.oldest_offset(), 0);
+
+    let hw = log.segments()[2].base_offset; // the first record of the third segment
+    log.set_high_watermark(hw).unwrap();
+    let report = log.apply_retention().unwrap();
+    assert_eq!(
+        report.segments, 2,
+        "only segments wholly at or below the high watermark"
+    );
+    assert_eq!(log.oldest_offset(), hw);
+}
