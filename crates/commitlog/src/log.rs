@@ -703,7 +703,10 @@ impl Log {
     /// the new end continue from it. Durable when it returns.
     ///
     /// # Errors
-    /// [`Error::InvalidBatch`] for a negative offset, [`Error::Closed`], [`Error::Io`].
+    /// [`Error::InvalidBatch`] for a negative offset, [`Error::Closed`], [`Error::Io`] or
+    /// [`Error::Failed`]. A failure before anything changed leaves the log as it was; one after
+    /// a step changed the files fails the log ([`failure`](Log::failure): writes are refused
+    /// until it is reopened), and readers see what the segments hold.
     pub fn truncate(&self, offset: i64) -> Result<()> {
         if offset < 0 {
             return Err(Error::InvalidBatch(format!(
@@ -1057,8 +1060,8 @@ impl Log {
         self.inner.notify.notify();
     }
 
-    /// Why the log refuses writes for good, if it does: a sync failed, or a failed write could
-    /// not be undone. Reads of what was visible keep working; reopening recovers from the disk.
+    /// Why the log refuses writes for good, if it does: a sync failed, a failed write could
+    /// not be undone, or a truncation failed part way. Reads of what was visible keep working; reopening recovers from the disk.
     pub fn failure(&self) -> Option<String> {
         self.inner.failed.lock().clone()
     }
