@@ -549,7 +549,10 @@ impl Log {
             return Ok(None);
         }
         let (mut seg, mut pos) = self.inner.locate(offset)?;
-        for _ in 0..self.inner.segments.read().len() + 2 {
+        // The bound is read first: a guard in the loop's head would live through the loop, and
+        // `successor` takes the same lock again (see the lock rules in the module docs).
+        let rounds = self.inner.segments.read().len() + 2;
+        for _ in 0..rounds {
             let end = seg.size();
             if pos >= end {
                 match self.inner.successor(&seg) {
@@ -630,7 +633,8 @@ impl Log {
             return Ok(None);
         }
         let (mut seg, _) = self.inner.locate(offset)?;
-        for _ in 0..self.inner.segments.read().len() + 1 {
+        let rounds = self.inner.segments.read().len() + 1;
+        for _ in 0..rounds {
             let pos = seg.position_of(offset)?;
             if pos < seg.size() {
                 let (bytes, meta) = seg.read_record(pos)?;
