@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use commitlog::{Log, LogOptions, Message};
+use commitlog::faults::{self, EIO, Fault, FileOp, Injector};
+use commitlog::{Error, Log, LogOptions, Message, SyncPolicy};
+use parking_lot::{Condvar, Mutex};
 
 /// How long a test waits without any thread making progress before it calls it a hang.
 const STALL: Duration = Duration::from_secs(20);
@@ -36,6 +38,88 @@ fn watch(what: &str, counters: &[(&AtomicU64, u64)]) {
             "{what}: no progress for {STALL:?} at {seen:?} (a deadlock)"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How long a test waits for a condition that must come soon.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct GateState {
+    /// `.log` syncs asked for so far.
+    syncs: u64,
+    /// `.log` writes asked for so far.
+    writes: u64,
+    /// Whether the first sync is still held.
+    holding: bool,
+    released: bool,
+}
+
+/// An injector that holds the first `.log` sync until [`Gate::release`] and fails every later
+/// one with `EIO`; it counts `.log` writes. It lets a test stop a sync round in the middle.
+#[derive(Clone, Default)]
+struct Gate {
+    state: Arc<(Mutex<GateState>, Condvar)>,
+}
+
+impl Gate {
+    /// Waits (bounded) until `cond` holds.
+    fn wait_for(&self, what: &str, cond: impl Fn(&GateState) -> bool) {
+        let (lock, cv) = &*self.state;
+        let until = Instant::now() + DEADLINE;
+        let mut st = lock.lock();
+        while !cond(&st) {
+            assert!(
+                !cv.wait_until(&mut st, until).timed_out() || cond(&st),
+                "timed out waiting for {what}"
+            );
+        }
+    }
+
+    fn release(&self) {
+        let (lock, cv) = &*self.state;
+        lock.lock().released = true;
+        cv.notify_all();
+    }
+}
+
+impl Injector for Gate {
+    fn before(&self, op: FileOp, path: &std::path::Path) -> Option<Fault> {
+        if path.extension().is_none_or(|e| e != "log") {
+            return None;
+        }
+        let (lock, cv) = &*self.state;
+        let mut st = lock.lock();
+        match op {
+            FileOp::Write => {
+                st.writes += 1;
+                cv.notify_all();
+                None
+            }
+            FileOp::Sync => {
+                st.syncs += 1;
+                cv.notify_all();
+                if st.syncs > 1 {
+                    return Some(Fault {
+                        errno: EIO,
+                        torn: false,
+                    });
+                }
+                st.holding = true;
+                let until = Instant::now() + DEADLINE;
+                while !st.released && !cv.wait_until(&mut st, until).timed_out() {}
+                st.holding = false;
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+fn always() -> LogOptions {
+    LogOptions {
+        sync: SyncPolicy::Always,
+        ..LogOptions::default()
     }
 }
 
@@ -104,4 +188,42 @@ fn readers_crossing_a_segment_end_never_deadlock_with_rolls() {
     reader.join().unwrap();
     assert_eq!(log.next_offset(), 15 + ROLLS as i64);
     log.close().unwrap();
+}
+
+/// An append under `Always` that waits for a sync round while the log is closed shares the fate of
+/// the close's syncs. The close once emptied the list of segments waiting for a sync before its
+/// own syncs; when those failed, the waiting appender ran a round with nothing to sync and was told
+/// its record was durable.
+#[test]
+fn close_never_acknowledges_an_append_it_did_not_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), always()).unwrap();
+    let gate = Gate::default();
+    let _faults = faults::inject(dir.path(), gate.clone());
+    // The first append's sync round is held in its sync…
+    let first = {
+        let log = log.clone();
+        std::thread::spawn(move || log.append(&[Message::new("first")]))
+    };
+    gate.wait_for("the first round's sync", |g| g.holding);
+    // …so the second append, once written, waits for that round to end.
+    let second = {
+        let log = log.clone();
+        std::thread::spawn(move || log.append(&[Message::new("second")]))
+    };
+    gate.wait_for("the second append's write", |g| g.writes >= 2);
+    // The close runs (after the second write: it takes the writer lock), and its syncs fail.
+    let closer = {
+        let log = log.clone();
+        std::thread::spawn(move || log.close())
+    };
+    let closed = closer.join().unwrap();
+    assert!(closed.is_err(), "every sync after the first fails");
+    gate.release();
+    let _ = first.join().unwrap();
+    let second = second.join().unwrap();
+    assert!(
+        matches!(second, Err(Error::Failed(_) | Error::Io { .. })),
+        "the second record was never synced, yet: {second:?}"
+    );
 }
