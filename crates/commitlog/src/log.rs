@@ -371,7 +371,9 @@ impl Log {
     /// # Errors
     /// [`Error::InvalidBatch`] for an empty batch or a message whose fields overflow the format,
     /// [`Error::RecordTooLarge`], [`Error::Readonly`], [`Error::Closed`], [`Error::Failed`] after a
-    /// failed sync, [`Error::Io`]. On error nothing of the batch is visible to readers.
+    /// failed sync, [`Error::Truncated`] when a truncation removed the batch (or part of it)
+    /// before its sync, [`Error::Io`]. On error nothing of the batch is visible to readers
+    /// (except, after [`Error::Truncated`], what the truncation left of it).
     pub fn append(&self, messages: &[Message]) -> Result<AppendInfo> {
         if messages.is_empty() {
             return Err(Error::InvalidBatch(
@@ -425,7 +427,7 @@ impl Log {
             info?
         };
         self.inner.after_append(info, messages.len() as u64)?;
-        Ok(info)
+        Ok(info.0)
     }
 
     /// Appends records exactly as another log stored them (see [`read_raw`](Log::read_raw)), keeping
@@ -485,7 +487,7 @@ impl Log {
                 .write_locked(&mut [IoSlice::new(data)], data.len() as u64, &metas)?
         };
         self.inner.after_append(info, metas.len() as u64)?;
-        Ok(info)
+        Ok(info.0)
     }
 
     /// Offset of the oldest record, or -1 when the log holds none.
@@ -1024,7 +1026,7 @@ impl Log {
     /// # Errors
     /// [`Error::Failed`] or [`Error::Io`] when the sync fails.
     pub fn sync(&self) -> Result<()> {
-        self.inner.sync_to(self.inner.end.load(Ordering::Acquire))
+        self.inner.sync_written()
     }
 
     /// How many sync rounds (`fdatasync` of everything written so far) have run since open. Under
@@ -1165,13 +1167,14 @@ impl Inner {
     }
 
     /// Writes checked records at the end of the log, rolling first if needed: the `total` bytes
-    /// of `parts`, whole records described by `metas`. Caller holds the writer lock.
+    /// of `parts`, whole records described by `metas`. Caller holds the writer lock. Returns
+    /// where they went, and the truncation generation they were written in.
     fn write_locked(
         &self,
         parts: &mut [IoSlice<'_>],
         total: u64,
         metas: &[RecordMeta],
-    ) -> Result<AppendInfo> {
+    ) -> Result<(AppendInfo, u64)> {
         if total > MAX_SEGMENT_BYTES {
             return Err(Error::InvalidBatch(format!(
                 "a batch of {total} bytes exceeds the largest segment ({MAX_SEGMENT_BYTES} bytes)"
@@ -1229,20 +1232,26 @@ impl Inner {
             }
             self.end.store(last + 1, Ordering::Release);
         }
+        let generation = self.truncations.load(Ordering::Acquire);
         if self.opts.sync != SyncPolicy::Always {
             // Under `Always` the sync that covers the records publishes them.
             self.next_offset.store(last + 1, Ordering::Release);
             self.notify.notify();
         }
-        Ok(AppendInfo {
-            first_offset: first,
-            last_offset: last,
-        })
+        Ok((
+            AppendInfo {
+                first_offset: first,
+                last_offset: last,
+            },
+            generation,
+        ))
     }
 
-    fn after_append(&self, info: AppendInfo, count: u64) -> Result<()> {
+    /// Syncs as the policy asks after an append of `count` records, written in truncation
+    /// generation `generation`.
+    fn after_append(&self, (info, generation): (AppendInfo, u64), count: u64) -> Result<()> {
         match self.opts.sync {
-            SyncPolicy::Always => self.sync_to(info.last_offset + 1),
+            SyncPolicy::Always => self.sync_to(info.last_offset + 1, generation, true),
             SyncPolicy::EveryMessages(n) => {
                 let due = {
                     let mut st = self.sync.lock();
@@ -1250,7 +1259,7 @@ impl Inner {
                     st.unsynced >= n
                 };
                 if due {
-                    self.sync_to(info.last_offset + 1)
+                    self.sync_to(info.last_offset + 1, generation, true)
                 } else {
                     Ok(())
                 }
@@ -1259,12 +1268,44 @@ impl Inner {
         }
     }
 
+    /// Syncs everything written so far (what a truncation meanwhile removes excepted).
+    fn sync_written(&self) -> Result<()> {
+        let (target, generation) = {
+            // Read together: a truncation moves both under this lock.
+            let _st = self.sync.lock();
+            (
+                self.end.load(Ordering::Acquire),
+                self.truncations.load(Ordering::Acquire),
+            )
+        };
+        self.sync_to(target, generation, false)
+    }
+
     /// Group commit: returns once every offset below `target` is durable. One caller at a time
     /// syncs everything written so far; the others wait for it and usually find their data
     /// covered.
-    fn sync_to(&self, target: i64) -> Result<()> {
+    ///
+    /// `generation` is the truncation generation `target` was read in. When a truncation has
+    /// cut below `target` since, the caller's own records (`own`: an append's) are not
+    /// acknowledged: [`Error::Truncated`], whatever was appended at their offsets afterwards.
+    /// Otherwise the target comes down to the cut. (A truncation records its cut only after its
+    /// generation, but holds the writer lock until then: no append refills the offsets, and no
+    /// round can count them durable, before the cut is seen here.)
+    fn sync_to(&self, mut target: i64, mut generation: u64, own: bool) -> Result<()> {
         let mut st = self.sync.lock();
         loop {
+            let now = self.truncations.load(Ordering::Acquire);
+            if now != generation
+                && let Some(cut) = self.truncated_since(generation)
+            {
+                if cut < target {
+                    if own {
+                        return Err(Error::Truncated { offset: cut });
+                    }
+                    target = cut;
+                }
+                generation = now;
+            }
             if st.durable >= target {
                 return Ok(());
             }
@@ -1288,7 +1329,7 @@ impl Inner {
             // their new end, after writing: every record the goal counts was written, before
             // the list was taken, to a segment on it.
             let goal = self.end.load(Ordering::Acquire);
-            let generation = self.truncations.load(Ordering::Acquire);
+            let round_generation = self.truncations.load(Ordering::Acquire);
             let files = std::mem::take(&mut st.dirty);
             st.unsynced = 0;
             let started = std::time::Instant::now();
@@ -1302,7 +1343,7 @@ impl Inner {
                 Ok(()) if st.closing => {
                     // The close's syncs may have overlapped this one: wait for their outcome.
                 }
-                Ok(()) if self.truncations.load(Ordering::Acquire) != generation => {
+                Ok(()) if self.truncations.load(Ordering::Acquire) != round_generation => {
                     // Cut meanwhile: what the goal counted may be gone or rewritten. Go round
                     // again (the cut itself was synced).
                 }
@@ -1459,7 +1500,7 @@ fn spawn_flusher(log: Weak<Inner>, stop: Arc<(Mutex<bool>, Condvar)>, every: Dur
                     return;
                 }
                 // A failure is recorded in `failed` and surfaces on the next append.
-                let _ = inner.sync_to(inner.end.load(Ordering::Acquire));
+                let _ = inner.sync_written();
             }
         });
     // Without the thread the log still works; data then reaches disk when the OS decides.

@@ -35,7 +35,7 @@ fn watch(what: &str, counters: &[(&AtomicU64, u64)]) {
         }
         assert!(
             moved.elapsed() < STALL,
-            "{what}: no progress for {STALL:?} at {seen:?} (a deadlock)"
+            "{what}: no progress for {STALL:?} at {seen:?} (a hang)"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -55,14 +55,23 @@ struct GateState {
     released: bool,
 }
 
-/// An injector that holds the first `.log` sync until [`Gate::release`] and fails every later
-/// one with `EIO`; it counts `.log` writes. It lets a test stop a sync round in the middle.
+/// An injector that holds the first `.log` sync until [`Gate::release`] and, if asked, fails
+/// every later one with `EIO`; it counts `.log` writes. It lets a test stop a sync round in the
+/// middle.
 #[derive(Clone, Default)]
 struct Gate {
     state: Arc<(Mutex<GateState>, Condvar)>,
+    fail_later_syncs: bool,
 }
 
 impl Gate {
+    fn new(fail_later_syncs: bool) -> Gate {
+        Gate {
+            fail_later_syncs,
+            ..Gate::default()
+        }
+    }
+
     /// Waits (bounded) until `cond` holds.
     fn wait_for(&self, what: &str, cond: impl Fn(&GateState) -> bool) {
         let (lock, cv) = &*self.state;
@@ -100,7 +109,7 @@ impl Injector for Gate {
                 st.syncs += 1;
                 cv.notify_all();
                 if st.syncs > 1 {
-                    return Some(Fault {
+                    return self.fail_later_syncs.then_some(Fault {
                         errno: EIO,
                         torn: false,
                     });
@@ -198,7 +207,7 @@ fn readers_crossing_a_segment_end_never_deadlock_with_rolls() {
 fn close_never_acknowledges_an_append_it_did_not_sync() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), always()).unwrap();
-    let gate = Gate::default();
+    let gate = Gate::new(true);
     let _faults = faults::inject(dir.path(), gate.clone());
     // The first append's sync round is held in its sync…
     let first = {
@@ -226,4 +235,79 @@ fn close_never_acknowledges_an_append_it_did_not_sync() {
         matches!(second, Err(Error::Failed(_) | Error::Io { .. })),
         "the second record was never synced, yet: {second:?}"
     );
+}
+
+/// An append under `Always` whose records a truncation removes while it waits for its sync gets
+/// an error, whatever is appended at those offsets afterwards. It once went on syncing towards
+/// an end the cut had lowered, in a loop that never slept, and returned `Ok` with its offsets as
+/// soon as other appends had filled them again: records that were not its own.
+#[test]
+fn an_append_cut_by_a_truncation_before_its_sync_is_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), always()).unwrap();
+    log.append(&[Message::new("kept")]).unwrap();
+    let gate = Gate::new(false);
+    let _faults = faults::inject(dir.path(), gate.clone());
+    let cut_append = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let batch: Vec<Message> = (1..=5).map(|i| Message::new(format!("cut{i}"))).collect();
+            log.append(&batch)
+        })
+    };
+    // Its round holds the sync while the truncation removes offsets 3 and up.
+    gate.wait_for("the append's round", |g| g.holding);
+    log.truncate(3).unwrap();
+    gate.release();
+    let others = log
+        .append(&[
+            Message::new("other3"),
+            Message::new("other4"),
+            Message::new("other5"),
+        ])
+        .unwrap();
+    assert_eq!((others.first_offset, others.last_offset), (3, 5));
+    let result = cut_append.join().unwrap();
+    assert!(
+        matches!(result, Err(Error::Truncated { offset: 3 })),
+        "offsets 3..=5 hold other appends' records, yet: {result:?}"
+    );
+    let values: Vec<String> = (0..=5)
+        .map(|o| String::from_utf8(log.read_at(o).unwrap().unwrap().value.to_vec()).unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        ["kept", "cut1", "cut2", "other3", "other4", "other5"]
+    );
+}
+
+/// `Log::sync` asked for before a truncation returns once what is left is durable; it does not
+/// wait for appends to reach the end from before the cut.
+#[test]
+fn a_sync_across_a_truncation_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    let batch: Vec<Message> = (0..6).map(|i| Message::new(format!("m{i}"))).collect();
+    log.append(&batch).unwrap();
+    let gate = Gate::new(false);
+    let _faults = faults::inject(dir.path(), gate.clone());
+    let syncer = {
+        let log = log.clone();
+        std::thread::spawn(move || log.sync())
+    };
+    gate.wait_for("the sync round", |g| g.holding);
+    log.truncate(2).unwrap();
+    gate.release();
+    let done = Arc::new(AtomicU64::new(0));
+    let waiter = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let r = syncer.join().unwrap();
+            done.store(1, Ordering::Release);
+            r
+        })
+    };
+    watch("the sync", &[(&done, 1)]);
+    waiter.join().unwrap().unwrap();
+    assert_eq!(log.next_offset(), 2);
 }
