@@ -519,8 +519,22 @@ impl Log {
     /// [`Error::Closed`].
     pub fn set_high_watermark(&self, hw: i64) -> Result<i64> {
         self.inner.check_open()?;
+        let generation = self.inner.truncations.load(Ordering::Acquire);
         let hw = hw.min(self.newest_offset());
+        #[cfg(test)]
+        tests::between_clamp_and_raise();
         let before = self.inner.hw.fetch_max(hw, Ordering::AcqRel);
+        if self.inner.truncations.load(Ordering::Acquire) != generation {
+            // A truncation ran between the clamp and the raise, and may have lowered the mark
+            // before the raise put it back above the new end. A truncation counts its generation
+            // after moving the end and before lowering the mark, so a raise that lands after the
+            // lowering sees the new generation here, and the new end.
+            self.inner
+                .hw
+                .fetch_min(self.newest_offset(), Ordering::AcqRel);
+            self.inner.notify.notify();
+            return Ok(self.high_watermark());
+        }
         if hw > before {
             self.inner.notify.notify();
         }
@@ -1505,4 +1519,48 @@ fn spawn_flusher(log: Weak<Inner>, stop: Arc<(Mutex<bool>, Condvar)>, every: Dur
         });
     // Without the thread the log still works; data then reaches disk when the OS decides.
     drop(spawned);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    thread_local! {
+        /// Run once by `set_high_watermark` between reading the log end and raising the mark.
+        static BETWEEN_CLAMP_AND_RAISE: RefCell<Option<Box<dyn FnOnce()>>> =
+            const { RefCell::new(None) };
+    }
+
+    pub(super) fn between_clamp_and_raise() {
+        if let Some(f) = BETWEEN_CLAMP_AND_RAISE.with(|h| h.borrow_mut().take()) {
+            f();
+        }
+    }
+
+    /// A high watermark raised while a truncation cuts the log below it ends within the log: it
+    /// once stayed where the raise put it, above the new end, so records appended again at those
+    /// offsets counted as committed at once.
+    #[test]
+    fn a_high_watermark_raised_across_a_truncation_stays_within_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+        let batch: Vec<Message> = (0..10).map(|i| Message::new(format!("m{i}"))).collect();
+        log.append(&batch).unwrap();
+        let other = log.clone();
+        BETWEEN_CLAMP_AND_RAISE.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || other.truncate(5).unwrap()));
+        });
+        let now = log.set_high_watermark(9).unwrap();
+        assert_eq!(log.newest_offset(), 4);
+        assert_eq!(log.high_watermark(), 4, "above the log end");
+        assert_eq!(now, 4);
+        log.append(&[Message::new("again")]).unwrap();
+        assert_eq!(
+            log.high_watermark(),
+            4,
+            "a record appended again is not committed"
+        );
+    }
 }
