@@ -519,22 +519,16 @@ impl Log {
     /// [`Error::Closed`].
     pub fn set_high_watermark(&self, hw: i64) -> Result<i64> {
         self.inner.check_open()?;
-        let generation = self.inner.truncations.load(Ordering::Acquire);
-        let hw = hw.min(self.newest_offset());
-        #[cfg(test)]
-        tests::between_clamp_and_raise();
-        let before = self.inner.hw.fetch_max(hw, Ordering::AcqRel);
-        if self.inner.truncations.load(Ordering::Acquire) != generation {
-            // A truncation ran between the clamp and the raise, and may have lowered the mark
-            // before the raise put it back above the new end. A truncation counts its generation
-            // after moving the end and before lowering the mark, so a raise that lands after the
-            // lowering sees the new generation here, and the new end.
-            self.inner
-                .hw
-                .fetch_min(self.newest_offset(), Ordering::AcqRel);
-            self.inner.notify.notify();
-            return Ok(self.high_watermark());
-        }
+        let (hw, before) = {
+            // A truncation moves the end and lowers the mark under this lock: the clamp and the
+            // raise cannot straddle it (a raise from the old end, landing after the truncation
+            // lowered the mark, would leave it above the new end).
+            let _st = self.inner.sync.lock();
+            let hw = hw.min(self.newest_offset());
+            #[cfg(test)]
+            tests::between_clamp_and_raise();
+            (hw, self.inner.hw.fetch_max(hw, Ordering::AcqRel))
+        };
         if hw > before {
             self.inner.notify.notify();
         }
@@ -737,16 +731,19 @@ impl Log {
         }
         sync_dir(&inner.dir)?;
         let next = inner.active().next_offset();
+        #[cfg(test)]
+        tests::truncate_takes_the_sync_lock(&inner.dir, inner.sync.is_locked());
         let generation = {
             // Under the sync lock, so that a sync round that began before the cut does not
-            // publish an end from before it.
+            // publish an end from before it, and a raise of the high watermark does not clamp
+            // to the old end and raise after the lowering.
             let mut st = inner.sync.lock();
             inner.end.store(next, Ordering::Release);
             inner.next_offset.store(next, Ordering::Release);
             st.durable = st.durable.min(next);
+            inner.hw.fetch_min(next - 1, Ordering::AcqRel);
             inner.truncations.fetch_add(1, Ordering::AcqRel) + 1
         };
-        inner.hw.fetch_min(next - 1, Ordering::AcqRel);
         {
             let mut epochs = inner.epochs.lock();
             if epochs.clear_latest(next) {
@@ -1539,6 +1536,23 @@ mod tests {
         }
     }
 
+    /// Told when a truncation of the folder is about to wait for the sync lock.
+    static TRUNCATION_AT_SYNC_LOCK: Mutex<Option<(PathBuf, std::sync::mpsc::Sender<()>)>> =
+        Mutex::new(None);
+
+    pub(super) fn truncate_takes_the_sync_lock(dir: &Path, held: bool) {
+        if !held {
+            return;
+        }
+        if let Some((_, tx)) = TRUNCATION_AT_SYNC_LOCK
+            .lock()
+            .as_ref()
+            .filter(|(d, _)| d == dir)
+        {
+            let _ = tx.send(());
+        }
+    }
+
     /// A high watermark raised while a truncation cuts the log below it ends within the log: it
     /// once stayed where the raise put it, above the new end, so records appended again at those
     /// offsets counted as committed at once.
@@ -1548,14 +1562,29 @@ mod tests {
         let log = Log::open(dir.path(), LogOptions::default()).unwrap();
         let batch: Vec<Message> = (0..10).map(|i| Message::new(format!("m{i}"))).collect();
         log.append(&batch).unwrap();
+        // Between its clamp and its raise, the truncation runs on another thread, until it
+        // is done or waits for the lock the raise holds.
+        let (tx, rx) = std::sync::mpsc::channel();
+        *TRUNCATION_AT_SYNC_LOCK.lock() = Some((dir.path().to_path_buf(), tx.clone()));
         let other = log.clone();
+        let truncation = Arc::new(Mutex::new(None));
+        let handle = truncation.clone();
         BETWEEN_CLAMP_AND_RAISE.with(|h| {
-            *h.borrow_mut() = Some(Box::new(move || other.truncate(5).unwrap()));
+            *h.borrow_mut() = Some(Box::new(move || {
+                *handle.lock() = Some(std::thread::spawn(move || {
+                    other.truncate(5).unwrap();
+                    let _ = tx.send(());
+                }));
+                rx.recv_timeout(Duration::from_secs(60))
+                    .expect("the truncation ran or waits");
+            }));
         });
         let now = log.set_high_watermark(9).unwrap();
+        let truncation = truncation.lock().take().expect("the hook ran");
+        truncation.join().unwrap();
         assert_eq!(log.newest_offset(), 4);
         assert_eq!(log.high_watermark(), 4, "above the log end");
-        assert_eq!(now, 4);
+        assert!(now == 4 || now == 9, "{now}");
         log.append(&[Message::new("again")]).unwrap();
         assert_eq!(
             log.high_watermark(),
