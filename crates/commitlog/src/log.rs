@@ -171,6 +171,10 @@ pub(crate) struct Inner {
     /// One past the newest visible record.
     pub(crate) next_offset: AtomicI64,
     pub(crate) hw: AtomicI64,
+    /// Held while the high-watermark checkpoint is written: each write reads the mark after
+    /// taking it, so a write of an older, higher mark never lands after a truncation's lower
+    /// one, and no two writers share the temporary file.
+    hw_checkpoint: Mutex<()>,
     epochs: Mutex<EpochCache>,
     pub(crate) notify: Notify,
     sync: Mutex<SyncState>,
@@ -293,9 +297,14 @@ impl Log {
         let next_offset = active
             .next_offset()
             .max(segments.iter().map(|s| s.next_offset()).max().unwrap_or(0));
-        let hw = checkpoint::read_hw(&dir)?
-            .unwrap_or(-1)
-            .min(next_offset - 1);
+        let checkpointed = checkpoint::read_hw(&dir)?.unwrap_or(-1);
+        let hw = checkpointed.min(next_offset - 1);
+        if hw < checkpointed {
+            // The records it covered are gone (a machine crash took an unsynced tail). Lower it
+            // on disk too, or a later crash would bring it back over records appended again at
+            // those offsets, which no replica committed.
+            checkpoint::write_hw(&dir, hw)?;
+        }
 
         let oldest = segments.iter().find_map(|s| s.first_offset());
         let mut epochs = match EpochCache::load(&dir)? {
@@ -324,6 +333,7 @@ impl Log {
             end: AtomicI64::new(next_offset),
             next_offset: AtomicI64::new(next_offset),
             hw: AtomicI64::new(hw),
+            hw_checkpoint: Mutex::new(()),
             epochs: Mutex::new(epochs),
             notify: Notify::default(),
             sync: Mutex::new(SyncState {
@@ -540,6 +550,7 @@ impl Log {
     /// # Errors
     /// [`Error::Io`].
     pub fn checkpoint_high_watermark(&self) -> Result<()> {
+        let _c = self.inner.hw_checkpoint.lock();
         checkpoint::write_hw(&self.inner.dir, self.high_watermark())
     }
 
@@ -694,7 +705,9 @@ impl Log {
     /// Removes every record with offset ≥ `offset` (a follower drops what diverged from its new
     /// leader). The high watermark is lowered to the new newest offset if it was above it, and
     /// the leader-epoch cache forgets epochs that started at or after the new end. Readers past
-    /// the new end continue from it. Durable when it returns.
+    /// the new end continue from it. Durable when it returns, the lowered high-watermark
+    /// checkpoint included; if that checkpoint cannot be written, the log fails (refuses writes
+    /// until reopened) so that nothing is appended above a checkpoint that is too high.
     ///
     /// # Errors
     /// [`Error::InvalidBatch`] for a negative offset, [`Error::Closed`], [`Error::Io`].
@@ -733,6 +746,7 @@ impl Log {
         let next = inner.active().next_offset();
         #[cfg(test)]
         tests::truncate_takes_the_sync_lock(&inner.dir, inner.sync.is_locked());
+        let lowered;
         let generation = {
             // Under the sync lock, so that a sync round that began before the cut does not
             // publish an end from before it, and a raise of the high watermark does not clamp
@@ -741,7 +755,7 @@ impl Log {
             inner.end.store(next, Ordering::Release);
             inner.next_offset.store(next, Ordering::Release);
             st.durable = st.durable.min(next);
-            inner.hw.fetch_min(next - 1, Ordering::AcqRel);
+            lowered = inner.hw.fetch_min(next - 1, Ordering::AcqRel) > next - 1;
             inner.truncations.fetch_add(1, Ordering::AcqRel) + 1
         };
         {
@@ -756,6 +770,19 @@ impl Log {
                 history.pop_front();
             }
             history.push_back((generation, next));
+        }
+        if lowered {
+            // Durably, as the cut: a crash must not bring back the old mark over records
+            // appended again at the cut offsets.
+            let _c = inner.hw_checkpoint.lock();
+            if let Err(e) = checkpoint::write_hw(&inner.dir, inner.hw.load(Ordering::Acquire)) {
+                inner.failed.lock().get_or_insert_with(|| {
+                    format!("a truncation could not lower the high-watermark checkpoint: {e}")
+                });
+                drop(_r);
+                inner.notify.notify();
+                return Err(e);
+            }
         }
         drop(_r);
         inner.notify.notify();
@@ -1417,7 +1444,10 @@ impl Inner {
             if let Some(active) = segs.last() {
                 active.write_index(true)?;
             }
-            checkpoint::write_hw(&self.dir, self.hw.load(Ordering::Acquire))?;
+            {
+                let _c = self.hw_checkpoint.lock();
+                checkpoint::write_hw(&self.dir, self.hw.load(Ordering::Acquire))?;
+            }
             self.epochs.lock().save()?;
             segment::write_file(&self.dir.join(CLEAN_FILE), b"", true)?;
             sync_dir(&self.dir)
