@@ -291,7 +291,14 @@ impl Log {
         }
         let active = segments.last().expect("one segment").clone();
         if !report.clean_shutdown {
-            active.sync_data()?;
+            // Everything found counts as durable from now on (the sync state starts at the end),
+            // so everything is synced first: a roll can seal a segment whose newest records were
+            // written, not yet synced, when the process died. (The last clean close synced
+            // everything; a crash since leaves no record of what was synced, so every segment
+            // is. A segment with nothing unsynced costs little.)
+            for s in &segments {
+                s.sync_data()?;
+            }
         }
         sync_dir(&dir)?;
         let next_offset = active
