@@ -140,8 +140,11 @@ struct SyncState {
     /// Every offset below this one is on stable storage.
     durable: i64,
     syncing: bool,
-    /// Segments written since the last sync, oldest first.
-    dirty: Vec<Arc<Segment>>,
+    /// Segments written since the last sync, oldest first. Weak: a segment that retention,
+    /// truncation or compaction removed is closed once no reader holds it, even if no sync
+    /// ever comes (under [`SyncPolicy::Os`] none does unless asked); its data is gone, so
+    /// nothing needs syncing.
+    dirty: Vec<Weak<Segment>>,
     /// Messages appended since the last sync.
     unsynced: u64,
     /// Sync rounds completed.
@@ -1272,8 +1275,14 @@ impl Inner {
             // concurrent round could take the segment, sync it before the write landed, and
             // the next round find nothing to sync yet count the record durable.)
             let mut st = self.sync.lock();
-            if !st.dirty.last().is_some_and(|s| Arc::ptr_eq(s, &active)) {
-                st.dirty.push(active.clone());
+            if !st
+                .dirty
+                .last()
+                .is_some_and(|s| std::ptr::eq(s.as_ptr(), Arc::as_ptr(&active)))
+            {
+                // Once per segment: drop the entries of segments closed meanwhile.
+                st.dirty.retain(|s| s.strong_count() > 0);
+                st.dirty.push(Arc::downgrade(&active));
             }
             self.end.store(last + 1, Ordering::Release);
         }
@@ -1375,7 +1384,10 @@ impl Inner {
             // the list was taken, to a segment on it.
             let goal = self.end.load(Ordering::Acquire);
             let round_generation = self.truncations.load(Ordering::Acquire);
-            let files = std::mem::take(&mut st.dirty);
+            let files: Vec<Arc<Segment>> = std::mem::take(&mut st.dirty)
+                .iter()
+                .filter_map(Weak::upgrade)
+                .collect();
             st.unsynced = 0;
             let started = std::time::Instant::now();
             let res = parking_lot::MutexGuard::unlocked(&mut st, || {

@@ -472,3 +472,66 @@ fn an_open_after_a_crash_syncs_every_segment() {
         );
     }
 }
+
+/// This process's open files inside `dir`: (all, those whose file was deleted).
+fn open_files_in(dir: &std::path::Path) -> (usize, usize) {
+    let dir = dir.canonicalize().unwrap();
+    let (mut all, mut deleted) = (0, 0);
+    for e in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let Ok(target) = std::fs::read_link(e.unwrap().path()) else {
+            continue; // closed meanwhile (the read_dir's own descriptor)
+        };
+        if target.starts_with(&dir) {
+            all += 1;
+            if target.to_string_lossy().ends_with(" (deleted)") {
+                deleted += 1;
+            }
+        }
+    }
+    (all, deleted)
+}
+
+/// Segments that retention deletes are closed once no reader holds them, under every sync
+/// policy. Under `Os` (the broker's default), and until the next sync under `EveryMessages` and
+/// `Interval`, the list of segments waiting for a sync once kept every segment written: deleted
+/// files stayed open, so their disk space was never freed and the descriptors leaked.
+#[test]
+fn deleted_segments_are_closed_under_every_sync_policy() {
+    use commitlog::Retention;
+    for sync in [
+        SyncPolicy::Os,
+        SyncPolicy::Always,
+        SyncPolicy::EveryMessages(1_000_000),
+        SyncPolicy::Interval(Duration::from_secs(3600)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LogOptions {
+            sync,
+            retention: Retention {
+                max_messages: Some(10),
+                ..Retention::default()
+            },
+            ..LogOptions::default()
+        };
+        let log = Log::open(dir.path(), opts).unwrap();
+        let mut deleted_segments = 0;
+        for i in 0..50 {
+            let batch: Vec<Message> = (0..5).map(|j| Message::new(format!("{i}.{j}"))).collect();
+            log.append(&batch).unwrap();
+            log.roll().unwrap();
+            deleted_segments += log.apply_retention().unwrap().segments;
+        }
+        assert!(deleted_segments >= 40, "{sync:?}: {deleted_segments}");
+        let live = log.segments().len();
+        let (open, deleted) = open_files_in(dir.path());
+        assert_eq!(deleted, 0, "{sync:?}: deleted segments still open");
+        // The segments' files and the lock file.
+        assert!(
+            open <= live + 1,
+            "{sync:?}: {open} files open for {live} segments"
+        );
+        log.close().unwrap();
+        drop(log);
+        assert_eq!(open_files_in(dir.path()), (0, 0), "{sync:?}: after close");
+    }
+}
