@@ -183,6 +183,9 @@ pub(crate) struct Inner {
     sync: Mutex<SyncState>,
     sync_cv: Condvar,
     pub(crate) closed: AtomicBool,
+    /// A segment file was created and the folder not synced since: the next sync round syncs
+    /// it, or the file's data could be synced and the file itself lost.
+    dir_unsynced: AtomicBool,
     pub(crate) readonly: AtomicBool,
     failed: Mutex<Option<String>>,
     recovery: RecoveryReport,
@@ -235,7 +238,7 @@ impl Log {
     pub fn open(dir: impl AsRef<Path>, opts: LogOptions) -> Result<Log> {
         opts.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        create_dir_durably(&dir)?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
@@ -357,6 +360,7 @@ impl Log {
             }),
             sync_cv: Condvar::new(),
             closed: AtomicBool::new(false),
+            dir_unsynced: AtomicBool::new(false),
             readonly: AtomicBool::new(false),
             failed: Mutex::new(None),
             recovery: report,
@@ -1210,6 +1214,8 @@ impl Inner {
         active.set_sealed(true);
         if self.opts.sync != SyncPolicy::Os {
             sync_dir(&self.dir)?;
+        } else {
+            self.dir_unsynced.store(true, Ordering::Release);
         }
         Ok(())
     }
@@ -1242,6 +1248,7 @@ impl Inner {
             active.delete_files()?;
             segs.pop();
             segs.push(Arc::new(Segment::create(&self.dir, first)?));
+            self.dir_unsynced.store(true, Ordering::Release);
         }
         {
             let mut epochs = self.epochs.lock();
@@ -1389,10 +1396,18 @@ impl Inner {
                 .filter_map(Weak::upgrade)
                 .collect();
             st.unsynced = 0;
+            // Set before the write of any record the goal counts, so seen here.
+            let dir_too = self.dir_unsynced.swap(false, Ordering::AcqRel);
             let started = std::time::Instant::now();
             let res = parking_lot::MutexGuard::unlocked(&mut st, || {
+                if dir_too {
+                    sync_dir(&self.dir)?;
+                }
                 files.iter().try_for_each(|s| s.sync_data())
             });
+            if res.is_err() && dir_too {
+                self.dir_unsynced.store(true, Ordering::Release);
+            }
             let took = started.elapsed();
             st.syncing = false;
             self.sync_cv.notify_all();
@@ -1489,6 +1504,29 @@ impl Drop for Inner {
             let _ = self.close();
         }
     }
+}
+
+/// Creates `dir` and any missing parents, each made durable in its parent (the log's own folder
+/// is synced at the end of the open).
+fn create_dir_durably(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.exists() {
+        missing.push(d);
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+    for created in missing.iter().rev() {
+        match created.parent() {
+            Some(p) if p.as_os_str().is_empty() => sync_dir(Path::new("."))?,
+            Some(p) => sync_dir(p)?,
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 /// Lists segment base offsets (sorted) and leftover files to delete.

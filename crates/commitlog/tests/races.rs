@@ -535,3 +535,90 @@ fn deleted_segments_are_closed_under_every_sync_policy() {
         assert_eq!(open_files_in(dir.path()), (0, 0), "{sync:?}: after close");
     }
 }
+
+/// Records the folders synced.
+#[derive(Clone, Default)]
+struct DirSyncRecorder {
+    synced: Arc<Mutex<Vec<std::path::PathBuf>>>,
+}
+
+impl Injector for DirSyncRecorder {
+    fn before(&self, op: FileOp, path: &std::path::Path) -> Option<Fault> {
+        if op == FileOp::SyncDir {
+            self.synced.lock().push(path.to_path_buf());
+        }
+        None
+    }
+}
+
+/// Folders that an open creates are made durable in their parents.
+#[test]
+fn an_open_makes_the_folders_it_creates_durable() {
+    let root = tempfile::tempdir().unwrap();
+    let recorder = DirSyncRecorder::default();
+    let _faults = faults::inject(root.path(), recorder.clone());
+    let dir = root.path().join("a").join("b");
+    let log = Log::open(&dir, LogOptions::default()).unwrap();
+    let synced = recorder.synced.lock().clone();
+    for d in [
+        root.path().to_path_buf(),
+        root.path().join("a"),
+        dir.clone(),
+    ] {
+        assert!(synced.contains(&d), "{d:?} not synced: {synced:?}");
+    }
+    log.close().unwrap();
+}
+
+/// A segment created by a roll under the OS policy is made durable in its folder by the next
+/// sync asked for: syncing its data alone would not keep a machine crash from losing the file.
+#[test]
+fn a_sync_makes_a_rolled_segment_durable_in_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    log.append(&[Message::new("a")]).unwrap();
+    let recorder = DirSyncRecorder::default();
+    let _faults = faults::inject(dir.path(), recorder.clone());
+    log.roll().unwrap();
+    log.append(&[Message::new("b")]).unwrap();
+    log.sync().unwrap();
+    let synced = recorder.synced.lock().clone();
+    assert!(
+        synced.contains(&dir.path().to_path_buf()),
+        "the folder was not synced: {synced:?}"
+    );
+}
+
+/// A segment restarted far ahead for a follower's records (the active one was empty) is durable
+/// in its folder when the append is acknowledged under `Always`.
+#[test]
+fn a_restarted_segment_is_durable_in_its_folder_under_always() {
+    let far = 10_000_000_000i64;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), always()).unwrap();
+    // An empty active segment, and a leader epoch already known (its checkpoint is not written
+    // again).
+    log.append(&[Message::new("first")]).unwrap();
+    log.roll().unwrap();
+    let recorder = DirSyncRecorder::default();
+    let _faults = faults::inject(dir.path(), recorder.clone());
+    log.append_raw(&raw_record_at(far)).unwrap();
+    assert_eq!(log.segments().last().unwrap().base_offset, far);
+    let synced = recorder.synced.lock().clone();
+    assert!(
+        synced.contains(&dir.path().to_path_buf()),
+        "the folder was not synced: {synced:?}"
+    );
+}
+
+/// The bytes of one record at `offset` (format v2: the checksum covers the offset).
+fn raw_record_at(offset: i64) -> Vec<u8> {
+    let scratch = tempfile::tempdir().unwrap();
+    let log = Log::open(scratch.path(), LogOptions::default()).unwrap();
+    log.append(&[Message::new("far")]).unwrap();
+    let mut bytes = log.read_raw(0, 1 << 20).unwrap().unwrap().data.to_vec();
+    bytes[..8].copy_from_slice(&offset.to_be_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), &bytes[32..]);
+    bytes[28..32].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}
