@@ -41,6 +41,7 @@ pub mod faults;
 mod format;
 pub mod fuzzing;
 mod index;
+mod lock;
 mod log;
 mod notify;
 mod options;
