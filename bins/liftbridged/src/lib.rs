@@ -383,7 +383,21 @@ pub async fn run(cfg: Config) -> i32 {
             return 1;
         }
     };
-    let running = match start(cfg, logger.clone()).await {
+    // A start can take minutes (a join retries for about a minute, then waits for readiness):
+    // a SIGTERM or SIGINT meanwhile abandons it. What it had opened is left as after a crash,
+    // which every store recovers from.
+    let started = tokio::select! {
+        r = start(cfg, logger.clone()) => r,
+        _ = term.recv() => {
+            info!(logger, "SIGTERM received while starting: the start is abandoned");
+            return stop_during_start(logger).await;
+        }
+        _ = tokio::signal::ctrl_c() => {
+            info!(logger, "SIGINT received while starting: the start is abandoned");
+            return stop_during_start(logger).await;
+        }
+    };
+    let running = match started {
         Ok(r) => r,
         Err(e) => {
             slog::crit!(logger, "cannot start"; "error" => %e);
@@ -410,5 +424,12 @@ pub async fn run(cfg: Config) -> i32 {
     running.shutdown().await;
     drop(logger);
     tokio::time::sleep(Duration::from_millis(50)).await;
+    0
+}
+
+/// Ends the process after a signal that came during the start: lets the log line out.
+async fn stop_during_start(logger: Logger) -> i32 {
+    drop(logger);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     0
 }
