@@ -265,6 +265,18 @@ impl DiskStorage {
         Ok(storage)
     }
 
+    /// Whether nothing is saved: no snapshot, hard state, membership or entry (a new node, or
+    /// one whose data was lost).
+    pub fn is_empty(&self) -> bool {
+        let Ok(st) = self.mem.initial_state() else {
+            return false;
+        };
+        self.mem.persisted_snapshot().is_none()
+            && st.hard_state == HardState::default()
+            && st.conf_state == ConfState::default()
+            && self.mem.last_index().is_ok_and(|i| i == 0)
+    }
+
     fn write(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> raft::Result<()>,
