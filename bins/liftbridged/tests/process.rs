@@ -310,3 +310,51 @@ async fn sigterm_during_a_slow_start_stops_it() {
     assert!(err.contains("SIGTERM received while starting"), "{err}");
     drop(nats);
 }
+
+/// `--raft-remove-member` asks the metadata leader to remove a member and exits: a server that
+/// is no member is done at once; the leader refuses to remove itself, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_remove_member_asks_the_leader_and_exits() {
+    let nats = testkit::RefNats::start("");
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = free_port();
+    let mut server = liftbridged_env(
+        &[
+            "--nats-servers",
+            &url,
+            "--raft-bootstrap-seed",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &grpc.to_string(),
+        ],
+        &dir.path().join("one"),
+        &[("LIFTBRIDGE_CLUSTERING_SERVER_ID", "one")],
+    );
+    wait_port(grpc);
+    let remove = |id: &str| {
+        let out = Command::new(BIN)
+            .args(["--nats-servers", &url, "--raft-remove-member", id])
+            .arg("--data-dir")
+            .arg(dir.path().join("tool"))
+            .output()
+            .unwrap();
+        (
+            out.status,
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (status, out) = remove("ghost");
+    assert!(status.success(), "{out}");
+    assert!(out.contains("ghost"), "{out}");
+    let (status, out) = remove("one");
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("leads the metadata group"), "{out}");
+    assert!(sigterm(&mut server).success());
+    drop(nats);
+}

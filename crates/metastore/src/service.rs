@@ -804,8 +804,13 @@ async fn probe(
 }
 
 /// Asks the leader, over NATS, to remove `server_id` from the group; retried until `timeout`
-/// while no leader answers or a membership change is in progress.
-async fn remove_member(
+/// while no leader answers or a membership change is in progress. Removing a server that is not
+/// a member succeeds.
+///
+/// # Errors
+/// [`MetaError::Remove`] with the leader's refusal (it does not remove itself), or the last
+/// answer when the time is up ([`MetaError::NoLeader`] if none came); [`MetaError::Nats`].
+pub async fn remove_member(
     conn: &Connection,
     subjects: &Subjects,
     server_id: &str,
