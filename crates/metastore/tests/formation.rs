@@ -208,3 +208,32 @@ async fn a_member_that_lost_its_state_must_be_removed_before_it_rejoins() {
     }
     server.shutdown().await;
 }
+
+/// The backstop: should a second group form anyway (here one started from a static peer list,
+/// which does not probe), the seed's periodic probe finds a group with none of its members, and
+/// the seed stops and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_that_finds_a_disjoint_group_stops() {
+    let (server, nats) = common::nats().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&nats, dir.path(), "a", Bootstrap::Seed).await;
+    let mut watch = a.watch();
+    until("the seed to lead", || a.is_leader()).await;
+    let b = start(&nats, dir.path(), "b", Bootstrap::Peers(vec!["b".into()])).await;
+    until("b to lead its own group", || b.is_leader()).await;
+    let seen = tokio::time::timeout(WAIT, async {
+        loop {
+            match watch.recv().await {
+                Ok(metastore::service::WatchEvent::SecondSeed { server }) => return server,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("watch ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the seed reports the other group");
+    assert_eq!(seen, "b");
+    b.shutdown().await;
+    a.shutdown().await;
+    server.shutdown().await;
+}
