@@ -8,6 +8,12 @@
 //!   with every peer as a voter. A joining node sends `RaftJoinRequest` envelopes to
 //!   `<ns>.raft.metadata.join` until the leader adds it by configuration change. Beyond
 //!   `max_quorum_size` voters, new members join as learners.
+//! - **Formation safety:** one namespace never holds two groups. Every member answers bootstrap
+//!   probes on `<ns>.raft.metadata.bootstrap` (on a task of its own); a seed with nothing saved
+//!   answers, waits a random delay, probes, and writes its group only if nobody answered. A
+//!   second live process with a server id is refused ([`MetaError::DuplicateId`]), and so is a
+//!   member that lost its Raft state ([`MetaError::LostState`]) until
+//!   [`Metastore::remove_member`] removes it.
 //! - **Proposals from any node:** the leader proposes directly. A follower forwards a
 //!   `PropagatedRequest` envelope to `<ns>.raft.metadata.propagate`, which only the leader
 //!   subscribes to, and returns the leader's verdict as a typed [`MetaError`].
@@ -277,7 +283,11 @@ impl Metastore {
     ///
     /// # Errors
     /// [`MetaError::Storage`] if the database cannot be opened, [`MetaError::Nats`] if the
-    /// subscription fails, [`MetaError::Join`] if no leader added this node in time.
+    /// subscription fails, [`MetaError::Join`] if no leader added this node in time,
+    /// [`MetaError::DuplicateId`] if another live process has this server id,
+    /// [`MetaError::SecondSeed`] if a seed with nothing saved finds another metadata node in the
+    /// namespace (nothing is saved then), [`MetaError::LostState`] if this node is a member that
+    /// lost its Raft state.
     pub async fn start(cfg: MetaConfig, conn: Connection) -> Result<Metastore, MetaError> {
         let id = raft_id(&cfg.server_id);
         // This process's incarnation: it tells this process's probes and answers from those of
@@ -658,8 +668,7 @@ impl Metastore {
     /// Removes server `server_id` from the group (asked of the leader over NATS, from any node).
     ///
     /// # Errors
-    /// [`MetaError::NoLeader`] when no leader answers in time, [`MetaError::Join`] with the
-    /// leader's refusal.
+    /// As the free function [`remove_member`].
     pub async fn remove_member(&self, server_id: &str) -> Result<(), MetaError> {
         remove_member(
             &self.conn,
