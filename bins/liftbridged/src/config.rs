@@ -88,6 +88,10 @@ pub struct Flags {
     /// example `127.0.0.1:9293`. Off by default.
     #[arg(long = "http")]
     pub http: Option<String>,
+    /// Do not serve: ask the metadata leader, over the configured NATS and namespace, to remove
+    /// this server id from the metadata group, then exit (for a member whose data was lost).
+    #[arg(long = "raft-remove-member", value_name = "SERVER_ID")]
+    pub raft_remove_member: Option<String>,
 }
 
 /// The embedded NATS server's settings.
@@ -130,6 +134,8 @@ pub struct Config {
     pub api_security: ApiSecurity,
     /// Where the operators' HTTP port (metrics, health) listens; `None`: off.
     pub http_listen: Option<String>,
+    /// `--raft-remove-member`: remove this server id from the metadata group instead of serving.
+    pub remove_member: Option<String>,
 }
 
 /// TLS and authorization of the API (`tls.*`).
@@ -527,6 +533,7 @@ impl Config {
                 .clone()
                 .or(k.string("http.listen")?)
                 .filter(|s| !s.is_empty()),
+            remove_member: flags.raft_remove_member.clone(),
         })
     }
 }

@@ -366,6 +366,9 @@ async fn api_security(cfg: &Config) -> Result<api::Security, api::SecurityError>
 /// Runs until SIGINT or SIGTERM, then stops cleanly; SIGHUP reloads the authorization policy.
 /// Returns the process exit code.
 pub async fn run(cfg: Config) -> i32 {
+    if let Some(member) = &cfg.remove_member {
+        return remove_member(&cfg, member).await;
+    }
     let logger = logger(cfg.log_level);
     // The handlers go in before anything listens: a SIGHUP or SIGTERM that comes while the
     // server starts is then handled, not fatal.
@@ -383,7 +386,21 @@ pub async fn run(cfg: Config) -> i32 {
             return 1;
         }
     };
-    let running = match start(cfg, logger.clone()).await {
+    // A start can take minutes (a join retries for about a minute, then waits for readiness):
+    // a SIGTERM or SIGINT meanwhile abandons it. What it had opened is left as after a crash,
+    // which every store recovers from.
+    let started = tokio::select! {
+        r = start(cfg, logger.clone()) => r,
+        _ = term.recv() => {
+            info!(logger, "SIGTERM received while starting: the start is abandoned");
+            return stop_during_start(logger).await;
+        }
+        _ = tokio::signal::ctrl_c() => {
+            info!(logger, "SIGINT received while starting: the start is abandoned");
+            return stop_during_start(logger).await;
+        }
+    };
+    let running = match started {
         Ok(r) => r,
         Err(e) => {
             slog::crit!(logger, "cannot start"; "error" => %e);
@@ -411,4 +428,41 @@ pub async fn run(cfg: Config) -> i32 {
     drop(logger);
     tokio::time::sleep(Duration::from_millis(50)).await;
     0
+}
+
+/// Ends the process after a signal that came during the start: lets the log line out.
+async fn stop_during_start(logger: Logger) -> i32 {
+    drop(logger);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    0
+}
+
+/// `--raft-remove-member`: asks the metadata leader to remove `member` from the group, prints
+/// the outcome and returns the exit code.
+async fn remove_member(cfg: &Config, member: &str) -> i32 {
+    let result = async {
+        let subjects = natsbridge::Subjects::new(&cfg.broker.namespace)
+            .map_err(|e| format!("namespace: {e}"))?;
+        let conn = natsbridge::Connection::connect(&cfg.broker.nats, "liftbridged-remove-member")
+            .await
+            .map_err(|e| e.to_string())?;
+        let removed = broker::remove_member(&conn, &subjects, member, Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string());
+        conn.close().await;
+        removed
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            println!(
+                "liftbridged: server {member} is not a member of the metadata group (any more)"
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("liftbridged: {e}");
+            1
+        }
+    }
 }

@@ -269,3 +269,92 @@ async fn sighup_reloads_the_authorization_policy() {
         "still running after the reload, and stops cleanly"
     );
 }
+
+/// A broker that cannot join (no metadata group on its NATS) spends minutes in its start; a
+/// SIGTERM then stops it at once, with a log line, instead of waiting for the start to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_slow_start_stops_it() {
+    use futures_util::StreamExt;
+    let nats = testkit::RefNats::start("");
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = free_port();
+    // Whoever asks to join shows that the start is under way.
+    let nc = async_nats::connect(&url).await.unwrap();
+    let mut joins = nc
+        .subscribe("liftbridge-default.raft.metadata.join")
+        .await
+        .unwrap();
+    nc.flush().await.unwrap();
+    let mut p = liftbridged_env(
+        &[
+            "--nats-servers",
+            &url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &grpc.to_string(),
+        ],
+        dir.path(),
+        &[("LIFTBRIDGE_CLUSTERING_SERVER_ID", "slow")],
+    );
+    tokio::time::timeout(Duration::from_secs(30), joins.next())
+        .await
+        .expect("the broker asks to join")
+        .unwrap();
+    // Well below the 30 join attempts of about 2 s each that the start would otherwise take.
+    let status = p.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    let mut err = String::new();
+    p.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("SIGTERM received while starting"), "{err}");
+    drop(nats);
+}
+
+/// `--raft-remove-member` asks the metadata leader to remove a member and exits: a server that
+/// is no member is done at once; the leader refuses to remove itself, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_remove_member_asks_the_leader_and_exits() {
+    let nats = testkit::RefNats::start("");
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = free_port();
+    let mut server = liftbridged_env(
+        &[
+            "--nats-servers",
+            &url,
+            "--raft-bootstrap-seed",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &grpc.to_string(),
+        ],
+        &dir.path().join("one"),
+        &[("LIFTBRIDGE_CLUSTERING_SERVER_ID", "one")],
+    );
+    wait_port(grpc);
+    let remove = |id: &str| {
+        let out = Command::new(BIN)
+            .args(["--nats-servers", &url, "--raft-remove-member", id])
+            .arg("--data-dir")
+            .arg(dir.path().join("tool"))
+            .output()
+            .unwrap();
+        (
+            out.status,
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (status, out) = remove("ghost");
+    assert!(status.success(), "{out}");
+    assert!(out.contains("ghost"), "{out}");
+    let (status, out) = remove("one");
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("leads the metadata group"), "{out}");
+    assert!(sigterm(&mut server).success());
+    drop(nats);
+}

@@ -48,6 +48,7 @@ pub use error::{BrokerError, Result};
 pub use handoff::HandOff;
 pub use metastore::MAX_PARTITIONS;
 pub use metastore::service::Bootstrap;
+pub use metastore::service::remove_member;
 pub use metrics::{Labels, MAX_PARTITION_SERIES, Metrics};
 pub use monitor::{CursorLag, PartitionView, Snapshot};
 pub use ops::{MAX_HEADER_NAME_BYTES, MAX_HEADERS, Subscription};

@@ -59,6 +59,7 @@ impl Broker {
                     id: b.inner.cfg.server_id.clone(),
                     host: b.inner.cfg.advertise_host.clone(),
                     port: i32::from(b.inner.cfg.advertise_port),
+                    ..Default::default()
                 })
             },
         )
@@ -200,6 +201,7 @@ impl Broker {
             if let Ok(mut sub) = self.inner.raft_conn.subscribe(&inbox).await {
                 let req = internal::ServerInfoRequest {
                     id: self.inner.cfg.server_id.clone(),
+                    ..Default::default()
                 };
                 let _ = self
                     .inner

@@ -62,6 +62,11 @@ pub enum Input {
         /// Whether it joins as a learner.
         learner: bool,
     },
+    /// Remove a member (voter or learner).
+    RemoveMember {
+        /// The member's Raft id.
+        node: u64,
+    },
     /// A message from a peer.
     Message(Box<Message>),
     /// While leading, hand leadership to the most up-to-date other voter (a planned stop);
@@ -315,6 +320,12 @@ impl<S: LogStore> MetaNode<S> {
                 } else {
                     ConfChangeType::AddNode
                 });
+                self.raw.propose_conf_change(vec![], cc)?;
+            }
+            Input::RemoveMember { node } => {
+                let mut cc = ConfChange::default();
+                cc.set_node_id(node);
+                cc.set_change_type(ConfChangeType::RemoveNode);
                 self.raw.propose_conf_change(vec![], cc)?;
             }
             Input::TransferLeader => {

@@ -8,6 +8,12 @@
 //!   with every peer as a voter. A joining node sends `RaftJoinRequest` envelopes to
 //!   `<ns>.raft.metadata.join` until the leader adds it by configuration change. Beyond
 //!   `max_quorum_size` voters, new members join as learners.
+//! - **Formation safety:** one namespace never holds two groups. Every member answers bootstrap
+//!   probes on `<ns>.raft.metadata.bootstrap` (on a task of its own); a seed with nothing saved
+//!   answers, waits a random delay, probes, and writes its group only if nobody answered. A
+//!   second live process with a server id is refused ([`MetaError::DuplicateId`]), and so is a
+//!   member that lost its Raft state ([`MetaError::LostState`]) until
+//!   [`Metastore::remove_member`] removes it.
 //! - **Proposals from any node:** the leader proposes directly. A follower forwards a
 //!   `PropagatedRequest` envelope to `<ns>.raft.metadata.propagate`, which only the leader
 //!   subscribes to, and returns the leader's verdict as a typed [`MetaError`].
@@ -69,6 +75,9 @@ pub struct MetaConfig {
     /// Applied entries after the last snapshot that trigger a compaction of the Raft log
     /// (Liftbridge's `raft.snapshot.threshold`). Default 8192; 0 never compacts.
     pub snapshot_threshold: u64,
+    /// How long a new seed listens for answers to its bootstrap probe, and the bound of the
+    /// random delay before it (half of it). Default 1 s.
+    pub probe_window: Duration,
     /// Where refused Raft messages and join requests are logged. Default: nowhere.
     pub logger: slog::Logger,
 }
@@ -90,6 +99,7 @@ impl MetaConfig {
             join_attempts: 30,
             max_quorum_size: 0,
             snapshot_threshold: crate::node::DEFAULT_SNAPSHOT_THRESHOLD,
+            probe_window: Duration::from_secs(1),
             logger: slog::Logger::root(slog::Discard, slog::o!()),
         }
     }
@@ -117,12 +127,28 @@ pub enum MetaError {
     /// Joining the group failed.
     #[error("could not join the metadata group: {0}")]
     Join(String),
-    /// Another server already bootstrapped as seed in this namespace. Two seeds would form two
-    /// separate groups that each believe they own the metadata.
+    /// A new seed found another metadata node in this namespace: another seed, or a member of
+    /// an existing group (which every member answers for). Two seeds would form two separate
+    /// groups that each believe they own the metadata. Nothing was saved.
     #[error(
-        "server {0} is already a seed in this namespace; start this one with --join or a peer list"
+        "server {0} already runs a metadata group in this namespace; start this one with --join (a member whose data was lost must first be removed from the group: see docs/operations.md)"
     )]
     SecondSeed(String),
+    /// Another live process runs with this server id. Two would answer as one Raft voter.
+    #[error(
+        "another live process runs as server {0} in this namespace; stop it, or give this one another id"
+    )]
+    DuplicateId(String),
+    /// This server is a member of the group but has no Raft state: its data was lost, so it may
+    /// have voted in a term and would not remember it. It must be removed from the group
+    /// ([`Metastore::remove_member`]) before it can join again.
+    #[error(
+        "server {0} is a member of the metadata group but has lost its Raft state; remove it from the group (liftbridged --raft-remove-member {0}), then start it again to join (see docs/operations.md)"
+    )]
+    LostState(String),
+    /// The leader refused to remove a member.
+    #[error("could not remove the member: {0}")]
+    Remove(String),
     /// Storage failed.
     #[error("raft storage: {0}")]
     Storage(String),
@@ -231,6 +257,8 @@ pub struct Status {
 pub struct Metastore {
     cfg: Arc<MetaConfig>,
     conn: Connection,
+    /// This process's incarnation (see [`Metastore::start`]).
+    nonce: Arc<str>,
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<WatchEvent>,
     state: Arc<RwLock<Fsm>>,
@@ -255,10 +283,22 @@ impl Metastore {
     ///
     /// # Errors
     /// [`MetaError::Storage`] if the database cannot be opened, [`MetaError::Nats`] if the
-    /// subscription fails, [`MetaError::Join`] if no leader added this node in time.
+    /// subscription fails, [`MetaError::Join`] if no leader added this node in time,
+    /// [`MetaError::DuplicateId`] if another live process has this server id,
+    /// [`MetaError::SecondSeed`] if a seed with nothing saved finds another metadata node in the
+    /// namespace (nothing is saved then), [`MetaError::LostState`] if this node is a member that
+    /// lost its Raft state.
     pub async fn start(cfg: MetaConfig, conn: Connection) -> Result<Metastore, MetaError> {
         let id = raft_id(&cfg.server_id);
+        // This process's incarnation: it tells this process's probes and answers from those of
+        // another process with the same server id.
+        let nonce = natsbridge::unique_id();
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| MetaError::Storage(e.to_string()))?;
+        // Two live processes with one id would receive each other's Raft messages and answer as
+        // one voter: refused before anything else.
+        if find_twin(&conn, &cfg.subjects, &cfg.server_id, &nonce).await? {
+            return Err(MetaError::DuplicateId(cfg.server_id.clone()));
+        }
         let initial = match &cfg.bootstrap {
             Bootstrap::Seed => Some(ConfState::from((vec![id], vec![]))),
             Bootstrap::Peers(peers) => {
@@ -270,8 +310,47 @@ impl Metastore {
             }
             Bootstrap::Join => None,
         };
-        let disk = DiskStorage::open(&cfg.data_dir.join("raft.redb"), initial)
+        // Opened without a membership: nothing is written before the seed check below.
+        let disk = DiskStorage::open(&cfg.data_dir.join("raft.redb"), None)
             .map_err(|e| MetaError::Storage(e.to_string()))?;
+        let empty = disk.is_empty();
+        let seed = cfg.bootstrap == Bootstrap::Seed;
+        let (commands, rx) = mpsc::channel(1024);
+        let status = Arc::new(RwLock::new(Status::default()));
+        // Answers probes on its own task from now on, a new seed's included: two seeds started
+        // together then see each other whichever probes first.
+        let answers = answer_probes(
+            &conn,
+            &cfg,
+            &nonce,
+            status.clone(),
+            empty && seed,
+            commands.clone(),
+        )
+        .await?;
+        if empty && seed {
+            // A random delay, so that two seeds started together probe one after the other.
+            let delay = cfg.probe_window / 2 * (raft_id(&nonce) % 1000) as u32 / 1000;
+            tokio::time::sleep(delay).await;
+            let refusal = match probe(&conn, &cfg.subjects, &cfg.server_id, &nonce, &cfg).await {
+                Ok(found) => found.into_iter().next().map(|a| {
+                    if a.id == cfg.server_id {
+                        MetaError::DuplicateId(a.id)
+                    } else {
+                        MetaError::SecondSeed(a.id)
+                    }
+                }),
+                Err(e) => Some(e),
+            };
+            if let Some(e) = refusal {
+                answers.abort();
+                return Err(e);
+            }
+        }
+        if empty && let Some(cs) = initial {
+            crate::storage::LogStore::apply_snapshot(&disk, node::bootstrap_snapshot(cs))
+                .map_err(|e| MetaError::Storage(e.to_string()))?;
+        }
         let fresh_joiner = {
             use raft::Storage as _;
             let st = disk
@@ -279,28 +358,21 @@ impl Metastore {
                 .map_err(|e| MetaError::Storage(e.to_string()))?;
             st.conf_state.voters.is_empty() && st.conf_state.learners.is_empty()
         };
-        let seed = cfg.bootstrap == Bootstrap::Seed;
-        if seed {
-            // A seed answers seed surveys with its id; ask before starting a fresh group.
-            if let Some(other) = find_other_seed(&conn, &cfg.subjects, &cfg.server_id).await? {
-                return Err(MetaError::SecondSeed(other));
-            }
-        }
         let mut node = MetaNode::new(id, disk).map_err(|e| MetaError::Storage(e.to_string()))?;
         node.set_snapshot_threshold(cfg.snapshot_threshold);
         let raft_sub = conn
             .subscribe(&cfg.subjects.raft_accept(&id.to_string()))
             .await?;
-        let (commands, rx) = mpsc::channel(1024);
         let (events, first) = broadcast::channel(4096);
         let (reports, reports_rx) = mpsc::channel(1024);
         let store = Metastore {
             cfg: Arc::new(cfg),
             conn: conn.clone(),
+            nonce: Arc::from(nonce.as_str()),
             commands,
             events: events.clone(),
             state: Arc::new(RwLock::new(Fsm::new())),
-            status: Arc::new(RwLock::new(Status::default())),
+            status,
             first_watch: Arc::new(parking_lot::Mutex::new(Some(first))),
             reports,
             reports_rx: Arc::new(parking_lot::Mutex::new(Some(reports_rx))),
@@ -312,15 +384,20 @@ impl Metastore {
             pending: HashMap::new(),
             join_sub: None,
             propagate_sub: None,
+            remove_sub: None,
+            accepted_joins: HashMap::new(),
             published: u64::MAX,
             refused: (0, None),
         };
         tokio::spawn(driver.run(rx, raft_sub));
         if seed {
-            tokio::spawn(guard_seed(store.clone()).await?);
+            tokio::spawn(guard_seed(store.clone()));
         }
-        if fresh_joiner {
-            store.join().await?;
+        if fresh_joiner && let Err(e) = store.join().await {
+            // Not started: nothing of this node may keep running (or answer for its id).
+            answers.abort();
+            store.shutdown().await;
+            return Err(e);
         }
         Ok(store)
     }
@@ -329,9 +406,13 @@ impl Metastore {
         let req = internal::RaftJoinRequest {
             node_id: self.cfg.server_id.clone(),
             node_addr: raft_id(&self.cfg.server_id).to_string(),
+            nonce: self.nonce.to_string(),
         };
         let mut last = String::from("no leader answered");
         for _ in 0..self.cfg.join_attempts.max(1) {
+            if self.status().leader.is_some() {
+                return Ok(()); // an earlier request was accepted, and a leader took this node in
+            }
             let sent = self
                 .conn
                 .request(
@@ -351,6 +432,18 @@ impl Metastore {
                         tokio::time::sleep(self.cfg.tick).await;
                     }
                     last = "accepted, but no leader contacted this node".into();
+                }
+                Ok(Ok(resp)) if resp.permanent => {
+                    // A member without Raft state: unless a leader takes this node in after all
+                    // (an accepted request answered again by a new leader), an operator must act.
+                    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+                    while tokio::time::Instant::now() < until {
+                        if self.status().leader.is_some() {
+                            return Ok(());
+                        }
+                        tokio::time::sleep(self.cfg.tick).await;
+                    }
+                    return Err(MetaError::LostState(self.cfg.server_id.clone()));
                 }
                 Ok(Ok(resp)) => last = resp.error,
                 Ok(Err(e)) => last = e.to_string(),
@@ -572,69 +665,244 @@ impl Metastore {
         true
     }
 
+    /// Removes server `server_id` from the group (asked of the leader over NATS, from any node).
+    ///
+    /// # Errors
+    /// As the free function [`remove_member`].
+    pub async fn remove_member(&self, server_id: &str) -> Result<(), MetaError> {
+        remove_member(
+            &self.conn,
+            &self.cfg.subjects,
+            server_id,
+            self.cfg.request_timeout,
+        )
+        .await
+    }
+
     /// Stops the node's task.
     pub async fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown).await;
     }
 }
 
-/// Asks every seed in the namespace for its id (a `ServerInfoRequest` on the bootstrap subject);
-/// returns another server's id if one answers within a second.
-async fn find_other_seed(
+/// The subject on which a process answers for its server id (Raft id `id`).
+fn alive_subject(subjects: &Subjects, id: u64) -> String {
+    format!("{}{id}.alive", subjects.raft_prefix())
+}
+
+/// Whether another live process answers for `server_id` (a `ServerInfoRequest` on the id's own
+/// subject; nobody listening is answered at once by NATS).
+async fn find_twin(
     conn: &Connection,
     subjects: &Subjects,
-    me: &str,
-) -> Result<Option<String>, MetaError> {
-    let req = payload::encode(&internal::ServerInfoRequest { id: me.to_owned() }, false);
+    server_id: &str,
+    nonce: &str,
+) -> Result<bool, MetaError> {
+    let req = internal::ServerInfoRequest {
+        id: server_id.to_owned(),
+        nonce: nonce.to_owned(),
+    };
     match conn
-        .request(&subjects.raft_bootstrap(), req, Duration::from_secs(1))
+        .request(
+            &alive_subject(subjects, raft_id(server_id)),
+            payload::encode(&req, false),
+            Duration::from_secs(1),
+        )
         .await
     {
         Ok(m) => Ok(payload::decode::<internal::ServerInfoResponse>(&m.payload)
-            .ok()
-            .map(|r| r.id)
-            .filter(|id| id != me)),
-        Err(NatsError::NoResponders(_) | NatsError::Timeout { .. }) => Ok(None),
+            .is_ok_and(|r| r.nonce != nonce)),
+        Err(NatsError::NoResponders(_) | NatsError::Timeout { .. }) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Answers seed surveys for this seed, and every 10 s looks for another seed; on finding one it
-/// stops the node and tells watchers.
-async fn guard_seed(store: Metastore) -> Result<impl std::future::Future<Output = ()>, MetaError> {
-    let mut survey = store
-        .conn
-        .subscribe(&store.cfg.subjects.raft_bootstrap())
+/// Answers, on its own task and until the node stops, the bootstrap probes of other processes
+/// and questions for this server id. Every member answers a probe with its group's members; a
+/// new seed (`candidate`) answers before it has a group, so that another seed probing meanwhile
+/// finds it. Subscribed, and the subscriptions known to the server, when this returns.
+async fn answer_probes(
+    conn: &Connection,
+    cfg: &MetaConfig,
+    nonce: &str,
+    status: Arc<RwLock<Status>>,
+    candidate: bool,
+    commands: mpsc::Sender<Command>,
+) -> Result<tokio::task::JoinHandle<()>, MetaError> {
+    let mut probes = conn.subscribe(&cfg.subjects.raft_bootstrap()).await?;
+    let mut twins = conn
+        .subscribe(&alive_subject(&cfg.subjects, raft_id(&cfg.server_id)))
         .await?;
-    Ok(async move {
-        let mut check = tokio::time::interval(Duration::from_secs(10));
-        check.tick().await;
+    conn.flush().await?;
+    let (conn, me, nonce) = (conn.clone(), cfg.server_id.clone(), nonce.to_owned());
+    Ok(tokio::spawn(async move {
         loop {
-            tokio::select! {
-                Some(m) = survey.next() => {
-                    let asker = payload::decode::<internal::ServerInfoRequest>(&m.payload).map(|r| r.id).unwrap_or_default();
-                    if asker == store.cfg.server_id {
-                        continue; // our own survey
-                    }
-                    if let Some(reply) = m.reply {
-                        let resp = internal::ServerInfoResponse { id: store.cfg.server_id.clone(), ..Default::default() };
-                        let _ = store.conn.publish(reply.as_str(), payload::encode(&resp, false)).await;
-                    }
-                }
-                _ = check.tick() => {
-                    if let Ok(Some(other)) = find_other_seed(&store.conn, &store.cfg.subjects, &store.cfg.server_id).await {
-                        let _ = store.events.send(WatchEvent::SecondSeed { server: other });
-                        store.shutdown().await;
-                        return;
-                    }
-                }
-                else => return,
+            let (m, always) = tokio::select! {
+                _ = commands.closed() => return,
+                m = probes.next() => (m, false),
+                m = twins.next() => (m, true),
+            };
+            let Some(m) = m else { return };
+            let Some(reply) = m.reply else { continue };
+            let asker = payload::decode::<internal::ServerInfoRequest>(&m.payload)
+                .map(|r| r.nonce)
+                .unwrap_or_default();
+            if asker == nonce {
+                continue; // this process's own probe
             }
-            if store.commands.is_closed() {
-                return;
+            let members = {
+                let st = status.read();
+                st.voters
+                    .iter()
+                    .chain(&st.learners)
+                    .copied()
+                    .collect::<Vec<u64>>()
+            };
+            if members.is_empty() && !candidate && !always {
+                continue; // a joiner not yet in a group has nothing to say
             }
+            let resp = internal::ServerInfoResponse {
+                id: me.clone(),
+                nonce: nonce.clone(),
+                raft_members: members,
+                ..Default::default()
+            };
+            let _ = conn
+                .publish(reply.as_str(), payload::encode(&resp, false))
+                .await;
         }
-    })
+    }))
+}
+
+/// Probes the namespace for metadata nodes: every answer from another process that comes
+/// within the probe window.
+async fn probe(
+    conn: &Connection,
+    subjects: &Subjects,
+    me: &str,
+    nonce: &str,
+    cfg: &MetaConfig,
+) -> Result<Vec<internal::ServerInfoResponse>, MetaError> {
+    let inbox = format!(
+        "{}probe.{}",
+        subjects.raft_prefix(),
+        natsbridge::unique_id()
+    );
+    let mut sub = conn.subscribe(&inbox).await?;
+    let req = internal::ServerInfoRequest {
+        id: me.to_owned(),
+        nonce: nonce.to_owned(),
+    };
+    conn.publish_with(
+        &subjects.raft_bootstrap(),
+        Some(&inbox),
+        natsbridge::Headers::new(),
+        payload::encode(&req, false),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + cfg.probe_window;
+    let mut found = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
+        if let Ok(a) = payload::decode::<internal::ServerInfoResponse>(&m.payload)
+            && a.nonce != nonce
+        {
+            found.push(a);
+        }
+    }
+    Ok(found)
+}
+
+/// Asks the leader, over NATS, to remove `server_id` from the group; retried until `timeout`
+/// while no leader answers or a membership change is in progress. Removing a server that is not
+/// a member succeeds.
+///
+/// # Errors
+/// [`MetaError::Remove`] with the leader's refusal (it does not remove itself), or the last
+/// answer when the time is up ([`MetaError::NoLeader`] if none came); [`MetaError::Nats`].
+pub async fn remove_member(
+    conn: &Connection,
+    subjects: &Subjects,
+    server_id: &str,
+    timeout: Duration,
+) -> Result<(), MetaError> {
+    let req = internal::RaftJoinRequest {
+        node_id: server_id.to_owned(),
+        node_addr: raft_id(server_id).to_string(),
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = MetaError::NoLeader;
+    while tokio::time::Instant::now() < deadline {
+        let sent = conn
+            .request(
+                &remove_subject(subjects),
+                payload::encode(&req, false),
+                Duration::from_secs(1),
+            )
+            .await;
+        match sent.map(|m| payload::decode::<internal::RaftJoinResponse>(&m.payload)) {
+            Ok(Ok(resp)) if resp.error.is_empty() => return Ok(()),
+            Ok(Ok(resp)) if resp.permanent => return Err(MetaError::Remove(resp.error)),
+            Ok(Ok(resp)) => last = MetaError::Remove(resp.error),
+            Ok(Err(e)) => last = MetaError::Remove(e.to_string()),
+            Err(NatsError::NoResponders(_) | NatsError::Timeout { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last)
+}
+
+/// Requests to remove a member, answered by the leader.
+fn remove_subject(subjects: &Subjects) -> String {
+    format!("{}remove", subjects.raft_prefix())
+}
+
+/// A seed's watch for another group in its namespace, after it formed its own: every 10 s or
+/// so (a random part keeps two seeds' checks apart), it probes; an answer from a member of a
+/// group with none of this group's members, or from a second process with this server id, stops
+/// this node and tells watchers. A backstop: a new seed is checked before it writes anything.
+async fn guard_seed(store: Metastore) {
+    let me = store.cfg.server_id.clone();
+    loop {
+        let jitter = Duration::from_millis(raft_id(&natsbridge::unique_id()) % 2000);
+        tokio::select! {
+            _ = store.commands.closed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(9) + jitter) => {}
+        }
+        let Ok(found) = probe(
+            &store.conn,
+            &store.cfg.subjects,
+            &me,
+            &store.nonce,
+            &store.cfg,
+        )
+        .await
+        else {
+            continue;
+        };
+        let mine = {
+            let st = store.status.read();
+            st.voters
+                .iter()
+                .chain(&st.learners)
+                .copied()
+                .collect::<Vec<u64>>()
+        };
+        let foreign = found.into_iter().find(|a| {
+            a.id == me
+                || (!a.raft_members.is_empty()
+                    && !mine.is_empty()
+                    && !a.raft_members.iter().any(|m| mine.contains(m)))
+        });
+        if let Some(other) = foreign {
+            let _ = store
+                .events
+                .send(WatchEvent::SecondSeed { server: other.id });
+            store.shutdown().await;
+            return;
+        }
+    }
 }
 
 /// gRPC status codes, as `PropagatedResponse.error.code` carries them.
@@ -713,6 +981,10 @@ struct Driver {
     pending: HashMap<u64, Waiter>,
     join_sub: Option<natsbridge::connection::Subscriber>,
     propagate_sub: Option<natsbridge::connection::Subscriber>,
+    remove_sub: Option<natsbridge::connection::Subscriber>,
+    /// Joins this leader accepted: the joiner's Raft id and process incarnation. A member that
+    /// asks again from the same incarnation is a retry; from another, it lost its Raft state.
+    accepted_joins: HashMap<u64, String>,
     /// The applied index of the state last published to readers.
     published: u64,
     /// Raft messages refused so far, and when that was last logged.
@@ -754,6 +1026,7 @@ impl Driver {
                     }
                 }
                 Some(m) = next_or_pending(&mut self.join_sub) => self.join(m).await,
+                Some(m) = next_or_pending(&mut self.remove_sub) => self.remove(m).await,
                 Some(m) = next_or_pending(&mut self.propagate_sub) => match (m.reply.clone(), payload::decode::<internal::PropagatedRequest>(&m.payload)) {
                     (Some(reply), Ok(req))
                         if req.op == Op::ReportLeader as i32
@@ -855,7 +1128,15 @@ impl Driver {
         let Some(reply) = m.reply.clone() else {
             return Ok(Output::default());
         };
-        let answer = |error: String| payload::encode(&internal::RaftJoinResponse { error }, false);
+        let answer = |error: String| {
+            payload::encode(
+                &internal::RaftJoinResponse {
+                    error,
+                    ..Default::default()
+                },
+                false,
+            )
+        };
         let req = match payload::decode::<internal::RaftJoinRequest>(&m.payload) {
             Ok(r) => r,
             Err(e) => {
@@ -867,8 +1148,24 @@ impl Driver {
         slog::info!(self.store.cfg.logger, "join request"; "server" => &req.node_id,
             "raft_id" => id, "member" => self.node.is_member(id));
         if self.node.is_member(id) {
-            // A member that restarts and asks again is already in.
-            let _ = self.store.conn.publish(&reply, answer(String::new())).await;
+            // Only a node with no membership saved asks to join. From the incarnation whose
+            // join this leader accepted, it is a retry; otherwise the member lost its Raft
+            // state (its vote among it), and letting it in could make it vote twice in a term.
+            if self.accepted_joins.get(&id) == Some(&req.nonce) {
+                let _ = self.store.conn.publish(&reply, answer(String::new())).await;
+            } else {
+                slog::warn!(self.store.cfg.logger, "refused a join from a member without raft state";
+                    "server" => &req.node_id, "raft_id" => id);
+                let refusal = internal::RaftJoinResponse {
+                    error: MetaError::LostState(req.node_id.clone()).to_string(),
+                    permanent: true,
+                };
+                let _ = self
+                    .store
+                    .conn
+                    .publish(&reply, payload::encode(&refusal, false))
+                    .await;
+            }
             return Ok(Output::default());
         }
         if self.node.has_pending_conf_change() {
@@ -888,11 +1185,71 @@ impl Driver {
         let learner = max > 0 && voters >= max;
         let result = self.node.handle(Input::AddMember { node: id, learner });
         let error = match &result {
-            Ok(_) => String::new(),
+            Ok(_) => {
+                self.accepted_joins.insert(id, req.nonce);
+                String::new()
+            }
             Err(e) => e.to_string(),
         };
         let _ = self.store.conn.publish(&reply, answer(error)).await;
         result
+    }
+
+    /// An operator's request to remove a member (a `RaftJoinRequest` naming it).
+    async fn remove(
+        &mut self,
+        m: natsbridge::connection::Message,
+    ) -> Result<Output, node::NodeError> {
+        let Some(reply) = m.reply.clone() else {
+            return Ok(Output::default());
+        };
+        let answer = |error: String, permanent: bool| {
+            payload::encode(&internal::RaftJoinResponse { error, permanent }, false)
+        };
+        let req = match payload::decode::<internal::RaftJoinRequest>(&m.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self
+                    .store
+                    .conn
+                    .publish(&reply, answer(e.to_string(), true))
+                    .await;
+                return Ok(Output::default());
+            }
+        };
+        let id = raft_id(&req.node_id);
+        slog::info!(self.store.cfg.logger, "member removal request"; "server" => &req.node_id,
+            "raft_id" => id, "member" => self.node.is_member(id));
+        let (error, permanent) = if !self.node.is_member(id) {
+            (String::new(), false) // not (or no longer) a member: done
+        } else if id == self.node.id() {
+            (
+                format!(
+                    "server {} leads the metadata group; stop it first, then remove it from another member",
+                    req.node_id
+                ),
+                true,
+            )
+        } else if self.node.has_pending_conf_change() {
+            ("a membership change is in progress; retry".into(), false)
+        } else {
+            let result = self.node.handle(Input::RemoveMember { node: id });
+            let error = match &result {
+                Ok(_) => {
+                    self.accepted_joins.remove(&id);
+                    String::new()
+                }
+                Err(e) => e.to_string(),
+            };
+            let _ = self.store.conn.publish(&reply, answer(error, false)).await;
+            return result;
+        };
+        let _ = self
+            .store
+            .conn
+            .publish(&reply, answer(error, permanent))
+            .await;
+        Ok(Output::default())
     }
 
     async fn act(&mut self, out: Output) {
@@ -993,9 +1350,16 @@ impl Driver {
                 let subjects = &self.store.cfg.subjects;
                 self.join_sub = self.store.conn.subscribe(&subjects.raft_join()).await.ok();
                 self.propagate_sub = self.store.conn.subscribe(&subjects.propagate()).await.ok();
+                self.remove_sub = self
+                    .store
+                    .conn
+                    .subscribe(&remove_subject(subjects))
+                    .await
+                    .ok();
             } else {
                 self.join_sub = None;
                 self.propagate_sub = None;
+                self.remove_sub = None;
                 // Proposals made as leader may never commit now; their callers retry.
                 for (_, w) in self.pending.drain() {
                     if let Waiter::Local(tx) = w {

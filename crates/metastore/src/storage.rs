@@ -148,6 +148,13 @@ const HARD_STATE: &str = "hard_state";
 const CONF_STATE: &str = "conf_state";
 const SNAPSHOT: &str = "snapshot";
 
+/// `hs` with its commit index and term raised to at least those of a snapshot (the vote stays).
+fn raised_to(mut hs: HardState, snap: &raft::eraftpb::SnapshotMetadata) -> HardState {
+    hs.commit = hs.commit.max(snap.index);
+    hs.term = hs.term.max(snap.term);
+    hs
+}
+
 fn store_err(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(raft::StorageError::Other(e.to_string().into()))
 }
@@ -246,11 +253,28 @@ impl DiskStorage {
             if let Some(cs) = conf_state {
                 wl.set_conf_state(cs);
             }
-            if let Some(hs) = hard_state {
+            if let Some(mut hs) = hard_state {
+                // A database written while the snapshot and the hard state were saved apart
+                // may hold a commit below its snapshot: everything in a snapshot is committed.
+                if let Some(s) = storage.mem.persisted_snapshot() {
+                    hs = raised_to(hs, s.get_metadata());
+                }
                 wl.set_hardstate(hs);
             }
         }
         Ok(storage)
+    }
+
+    /// Whether nothing is saved: no snapshot, hard state, membership or entry (a new node, or
+    /// one whose data was lost).
+    pub fn is_empty(&self) -> bool {
+        let Ok(st) = self.mem.initial_state() else {
+            return false;
+        };
+        self.mem.persisted_snapshot().is_none()
+            && st.hard_state == HardState::default()
+            && st.conf_state == ConfState::default()
+            && self.mem.last_index().is_ok_and(|i| i == 0)
     }
 
     fn write(
@@ -341,10 +365,18 @@ impl LogStore for DiskStorage {
         let index = snap.get_metadata().index;
         let bytes = encode(&snap)?;
         let cs = encode(snap.get_metadata().get_conf_state())?;
+        // The hard state goes in the same transaction, with the commit index (and term) raised
+        // to the snapshot's, as the mirror does. Written apart, a crash between the two left a
+        // commit below the snapshot, which raft-rs refuses at every start.
+        let hs = encode(&raised_to(
+            self.mem.initial_state()?.hard_state,
+            snap.get_metadata(),
+        ))?;
         self.write(|txn| {
             let mut meta = txn.open_table(META).map_err(store_err)?;
             meta.insert(SNAPSHOT, bytes.as_slice()).map_err(store_err)?;
             meta.insert(CONF_STATE, cs.as_slice()).map_err(store_err)?;
+            meta.insert(HARD_STATE, hs.as_slice()).map_err(store_err)?;
             drop(meta);
             let mut t = txn.open_table(ENTRIES).map_err(store_err)?;
             t.retain_in(..=index, |_, _| false).map_err(store_err)?;
@@ -479,6 +511,78 @@ mod tests {
             .entries(4, 5, None, raft::GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(&rest[0].data[..], b"d");
+    }
+
+    /// A node that installs a snapshot from its leader and crashes right after: the database
+    /// must hold a commit index that reaches the snapshot, or raft-rs refuses to start on it
+    /// ("commit is out of range") at every restart.
+    #[test]
+    fn a_crash_right_after_a_snapshot_install_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let voters = ConfState::from((vec![1, 2, 3], vec![]));
+        {
+            let s = DiskStorage::open(&path, None).unwrap();
+            s.set_conf_state(voters.clone()).unwrap();
+            let entries: Vec<Entry> = (1..=8).map(|i| entry(i, 1, b"")).collect();
+            s.append(&entries).unwrap();
+            s.set_hard_state(HardState {
+                term: 1,
+                vote: 1,
+                commit: 8,
+                ..Default::default()
+            })
+            .unwrap();
+            let mut snap = Snapshot {
+                data: crate::Fsm::new().snapshot().into(),
+                ..Default::default()
+            };
+            snap.mut_metadata().index = 20;
+            snap.mut_metadata().term = 2;
+            snap.mut_metadata().set_conf_state(voters);
+            // The crash point: the snapshot is on disk, nothing after it ran.
+            s.apply_snapshot(snap).unwrap();
+        }
+        let s = DiskStorage::open(&path, None).unwrap();
+        let hs = s.initial_state().unwrap().hard_state;
+        assert!(hs.commit >= 20, "commit {} below the snapshot", hs.commit);
+        assert!(hs.term >= 2, "term {} below the snapshot's", hs.term);
+        assert_eq!(hs.vote, 1, "the vote survives");
+        let node = crate::node::MetaNode::new(1, s).expect("the node starts");
+        assert_eq!(node.applied_index(), 20);
+    }
+
+    /// A database written before the hard state went with the snapshot: its commit is below the
+    /// snapshot and is raised on open.
+    #[test]
+    fn a_commit_below_the_snapshot_is_raised_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        {
+            let s = DiskStorage::open(&path, None).unwrap();
+            let mut snap = Snapshot::default();
+            snap.mut_metadata().index = 20;
+            snap.mut_metadata().term = 2;
+            snap.mut_metadata()
+                .set_conf_state(ConfState::from((vec![1], vec![])));
+            s.apply_snapshot(snap).unwrap();
+            // The old layout: a hard state written on its own, behind the snapshot.
+            s.put_meta(
+                HARD_STATE,
+                &encode(&HardState {
+                    term: 1,
+                    vote: 1,
+                    commit: 8,
+                    ..Default::default()
+                })
+                .unwrap(),
+            )
+            .unwrap();
+        }
+        let s = DiskStorage::open(&path, None).unwrap();
+        let hs = s.initial_state().unwrap().hard_state;
+        assert_eq!((hs.term, hs.vote, hs.commit), (2, 1, 20));
+        crate::node::MetaNode::new(1, s).expect("the node starts");
     }
 
     #[test]

@@ -108,10 +108,17 @@ mod tests {
             internal::RaftJoinRequest {
                 node_id: "n".into(),
                 node_addr: "a".into(),
+                nonce: "x".into(),
             },
             &mut seen,
         );
-        check(internal::RaftJoinResponse { error: "no".into() }, &mut seen);
+        check(
+            internal::RaftJoinResponse {
+                error: "no".into(),
+                permanent: true,
+            },
+            &mut seen,
+        );
         check(
             internal::LeaderEpochOffsetRequest { leader_epoch: 4 },
             &mut seen,
@@ -154,12 +161,20 @@ mod tests {
             },
             &mut seen,
         );
-        check(internal::ServerInfoRequest { id: "a".into() }, &mut seen);
+        check(
+            internal::ServerInfoRequest {
+                id: "a".into(),
+                nonce: "n".into(),
+            },
+            &mut seen,
+        );
         check(
             internal::ServerInfoResponse {
                 id: "a".into(),
                 host: "h".into(),
                 port: 9292,
+                nonce: "n".into(),
+                raft_members: vec![1, 2],
             },
             &mut seen,
         );
@@ -192,7 +207,11 @@ mod tests {
 
     #[test]
     fn a_payload_of_the_wrong_type_is_refused() {
-        let data = encode(&internal::ServerInfoRequest { id: "a".into() }, false);
+        let req = internal::ServerInfoRequest {
+            id: "a".into(),
+            ..Default::default()
+        };
+        let data = encode(&req, false);
         assert!(matches!(
             decode::<internal::ServerInfoResponse>(&data),
             Err(EnvelopeError::TypeMismatch { .. })
