@@ -92,6 +92,8 @@ pub(crate) struct Role {
     pub paused: bool,
     pub replicas: Vec<String>,
     pub isr: Vec<String>,
+    /// The partition epoch of `isr` (taken in place with it, as the ISR).
+    pub epoch: u64,
     pub group: String,
 }
 
@@ -361,8 +363,12 @@ impl Partition {
         Ok(p)
     }
 
-    /// Takes a new ISR from the metadata. A leader commits with it at once.
-    pub(crate) async fn update_isr(&self, ctx: &Ctx, isr: &[String]) {
+    /// Takes a new ISR, at partition epoch `epoch`, from the metadata. A leader commits with it
+    /// at once.
+    pub(crate) async fn update_isr(&self, ctx: &Ctx, isr: &[String], epoch: u64) {
+        if let Some(l) = self.commit.lock().as_mut() {
+            l.set_partition_epoch(epoch);
+        }
         let before = {
             let mut seen = self.isr.lock();
             if seen.as_slice() == isr {
@@ -379,7 +385,10 @@ impl Partition {
                 "partition" => self.id, "isr" => ?isr);
         }
         let advanced = match self.commit.lock().as_mut() {
-            Some(l) => l.on_isr(isr.iter().cloned()),
+            Some(l) => {
+                l.set_partition_epoch(epoch);
+                l.on_isr(isr.iter().cloned())
+            }
             None => None,
         };
         if let Some(hw) = advanced {
@@ -393,7 +402,7 @@ impl Partition {
         self.log
             .assign_leader_epoch(self.role.leader_epoch)
             .map_err(|e| BrokerError::internal("recording the leader epoch", e))?;
-        let leader = replication::Leader::new(
+        let mut leader = replication::Leader::new(
             ctx.cfg.server_id.clone(),
             self.role.leader_epoch,
             self.role.replicas.iter().cloned(),
@@ -402,6 +411,7 @@ impl Partition {
             crate::replica::settings(ctx, self.settings.min_isr),
             crate::replica::now_ms(),
         );
+        leader.set_partition_epoch(self.role.epoch);
         // Alone in the ISR, everything this leader holds is committed.
         let hw = leader.hw();
         *self.commit.lock() = Some(leader);

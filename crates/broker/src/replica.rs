@@ -141,17 +141,29 @@ async fn answer_epoch_question(p: &Partition, ctx: &Ctx, m: natsbridge::Message)
     let Ok(req) = payload::decode::<internal::LeaderEpochOffsetRequest>(&m.payload) else {
         return;
     };
-    let resp = match p.log.leader_epoch_end_offset(req.leader_epoch) {
-        Some((epoch, end)) => internal::LeaderEpochOffsetResponse {
-            end_offset: end - 1,
-            leader_epoch: epoch,
-            found: true,
-        },
-        None => internal::LeaderEpochOffsetResponse {
-            end_offset: -1,
-            leader_epoch: 0,
-            found: false,
-        },
+    // Fenced: a follower of another leader epoch (it follows a newer leader, and this one is
+    // deposed) gets no answer, as a fetch of another epoch gets none.
+    let answers = p
+        .commit
+        .lock()
+        .as_ref()
+        .is_some_and(|l| l.answers_epoch_question(req.current_leader_epoch));
+    if !answers {
+        debug!(ctx.logger, "ignoring an epoch question of another leader epoch";
+            "stream" => &p.stream, "partition" => p.id, "replica" => &req.replica_id,
+            "epoch" => req.current_leader_epoch, "own_epoch" => p.role.leader_epoch);
+        return;
+    }
+    let (end_offset, leader_epoch, found) = match p.log.leader_epoch_end_offset(req.leader_epoch) {
+        Some((epoch, end)) => (end - 1, epoch, true),
+        None => (-1, 0, false),
+    };
+    let resp = internal::LeaderEpochOffsetResponse {
+        end_offset,
+        leader_epoch,
+        found,
+        leader_id: ctx.cfg.server_id.clone(),
+        current_leader_epoch: p.role.leader_epoch,
     };
     let _ = ctx
         .repl_conn
@@ -197,20 +209,22 @@ pub(crate) async fn watch_isr(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch:
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
-        let changes = match p.commit.lock().as_mut() {
-            Some(l) => l.on_tick(now_ms()),
+        // The changes and the partition epoch they were decided at, read together.
+        let (changes, at) = match p.commit.lock().as_mut() {
+            Some(l) => (l.on_tick(now_ms()), l.partition_epoch()),
             None => continue,
         };
         for change in changes {
             let p = p.clone();
             let ctx = ctx.clone();
             // Proposals run on their own so a slow metadata group does not stall the ticks.
-            tokio::spawn(async move { propose_isr_change(&p, &ctx, change).await });
+            tokio::spawn(async move { propose_isr_change(&p, &ctx, change, at).await });
         }
     }
 }
 
-async fn propose_isr_change(p: &Partition, ctx: &Ctx, change: IsrChange) {
+/// Proposes `change`, decided on the ISR of partition epoch `at`.
+async fn propose_isr_change(p: &Partition, ctx: &Ctx, change: IsrChange, at: u64) {
     let me = ctx.cfg.server_id.clone();
     let epoch = p.role.leader_epoch;
     let entry = match &change {
@@ -233,14 +247,27 @@ async fn propose_isr_change(p: &Partition, ctx: &Ctx, change: IsrChange) {
                 replica_to_add: r.clone(),
                 leader: me,
                 leader_epoch: epoch,
+                epoch: at,
             }),
             ..Default::default()
         },
     };
     // A proposal that timed out may still apply, so it keeps counting for commits and is asked
-    // again until a verdict comes (asking twice is harmless: the second finds it done).
+    // again until a verdict comes (asking twice is harmless: the second finds it done), while
+    // the leader still wants it: an ISR it has seen since may show it applied, or undone.
+    // An expansion names the partition epoch it was decided at, so a retry that arrives after
+    // a later change is refused instead of re-adding a replica dropped since.
     for attempt in 0u32.. {
         if *p.stop.borrow() {
+            return;
+        }
+        if attempt > 0
+            && !p
+                .commit
+                .lock()
+                .as_ref()
+                .is_some_and(|l| l.is_pending(&change))
+        {
             return;
         }
         match ctx.propose(entry.clone()).await {
@@ -365,6 +392,8 @@ pub(crate) async fn follow(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Re
             FollowerAction::AskEpochEnd { epoch: asked } => {
                 let req = internal::LeaderEpochOffsetRequest {
                     leader_epoch: asked.unwrap_or(0),
+                    current_leader_epoch: epoch,
+                    replica_id: me.clone(),
                 };
                 let asked = ctx.repl_conn.request(
                     &offset_subject,
@@ -386,7 +415,25 @@ pub(crate) async fn follow(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Re
                             .iter()
                             .map(|e| (e.epoch, e.start_offset))
                             .collect();
-                        todo.extend(f.on_epoch_end(answer, &epochs, p.log.next_offset(), now_ms()));
+                        let next = f.on_epoch_end(
+                            &r.leader_id,
+                            r.current_leader_epoch,
+                            answer,
+                            &epochs,
+                            p.log.next_offset(),
+                            now_ms(),
+                        );
+                        if next.is_empty() {
+                            // Another broker or epoch answered (fenced): ask again.
+                            debug!(ctx.logger, "ignored an epoch answer of another leader";
+                                "stream" => &p.stream, "partition" => p.id,
+                                "from" => &r.leader_id, "epoch" => r.current_leader_epoch);
+                            if pause(&mut stop, retry).await {
+                                break;
+                            }
+                            todo.extend(f.on_request_timeout(p.log.last_leader_epoch()));
+                        }
+                        todo.extend(next);
                     }
                     None => {
                         if pause(&mut stop, retry).await {
@@ -601,10 +648,14 @@ async fn judge(
         "partition" => op.partition, "old_leader" => &op.leader, "new_leader" => &new_leader);
     let entry = RaftLog {
         op: Op::ChangeLeader as i32,
+        // The generation it replaces: a failover decided on a stale state is refused at apply,
+        // as is a new leader no longer in the ISR.
         change_leader_op: Some(internal::ChangeLeaderOp {
             stream: op.stream.clone(),
             partition: op.partition,
             leader: new_leader,
+            expected_leader: op.leader.clone(),
+            expected_leader_epoch: op.leader_epoch,
         }),
         ..Default::default()
     };

@@ -113,7 +113,11 @@ mod tests {
         );
         check(internal::RaftJoinResponse { error: "no".into() }, &mut seen);
         check(
-            internal::LeaderEpochOffsetRequest { leader_epoch: 4 },
+            internal::LeaderEpochOffsetRequest {
+                leader_epoch: 4,
+                current_leader_epoch: 5,
+                replica_id: "b".into(),
+            },
             &mut seen,
         );
         check(
@@ -121,6 +125,8 @@ mod tests {
                 end_offset: 40,
                 leader_epoch: 3,
                 found: true,
+                leader_id: "a".into(),
+                current_leader_epoch: 5,
             },
             &mut seen,
         );

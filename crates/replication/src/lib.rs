@@ -114,6 +114,9 @@ pub struct Leader {
     hw: Offset,
     /// Changes asked for and not yet applied, so a tick does not ask twice.
     proposed: BTreeSet<IsrChange>,
+    /// The partition epoch of the ISR it holds (0: unknown): an expansion names it, so that one
+    /// decided on an ISR that changed since is refused.
+    partition_epoch: u64,
 }
 
 impl Leader {
@@ -159,9 +162,26 @@ impl Leader {
             newest,
             hw,
             proposed: BTreeSet::new(),
+            partition_epoch: 0,
         };
         l.commit();
         l
+    }
+
+    /// The partition epoch (metadata) of the ISR it holds: set with each ISR it is given.
+    pub fn set_partition_epoch(&mut self, epoch: u64) {
+        self.partition_epoch = self.partition_epoch.max(epoch);
+    }
+
+    /// The partition epoch of the ISR it holds, for the ISR changes it asks for.
+    pub fn partition_epoch(&self) -> u64 {
+        self.partition_epoch
+    }
+
+    /// Whether `change` is still asked for: not yet shown applied, nor refused. A proposal that
+    /// got no verdict is retried only while this holds.
+    pub fn is_pending(&self, change: &IsrChange) -> bool {
+        self.proposed.contains(change)
     }
 
     /// The leader epoch it leads under.
@@ -268,6 +288,13 @@ impl Leader {
     /// again.
     pub fn on_isr_change_refused(&mut self, change: &IsrChange) {
         self.proposed.remove(change);
+    }
+
+    /// Whether to answer an epoch question from a follower that follows `epoch`: only one that
+    /// follows this leader's epoch. A follower of a newer leader must not get a deposed
+    /// leader's answer (Kafka's KIP-320 fencing).
+    pub fn answers_epoch_question(&self, epoch: u64) -> bool {
+        epoch == self.epoch
     }
 
     /// Whether `replica` holds a replica of this partition.
@@ -431,16 +458,20 @@ impl Follower {
         self.epoch
     }
 
-    /// The leader answered the epoch question (see [`epoch_end`]); `epochs` and `leo` describe
-    /// the follower's log. Either truncate and fetch, or ask about an older epoch.
+    /// `leader`, leading at `epoch`, answered the epoch question (see [`epoch_end`]); `epochs`
+    /// and `leo` describe the follower's log. Either truncate and fetch, or ask about an older
+    /// epoch. An answer from another broker or epoch (a deposed leader still answering) is
+    /// ignored: its log may hold what the followed leader never had.
     pub fn on_epoch_end(
         &mut self,
+        leader: &str,
+        epoch: u64,
         answer: Option<(u64, Offset)>,
         epochs: &[(u64, Offset)],
         leo: Offset,
         now: Millis,
     ) -> Vec<FollowerAction> {
-        if self.phase != Phase::Truncating {
+        if leader != self.leader || epoch != self.epoch || self.phase != Phase::Truncating {
             return Vec::new();
         }
         self.last_contact = now;
@@ -795,7 +826,7 @@ mod tests {
             "no data before truncation"
         );
         assert_eq!(
-            f.on_epoch_end(Some((2, 7)), &[(1, 0), (2, 5)], 9, 2),
+            f.on_epoch_end("a", 3, Some((2, 7)), &[(1, 0), (2, 5)], 9, 2),
             vec![
                 FollowerAction::Truncate { keep_below: 7 },
                 FollowerAction::Fetch
@@ -821,6 +852,45 @@ mod tests {
             vec![FollowerAction::ReportLeader],
             "again after another timeout of silence"
         );
+    }
+
+    /// A deposed leader's answer to the epoch question: c follows b at epoch 20, and a (epoch
+    /// 10) still holds 101..110 that b never had.
+    #[test]
+    fn only_the_followed_leader_answers_the_epoch_question() {
+        let c_epochs = [(1, 0), (10, 101)];
+        let (mut f, first) = Follower::new("b", 20, settings(), 0, Some(10));
+        assert_eq!(first, vec![FollowerAction::AskEpochEnd { epoch: Some(10) }]);
+        // a answers first, at its own epoch 10: its epoch 10 reaches 111.
+        assert!(
+            f.on_epoch_end("a", 10, Some((10, 111)), &c_epochs, 111, 1)
+                .is_empty(),
+            "a deposed leader's answer is ignored"
+        );
+        assert!(
+            f.on_epoch_end("b", 10, Some((10, 111)), &c_epochs, 111, 1)
+                .is_empty(),
+            "an answer from another epoch of the leader is ignored"
+        );
+        assert_eq!(
+            f.on_epoch_end("b", 20, Some((10, 101)), &c_epochs, 111, 2),
+            vec![
+                FollowerAction::Truncate { keep_below: 101 },
+                FollowerAction::Fetch
+            ]
+        );
+        // The leader side: a follower of another epoch gets no answer.
+        let l = Leader::new(
+            "a",
+            10,
+            s(&["a", "b", "c"]),
+            s(&["a", "c"]),
+            (110, 100),
+            settings(),
+            0,
+        );
+        assert!(!l.answers_epoch_question(20));
+        assert!(l.answers_epoch_question(10));
     }
 
     #[test]
