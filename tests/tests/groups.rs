@@ -206,7 +206,9 @@ async fn the_originals_lifecycle_assigns_and_rebalances_partitions() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((j.coordinator.as_str(), j.epoch), ("a", 0));
+    // A new group's epoch is its creation's metadata index (the original's is 0).
+    assert_eq!(j.coordinator.as_str(), "a");
+    assert!(j.epoch > 0, "epoch {}", j.epoch);
     assert_eq!(j.consumer_timeout, 15_000_000_000, "nanoseconds");
     assert_eq!(j.coordinator_timeout, 15_000_000_000);
     assert_eq!(

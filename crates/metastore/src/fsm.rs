@@ -696,7 +696,7 @@ impl Fsm {
         loads
     }
 
-    fn create_group(&mut self, g: &internal::ConsumerGroup, _index: u64) -> Applied {
+    fn create_group(&mut self, g: &internal::ConsumerGroup, index: u64) -> Applied {
         if g.id.is_empty() {
             return Applied::err(OpError::InvalidArgument("No groupId provided".into()));
         }
@@ -713,8 +713,10 @@ impl Fsm {
                 return Applied::err(e);
             }
         }
-        // A new group starts at epoch 0, as in Liftbridge.
-        let mut group = GroupState::new(&g.id, &g.coordinator, g.epoch);
+        // A new group starts at the entry's index (Liftbridge: 0), as join, leave and a
+        // coordinator change do: a group re-created after its last member left must start
+        // above the old group's epochs, which its partitions still hold for fencing.
+        let mut group = GroupState::new(&g.id, &g.coordinator, index);
         let streams = &self.streams;
         for m in &g.members {
             group.add_member(&m.id, &m.streams, &|s| Self::partition_count(streams, s));

@@ -497,11 +497,11 @@ fn consumer_groups() {
     );
     f.apply(&create("foo", 2), 2);
     f.apply(&create("bar", 2), 3);
-    // A new group starts at epoch 0 (the original's).
+    // A new group starts at its entry's index (the original's starts at 0).
     assert_eq!(
         f.apply(&create_group("g", "c1", &["foo", "bar"], "a"), 4)
             .join,
-        Some(("a".into(), 0))
+        Some(("a".into(), 4))
     );
     assert_eq!(
         refused(&mut f, create_group("g", "c9", &["foo"], "a"), 5),
@@ -663,4 +663,21 @@ proptest! {
             }
         }
     }
+}
+
+/// A group deleted when its last member left, then created again, must start above every epoch
+/// it had: partitions still hold the old group's fencing epoch, and a new member at a lower
+/// epoch would be refused while the departed one kept consuming.
+#[test]
+fn a_re_created_group_starts_above_its_old_epochs() {
+    let mut f = Fsm::new();
+    f.apply(&create("foo", 1), 1);
+    f.apply(&create_group("g", "c1", &["foo"], "a"), 2);
+    f.apply(&join("g", "c2", &["foo"]), 3);
+    f.apply(&leave("g", "c2"), 4);
+    assert_eq!(f.apply(&leave("g", "c1"), 5).result, Ok(()));
+    assert!(!f.groups().contains_key("g"), "the empty group is gone");
+    let created = f.apply(&create_group("g", "c3", &["foo"], "a"), 6);
+    assert_eq!(created.join, Some(("a".into(), 6)));
+    assert_eq!(f.groups()["g"].epoch, 6);
 }
