@@ -128,6 +128,9 @@ pub(crate) struct Ctx {
     pub never_wait: Vec<String>,
     /// Counters and timings for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The (stream, partition, leader epoch)s this process has led: a leader epoch found in the
+    /// log and not here was led by an earlier run, which may have lost an unsynced tail.
+    pub led: Mutex<std::collections::HashSet<(String, i32, u64)>>,
 }
 
 impl Ctx {
@@ -399,6 +402,26 @@ impl Partition {
     }
 
     async fn start_leading(self: &Arc<Self>, ctx: &Arc<Ctx>) -> Result<()> {
+        let generation = (self.stream.clone(), self.id, self.role.leader_epoch);
+        if self.role.replicas.len() > 1
+            && self.log.last_leader_epoch() == Some(self.role.leader_epoch)
+            && !ctx.led.lock().contains(&generation)
+        {
+            // This epoch was led by an earlier run of this broker, which may have lost records
+            // it never synced that followers copied. Writing again at the same offsets and
+            // epoch would let them keep the old records; a new epoch makes them truncate.
+            warn!(ctx.logger, "leading a partition again after a restart: moving it to a new \
+                leader epoch before accepting writes"; "stream" => &self.stream,
+                "partition" => self.id, "epoch" => self.role.leader_epoch);
+            let renew = tokio::spawn(crate::replica::renew_epoch(
+                self.clone(),
+                ctx.clone(),
+                self.stop.subscribe(),
+            ));
+            self.tasks.lock().push(renew);
+            return Ok(());
+        }
+        ctx.led.lock().insert(generation);
         self.log
             .assign_leader_epoch(self.role.leader_epoch)
             .map_err(|e| BrokerError::internal("recording the leader epoch", e))?;

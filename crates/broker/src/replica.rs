@@ -99,9 +99,23 @@ async fn answer_fetch(p: &Arc<Partition>, ctx: &Ctx, m: natsbridge::Message) {
         // Idle followers learn the new high watermark now rather than after their idle wait.
         notify_followers(p, ctx, Some(&req.replica_id)).await;
     }
-    let FetchReply::Serve { from, .. } = answer else {
-        p.waiting.lock().remove(&req.replica_id);
-        return; // another epoch, or not a replica: Liftbridge drops these too
+    let from = match answer {
+        FetchReply::Serve { from, .. } => from,
+        FetchReply::Reject => {
+            p.waiting.lock().remove(&req.replica_id);
+            return; // another epoch, or not a replica: Liftbridge drops these too
+        }
+        FetchReply::OutOfRange { newest } => {
+            // The replication response has no field for it: unanswered, the follower asks again
+            // (a claim only just ahead of what the state machine heard of is served then) or
+            // waits until this leader moves to a new epoch, which it does at every start after
+            // a restart, when such a tail can be lost; the new epoch makes it truncate.
+            p.waiting.lock().remove(&req.replica_id);
+            warn!(ctx.logger, "a follower claims records beyond this leader's log at its epoch";
+                "stream" => &p.stream, "partition" => p.id, "replica" => &req.replica_id,
+                "offset" => req.offset, "newest" => newest);
+            return;
+        }
     };
     let records = if from <= p.log.newest_offset() {
         // Within what one NATS message carries: every record was accepted within it.
@@ -328,6 +342,7 @@ pub(crate) async fn give_up_if_failed(
         replica: me.clone(),
         leader: me,
         leader_epoch: p.role.leader_epoch,
+        renew_epoch: false,
     };
     for attempt in 0u32.. {
         match unless_stopped(&mut stop, ctx.meta.report_leader(op.clone())).await {
@@ -341,6 +356,41 @@ pub(crate) async fn give_up_if_failed(
         }
         if pause(&mut stop, Duration::from_secs(1)).await {
             return;
+        }
+    }
+}
+
+/// Leader of a partition whose epoch an earlier run of this broker led: asks the metadata
+/// leader, with a report on itself that asks for renewal, to make it leader again at a new epoch,
+/// until a verdict or `stop`. The change starts the partition again at the new epoch; a refusal
+/// means leadership moved meanwhile.
+pub(crate) async fn renew_epoch(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    let me = ctx.cfg.server_id.clone();
+    let op = internal::ReportLeaderOp {
+        stream: p.stream.clone(),
+        partition: p.id,
+        replica: me.clone(),
+        leader: me,
+        leader_epoch: p.role.leader_epoch,
+        renew_epoch: true,
+    };
+    for attempt in 0u32.. {
+        match unless_stopped(&mut stop, ctx.meta.report_leader(op.clone())).await {
+            None | Some(Ok(())) => return,
+            Some(Err(MetaError::Op(e))) => {
+                info!(ctx.logger, "the partition's leader epoch was not renewed";
+                    "stream" => &p.stream, "partition" => p.id, "error" => %e);
+                return;
+            }
+            Some(Err(e)) => {
+                if attempt % 10 == 0 {
+                    warn!(ctx.logger, "renewing the partition's leader epoch failed; retrying";
+                        "stream" => &p.stream, "partition" => p.id, "error" => %e);
+                }
+                if pause(&mut stop, Duration::from_millis(500)).await {
+                    return;
+                }
+            }
         }
     }
 }
@@ -523,6 +573,7 @@ pub(crate) async fn follow(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Re
                     replica: me.clone(),
                     leader: leader.clone(),
                     leader_epoch: epoch,
+                    renew_epoch: false,
                 };
                 warn!(ctx.logger, "reporting a silent partition leader";
                     "stream" => &p.stream, "partition" => p.id, "leader" => &leader);
@@ -619,6 +670,16 @@ async fn judge(
             part.leader, part.leader_epoch, op.leader, op.leader_epoch
         )));
     }
+    if op.renew_epoch {
+        // The leader asks to lead on at a new epoch (it restarted, and may have lost a tail
+        // its followers hold): a leader change to itself, from the generation it names.
+        if op.replica != op.leader {
+            return Err(OpError::InvalidArgument(
+                "only a partition's leader may renew its epoch".into(),
+            ));
+        }
+        return change_leader(broker, op, op.leader.clone()).await;
+    }
     // A leader reporting itself has a failed log: it needs no second opinion.
     let resigning = op.replica == op.leader;
     if !resigning && !part.isr.contains(&op.replica) {
@@ -646,6 +707,15 @@ async fn judge(
     };
     info!(broker.inner.logger, "failing over a partition"; "stream" => &op.stream,
         "partition" => op.partition, "old_leader" => &op.leader, "new_leader" => &new_leader);
+    change_leader(broker, op, new_leader).await
+}
+
+/// Proposes `new_leader` for the partition `op` reports on, replacing the generation it names.
+async fn change_leader(
+    broker: &crate::Broker,
+    op: &internal::ReportLeaderOp,
+    new_leader: String,
+) -> Result<(), OpError> {
     let entry = RaftLog {
         op: Op::ChangeLeader as i32,
         // The generation it replaces: a failover decided on a stale state is refused at apply,

@@ -99,6 +99,13 @@ pub enum FetchReply {
     },
     /// The request is for another epoch, or from a broker that holds no replica: ignore it.
     Reject,
+    /// The follower claims more than the leader holds at the same epoch: the leader lost a tail
+    /// it never synced (a power loss) that the follower copied. The claim does not count, and
+    /// the follower must truncate (ask where the epoch ended) before it fetches again.
+    OutOfRange {
+        /// The leader's newest offset.
+        newest: Offset,
+    },
 }
 
 /// The leader's side of one partition.
@@ -228,8 +235,16 @@ impl Leader {
         let Some(v) = self.followers.get_mut(replica) else {
             return (FetchReply::Reject, None);
         };
-        // A follower never holds more than the leader: anything beyond is a stale view.
-        v.offset = offset.min(self.newest);
+        if offset > self.newest {
+            // Counting it would commit offsets this leader will write anew, differently.
+            return (
+                FetchReply::OutOfRange {
+                    newest: self.newest,
+                },
+                None,
+            );
+        }
+        v.offset = offset;
         v.last_seen = now;
         v.unheard = false;
         if v.offset >= self.newest {
@@ -511,6 +526,25 @@ impl Follower {
             };
         }
         out
+    }
+
+    /// The leader answered a fetch with [`FetchReply::OutOfRange`]: this log holds more than
+    /// the leader's, so it starts over with the truncation handshake.
+    pub fn on_out_of_range(
+        &mut self,
+        leader: &str,
+        epoch: u64,
+        own_latest_epoch: Option<u64>,
+        now: Millis,
+    ) -> Vec<FollowerAction> {
+        if leader != self.leader || epoch != self.epoch || self.phase != Phase::Fetching {
+            return Vec::new();
+        }
+        self.last_contact = now;
+        self.phase = Phase::Truncating;
+        vec![FollowerAction::AskEpochEnd {
+            epoch: own_latest_epoch,
+        }]
     }
 
     /// The leader has new data: stop waiting.
@@ -891,6 +925,46 @@ mod tests {
         );
         assert!(!l.answers_epoch_question(20));
         assert!(l.answers_epoch_question(10));
+    }
+
+    /// A restarted leader lost its unsynced 101..120, which b copied, and leads again at the
+    /// same epoch: b's claim must not count, or the HW would cover offsets the leader writes
+    /// anew; b truncates to the leader's end.
+    #[test]
+    fn a_follower_ahead_of_its_leader_truncates_and_does_not_count() {
+        let mut l = Leader::new(
+            "a",
+            10,
+            s(&["a", "b"]),
+            s(&["a", "b"]),
+            (100, 100),
+            settings(),
+            0,
+        );
+        assert_eq!(
+            l.on_fetch("b", 10, 120, 1),
+            (FetchReply::OutOfRange { newest: 100 }, None)
+        );
+        assert_eq!(
+            l.on_append(125),
+            None,
+            "b's stale claim does not commit 101..120"
+        );
+        assert_eq!(l.hw(), 100);
+        let (mut f, _) = Follower::new("a", 10, settings(), 0, Some(10));
+        let b_epochs = [(10, 50)];
+        f.on_epoch_end("a", 10, Some((10, 121)), &b_epochs, 121, 1);
+        assert_eq!(
+            f.on_out_of_range("a", 10, Some(10), 2),
+            vec![FollowerAction::AskEpochEnd { epoch: Some(10) }]
+        );
+        assert_eq!(
+            f.on_epoch_end("a", 10, Some((10, 101)), &b_epochs, 121, 3),
+            vec![
+                FollowerAction::Truncate { keep_below: 101 },
+                FollowerAction::Fetch
+            ]
+        );
     }
 
     #[test]
