@@ -498,15 +498,27 @@ pub(crate) async fn follow(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Re
                     let log = p.log.clone();
                     let result =
                         tokio::task::spawn_blocking(move || log.truncate(keep_below)).await;
-                    match result {
-                        Ok(Ok(())) => info!(ctx.logger, "truncated a diverging log";
-                            "stream" => &p.stream, "partition" => p.id, "from" => keep_below),
-                        Ok(Err(e)) => {
-                            warn!(ctx.logger, "truncating the log failed";
-                                "stream" => &p.stream, "partition" => p.id, "error" => %e);
+                    let failed = match result {
+                        Ok(Ok(())) => {
+                            info!(ctx.logger, "truncated a diverging log";
+                                "stream" => &p.stream, "partition" => p.id, "from" => keep_below);
+                            None
+                        }
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if let Some(e) = failed {
+                        // Nothing may be fetched into a log that was not cut: the handshake
+                        // starts over, unless the log failed for good.
+                        error!(ctx.logger, "truncating the log failed; trying again";
+                            "stream" => &p.stream, "partition" => p.id, "error" => e);
+                        todo.clear();
+                        if step_out_if_failed(&p, &ctx, &mut stop).await
+                            || pause(&mut stop, retry).await
+                        {
                             break;
                         }
-                        Err(_) => break,
+                        todo.extend(f.on_truncate_failed(p.log.last_leader_epoch()));
                     }
                 }
             }
@@ -537,17 +549,18 @@ pub(crate) async fn follow(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Re
                 if !resp.records.is_empty() {
                     let log = p.log.clone();
                     let records = resp.records.clone();
-                    let Some(appended) =
-                        write_log(ctx.cfg.sync, move || log.append_raw(&records)).await
-                    else {
-                        break;
-                    };
+                    let appended = write_log(ctx.cfg.sync, move || log.append_raw(&records))
+                        .await
+                        .map(|r| r.map_err(|e| e.to_string()))
+                        .unwrap_or_else(|| Err("the write task ended".into()));
                     match appended {
                         Ok(_) => had_records = true,
                         Err(e) => {
-                            warn!(ctx.logger, "appending replicated records failed";
-                                "stream" => &p.stream, "partition" => p.id, "error" => %e);
-                            if pause(&mut stop, retry).await {
+                            warn!(ctx.logger, "appending replicated records failed; trying again";
+                                "stream" => &p.stream, "partition" => p.id, "error" => e);
+                            if step_out_if_failed(&p, &ctx, &mut stop).await
+                                || pause(&mut stop, retry).await
+                            {
                                 break;
                             }
                             todo.extend(f.on_request_timeout(p.log.last_leader_epoch()));
@@ -588,6 +601,41 @@ pub(crate) async fn follow(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Re
         }
     }
     debug!(ctx.logger, "stopped following"; "stream" => &p.stream, "partition" => p.id);
+}
+
+/// Follower: if the log failed for good (a failed sync, or a write that could not be undone),
+/// leaves the ISR at once rather than after `replica.max.lag.time`, since it can copy nothing
+/// more, and returns true: following stops. Otherwise false.
+async fn step_out_if_failed(p: &Partition, ctx: &Ctx, stop: &mut watch::Receiver<bool>) -> bool {
+    let Some(why) = p.log.failure() else {
+        return false;
+    };
+    error!(ctx.logger, "the partition's log failed; leaving the ISR and no longer following";
+        "stream" => &p.stream, "partition" => p.id, "data_dir" => %ctx.cfg.data_dir.display(),
+        "error" => &why);
+    let entry = RaftLog {
+        op: Op::ShrinkIsr as i32,
+        shrink_isr_op: Some(internal::ShrinkIsrOp {
+            stream: p.stream.clone(),
+            partition: p.id,
+            replica_to_remove: ctx.cfg.server_id.clone(),
+            leader: p.role.leader_id.clone(),
+            leader_epoch: p.role.leader_epoch,
+        }),
+        ..Default::default()
+    };
+    // Bounded: the leader drops a replica that stopped fetching after max lag anyway.
+    for _ in 0..10 {
+        match unless_stopped(stop, ctx.propose(entry.clone())).await {
+            None | Some(Ok(_)) | Some(Err(MetaError::Op(_))) => break,
+            Some(Err(_)) => {
+                if pause(stop, Duration::from_millis(500)).await {
+                    break;
+                }
+            }
+        }
+    }
+    true
 }
 
 /// Awaits `f` unless `stop` comes first (then `None`), so a partition stops without waiting

@@ -547,6 +547,15 @@ impl Follower {
         }]
     }
 
+    /// Cutting the log failed: whatever was queued after the cut must not run. Starts the
+    /// truncation handshake again (the caller waits a little first).
+    pub fn on_truncate_failed(&mut self, own_latest_epoch: Option<u64>) -> Vec<FollowerAction> {
+        self.phase = Phase::Truncating;
+        vec![FollowerAction::AskEpochEnd {
+            epoch: own_latest_epoch,
+        }]
+    }
+
     /// The leader has new data: stop waiting.
     pub fn on_notify(&mut self) -> Vec<FollowerAction> {
         if let Phase::Idle { .. } = self.phase {
@@ -962,6 +971,27 @@ mod tests {
             f.on_epoch_end("a", 10, Some((10, 101)), &b_epochs, 121, 3),
             vec![
                 FollowerAction::Truncate { keep_below: 101 },
+                FollowerAction::Fetch
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_truncation_is_tried_again_before_any_fetch() {
+        let (mut f, _) = Follower::new("a", 3, settings(), 0, Some(2));
+        f.on_epoch_end("a", 3, Some((2, 7)), &[(2, 5)], 9, 1);
+        assert_eq!(
+            f.on_truncate_failed(Some(2)),
+            vec![FollowerAction::AskEpochEnd { epoch: Some(2) }]
+        );
+        assert!(
+            f.on_fetch_response("a", 3, 5, true, 2).is_empty(),
+            "no data into a log that was not cut"
+        );
+        assert_eq!(
+            f.on_epoch_end("a", 3, Some((2, 7)), &[(2, 5)], 9, 3),
+            vec![
+                FollowerAction::Truncate { keep_below: 7 },
                 FollowerAction::Fetch
             ]
         );
