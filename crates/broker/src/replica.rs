@@ -361,9 +361,10 @@ pub(crate) async fn give_up_if_failed(
 }
 
 /// Leader of a partition whose epoch an earlier run of this broker led: asks the metadata
-/// leader, with a report on itself that asks for renewal, to make it leader again at a new epoch,
-/// until a verdict or `stop`. The change starts the partition again at the new epoch; a refusal
-/// means leadership moved meanwhile.
+/// leader, with a report on itself that asks for renewal, for a new epoch, until a verdict or
+/// `stop`. The metadata leader moves the partition to another in-sync replica if there is one
+/// (this log may have lost a tail the others hold), else makes this broker leader again at a new
+/// epoch; either restarts the partition. A refusal means leadership moved meanwhile.
 pub(crate) async fn renew_epoch(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let me = ctx.cfg.server_id.clone();
     let op = internal::ReportLeaderOp {
@@ -712,49 +713,32 @@ async fn judge(
             op.stream, op.partition
         )));
     };
-    if part.leader != op.leader || part.leader_epoch != op.leader_epoch {
-        return Err(OpError::FailedPrecondition(format!(
-            "Leader generation mismatch, current leader: {} epoch: {}, got leader: {} epoch: {}",
-            part.leader, part.leader_epoch, op.leader, op.leader_epoch
-        )));
-    }
-    if op.renew_epoch {
-        // The leader asks to lead on at a new epoch (it restarted, and may have lost a tail
-        // its followers hold): a leader change to itself, from the generation it names.
-        if op.replica != op.leader {
-            return Err(OpError::InvalidArgument(
-                "only a partition's leader may renew its epoch".into(),
-            ));
-        }
-        return change_leader(broker, op, op.leader.clone()).await;
-    }
-    // A leader reporting itself has a failed log: it needs no second opinion.
-    let resigning = op.replica == op.leader;
-    if !resigning && !part.isr.contains(&op.replica) {
-        // Only in-sync followers vouch for a failover: a lagging one may simply be cut off.
-        return Ok(());
-    }
-    let key = (op.stream.clone(), op.partition);
-    if !resigning
-        && !tally.report(
-            key,
-            &op.leader,
-            op.leader_epoch,
-            &op.replica,
-            part.isr.len(),
-            now_ms(),
-        )
-    {
-        return Ok(());
-    }
     let (_, leading) = broker.loads();
-    let Some(new_leader) = replication::pick_leader(&part.isr, &op.leader, |r| {
-        leading.get(r).copied().unwrap_or(0)
-    }) else {
-        return Err(OpError::FailedPrecondition("No ISR candidates".into()));
+    let judgement = replication::judge(
+        tally,
+        (op.stream.clone(), op.partition),
+        replication::Generation {
+            leader: &part.leader,
+            epoch: part.leader_epoch,
+            isr: &part.isr,
+        },
+        replication::LeaderReport {
+            replica: &op.replica,
+            leader: &op.leader,
+            epoch: op.leader_epoch,
+            renew: op.renew_epoch,
+        },
+        |r| leading.get(r).copied().unwrap_or(0),
+        now_ms(),
+    );
+    let new_leader = match judgement {
+        replication::Judgement::Refuse(why) => return Err(OpError::FailedPrecondition(why)),
+        replication::Judgement::Wait => return Ok(()),
+        replication::Judgement::Elect(l) => l,
     };
     info!(broker.inner.logger, "failing over a partition"; "stream" => &op.stream,
-        "partition" => op.partition, "old_leader" => &op.leader, "new_leader" => &new_leader);
+        "partition" => op.partition, "old_leader" => &op.leader, "new_leader" => &new_leader,
+        "restarted" => op.renew_epoch);
     change_leader(broker, op, new_leader).await
 }
 

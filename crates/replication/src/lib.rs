@@ -683,6 +683,92 @@ impl<K: Ord + Clone> FailoverTally<K> {
     }
 }
 
+/// A partition's generation as the metadata holds it: leader, leader epoch and ISR.
+#[derive(Debug, Clone, Copy)]
+pub struct Generation<'a> {
+    /// The leader.
+    pub leader: &'a str,
+    /// Its leader epoch.
+    pub epoch: u64,
+    /// The in-sync replicas.
+    pub isr: &'a [String],
+}
+
+/// A report on a partition's leader, as the metadata leader receives it.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaderReport<'a> {
+    /// Who reports: a follower (the leader is silent), or the leader itself (its log failed,
+    /// it is stopping, or it restarted).
+    pub replica: &'a str,
+    /// The leader reported on.
+    pub leader: &'a str,
+    /// Its leader epoch.
+    pub epoch: u64,
+    /// The leader restarted and must move to a new epoch (see [`judge`]).
+    pub renew: bool,
+}
+
+/// The metadata leader's verdict on a [`LeaderReport`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgement {
+    /// The report is about another generation, or malformed.
+    Refuse(String),
+    /// Counted; nothing to do yet.
+    Wait,
+    /// Propose this leader, naming the reported generation as the one it replaces.
+    Elect(String),
+}
+
+/// Judges a report (spec §4.5, with this crate's fencing): only a report on the current
+/// generation counts; an in-sync follower's report goes to the tally, and failover is due when
+/// [`failover_due`]; a leader reporting itself needs no second opinion. A restarted leader
+/// (`renew`) moves to a new epoch: on another in-sync replica if there is one (its log may have
+/// lost a tail the others hold), else on itself. The new leader is picked by [`pick_leader`].
+pub fn judge<K: Ord + Clone>(
+    tally: &mut FailoverTally<K>,
+    key: K,
+    current: Generation<'_>,
+    report: LeaderReport<'_>,
+    leading: impl Fn(&str) -> usize,
+    now: Millis,
+) -> Judgement {
+    if current.leader != report.leader || current.epoch != report.epoch {
+        return Judgement::Refuse(format!(
+            "Leader generation mismatch, current leader: {} epoch: {}, got leader: {} epoch: {}",
+            current.leader, current.epoch, report.leader, report.epoch
+        ));
+    }
+    let resigning = report.replica == report.leader;
+    if report.renew {
+        if !resigning {
+            return Judgement::Refuse("only a partition's leader may renew its epoch".into());
+        }
+        let to = pick_leader(current.isr, report.leader, &leading)
+            .unwrap_or_else(|| report.leader.to_owned());
+        return Judgement::Elect(to);
+    }
+    if !resigning && !current.isr.iter().any(|r| r == report.replica) {
+        // Only in-sync followers vouch for a failover: a lagging one may simply be cut off.
+        return Judgement::Wait;
+    }
+    if !resigning
+        && !tally.report(
+            key,
+            report.leader,
+            report.epoch,
+            report.replica,
+            current.isr.len(),
+            now,
+        )
+    {
+        return Judgement::Wait;
+    }
+    match pick_leader(current.isr, report.leader, leading) {
+        Some(l) => Judgement::Elect(l),
+        None => Judgement::Refuse("No ISR candidates".into()),
+    }
+}
+
 /// The new leader after a failover: an ISR member other than the old leader, the one leading
 /// the fewest partitions (`leading`), ties broken by id. `None` when the ISR has no one else.
 pub fn pick_leader<'a>(
