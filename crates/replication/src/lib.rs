@@ -25,8 +25,15 @@
 //!   accepts only its leader's epoch, and a log records an epoch only if it is newer than every
 //!   epoch it holds.
 //! - Nothing commits while the ISR is smaller than min ISR.
-//! - A leader serves only followers of its own epoch; a follower accepts data only from the
-//!   leader and epoch it follows.
+//! - A leader serves only followers of its own epoch; a follower accepts data, and answers to
+//!   its epoch question, only from the leader and epoch it follows (a deposed leader's answer
+//!   is ignored, and a leader answers only its own epoch's followers).
+//! - A follower's claim to hold more than the leader at the same epoch is not counted
+//!   ([`FetchReply::OutOfRange`]).
+//! - An ISR expansion names the partition epoch it was decided at ([`Leader::partition_epoch`]),
+//!   and is retried only while [`Leader::is_pending`].
+//! - A failover ([`judge`]) is decided on one generation (leader, epoch) and names it, so the
+//!   metadata refuses it once that generation is gone; only an ISR member is elected.
 //! - A message committed while acked with policy ALL survives any failure of fewer than min ISR
 //!   brokers, because every ISR member holds it and only an ISR member can become leader.
 
