@@ -98,9 +98,13 @@ async fn bad_group_requests_get_the_originals_codes_and_messages() {
         "stream does not exist",
     );
     streams(&mut c, &[("later", 1)]).await;
-    c.join_consumer_group(join("g", "c", &["later"]))
+    // A new group's epoch is its creation's metadata index (the original's is 0).
+    let epoch = c
+        .join_consumer_group(join("g", "c", &["later"]))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .epoch;
     refused(
         c.join_consumer_group(join("g", "c", &["later"]))
             .await
@@ -139,7 +143,9 @@ async fn bad_group_requests_get_the_originals_codes_and_messages() {
         "client-provided group epoch differs from broker group epoch",
     );
     refused(
-        assignments(&mut c, "g", "stranger", 0).await.unwrap_err(),
+        assignments(&mut c, "g", "stranger", epoch)
+            .await
+            .unwrap_err(),
         Code::FailedPrecondition,
         "consumer is not a member of the consumer group",
     );
@@ -164,7 +170,9 @@ async fn bad_group_requests_get_the_originals_codes_and_messages() {
         .await
         .unwrap_err(),
         Code::FailedPrecondition,
-        "Coordinator generation mismatch, current coordinator: a epoch: 0, got coordinator: zz epoch: 0",
+        &format!(
+            "Coordinator generation mismatch, current coordinator: a epoch: {epoch}, got coordinator: zz epoch: 0"
+        ),
     );
     let mut req = sub("later", StartPosition::Earliest);
     req.consumer = Some(Consumer {
@@ -206,17 +214,19 @@ async fn the_originals_lifecycle_assigns_and_rebalances_partitions() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((j.coordinator.as_str(), j.epoch), ("a", 0));
+    // A new group's epoch is its creation's metadata index (the original's is 0).
+    assert_eq!(j.coordinator.as_str(), "a");
+    assert!(j.epoch > 0, "epoch {}", j.epoch);
     assert_eq!(j.consumer_timeout, 15_000_000_000, "nanoseconds");
     assert_eq!(j.coordinator_timeout, 15_000_000_000);
     assert_eq!(
-        assignments(&mut c, "g", "c1", 0).await.unwrap(),
-        (0, pairs(&[("bar", &[0, 1]), ("foo", &[0, 1])]))
+        assignments(&mut c, "g", "c1", j.epoch).await.unwrap(),
+        (j.epoch, pairs(&[("bar", &[0, 1]), ("foo", &[0, 1])]))
     );
     let md = group_md(&mut c, "g").await;
     assert_eq!(
         (md.error, md.coordinator.as_str(), md.epoch),
-        (consumer_group_metadata::Error::Ok as i32, "a", 0)
+        (consumer_group_metadata::Error::Ok as i32, "a", j.epoch)
     );
     // Ours: the members and their assignments, and every group when asked for all.
     assert_eq!(
@@ -266,9 +276,9 @@ async fn the_originals_lifecycle_assigns_and_rebalances_partitions() {
         .await
         .unwrap()
         .into_inner();
-    assert!(j2.epoch > 0);
+    assert!(j2.epoch > j.epoch);
     refused(
-        assignments(&mut c, "g", "c1", 0).await.unwrap_err(),
+        assignments(&mut c, "g", "c1", j.epoch).await.unwrap_err(),
         Code::FailedPrecondition,
         "client-provided group epoch differs from broker group epoch",
     );

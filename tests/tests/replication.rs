@@ -394,6 +394,79 @@ async fn below_min_isr_nothing_commits_until_the_follower_returns() {
     cluster.stop().await;
 }
 
+/// A leader restarted before anyone failed it over may have lost records it never synced
+/// (the default sync policy) that its followers copied; writing again at the same epoch would
+/// let them keep those. It does not take writes at its old epoch: the partition moves to a new
+/// epoch, on an in-sync follower (which holds everything acked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_does_not_write_at_its_old_epoch() {
+    let mut cluster = Cluster::start_with(|c| {
+        // No failover while it is away.
+        c.broker.replica.max_leader_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let mut a = cluster.client("a").await;
+    a.create_stream(create("again", 3)).await.unwrap();
+    let p = cluster
+        .partition_until("again", "three in-sync replicas", |p| p.isr.len() == 3)
+        .await;
+    let mut leader = cluster.client(&p.leader).await;
+    publish_all(&mut leader, "again", &values("one", 3)).await;
+    let generation = |cluster: &Cluster, on: &str| {
+        let running = cluster.node(on).running.as_ref().expect("running");
+        running.broker().metadata().with_state(|f| {
+            f.partition("again", 0)
+                .map(|p| (p.leader.clone(), p.leader_epoch))
+        })
+    };
+    let other = a_follower(&p);
+    let (old, epoch) = generation(&cluster, &other).expect("the partition");
+    cluster.stop_node(&old).await;
+    cluster.start_node(&old).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        let now = generation(&cluster, &other).expect("the partition");
+        if now.1 > epoch {
+            break now.0;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted leader still leads at epoch {epoch}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(new, old, "an in-sync follower took over");
+    // The partition takes writes again once it runs at the new epoch (a publish before that
+    // reaches no subscriber and times out, as during any leader change: the client retries).
+    let mut leader = cluster.client(&new).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut attempt = 0;
+    let value = loop {
+        let value = format!("two-{attempt}");
+        let mut req = tonic::Request::new(PublishRequest {
+            stream: "again".into(),
+            value: value.clone().into(),
+            ack_policy: AckPolicy::All as i32,
+            expected_offset: -1,
+            ..Default::default()
+        });
+        req.set_timeout(Duration::from_secs(2));
+        if let Ok(r) = leader.publish(req).await {
+            assert_eq!(r.into_inner().ack.expect("an ack").offset, 3);
+            break value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no publish acked at the new epoch"
+        );
+        attempt += 1;
+    };
+    let got = read_from(&mut leader, "again", 4).await;
+    let one: Vec<(i64, String)> = (0..3).zip(values("one", 3)).collect();
+    assert_eq!((&got[..3], &got[3]), (&one[..], &(3, value)));
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_that_restart_and_take_over_at_once_keep_acked_messages() {
     let mut cluster = Cluster::start().await;

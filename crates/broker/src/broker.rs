@@ -134,6 +134,7 @@ impl Broker {
                 .map(|role| connection_name(&cfg.namespace, &cfg.server_id, role))
                 .to_vec(),
             metrics: Arc::new(crate::metrics::Metrics::default()),
+            led: Default::default(),
         });
         let (shutdown, _) = watch::channel(false);
         let consumer_timeout = cfg.groups.consumer_timeout;

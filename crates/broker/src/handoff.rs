@@ -113,6 +113,7 @@ impl Broker {
                         replica: me.clone(),
                         leader: me.clone(),
                         leader_epoch: *epoch,
+                        renew_epoch: false,
                     })
                 });
                 let group_reports = groups_now.iter().map(|(group, epoch)| {

@@ -92,6 +92,8 @@ pub(crate) struct Role {
     pub paused: bool,
     pub replicas: Vec<String>,
     pub isr: Vec<String>,
+    /// The partition epoch of `isr` (taken in place with it, as the ISR).
+    pub epoch: u64,
     pub group: String,
 }
 
@@ -126,6 +128,9 @@ pub(crate) struct Ctx {
     pub never_wait: Vec<String>,
     /// Counters and timings for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The (stream, partition, leader epoch)s this process has led: a leader epoch found in the
+    /// log and not here was led by an earlier run, which may have lost an unsynced tail.
+    pub led: Mutex<std::collections::HashSet<(String, i32, u64)>>,
 }
 
 impl Ctx {
@@ -361,8 +366,12 @@ impl Partition {
         Ok(p)
     }
 
-    /// Takes a new ISR from the metadata. A leader commits with it at once.
-    pub(crate) async fn update_isr(&self, ctx: &Ctx, isr: &[String]) {
+    /// Takes a new ISR, at partition epoch `epoch`, from the metadata. A leader commits with it
+    /// at once.
+    pub(crate) async fn update_isr(&self, ctx: &Ctx, isr: &[String], epoch: u64) {
+        if let Some(l) = self.commit.lock().as_mut() {
+            l.set_partition_epoch(epoch);
+        }
         let before = {
             let mut seen = self.isr.lock();
             if seen.as_slice() == isr {
@@ -379,7 +388,10 @@ impl Partition {
                 "partition" => self.id, "isr" => ?isr);
         }
         let advanced = match self.commit.lock().as_mut() {
-            Some(l) => l.on_isr(isr.iter().cloned()),
+            Some(l) => {
+                l.set_partition_epoch(epoch);
+                l.on_isr(isr.iter().cloned())
+            }
             None => None,
         };
         if let Some(hw) = advanced {
@@ -390,10 +402,30 @@ impl Partition {
     }
 
     async fn start_leading(self: &Arc<Self>, ctx: &Arc<Ctx>) -> Result<()> {
+        let generation = (self.stream.clone(), self.id, self.role.leader_epoch);
+        if self.role.replicas.len() > 1
+            && self.log.last_leader_epoch() == Some(self.role.leader_epoch)
+            && !ctx.led.lock().contains(&generation)
+        {
+            // This epoch was led by an earlier run of this broker, which may have lost records
+            // it never synced that followers copied. Writing again at the same offsets and
+            // epoch would let them keep the old records; a new epoch makes them truncate.
+            warn!(ctx.logger, "leading a partition again after a restart: moving it to a new \
+                leader epoch before accepting writes"; "stream" => &self.stream,
+                "partition" => self.id, "epoch" => self.role.leader_epoch);
+            let renew = tokio::spawn(crate::replica::renew_epoch(
+                self.clone(),
+                ctx.clone(),
+                self.stop.subscribe(),
+            ));
+            self.tasks.lock().push(renew);
+            return Ok(());
+        }
+        ctx.led.lock().insert(generation);
         self.log
             .assign_leader_epoch(self.role.leader_epoch)
             .map_err(|e| BrokerError::internal("recording the leader epoch", e))?;
-        let leader = replication::Leader::new(
+        let mut leader = replication::Leader::new(
             ctx.cfg.server_id.clone(),
             self.role.leader_epoch,
             self.role.replicas.iter().cloned(),
@@ -402,6 +434,7 @@ impl Partition {
             crate::replica::settings(ctx, self.settings.min_isr),
             crate::replica::now_ms(),
         );
+        leader.set_partition_epoch(self.role.epoch);
         // Alone in the ISR, everything this leader holds is committed.
         let hw = leader.hw();
         *self.commit.lock() = Some(leader);

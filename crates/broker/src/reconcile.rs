@@ -85,6 +85,7 @@ impl Broker {
                             paused: p.paused,
                             replicas: p.replicas.clone(),
                             isr: p.isr.clone(),
+                            epoch: p.epoch,
                             group: p.group.clone(),
                         },
                         p.readonly,
@@ -148,7 +149,7 @@ impl Broker {
                         p.log.set_readonly(readonly);
                         p.stats.lock().readonly.touch(now_nanos());
                     }
-                    p.update_isr(&self.inner.ctx, &role.isr).await;
+                    p.update_isr(&self.inner.ctx, &role.isr, role.epoch).await;
                     continue;
                 }
                 slog::debug!(self.inner.logger, "restarting partition"; "stream" => &key.0,

@@ -99,9 +99,23 @@ async fn answer_fetch(p: &Arc<Partition>, ctx: &Ctx, m: natsbridge::Message) {
         // Idle followers learn the new high watermark now rather than after their idle wait.
         notify_followers(p, ctx, Some(&req.replica_id)).await;
     }
-    let FetchReply::Serve { from, .. } = answer else {
-        p.waiting.lock().remove(&req.replica_id);
-        return; // another epoch, or not a replica: Liftbridge drops these too
+    let from = match answer {
+        FetchReply::Serve { from, .. } => from,
+        FetchReply::Reject => {
+            p.waiting.lock().remove(&req.replica_id);
+            return; // another epoch, or not a replica: Liftbridge drops these too
+        }
+        FetchReply::OutOfRange { newest } => {
+            // The replication response has no field for it: unanswered, the follower asks again
+            // (a claim only just ahead of what the state machine heard of is served then) or
+            // waits until this leader moves to a new epoch, which it does at every start after
+            // a restart, when such a tail can be lost; the new epoch makes it truncate.
+            p.waiting.lock().remove(&req.replica_id);
+            warn!(ctx.logger, "a follower claims records beyond this leader's log at its epoch";
+                "stream" => &p.stream, "partition" => p.id, "replica" => &req.replica_id,
+                "offset" => req.offset, "newest" => newest);
+            return;
+        }
     };
     let records = if from <= p.log.newest_offset() {
         // Within what one NATS message carries: every record was accepted within it.
@@ -141,17 +155,29 @@ async fn answer_epoch_question(p: &Partition, ctx: &Ctx, m: natsbridge::Message)
     let Ok(req) = payload::decode::<internal::LeaderEpochOffsetRequest>(&m.payload) else {
         return;
     };
-    let resp = match p.log.leader_epoch_end_offset(req.leader_epoch) {
-        Some((epoch, end)) => internal::LeaderEpochOffsetResponse {
-            end_offset: end - 1,
-            leader_epoch: epoch,
-            found: true,
-        },
-        None => internal::LeaderEpochOffsetResponse {
-            end_offset: -1,
-            leader_epoch: 0,
-            found: false,
-        },
+    // Fenced: a follower of another leader epoch (it follows a newer leader, and this one is
+    // deposed) gets no answer, as a fetch of another epoch gets none.
+    let answers = p
+        .commit
+        .lock()
+        .as_ref()
+        .is_some_and(|l| l.answers_epoch_question(req.current_leader_epoch));
+    if !answers {
+        debug!(ctx.logger, "ignoring an epoch question of another leader epoch";
+            "stream" => &p.stream, "partition" => p.id, "replica" => &req.replica_id,
+            "epoch" => req.current_leader_epoch, "own_epoch" => p.role.leader_epoch);
+        return;
+    }
+    let (end_offset, leader_epoch, found) = match p.log.leader_epoch_end_offset(req.leader_epoch) {
+        Some((epoch, end)) => (end - 1, epoch, true),
+        None => (-1, 0, false),
+    };
+    let resp = internal::LeaderEpochOffsetResponse {
+        end_offset,
+        leader_epoch,
+        found,
+        leader_id: ctx.cfg.server_id.clone(),
+        current_leader_epoch: p.role.leader_epoch,
     };
     let _ = ctx
         .repl_conn
@@ -197,20 +223,22 @@ pub(crate) async fn watch_isr(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch:
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
-        let changes = match p.commit.lock().as_mut() {
-            Some(l) => l.on_tick(now_ms()),
+        // The changes and the partition epoch they were decided at, read together.
+        let (changes, at) = match p.commit.lock().as_mut() {
+            Some(l) => (l.on_tick(now_ms()), l.partition_epoch()),
             None => continue,
         };
         for change in changes {
             let p = p.clone();
             let ctx = ctx.clone();
             // Proposals run on their own so a slow metadata group does not stall the ticks.
-            tokio::spawn(async move { propose_isr_change(&p, &ctx, change).await });
+            tokio::spawn(async move { propose_isr_change(&p, &ctx, change, at).await });
         }
     }
 }
 
-async fn propose_isr_change(p: &Partition, ctx: &Ctx, change: IsrChange) {
+/// Proposes `change`, decided on the ISR of partition epoch `at`.
+async fn propose_isr_change(p: &Partition, ctx: &Ctx, change: IsrChange, at: u64) {
     let me = ctx.cfg.server_id.clone();
     let epoch = p.role.leader_epoch;
     let entry = match &change {
@@ -233,14 +261,27 @@ async fn propose_isr_change(p: &Partition, ctx: &Ctx, change: IsrChange) {
                 replica_to_add: r.clone(),
                 leader: me,
                 leader_epoch: epoch,
+                epoch: at,
             }),
             ..Default::default()
         },
     };
     // A proposal that timed out may still apply, so it keeps counting for commits and is asked
-    // again until a verdict comes (asking twice is harmless: the second finds it done).
+    // again until a verdict comes (asking twice is harmless: the second finds it done), while
+    // the leader still wants it: an ISR it has seen since may show it applied, or undone.
+    // An expansion names the partition epoch it was decided at, so a retry that arrives after
+    // a later change is refused instead of re-adding a replica dropped since.
     for attempt in 0u32.. {
         if *p.stop.borrow() {
+            return;
+        }
+        if attempt > 0
+            && !p
+                .commit
+                .lock()
+                .as_ref()
+                .is_some_and(|l| l.is_pending(&change))
+        {
             return;
         }
         match ctx.propose(entry.clone()).await {
@@ -301,6 +342,7 @@ pub(crate) async fn give_up_if_failed(
         replica: me.clone(),
         leader: me,
         leader_epoch: p.role.leader_epoch,
+        renew_epoch: false,
     };
     for attempt in 0u32.. {
         match unless_stopped(&mut stop, ctx.meta.report_leader(op.clone())).await {
@@ -314,6 +356,42 @@ pub(crate) async fn give_up_if_failed(
         }
         if pause(&mut stop, Duration::from_secs(1)).await {
             return;
+        }
+    }
+}
+
+/// Leader of a partition whose epoch an earlier run of this broker led: asks the metadata
+/// leader, with a report on itself that asks for renewal, for a new epoch, until a verdict or
+/// `stop`. The metadata leader moves the partition to another in-sync replica if there is one
+/// (this log may have lost a tail the others hold), else makes this broker leader again at a new
+/// epoch; either restarts the partition. A refusal means leadership moved meanwhile.
+pub(crate) async fn renew_epoch(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    let me = ctx.cfg.server_id.clone();
+    let op = internal::ReportLeaderOp {
+        stream: p.stream.clone(),
+        partition: p.id,
+        replica: me.clone(),
+        leader: me,
+        leader_epoch: p.role.leader_epoch,
+        renew_epoch: true,
+    };
+    for attempt in 0u32.. {
+        match unless_stopped(&mut stop, ctx.meta.report_leader(op.clone())).await {
+            None | Some(Ok(())) => return,
+            Some(Err(MetaError::Op(e))) => {
+                info!(ctx.logger, "the partition's leader epoch was not renewed";
+                    "stream" => &p.stream, "partition" => p.id, "error" => %e);
+                return;
+            }
+            Some(Err(e)) => {
+                if attempt % 10 == 0 {
+                    warn!(ctx.logger, "renewing the partition's leader epoch failed; retrying";
+                        "stream" => &p.stream, "partition" => p.id, "error" => %e);
+                }
+                if pause(&mut stop, Duration::from_millis(500)).await {
+                    return;
+                }
+            }
         }
     }
 }
@@ -365,6 +443,8 @@ pub(crate) async fn follow(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Re
             FollowerAction::AskEpochEnd { epoch: asked } => {
                 let req = internal::LeaderEpochOffsetRequest {
                     leader_epoch: asked.unwrap_or(0),
+                    current_leader_epoch: epoch,
+                    replica_id: me.clone(),
                 };
                 let asked = ctx.repl_conn.request(
                     &offset_subject,
@@ -386,7 +466,25 @@ pub(crate) async fn follow(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Re
                             .iter()
                             .map(|e| (e.epoch, e.start_offset))
                             .collect();
-                        todo.extend(f.on_epoch_end(answer, &epochs, p.log.next_offset(), now_ms()));
+                        let next = f.on_epoch_end(
+                            &r.leader_id,
+                            r.current_leader_epoch,
+                            answer,
+                            &epochs,
+                            p.log.next_offset(),
+                            now_ms(),
+                        );
+                        if next.is_empty() {
+                            // Another broker or epoch answered (fenced): ask again.
+                            debug!(ctx.logger, "ignored an epoch answer of another leader";
+                                "stream" => &p.stream, "partition" => p.id,
+                                "from" => &r.leader_id, "epoch" => r.current_leader_epoch);
+                            if pause(&mut stop, retry).await {
+                                break;
+                            }
+                            todo.extend(f.on_request_timeout(p.log.last_leader_epoch()));
+                        }
+                        todo.extend(next);
                     }
                     None => {
                         if pause(&mut stop, retry).await {
@@ -401,15 +499,27 @@ pub(crate) async fn follow(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Re
                     let log = p.log.clone();
                     let result =
                         tokio::task::spawn_blocking(move || log.truncate(keep_below)).await;
-                    match result {
-                        Ok(Ok(())) => info!(ctx.logger, "truncated a diverging log";
-                            "stream" => &p.stream, "partition" => p.id, "from" => keep_below),
-                        Ok(Err(e)) => {
-                            warn!(ctx.logger, "truncating the log failed";
-                                "stream" => &p.stream, "partition" => p.id, "error" => %e);
+                    let failed = match result {
+                        Ok(Ok(())) => {
+                            info!(ctx.logger, "truncated a diverging log";
+                                "stream" => &p.stream, "partition" => p.id, "from" => keep_below);
+                            None
+                        }
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if let Some(e) = failed {
+                        // Nothing may be fetched into a log that was not cut: the handshake
+                        // starts over, unless the log failed for good.
+                        error!(ctx.logger, "truncating the log failed; trying again";
+                            "stream" => &p.stream, "partition" => p.id, "error" => e);
+                        todo.clear();
+                        if step_out_if_failed(&p, &ctx, &mut stop).await
+                            || pause(&mut stop, retry).await
+                        {
                             break;
                         }
-                        Err(_) => break,
+                        todo.extend(f.on_truncate_failed(p.log.last_leader_epoch()));
                     }
                 }
             }
@@ -440,17 +550,18 @@ pub(crate) async fn follow(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Re
                 if !resp.records.is_empty() {
                     let log = p.log.clone();
                     let records = resp.records.clone();
-                    let Some(appended) =
-                        write_log(ctx.cfg.sync, move || log.append_raw(&records)).await
-                    else {
-                        break;
-                    };
+                    let appended = write_log(ctx.cfg.sync, move || log.append_raw(&records))
+                        .await
+                        .map(|r| r.map_err(|e| e.to_string()))
+                        .unwrap_or_else(|| Err("the write task ended".into()));
                     match appended {
                         Ok(_) => had_records = true,
                         Err(e) => {
-                            warn!(ctx.logger, "appending replicated records failed";
-                                "stream" => &p.stream, "partition" => p.id, "error" => %e);
-                            if pause(&mut stop, retry).await {
+                            warn!(ctx.logger, "appending replicated records failed; trying again";
+                                "stream" => &p.stream, "partition" => p.id, "error" => e);
+                            if step_out_if_failed(&p, &ctx, &mut stop).await
+                                || pause(&mut stop, retry).await
+                            {
                                 break;
                             }
                             todo.extend(f.on_request_timeout(p.log.last_leader_epoch()));
@@ -476,6 +587,7 @@ pub(crate) async fn follow(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Re
                     replica: me.clone(),
                     leader: leader.clone(),
                     leader_epoch: epoch,
+                    renew_epoch: false,
                 };
                 warn!(ctx.logger, "reporting a silent partition leader";
                     "stream" => &p.stream, "partition" => p.id, "leader" => &leader);
@@ -490,6 +602,41 @@ pub(crate) async fn follow(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Re
         }
     }
     debug!(ctx.logger, "stopped following"; "stream" => &p.stream, "partition" => p.id);
+}
+
+/// Follower: if the log failed for good (a failed sync, or a write that could not be undone),
+/// leaves the ISR at once rather than after `replica.max.lag.time`, since it can copy nothing
+/// more, and returns true: following stops. Otherwise false.
+async fn step_out_if_failed(p: &Partition, ctx: &Ctx, stop: &mut watch::Receiver<bool>) -> bool {
+    let Some(why) = p.log.failure() else {
+        return false;
+    };
+    error!(ctx.logger, "the partition's log failed; leaving the ISR and no longer following";
+        "stream" => &p.stream, "partition" => p.id, "data_dir" => %ctx.cfg.data_dir.display(),
+        "error" => &why);
+    let entry = RaftLog {
+        op: Op::ShrinkIsr as i32,
+        shrink_isr_op: Some(internal::ShrinkIsrOp {
+            stream: p.stream.clone(),
+            partition: p.id,
+            replica_to_remove: ctx.cfg.server_id.clone(),
+            leader: p.role.leader_id.clone(),
+            leader_epoch: p.role.leader_epoch,
+        }),
+        ..Default::default()
+    };
+    // Bounded: the leader drops a replica that stopped fetching after max lag anyway.
+    for _ in 0..10 {
+        match unless_stopped(stop, ctx.propose(entry.clone())).await {
+            None | Some(Ok(_)) | Some(Err(MetaError::Op(_))) => break,
+            Some(Err(_)) => {
+                if pause(stop, Duration::from_millis(500)).await {
+                    break;
+                }
+            }
+        }
+    }
+    true
 }
 
 /// Awaits `f` unless `stop` comes first (then `None`), so a partition stops without waiting
@@ -566,45 +713,51 @@ async fn judge(
             op.stream, op.partition
         )));
     };
-    if part.leader != op.leader || part.leader_epoch != op.leader_epoch {
-        return Err(OpError::FailedPrecondition(format!(
-            "Leader generation mismatch, current leader: {} epoch: {}, got leader: {} epoch: {}",
-            part.leader, part.leader_epoch, op.leader, op.leader_epoch
-        )));
-    }
-    // A leader reporting itself has a failed log: it needs no second opinion.
-    let resigning = op.replica == op.leader;
-    if !resigning && !part.isr.contains(&op.replica) {
-        // Only in-sync followers vouch for a failover: a lagging one may simply be cut off.
-        return Ok(());
-    }
-    let key = (op.stream.clone(), op.partition);
-    if !resigning
-        && !tally.report(
-            key,
-            &op.leader,
-            op.leader_epoch,
-            &op.replica,
-            part.isr.len(),
-            now_ms(),
-        )
-    {
-        return Ok(());
-    }
     let (_, leading) = broker.loads();
-    let Some(new_leader) = replication::pick_leader(&part.isr, &op.leader, |r| {
-        leading.get(r).copied().unwrap_or(0)
-    }) else {
-        return Err(OpError::FailedPrecondition("No ISR candidates".into()));
+    let judgement = replication::judge(
+        tally,
+        (op.stream.clone(), op.partition),
+        replication::Generation {
+            leader: &part.leader,
+            epoch: part.leader_epoch,
+            isr: &part.isr,
+        },
+        replication::LeaderReport {
+            replica: &op.replica,
+            leader: &op.leader,
+            epoch: op.leader_epoch,
+            renew: op.renew_epoch,
+        },
+        |r| leading.get(r).copied().unwrap_or(0),
+        now_ms(),
+    );
+    let new_leader = match judgement {
+        replication::Judgement::Refuse(why) => return Err(OpError::FailedPrecondition(why)),
+        replication::Judgement::Wait => return Ok(()),
+        replication::Judgement::Elect(l) => l,
     };
     info!(broker.inner.logger, "failing over a partition"; "stream" => &op.stream,
-        "partition" => op.partition, "old_leader" => &op.leader, "new_leader" => &new_leader);
+        "partition" => op.partition, "old_leader" => &op.leader, "new_leader" => &new_leader,
+        "restarted" => op.renew_epoch);
+    change_leader(broker, op, new_leader).await
+}
+
+/// Proposes `new_leader` for the partition `op` reports on, replacing the generation it names.
+async fn change_leader(
+    broker: &crate::Broker,
+    op: &internal::ReportLeaderOp,
+    new_leader: String,
+) -> Result<(), OpError> {
     let entry = RaftLog {
         op: Op::ChangeLeader as i32,
+        // The generation it replaces: a failover decided on a stale state is refused at apply,
+        // as is a new leader no longer in the ISR.
         change_leader_op: Some(internal::ChangeLeaderOp {
             stream: op.stream.clone(),
             partition: op.partition,
             leader: new_leader,
+            expected_leader: op.leader.clone(),
+            expected_leader_epoch: op.leader_epoch,
         }),
         ..Default::default()
     };

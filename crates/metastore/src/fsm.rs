@@ -9,6 +9,10 @@
 //! # Epochs (as Liftbridge's)
 //! - Creating a stream sets each partition's `leader_epoch` and `epoch` to the entry's index.
 //! - A leader change sets both to the index. An ISR change sets `epoch` to the index.
+//! - A leader change moves leadership only to an ISR member, and only from the leader and leader
+//!   epoch it names (when it names one). An ISR change must name the current leader and leader
+//!   epoch; an expansion also names the partition epoch it was decided at (when it names one),
+//!   unless it finds the change already done.
 //! - An op on a partition whose `epoch` is already ≥ the entry's index is ignored, so replaying
 //!   a log over restored state is idempotent.
 //!
@@ -343,8 +347,7 @@ impl Fsm {
                     o.partition,
                     &o.replica_to_remove,
                     false,
-                    &o.leader,
-                    o.leader_epoch,
+                    (&o.leader, o.leader_epoch, 0),
                     index,
                 ),
                 None => missing_body("ShrinkISR"),
@@ -355,14 +358,13 @@ impl Fsm {
                     o.partition,
                     &o.replica_to_add,
                     true,
-                    &o.leader,
-                    o.leader_epoch,
+                    (&o.leader, o.leader_epoch, o.epoch),
                     index,
                 ),
                 None => missing_body("ExpandISR"),
             },
             Op::ChangeLeader => match &entry.change_leader_op {
-                Some(o) => self.change_leader(&o.stream, o.partition, &o.leader, index),
+                Some(o) => self.change_leader(o, index),
                 None => missing_body("ChangeLeader"),
             },
             Op::PauseStream => match &entry.pause_stream_op {
@@ -505,17 +507,18 @@ impl Fsm {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// `expected` is the proposer's view: the leader, its leader epoch and (for an expansion,
+    /// 0 for none) the partition epoch it decided at.
     fn change_isr(
         &mut self,
         stream: &str,
         id: i32,
         replica: &str,
         add: bool,
-        leader: &str,
-        leader_epoch: u64,
+        expected: (&str, u64, u64),
         index: u64,
     ) -> Applied {
+        let (leader, leader_epoch, epoch) = expected;
         let p = match self.partition_mut(stream, id) {
             Ok(p) => p,
             Err(e) => return Applied::err(e),
@@ -541,6 +544,14 @@ impl Fsm {
             )));
         }
         let present = p.isr.iter().any(|r| r == replica);
+        if add && !present && epoch != 0 && epoch != p.epoch {
+            // Decided on an ISR that has changed since (a retry, or a stale proposal): the
+            // replica may have been dropped again for lagging.
+            return Applied::err(OpError::FailedPrecondition(format!(
+                "partition epoch mismatch: the partition is at epoch {}, the request was decided at {epoch}",
+                p.epoch
+            )));
+        }
         match (add, present) {
             (true, false) => p.isr.push(replica.to_owned()),
             (false, true) => p.isr.retain(|r| r != replica),
@@ -553,7 +564,11 @@ impl Fsm {
         }])
     }
 
-    fn change_leader(&mut self, stream: &str, id: i32, leader: &str, index: u64) -> Applied {
+    /// Moves leadership. Only an ISR member may lead (it holds everything committed); the op's
+    /// expected leader and leader epoch, when given, must still be the partition's (a failover
+    /// decided on a stale state is refused). A leader may name itself, to lead at a new epoch.
+    fn change_leader(&mut self, o: &internal::ChangeLeaderOp, index: u64) -> Applied {
+        let (stream, id, leader) = (o.stream.as_str(), o.partition, o.leader.as_str());
         let p = match self.partition_mut(stream, id) {
             Ok(p) => p,
             Err(e) => return Applied::err(e),
@@ -561,15 +576,27 @@ impl Fsm {
         if p.epoch >= index {
             return Applied::ok(Vec::new());
         }
+        if !o.expected_leader.is_empty()
+            && (p.leader != o.expected_leader || p.leader_epoch != o.expected_leader_epoch)
+        {
+            return Applied::err(OpError::FailedPrecondition(format!(
+                "leader generation mismatch: the partition's leader is {} at epoch {}, the request replaces {} at epoch {}",
+                p.leader, p.leader_epoch, o.expected_leader, o.expected_leader_epoch
+            )));
+        }
         if !p.replicas.iter().any(|r| r == leader) {
             return Applied::err(OpError::FailedPrecondition(format!(
                 "{leader} is not a replica of the partition"
             )));
         }
-        p.leader = leader.to_owned();
         if !p.isr.iter().any(|r| r == leader) {
-            p.isr.push(leader.to_owned());
+            // An unclean election: it may lack committed messages.
+            return Applied::err(OpError::FailedPrecondition(format!(
+                "{leader} is not in the partition's ISR {:?}",
+                p.isr
+            )));
         }
+        p.leader = leader.to_owned();
         p.leader_epoch = index;
         p.epoch = index;
         Applied::ok(vec![Event::PartitionChanged {
@@ -669,7 +696,7 @@ impl Fsm {
         loads
     }
 
-    fn create_group(&mut self, g: &internal::ConsumerGroup, _index: u64) -> Applied {
+    fn create_group(&mut self, g: &internal::ConsumerGroup, index: u64) -> Applied {
         if g.id.is_empty() {
             return Applied::err(OpError::InvalidArgument("No groupId provided".into()));
         }
@@ -686,8 +713,10 @@ impl Fsm {
                 return Applied::err(e);
             }
         }
-        // A new group starts at epoch 0, as in Liftbridge.
-        let mut group = GroupState::new(&g.id, &g.coordinator, g.epoch);
+        // A new group starts at the entry's index (Liftbridge: 0), as join, leave and a
+        // coordinator change do: a group re-created after its last member left must start
+        // above the old group's epochs, which its partitions still hold for fencing.
+        let mut group = GroupState::new(&g.id, &g.coordinator, index);
         let streams = &self.streams;
         for m in &g.members {
             group.add_member(&m.id, &m.streams, &|s| Self::partition_count(streams, s));

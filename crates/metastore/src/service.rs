@@ -380,7 +380,7 @@ impl Metastore {
         let driver = Driver {
             node,
             store: store.clone(),
-            next_proposal: 1,
+            proposal_ids: ProposalIds::new(id, start_nonce()),
             pending: HashMap::new(),
             join_sub: None,
             propagate_sub: None,
@@ -968,6 +968,51 @@ fn from_propagated(r: internal::PropagatedRequest) -> RaftLog {
     }
 }
 
+/// Ids for this process's proposals. An id travels in its entry's context, and the verdict of
+/// every applied entry goes to the waiter with the entry's id; a leader also applies entries
+/// that an earlier leader (another node, or an earlier run of this one) proposed. So ids must be
+/// unique per node and incarnation, not only per process: the top 32 bits mix the node's Raft
+/// id with a nonce drawn at start, the low 32 bits count.
+struct ProposalIds {
+    tag: u64,
+    counter: u32,
+}
+
+impl ProposalIds {
+    fn new(raft_id: u64, nonce: u64) -> ProposalIds {
+        let mixed = splitmix(raft_id ^ splitmix(nonce));
+        ProposalIds {
+            tag: mixed & !u64::from(u32::MAX),
+            counter: 0,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.counter = self.counter.wrapping_add(1);
+        self.tag | u64::from(self.counter)
+    }
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A nonce for this start: the standard library's per-process random hash keys, the clock and
+/// the process id.
+fn start_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
 /// Who waits for a proposal's verdict.
 enum Waiter {
     Local(oneshot::Sender<Result<Applied, MetaError>>),
@@ -977,7 +1022,7 @@ enum Waiter {
 struct Driver {
     node: MetaNode<DiskStorage>,
     store: Metastore,
-    next_proposal: u64,
+    proposal_ids: ProposalIds,
     pending: HashMap<u64, Waiter>,
     join_sub: Option<natsbridge::connection::Subscriber>,
     propagate_sub: Option<natsbridge::connection::Subscriber>,
@@ -1105,8 +1150,7 @@ impl Driver {
     }
 
     fn propose(&mut self, entry: Box<RaftLog>, waiter: Waiter) -> Result<Output, node::NodeError> {
-        let id = self.next_proposal;
-        self.next_proposal += 1;
+        let id = self.proposal_ids.next();
         match self.node.handle(Input::Propose { id, entry }) {
             Ok(out) => {
                 self.pending.insert(id, waiter);
@@ -1368,5 +1412,27 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new metadata leader applies the old leader's leftover entries: their ids must not
+    /// match its own waiters', whichever node or run proposed them.
+    #[test]
+    fn proposal_ids_differ_between_nodes_and_runs() {
+        let mut seen = std::collections::HashSet::new();
+        for (node, nonce) in [(1, 7), (2, 7), (1, 8), (2, 9)] {
+            let mut ids = ProposalIds::new(raft_id(&format!("n{node}")), nonce);
+            for _ in 0..1000 {
+                assert!(
+                    seen.insert(ids.next()),
+                    "node {node} run {nonce}: an id seen before"
+                );
+            }
+        }
+        assert_ne!(start_nonce(), start_nonce());
     }
 }

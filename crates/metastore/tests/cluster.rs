@@ -307,6 +307,7 @@ async fn leader_reports_reach_the_leaders_handler_and_its_verdict_comes_back() {
         replica: replica.into(),
         leader: "a".into(),
         leader_epoch: 4,
+        renew_epoch: false,
     };
     // Forwarded from a follower, and made on the leader itself.
     b.report_leader(report("b")).await.unwrap();

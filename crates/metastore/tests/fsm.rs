@@ -67,21 +67,35 @@ fn expand(stream: &str, p: i32, replica: &str, leader: &str, epoch: u64) -> Raft
             replica_to_add: replica.into(),
             leader: leader.into(),
             leader_epoch: epoch,
+            epoch: 0,
         }),
         ..Default::default()
     }
 }
 
 fn change_leader(stream: &str, p: i32, leader: &str) -> RaftLog {
+    change_leader_from(stream, p, leader, "", 0)
+}
+
+/// A leader change that names the leader it replaces and that leader's epoch.
+fn change_leader_from(stream: &str, p: i32, leader: &str, old: &str, old_epoch: u64) -> RaftLog {
     RaftLog {
         op: Op::ChangeLeader as i32,
         change_leader_op: Some(internal::ChangeLeaderOp {
             stream: stream.into(),
             partition: p,
             leader: leader.into(),
+            expected_leader: old.into(),
+            expected_leader_epoch: old_epoch,
         }),
         ..Default::default()
     }
+}
+
+fn expand_at(stream: &str, p: i32, replica: &str, leader: &str, epoch: u64, at: u64) -> RaftLog {
+    let mut e = expand(stream, p, replica, leader, epoch);
+    e.expand_isr_op.as_mut().unwrap().epoch = at;
+    e
 }
 
 fn pause(stream: &str, partitions: &[i32], resume: bool) -> RaftLog {
@@ -253,14 +267,11 @@ fn isr_changes_check_the_leader_generation_and_set_the_epoch() {
 fn a_leader_change_bumps_both_epochs() {
     let mut f = Fsm::new();
     f.apply(&create("s", 1), 1);
-    f.apply(&shrink("s", 0, "b", "a", 1), 2);
+    f.apply(&shrink("s", 0, "c", "a", 1), 2);
     assert_eq!(f.apply(&change_leader("s", 0, "b"), 3).result, Ok(()));
     let p = f.partition("s", 0).unwrap();
     assert_eq!((p.leader.as_str(), p.leader_epoch, p.epoch), ("b", 3, 3));
-    assert!(
-        p.isr.contains(&"b".to_string()),
-        "the new leader is in the ISR"
-    );
+    assert_eq!(p.isr, vec!["a".to_string(), "b".to_string()]);
     assert!(matches!(
         f.apply(&change_leader("s", 0, "z"), 4).result,
         Err(OpError::FailedPrecondition(_))
@@ -270,6 +281,96 @@ fn a_leader_change_bumps_both_epochs() {
         f.apply(&shrink("s", 0, "c", "a", 1), 5).result,
         Err(OpError::FailedPrecondition(_))
     ));
+}
+
+/// An unclean election: a follower that left the ISR must not lead, even when the failover was
+/// decided on a state that still had it in the ISR.
+#[test]
+fn a_replica_out_of_the_isr_never_becomes_leader() {
+    let mut f = Fsm::new();
+    f.apply(&create("s", 1), 1);
+    // a drops b (the link broke); the failover judged on the state before it picks b.
+    assert_eq!(f.apply(&shrink("s", 0, "b", "a", 1), 2).result, Ok(()));
+    assert!(matches!(
+        f.apply(&change_leader_from("s", 0, "b", "a", 1), 3).result,
+        Err(OpError::FailedPrecondition(_))
+    ));
+    let p = f.partition("s", 0).unwrap();
+    assert_eq!((p.leader.as_str(), p.leader_epoch, p.epoch), ("a", 1, 2));
+    assert_eq!(p.isr, vec!["a".to_string(), "c".to_string()]);
+    // The same holds for a change that names no expected leader.
+    assert!(matches!(
+        f.apply(&change_leader("s", 0, "b"), 4).result,
+        Err(OpError::FailedPrecondition(_))
+    ));
+    assert_eq!(f.partition("s", 0).unwrap().leader, "a");
+}
+
+/// A leader change names the leader it replaces and its epoch: a stale one is refused.
+#[test]
+fn a_stale_leader_change_is_refused() {
+    let mut f = Fsm::new();
+    f.apply(&create("s", 1), 1);
+    assert!(matches!(
+        f.apply(&change_leader_from("s", 0, "b", "a", 0), 2).result,
+        Err(OpError::FailedPrecondition(_))
+    ));
+    assert!(matches!(
+        f.apply(&change_leader_from("s", 0, "b", "c", 1), 3).result,
+        Err(OpError::FailedPrecondition(_))
+    ));
+    assert_eq!(
+        f.apply(&change_leader_from("s", 0, "b", "a", 1), 4).result,
+        Ok(())
+    );
+    // A second failover decided on the old generation.
+    assert!(matches!(
+        f.apply(&change_leader_from("s", 0, "c", "a", 1), 5).result,
+        Err(OpError::FailedPrecondition(_))
+    ));
+    let p = f.partition("s", 0).unwrap();
+    assert_eq!((p.leader.as_str(), p.leader_epoch), ("b", 4));
+    // A leader may move its own leadership to a new epoch (after a restart).
+    assert_eq!(
+        f.apply(&change_leader_from("s", 0, "b", "b", 4), 6).result,
+        Ok(())
+    );
+    let p = f.partition("s", 0).unwrap();
+    assert_eq!((p.leader.as_str(), p.leader_epoch), ("b", 6));
+}
+
+/// An ISR expansion decided at one partition epoch is refused after another change: a retry
+/// must not re-add a replica that was dropped since.
+#[test]
+fn a_stale_isr_expansion_does_not_re_add_a_dropped_replica() {
+    let mut f = Fsm::new();
+    f.apply(&create("s", 1), 1);
+    f.apply(&shrink("s", 0, "b", "a", 1), 2);
+    assert_eq!(
+        f.apply(&expand_at("s", 0, "b", "a", 1, 2), 3).result,
+        Ok(())
+    );
+    assert_eq!(f.apply(&shrink("s", 0, "b", "a", 1), 4).result, Ok(()));
+    // The first expansion's retry (its verdict was lost).
+    assert!(matches!(
+        f.apply(&expand_at("s", 0, "b", "a", 1, 2), 5).result,
+        Err(OpError::FailedPrecondition(_))
+    ));
+    let p = f.partition("s", 0).unwrap();
+    assert_eq!(
+        (p.isr.clone(), p.epoch),
+        (vec!["a".to_string(), "c".to_string()], 4)
+    );
+    // A retry that finds the change done is answered Ok, whatever epoch it names.
+    assert_eq!(
+        f.apply(&expand_at("s", 0, "b", "a", 1, 4), 6).result,
+        Ok(())
+    );
+    assert_eq!(
+        f.apply(&expand_at("s", 0, "b", "a", 1, 4), 7).result,
+        Ok(())
+    );
+    assert_eq!(f.partition("s", 0).unwrap().epoch, 6);
 }
 
 #[test]
@@ -396,11 +497,11 @@ fn consumer_groups() {
     );
     f.apply(&create("foo", 2), 2);
     f.apply(&create("bar", 2), 3);
-    // A new group starts at epoch 0 (the original's).
+    // A new group starts at its entry's index (the original's starts at 0).
     assert_eq!(
         f.apply(&create_group("g", "c1", &["foo", "bar"], "a"), 4)
             .join,
-        Some(("a".into(), 0))
+        Some(("a".into(), 4))
     );
     assert_eq!(
         refused(&mut f, create_group("g", "c9", &["foo"], "a"), 5),
@@ -562,4 +663,21 @@ proptest! {
             }
         }
     }
+}
+
+/// A group deleted when its last member left, then created again, must start above every epoch
+/// it had: partitions still hold the old group's fencing epoch, and a new member at a lower
+/// epoch would be refused while the departed one kept consuming.
+#[test]
+fn a_re_created_group_starts_above_its_old_epochs() {
+    let mut f = Fsm::new();
+    f.apply(&create("foo", 1), 1);
+    f.apply(&create_group("g", "c1", &["foo"], "a"), 2);
+    f.apply(&join("g", "c2", &["foo"]), 3);
+    f.apply(&leave("g", "c2"), 4);
+    assert_eq!(f.apply(&leave("g", "c1"), 5).result, Ok(()));
+    assert!(!f.groups().contains_key("g"), "the empty group is gone");
+    let created = f.apply(&create_group("g", "c3", &["foo"], "a"), 6);
+    assert_eq!(created.join, Some(("a".into(), 6)));
+    assert_eq!(f.groups()["g"].epoch, 6);
 }

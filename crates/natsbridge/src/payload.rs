@@ -120,7 +120,11 @@ mod tests {
             &mut seen,
         );
         check(
-            internal::LeaderEpochOffsetRequest { leader_epoch: 4 },
+            internal::LeaderEpochOffsetRequest {
+                leader_epoch: 4,
+                current_leader_epoch: 5,
+                replica_id: "b".into(),
+            },
             &mut seen,
         );
         check(
@@ -128,6 +132,8 @@ mod tests {
                 end_offset: 40,
                 leader_epoch: 3,
                 found: true,
+                leader_id: "a".into(),
+                current_leader_epoch: 5,
             },
             &mut seen,
         );

@@ -109,6 +109,19 @@ fn internal_field_numbers() {
     numbers!(internal::RaftLog {
         op: 1 => 1, change_consumer_group_coordinator_op: Some(Default::default()) => 14,
     });
+    // Ours: fencing fields, numbered from 10.
+    numbers!(internal::ChangeLeaderOp {
+        leader: "l".into() => 3, expected_leader: "l".into() => 10, expected_leader_epoch: 1 => 11,
+    });
+    numbers!(internal::ExpandIsrOp { leader_epoch: 1 => 5, epoch: 1 => 10 });
+    numbers!(internal::ReportLeaderOp { leader_epoch: 1 => 5, renew_epoch: true => 10 });
+    numbers!(internal::LeaderEpochOffsetRequest {
+        leader_epoch: 1 => 1, current_leader_epoch: 1 => 10, replica_id: "r".into() => 11,
+    });
+    numbers!(internal::LeaderEpochOffsetResponse {
+        end_offset: 1 => 1, leader_epoch: 1 => 2, found: true => 3, leader_id: "l".into() => 10,
+        current_leader_epoch: 1 => 11,
+    });
     assert_eq!(internal::Op::ChangeConsumerGroupCoordinator as i32, 14);
     assert_eq!(liftbridge_proto::SERVICE_NAME, "proto.API");
 }

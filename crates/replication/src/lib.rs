@@ -25,8 +25,15 @@
 //!   accepts only its leader's epoch, and a log records an epoch only if it is newer than every
 //!   epoch it holds.
 //! - Nothing commits while the ISR is smaller than min ISR.
-//! - A leader serves only followers of its own epoch; a follower accepts data only from the
-//!   leader and epoch it follows.
+//! - A leader serves only followers of its own epoch; a follower accepts data, and answers to
+//!   its epoch question, only from the leader and epoch it follows (a deposed leader's answer
+//!   is ignored, and a leader answers only its own epoch's followers).
+//! - A follower's claim to hold more than the leader at the same epoch is not counted
+//!   ([`FetchReply::OutOfRange`]).
+//! - An ISR expansion names the partition epoch it was decided at ([`Leader::partition_epoch`]),
+//!   and is retried only while [`Leader::is_pending`].
+//! - A failover ([`judge`]) is decided on one generation (leader, epoch) and names it, so the
+//!   metadata refuses it once that generation is gone; only an ISR member is elected.
 //! - A message committed while acked with policy ALL survives any failure of fewer than min ISR
 //!   brokers, because every ISR member holds it and only an ISR member can become leader.
 
@@ -99,6 +106,13 @@ pub enum FetchReply {
     },
     /// The request is for another epoch, or from a broker that holds no replica: ignore it.
     Reject,
+    /// The follower claims more than the leader holds at the same epoch: the leader lost a tail
+    /// it never synced (a power loss) that the follower copied. The claim does not count, and
+    /// the follower must truncate (ask where the epoch ended) before it fetches again.
+    OutOfRange {
+        /// The leader's newest offset.
+        newest: Offset,
+    },
 }
 
 /// The leader's side of one partition.
@@ -114,6 +128,9 @@ pub struct Leader {
     hw: Offset,
     /// Changes asked for and not yet applied, so a tick does not ask twice.
     proposed: BTreeSet<IsrChange>,
+    /// The partition epoch of the ISR it holds (0: unknown): an expansion names it, so that one
+    /// decided on an ISR that changed since is refused.
+    partition_epoch: u64,
 }
 
 impl Leader {
@@ -159,9 +176,26 @@ impl Leader {
             newest,
             hw,
             proposed: BTreeSet::new(),
+            partition_epoch: 0,
         };
         l.commit();
         l
+    }
+
+    /// The partition epoch (metadata) of the ISR it holds: set with each ISR it is given.
+    pub fn set_partition_epoch(&mut self, epoch: u64) {
+        self.partition_epoch = self.partition_epoch.max(epoch);
+    }
+
+    /// The partition epoch of the ISR it holds, for the ISR changes it asks for.
+    pub fn partition_epoch(&self) -> u64 {
+        self.partition_epoch
+    }
+
+    /// Whether `change` is still asked for: not yet shown applied, nor refused. A proposal that
+    /// got no verdict is retried only while this holds.
+    pub fn is_pending(&self, change: &IsrChange) -> bool {
+        self.proposed.contains(change)
     }
 
     /// The leader epoch it leads under.
@@ -208,8 +242,16 @@ impl Leader {
         let Some(v) = self.followers.get_mut(replica) else {
             return (FetchReply::Reject, None);
         };
-        // A follower never holds more than the leader: anything beyond is a stale view.
-        v.offset = offset.min(self.newest);
+        if offset > self.newest {
+            // Counting it would commit offsets this leader will write anew, differently.
+            return (
+                FetchReply::OutOfRange {
+                    newest: self.newest,
+                },
+                None,
+            );
+        }
+        v.offset = offset;
         v.last_seen = now;
         v.unheard = false;
         if v.offset >= self.newest {
@@ -268,6 +310,13 @@ impl Leader {
     /// again.
     pub fn on_isr_change_refused(&mut self, change: &IsrChange) {
         self.proposed.remove(change);
+    }
+
+    /// Whether to answer an epoch question from a follower that follows `epoch`: only one that
+    /// follows this leader's epoch. A follower of a newer leader must not get a deposed
+    /// leader's answer (Kafka's KIP-320 fencing).
+    pub fn answers_epoch_question(&self, epoch: u64) -> bool {
+        epoch == self.epoch
     }
 
     /// Whether `replica` holds a replica of this partition.
@@ -431,16 +480,20 @@ impl Follower {
         self.epoch
     }
 
-    /// The leader answered the epoch question (see [`epoch_end`]); `epochs` and `leo` describe
-    /// the follower's log. Either truncate and fetch, or ask about an older epoch.
+    /// `leader`, leading at `epoch`, answered the epoch question (see [`epoch_end`]); `epochs`
+    /// and `leo` describe the follower's log. Either truncate and fetch, or ask about an older
+    /// epoch. An answer from another broker or epoch (a deposed leader still answering) is
+    /// ignored: its log may hold what the followed leader never had.
     pub fn on_epoch_end(
         &mut self,
+        leader: &str,
+        epoch: u64,
         answer: Option<(u64, Offset)>,
         epochs: &[(u64, Offset)],
         leo: Offset,
         now: Millis,
     ) -> Vec<FollowerAction> {
-        if self.phase != Phase::Truncating {
+        if leader != self.leader || epoch != self.epoch || self.phase != Phase::Truncating {
             return Vec::new();
         }
         self.last_contact = now;
@@ -480,6 +533,34 @@ impl Follower {
             };
         }
         out
+    }
+
+    /// The leader answered a fetch with [`FetchReply::OutOfRange`]: this log holds more than
+    /// the leader's, so it starts over with the truncation handshake.
+    pub fn on_out_of_range(
+        &mut self,
+        leader: &str,
+        epoch: u64,
+        own_latest_epoch: Option<u64>,
+        now: Millis,
+    ) -> Vec<FollowerAction> {
+        if leader != self.leader || epoch != self.epoch || self.phase != Phase::Fetching {
+            return Vec::new();
+        }
+        self.last_contact = now;
+        self.phase = Phase::Truncating;
+        vec![FollowerAction::AskEpochEnd {
+            epoch: own_latest_epoch,
+        }]
+    }
+
+    /// Cutting the log failed: whatever was queued after the cut must not run. Starts the
+    /// truncation handshake again (the caller waits a little first).
+    pub fn on_truncate_failed(&mut self, own_latest_epoch: Option<u64>) -> Vec<FollowerAction> {
+        self.phase = Phase::Truncating;
+        vec![FollowerAction::AskEpochEnd {
+            epoch: own_latest_epoch,
+        }]
     }
 
     /// The leader has new data: stop waiting.
@@ -606,6 +687,92 @@ impl<K: Ord + Clone> FailoverTally<K> {
     /// Forgets everything (leadership of the metadata group was lost).
     pub fn clear(&mut self) {
         self.tallies.clear();
+    }
+}
+
+/// A partition's generation as the metadata holds it: leader, leader epoch and ISR.
+#[derive(Debug, Clone, Copy)]
+pub struct Generation<'a> {
+    /// The leader.
+    pub leader: &'a str,
+    /// Its leader epoch.
+    pub epoch: u64,
+    /// The in-sync replicas.
+    pub isr: &'a [String],
+}
+
+/// A report on a partition's leader, as the metadata leader receives it.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaderReport<'a> {
+    /// Who reports: a follower (the leader is silent), or the leader itself (its log failed,
+    /// it is stopping, or it restarted).
+    pub replica: &'a str,
+    /// The leader reported on.
+    pub leader: &'a str,
+    /// Its leader epoch.
+    pub epoch: u64,
+    /// The leader restarted and must move to a new epoch (see [`judge`]).
+    pub renew: bool,
+}
+
+/// The metadata leader's verdict on a [`LeaderReport`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgement {
+    /// The report is about another generation, or malformed.
+    Refuse(String),
+    /// Counted; nothing to do yet.
+    Wait,
+    /// Propose this leader, naming the reported generation as the one it replaces.
+    Elect(String),
+}
+
+/// Judges a report (spec §4.5, with this crate's fencing): only a report on the current
+/// generation counts; an in-sync follower's report goes to the tally, and failover is due when
+/// [`failover_due`]; a leader reporting itself needs no second opinion. A restarted leader
+/// (`renew`) moves to a new epoch: on another in-sync replica if there is one (its log may have
+/// lost a tail the others hold), else on itself. The new leader is picked by [`pick_leader`].
+pub fn judge<K: Ord + Clone>(
+    tally: &mut FailoverTally<K>,
+    key: K,
+    current: Generation<'_>,
+    report: LeaderReport<'_>,
+    leading: impl Fn(&str) -> usize,
+    now: Millis,
+) -> Judgement {
+    if current.leader != report.leader || current.epoch != report.epoch {
+        return Judgement::Refuse(format!(
+            "Leader generation mismatch, current leader: {} epoch: {}, got leader: {} epoch: {}",
+            current.leader, current.epoch, report.leader, report.epoch
+        ));
+    }
+    let resigning = report.replica == report.leader;
+    if report.renew {
+        if !resigning {
+            return Judgement::Refuse("only a partition's leader may renew its epoch".into());
+        }
+        let to = pick_leader(current.isr, report.leader, &leading)
+            .unwrap_or_else(|| report.leader.to_owned());
+        return Judgement::Elect(to);
+    }
+    if !resigning && !current.isr.iter().any(|r| r == report.replica) {
+        // Only in-sync followers vouch for a failover: a lagging one may simply be cut off.
+        return Judgement::Wait;
+    }
+    if !resigning
+        && !tally.report(
+            key,
+            report.leader,
+            report.epoch,
+            report.replica,
+            current.isr.len(),
+            now,
+        )
+    {
+        return Judgement::Wait;
+    }
+    match pick_leader(current.isr, report.leader, leading) {
+        Some(l) => Judgement::Elect(l),
+        None => Judgement::Refuse("No ISR candidates".into()),
     }
 }
 
@@ -795,7 +962,7 @@ mod tests {
             "no data before truncation"
         );
         assert_eq!(
-            f.on_epoch_end(Some((2, 7)), &[(1, 0), (2, 5)], 9, 2),
+            f.on_epoch_end("a", 3, Some((2, 7)), &[(1, 0), (2, 5)], 9, 2),
             vec![
                 FollowerAction::Truncate { keep_below: 7 },
                 FollowerAction::Fetch
@@ -820,6 +987,106 @@ mod tests {
             f.on_tick(301),
             vec![FollowerAction::ReportLeader],
             "again after another timeout of silence"
+        );
+    }
+
+    /// A deposed leader's answer to the epoch question: c follows b at epoch 20, and a (epoch
+    /// 10) still holds 101..110 that b never had.
+    #[test]
+    fn only_the_followed_leader_answers_the_epoch_question() {
+        let c_epochs = [(1, 0), (10, 101)];
+        let (mut f, first) = Follower::new("b", 20, settings(), 0, Some(10));
+        assert_eq!(first, vec![FollowerAction::AskEpochEnd { epoch: Some(10) }]);
+        // a answers first, at its own epoch 10: its epoch 10 reaches 111.
+        assert!(
+            f.on_epoch_end("a", 10, Some((10, 111)), &c_epochs, 111, 1)
+                .is_empty(),
+            "a deposed leader's answer is ignored"
+        );
+        assert!(
+            f.on_epoch_end("b", 10, Some((10, 111)), &c_epochs, 111, 1)
+                .is_empty(),
+            "an answer from another epoch of the leader is ignored"
+        );
+        assert_eq!(
+            f.on_epoch_end("b", 20, Some((10, 101)), &c_epochs, 111, 2),
+            vec![
+                FollowerAction::Truncate { keep_below: 101 },
+                FollowerAction::Fetch
+            ]
+        );
+        // The leader side: a follower of another epoch gets no answer.
+        let l = Leader::new(
+            "a",
+            10,
+            s(&["a", "b", "c"]),
+            s(&["a", "c"]),
+            (110, 100),
+            settings(),
+            0,
+        );
+        assert!(!l.answers_epoch_question(20));
+        assert!(l.answers_epoch_question(10));
+    }
+
+    /// A restarted leader lost its unsynced 101..120, which b copied, and leads again at the
+    /// same epoch: b's claim must not count, or the HW would cover offsets the leader writes
+    /// anew; b truncates to the leader's end.
+    #[test]
+    fn a_follower_ahead_of_its_leader_truncates_and_does_not_count() {
+        let mut l = Leader::new(
+            "a",
+            10,
+            s(&["a", "b"]),
+            s(&["a", "b"]),
+            (100, 100),
+            settings(),
+            0,
+        );
+        assert_eq!(
+            l.on_fetch("b", 10, 120, 1),
+            (FetchReply::OutOfRange { newest: 100 }, None)
+        );
+        assert_eq!(
+            l.on_append(125),
+            None,
+            "b's stale claim does not commit 101..120"
+        );
+        assert_eq!(l.hw(), 100);
+        let (mut f, _) = Follower::new("a", 10, settings(), 0, Some(10));
+        let b_epochs = [(10, 50)];
+        f.on_epoch_end("a", 10, Some((10, 121)), &b_epochs, 121, 1);
+        assert_eq!(
+            f.on_out_of_range("a", 10, Some(10), 2),
+            vec![FollowerAction::AskEpochEnd { epoch: Some(10) }]
+        );
+        assert_eq!(
+            f.on_epoch_end("a", 10, Some((10, 101)), &b_epochs, 121, 3),
+            vec![
+                FollowerAction::Truncate { keep_below: 101 },
+                FollowerAction::Fetch
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_truncation_is_tried_again_before_any_fetch() {
+        let (mut f, _) = Follower::new("a", 3, settings(), 0, Some(2));
+        f.on_epoch_end("a", 3, Some((2, 7)), &[(2, 5)], 9, 1);
+        assert_eq!(
+            f.on_truncate_failed(Some(2)),
+            vec![FollowerAction::AskEpochEnd { epoch: Some(2) }]
+        );
+        assert!(
+            f.on_fetch_response("a", 3, 5, true, 2).is_empty(),
+            "no data into a log that was not cut"
+        );
+        assert_eq!(
+            f.on_epoch_end("a", 3, Some((2, 7)), &[(2, 5)], 9, 3),
+            vec![
+                FollowerAction::Truncate { keep_below: 7 },
+                FollowerAction::Fetch
+            ]
         );
     }
 

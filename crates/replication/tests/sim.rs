@@ -576,7 +576,14 @@ impl Sim {
                 let Role::Follower(f) = &mut b.role else {
                     return Ok(());
                 };
-                let actions = f.on_epoch_end(answer, &b.epochs, b.log.len() as Offset, now);
+                let actions = f.on_epoch_end(
+                    &leader,
+                    followed,
+                    answer,
+                    &b.epochs,
+                    b.log.len() as Offset,
+                    now,
+                );
                 self.follower_actions(i, actions)?;
             }
         }
