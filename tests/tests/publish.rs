@@ -187,6 +187,51 @@ async fn a_mixed_burst_keeps_each_partitions_order() {
     srv.stop().await;
 }
 
+/// A publisher that never stops sending on one PublishAsync session, and reads every
+/// response: the broker takes no more requests while `publish.async.max.inflight` of them wait
+/// for their ack, however fast it could read, so what it holds for the session stays bounded.
+/// Every request is still answered, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_takes_no_more_than_its_inflight_bound() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    const BOUND: usize = 64;
+    const OUT: usize = 8;
+    const N: usize = 20_000;
+    let srv = TestServer::start_with(|c| c.broker.publish_async_max_inflight = BOUND).await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("bound", "bound")).await.unwrap();
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let p = pulled.clone();
+    let input = futures_util::stream::iter(0..N).map(move |i| {
+        p.fetch_add(1, SeqCst);
+        req("bound", format!("v{i}"), format!("id{i}"))
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel(OUT);
+    let broker = srv.running().broker().clone();
+    let session = tokio::spawn(async move { broker.publish_async(input, tx).await });
+    let mut most_ahead = 0;
+    for i in 0..N {
+        let r = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("responses keep coming")
+            .expect("session open");
+        assert!(r.async_error.is_none(), "{r:?}");
+        assert_eq!(r.ack.map(|a| a.offset), Some(i as i64));
+        // Taken by the session and not yet answered to this reader.
+        most_ahead = most_ahead.max(pulled.load(SeqCst) - (i + 1));
+    }
+    assert!(
+        most_ahead <= BOUND + OUT + 1,
+        "the session took {most_ahead} requests ahead of its answers (bound {BOUND})"
+    );
+    tokio::time::timeout(Duration::from_secs(10), session)
+        .await
+        .expect("the session ends once its input has")
+        .unwrap();
+    srv.stop().await;
+}
+
 /// The next PublishAsync response, within 10 s.
 async fn next_response(out: &mut tonic::Streaming<PublishResponse>) -> PublishResponse {
     tokio::time::timeout(Duration::from_secs(10), out.next())
