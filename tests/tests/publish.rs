@@ -232,6 +232,154 @@ async fn a_session_takes_no_more_than_its_inflight_bound() {
     srv.stop().await;
 }
 
+/// Publishes on one PublishAsync session until `change` has been made, with many messages in
+/// flight when it is, and returns each correlation id with its answer: an offset or an error
+/// code. The session must answer every message it took before it ends.
+async fn publish_through(
+    srv: &TestServer,
+    name: &str,
+    change: impl AsyncFnOnce(
+        &mut liftbridge_proto::api::api_client::ApiClient<tonic::transport::Channel>,
+    ),
+) -> (usize, HashMap<String, Result<i64, i32>>) {
+    let mut c = srv.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let mut out = c
+        .publish_async(tokio_stream_from(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let name2 = name.to_owned();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let sender = tokio::spawn(async move {
+        let mut sent = 0;
+        for i in 0..200_000 {
+            if stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            if tx
+                .send(req(&name2, format!("v{i}"), format!("id{i}")))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let mut answers = HashMap::new();
+    let mut changed = Some(change);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = tokio::time::timeout_at(deadline, out.next())
+            .await
+            .expect("the session ends within 60 s");
+        let Some(r) = r else { break };
+        let r = r.unwrap();
+        let answer = match (&r.async_error, &r.ack) {
+            (Some(e), _) => Err(e.code),
+            (None, Some(a)) => Ok(a.offset),
+            (None, None) => panic!("an empty response"),
+        };
+        assert!(
+            answers.insert(r.correlation_id, answer).is_none(),
+            "answered twice"
+        );
+        if answers.len() == 2000
+            && let Some(change) = changed.take()
+        {
+            let mut admin = srv.client().await;
+            change(&mut admin).await;
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let sent = sender.await.unwrap();
+    for i in 0..sent {
+        assert!(
+            answers.contains_key(&format!("id{i}")),
+            "id{i} of {sent} got no answer"
+        );
+    }
+    assert_eq!(answers.len(), sent);
+    (sent, answers)
+}
+
+/// A partition turned read-only while a PublishAsync session has messages in flight to it:
+/// each of them is stored and acked, or refused as READONLY; none is left to time out. Under
+/// both sync policies: under `always`, messages wait in the partition's ingest queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_in_flight_is_answered_when_a_partition_turns_readonly() {
+    for sync in [commitlog::SyncPolicy::Always, commitlog::SyncPolicy::Os] {
+        readonly_mid_session(sync).await;
+    }
+}
+
+async fn readonly_mid_session(sync: commitlog::SyncPolicy) {
+    let srv = TestServer::start_with(|c| c.broker.sync = sync).await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("ro", "ro")).await.unwrap();
+    let (sent, answers) = publish_through(&srv, "ro", async |c| {
+        c.set_stream_readonly(SetStreamReadonlyRequest {
+            name: "ro".into(),
+            partitions: vec![],
+            readonly: true,
+        })
+        .await
+        .unwrap();
+    })
+    .await;
+    let end = partition_md(&mut c, "ro", 0).await.newest_offset;
+    // Stored and acked in publish order up to the change, refused after it.
+    let stored = answers.values().filter(|a| a.is_ok()).count();
+    assert!(stored >= 2000);
+    for i in 0..sent {
+        let expected = if i < stored {
+            Ok(i as i64)
+        } else {
+            Err(publish_async_error::Code::Readonly as i32)
+        };
+        assert_eq!(answers[&format!("id{i}")], expected, "id{i}");
+    }
+    assert_eq!(end, stored as i64 - 1, "every stored message was acked");
+    srv.stop().await;
+}
+
+/// A partition paused while a PublishAsync session has messages in flight to it (under the
+/// `always` sync policy, so that they wait in its ingest queue): each message is stored and
+/// acked, or refused as not stored; the next publish resumes the partition. The stored ones
+/// are acked in publish order, at consecutive offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_in_flight_is_answered_when_a_partition_pauses() {
+    let srv = TestServer::start_with(|c| c.broker.sync = commitlog::SyncPolicy::Always).await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("pz", "pz")).await.unwrap();
+    let (sent, answers) = publish_through(&srv, "pz", async |c| {
+        c.pause_stream(PauseStreamRequest {
+            name: "pz".into(),
+            partitions: vec![],
+            resume_all: false,
+        })
+        .await
+        .unwrap();
+    })
+    .await;
+    let mut next = 0;
+    for i in 0..sent {
+        match answers[&format!("id{i}")] {
+            Ok(o) => {
+                assert_eq!(o, next, "id{i}");
+                next += 1;
+            }
+            Err(code) => assert_eq!(code, publish_async_error::Code::Internal as i32, "id{i}"),
+        }
+    }
+    let md = partition_md(&mut c, "pz", 0).await;
+    assert_eq!(md.newest_offset, next - 1, "every stored message was acked");
+    srv.stop().await;
+}
+
 /// The next PublishAsync response, within 10 s.
 async fn next_response(out: &mut tonic::Streaming<PublishResponse>) -> PublishResponse {
     tokio::time::timeout(Duration::from_secs(10), out.next())

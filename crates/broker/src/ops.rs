@@ -564,6 +564,12 @@ impl Broker {
             Some(Ok(ack::Error::Encryption)) => {
                 Err(BrokerError::Internal("Failed to encrypt message".into()))
             }
+            Some(Ok(ack::Error::Readonly)) => Err(BrokerError::FailedPrecondition(
+                "readonly partition: the message was not stored".into(),
+            )),
+            Some(Ok(ack::Error::NotStored)) => Err(BrokerError::Unavailable(
+                "the partition stopped on its leader before the message was stored".into(),
+            )),
             // This server sends UNKNOWN only when the leader could not store the message.
             Some(Ok(ack::Error::Unknown)) => Err(BrokerError::Unavailable(
                 "the partition's leader could not store the message (a disk error; see its log)"
@@ -1061,6 +1067,14 @@ fn ack_response(a: api::Ack) -> api::PublishResponse {
                 Ok(ack::Error::Encryption) => (
                     publish_async_error::Code::EncryptionFailed,
                     "failed to encrypt message",
+                ),
+                Ok(ack::Error::Readonly) => (
+                    publish_async_error::Code::Readonly,
+                    "readonly partition: the message was not stored",
+                ),
+                Ok(ack::Error::NotStored) => (
+                    publish_async_error::Code::Internal,
+                    "the partition stopped on its leader before the message was stored",
                 ),
                 _ => (publish_async_error::Code::Unknown, "unknown ack error"),
             };

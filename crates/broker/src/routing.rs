@@ -193,27 +193,42 @@ impl Broker {
             });
         }
         let count = batch.len();
+        // Whether a local partition took each message (one that stopped meanwhile did not).
+        let mut taken = vec![true; count];
         match targets.as_slice() {
             [p] if p.appends_in_place(self.inner.cfg.sync) => {
                 p.append_in_place(&self.inner.ctx, batch).await;
             }
             _ => {
                 let last = targets.len() - 1;
-                for l in batch {
+                for (l, took) in batch.into_iter().zip(&mut taken) {
                     let mut l = Some(l);
+                    let mut any = false;
                     for (i, p) in targets.iter().enumerate() {
                         let one = if i == last { l.take() } else { l.clone() };
                         // A partition that stopped meanwhile had stopped listening to NATS too.
                         if let Some(one) = one {
-                            p.hand_over(one).await;
+                            any |= p.hand_over(one).await;
                         }
                     }
+                    *took = any;
                 }
             }
         }
         if !others {
-            // Nobody else would get them: the local partitions have them already.
-            return (0..count).map(|_| Ok(())).collect();
+            // Nobody else would get them: the local partitions have them already, unless they
+            // stopped meanwhile; their publishers are told at once instead of timing out.
+            return taken
+                .into_iter()
+                .map(|took| {
+                    took.then_some(()).ok_or_else(|| {
+                        BrokerError::Unavailable(
+                            "the partition stopped on its leader before the message was stored"
+                                .into(),
+                        )
+                    })
+                })
+                .collect();
         }
         let mut results = Vec::with_capacity(to_nats.len());
         for data in to_nats {
