@@ -380,6 +380,42 @@ async fn every_message_in_flight_is_answered_when_a_partition_pauses() {
     srv.stop().await;
 }
 
+/// Unary publishes that name their own ack inbox: the broker listens on it before the message
+/// can be acked, so each stored message is reported acked, never as a timeout (before, the ack
+/// could reach the NATS server ahead of the broker's subscription to the inbox).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_with_its_own_ack_inbox_gets_its_ack() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("own", "own")).await.unwrap();
+    const N: usize = 1000;
+    let mut timeouts = Vec::new();
+    for i in 0..N {
+        let mut r = tonic::Request::new(PublishRequest {
+            stream: "own".into(),
+            value: format!("v{i}").into(),
+            ack_inbox: format!("_INBOX.own.{i}"),
+            correlation_id: format!("id{i}"),
+            expected_offset: -1,
+            ..Default::default()
+        });
+        r.set_timeout(Duration::from_secs(2));
+        match c.publish(r).await {
+            Ok(resp) => assert_eq!(resp.into_inner().ack.map(|a| a.offset), Some(i as i64)),
+            Err(s) => {
+                timeouts.push(i);
+                assert!(timeouts.len() <= 3, "{s:?}; so far {timeouts:?}");
+            }
+        }
+    }
+    assert_eq!(
+        timeouts,
+        Vec::<usize>::new(),
+        "stored messages reported as not acked"
+    );
+    srv.stop().await;
+}
+
 /// The next PublishAsync response, within 10 s.
 async fn next_response(out: &mut tonic::Streaming<PublishResponse>) -> PublishResponse {
     tokio::time::timeout(Duration::from_secs(10), out.next())

@@ -49,7 +49,7 @@ impl Routes {
 impl Broker {
     /// Publishes one envelope to `subject` and, unless the policy is NONE or there is no
     /// deadline, waits for its ack: on the broker's shared ack subscription, or on the client's
-    /// own inbox when it named one.
+    /// own inbox when it named one, subscribed at the NATS server before the publish.
     pub(crate) async fn publish_envelope(
         &self,
         subject: &str,
@@ -89,6 +89,18 @@ impl Broker {
             .subscribe(&msg.ack_inbox)
             .await
             .map_err(|e| BrokerError::internal("subscribing to the ack inbox", e))?;
+        // The ack goes out on another connection (or from another broker), so it could reach
+        // the NATS server before this subscription: a round trip (a request nobody answers)
+        // puts the subscription in place at the server before the message can be acked.
+        let _ = self
+            .inner
+            .publishes
+            .request(
+                &format!("_LIFT_SYNC.{}", natsbridge::unique_id()),
+                Bytes::new(),
+                limit.min(Duration::from_secs(2)),
+            )
+            .await;
         self.nats_publish(subject, msg).await?;
         match tokio::time::timeout(limit, sub.next()).await {
             Ok(Some(m)) => payload::decode::<api::Ack>(&m.payload)
