@@ -598,3 +598,36 @@ async fn a_subscription_outlives_the_client_handle_it_came_from() {
     other.close();
     srv.stop().await;
 }
+
+/// A caller's correlation id reused while a message with it waits for its ack is refused: the
+/// two acks would otherwise cross (the second message's waiter took the first one's ack).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correlation_id_in_flight_is_not_reused() {
+    // With min ISR 2 on a single broker nothing commits, so ALL acks never come.
+    let srv = TestServer::start_with(|c| c.broker.min_insync_replicas = 2).await;
+    let client = connect(&srv).await;
+    client
+        .create_stream("dup", "dup", StreamOptions::default())
+        .await
+        .unwrap();
+    let opts = || {
+        PublishOptions::default()
+            .ack_policy(AckPolicy::All)
+            .correlation_id("same")
+            .ack_wait(Duration::from_secs(10))
+    };
+    let first = client.publish_async("dup", "one", opts()).await.unwrap();
+    match client.publish_async("dup", "two", opts()).await {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("same"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    drop(first);
+    // Once the first is no longer awaited, the id is free again.
+    let again = client
+        .publish_async("dup", "three", opts().ack_wait(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    assert!(matches!(again.await, Err(Error::Timeout(_))));
+    client.close();
+    srv.stop().await;
+}
