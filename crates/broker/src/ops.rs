@@ -1177,6 +1177,12 @@ fn forward_stream(
         match reader.poll_next(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(r)) => {
+                // Past the stop offset: it was compacted away (or, for a stop timestamp, the
+                // offset before the first later message was). The subscription ends there.
+                if stop.is_some_and(|s| r.offset > s) {
+                    done = true;
+                    return Poll::Ready(Some(Err(BrokerError::End("Stop offset reached".into()))));
+                }
                 if stop.is_some_and(|s| r.offset >= s) {
                     reached = true;
                 }
@@ -1207,6 +1213,11 @@ fn reverse_stream(
         }
         match reader.next() {
             Ok(Some(r)) => {
+                // Before the stop offset: it was compacted away; the subscription ends there.
+                if stop.is_some_and(|s| r.offset < s) {
+                    done = true;
+                    return Poll::Ready(None);
+                }
                 if stop.is_some_and(|s| r.offset <= s) {
                     done = true;
                 }
