@@ -375,7 +375,10 @@ impl Broker {
             ));
         }
         match consumer {
-            Some(c) => crate::groups::fence(&p, &c, || self.open_subscription(&p, &req)),
+            Some(c) => {
+                self.check_group_epoch(&c).await?;
+                crate::groups::fence(&p, &c, || self.open_subscription(&p, &req))
+            }
             None => self.open_subscription(&p, &req),
         }
     }
