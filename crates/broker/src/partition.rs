@@ -212,6 +212,9 @@ pub(crate) struct LocalPublish {
     pub size: usize,
     /// Its share of the partition's queue budget while it waits in the queue.
     pub share: Option<crate::budget::Share>,
+    /// Whether it also went to NATS, where another broker (a new leader of this partition)
+    /// may store it: then this partition may not say that it was not stored.
+    pub to_nats: bool,
 }
 
 impl Clone for LocalPublish {
@@ -222,6 +225,7 @@ impl Clone for LocalPublish {
             envelope: self.envelope.clone(),
             size: self.size,
             share: None,
+            to_nats: self.to_nats,
         }
     }
 }
@@ -687,6 +691,9 @@ struct AckTo {
     size: usize,
     /// A Liftbridge publish (an envelope), not a plain NATS message.
     api: bool,
+    /// Handed over by this broker and sent nowhere else: if this partition does not store
+    /// it, nobody does.
+    only_here: bool,
 }
 
 /// Turns a NATS message into a log message: a Publish envelope gives key, headers and ack
@@ -724,6 +731,7 @@ fn incoming(
             expected_offset: -1,
             size,
             api: false,
+            only_here: false,
         },
     }
 }
@@ -762,6 +770,7 @@ fn from_envelope(
             expected_offset: env.offset,
             size,
             api: true,
+            only_here: false,
         },
     }
 }
@@ -795,14 +804,18 @@ impl Arrival {
                 leader_epoch,
                 now,
             ),
-            Arrival::Local(l) => from_envelope(
-                l.subject,
-                String::new(),
-                l.envelope,
-                l.size,
-                leader_epoch,
-                now,
-            ),
+            Arrival::Local(l) => {
+                let mut i = from_envelope(
+                    l.subject,
+                    String::new(),
+                    l.envelope,
+                    l.size,
+                    leader_epoch,
+                    now,
+                );
+                i.ack.only_here = !l.to_nats;
+                i
+            }
         }
     }
 }
@@ -997,10 +1010,13 @@ impl Partition {
                 return acks;
             }
             Err(commitlog::Error::Closed) => {
-                // The partition stopped (a leader change, a pause, a delete) meanwhile.
+                // The partition stopped (a leader change, a pause, a delete) meanwhile. Only
+                // the messages nobody else received are refused: another broker (a new
+                // leader) may store the others, and ack them.
                 slog::debug!(ctx.logger, "refused messages sent to a closed partition";
                     "stream" => &self.stream, "partition" => self.id, "count" => msgs.len());
-                self.refuse_unstored(acks_to, ack::Error::NotStored, &mut acks);
+                let only_here = acks_to.into_iter().filter(|(to, _)| to.only_here).collect();
+                self.refuse_unstored(only_here, ack::Error::NotStored, &mut acks);
                 return acks;
             }
             Err(e) => {
@@ -1150,8 +1166,8 @@ async fn record(p: &Arc<Partition>, ctx: &Arc<Ctx>, batch: Vec<Incoming>) -> boo
 
 /// Tells this broker's own publishers whose messages still wait in the ingest queue of a
 /// partition that stops (a leader change, a pause, a delete) that they were not stored
-/// (`NOT_STORED`), instead of leaving them to time out. Publishers through NATS are not told:
-/// their messages were still in the subscription, which the new leader's replaces.
+/// (`NOT_STORED`), instead of leaving them to time out. Messages that also went to NATS are
+/// not refused: a new leader may have received them too, and acks what it stores.
 async fn refuse_queued(
     p: &Arc<Partition>,
     ctx: &Arc<Ctx>,
@@ -1162,7 +1178,7 @@ async fn refuse_queued(
     let now = now_nanos();
     while let Ok(l) = local.try_recv() {
         let Incoming { ack: to, .. } = Arrival::Local(l).into_incoming(p.role.leader_epoch, now);
-        if !to.ack_inbox.is_empty() {
+        if to.only_here && !to.ack_inbox.is_empty() {
             acks.push(p.ack_for(to, now, 0, ack::Error::NotStored));
         }
     }

@@ -202,6 +202,7 @@ impl Broker {
                 envelope: msg,
                 size,
                 share: None,
+                to_nats: others,
             });
         }
         let count = batch.len();
