@@ -416,6 +416,44 @@ async fn a_publish_with_its_own_ack_inbox_gets_its_ack() {
     srv.stop().await;
 }
 
+/// An error ack for a message with ack policy NONE (refused as too large by the partition)
+/// does not count as the answer of a message that waits for its ack: the session still waits
+/// for that one before it ends (before, the error ack lowered the count, and the session ended
+/// with the other ack outstanding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_ack_for_a_none_message_does_not_end_the_session_early() {
+    let srv = TestServer::start_with(|c| c.broker.replication_max_bytes = 1024).await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("none", "none")).await.unwrap();
+    let mut big = req("none", "x".repeat(2000), "big".into());
+    big.ack_policy = AckPolicy::None as i32;
+    let small = req("none", "ok".into(), "small".into());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let broker = srv.running().broker().clone();
+    let input = futures_util::stream::iter([big, small]);
+    let session = tokio::spawn(async move { broker.publish_async(input, tx).await });
+    let mut answers = HashMap::new();
+    while let Some(r) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the session ends in time")
+    {
+        let answer = match (&r.async_error, &r.ack) {
+            (Some(e), _) => Err(e.code),
+            (None, Some(a)) => Ok(a.offset),
+            (None, None) => panic!("an empty response"),
+        };
+        answers.insert(r.correlation_id, answer);
+    }
+    session.await.unwrap();
+    assert_eq!(answers.get("small"), Some(&Ok(0)), "{answers:?}");
+    assert_eq!(
+        answers.get("big"),
+        Some(&Err(publish_async_error::Code::BadRequest as i32)),
+        "{answers:?}"
+    );
+    srv.stop().await;
+}
+
 /// The next PublishAsync response, within 10 s.
 async fn next_response(out: &mut tonic::Streaming<PublishResponse>) -> PublishResponse {
     tokio::time::timeout(Duration::from_secs(10), out.next())

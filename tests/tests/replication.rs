@@ -962,7 +962,9 @@ async fn publish_async_moves_to_the_new_leader_after_a_failover() {
         .await
         .unwrap();
     let opts = || lc::PublishOptions::default().ack_wait(Duration::from_secs(5));
-    let ack = client.publish_async("pa", "before", opts()).await.unwrap();
+    // Replicated to every follower before the leader goes: it survives the failover.
+    let all = opts().ack_policy(lc::AckPolicy::All);
+    let ack = client.publish_async("pa", "before", all).await.unwrap();
     assert_eq!(ack.await.unwrap().unwrap().offset, 0);
 
     let old = p.leader.clone();
