@@ -598,3 +598,101 @@ async fn a_subscription_outlives_the_client_handle_it_came_from() {
     other.close();
     srv.stop().await;
 }
+
+/// A caller's correlation id reused while a message with it waits for its ack is refused: the
+/// two acks would otherwise cross (the second message's waiter took the first one's ack).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correlation_id_in_flight_is_not_reused() {
+    // With min ISR 2 on a single broker nothing commits, so ALL acks never come.
+    let srv = TestServer::start_with(|c| c.broker.min_insync_replicas = 2).await;
+    let client = connect(&srv).await;
+    client
+        .create_stream("dup", "dup", StreamOptions::default())
+        .await
+        .unwrap();
+    let opts = || {
+        PublishOptions::default()
+            .ack_policy(AckPolicy::All)
+            .correlation_id("same")
+            .ack_wait(Duration::from_secs(10))
+    };
+    let first = client.publish_async("dup", "one", opts()).await.unwrap();
+    match client.publish_async("dup", "two", opts()).await {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("same"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    drop(first);
+    // Once the first is no longer awaited, the id is free again.
+    let again = client
+        .publish_async("dup", "three", opts().ack_wait(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    assert!(matches!(again.await, Err(Error::Timeout(_))));
+    client.close();
+    srv.stop().await;
+}
+
+/// Publishes `value` to `stream`, trying again while a restarted broker comes back.
+async fn publish_after_restart(c: &Client, stream: &str, value: &str) -> i64 {
+    for _ in 0..50 {
+        if let Ok(Some(ack)) = c
+            .publish(stream, value.to_owned(), PublishOptions::default())
+            .await
+        {
+            return ack.offset;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("publishing never worked again after the restart");
+}
+
+/// A subscription that resubscribes after its broker went away, before it delivered anything
+/// or before its stop: it goes on from where it first started (NewOnly, Latest) and stops
+/// where it first would have (StopAt::Latest), instead of working both out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubscription_keeps_its_first_start_and_stop() {
+    let mut srv = TestServer::start().await;
+    let c = connect(&srv).await;
+    c.create_stream("rs", "rs", StreamOptions::default())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        c.publish("rs", format!("m{i}"), PublishOptions::default())
+            .await
+            .unwrap();
+    }
+    let mut new_only = c
+        .subscribe("rs", SubscribeOptions::default().start(StartAt::NewOnly))
+        .await
+        .unwrap();
+    let mut latest = c
+        .subscribe("rs", SubscribeOptions::default().start(StartAt::Latest))
+        .await
+        .unwrap();
+    let mut until_latest = c
+        .subscribe(
+            "rs",
+            SubscribeOptions::default()
+                .start(StartAt::Earliest)
+                .stop(StopAt::Latest),
+        )
+        .await
+        .unwrap();
+    assert_eq!(take(&mut until_latest, 1).await[0].offset, 0);
+    srv.restart_in_place().await;
+    assert_eq!(publish_after_restart(&c, "rs", "m3").await, 3);
+    assert_eq!(publish_after_restart(&c, "rs", "m4").await, 4);
+    let offsets = |ms: Vec<Message>| ms.into_iter().map(|m| m.offset).collect::<Vec<_>>();
+    assert_eq!(offsets(take(&mut new_only, 2).await), vec![3, 4]);
+    assert_eq!(offsets(take(&mut latest, 3).await), vec![2, 3, 4]);
+    assert_eq!(offsets(take(&mut until_latest, 2).await), vec![1, 2]);
+    let end = tokio::time::timeout(Duration::from_secs(10), until_latest.next())
+        .await
+        .expect("the end in time");
+    assert!(
+        matches!(end, Some(Err(Error::StopPositionReached))),
+        "{end:?}"
+    );
+    c.close();
+    srv.stop().await;
+}

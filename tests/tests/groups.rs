@@ -424,15 +424,42 @@ async fn a_group_subscription_is_fenced_by_the_group_epoch() {
         });
         r
     };
-    let mut first = subscribe(&mut c, req("c1", 5)).await.unwrap();
+    c.join_consumer_group(join("g", "c1", &["f"]))
+        .await
+        .unwrap();
+    let e = c
+        .join_consumer_group(join("g", "c2", &["f"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .epoch;
+    assert!(e >= 2);
+    let mut first = subscribe(&mut c, req("c1", e)).await.unwrap();
     assert_eq!(&next(&mut first).await.unwrap().value[..], b"one");
     refused(
-        subscribe(&mut c, req("c2", 4)).await.unwrap_err(),
+        subscribe(&mut c, req("c2", e - 1)).await.unwrap_err(),
         Code::FailedPrecondition,
         "Consumer is not currently assigned this partition",
     );
+    // An epoch the group never had is refused, and locks nobody out.
+    refused(
+        subscribe(&mut c, req("rogue", e + 1000)).await.unwrap_err(),
+        Code::FailedPrecondition,
+        &format!(
+            "Group epoch {} is newer than the group's epoch {e}",
+            e + 1000
+        ),
+    );
+    // So is a group that does not exist.
+    let mut r = req("c1", 1);
+    r.consumer.as_mut().unwrap().group_id = "nogroup".into();
+    refused(
+        subscribe(&mut c, r).await.unwrap_err(),
+        Code::FailedPrecondition,
+        "No such consumer group: nogroup",
+    );
     // Equal or newer replaces it: the old stream ends cleanly.
-    let mut second = subscribe(&mut c, req("c2", 5)).await.unwrap();
+    let mut second = subscribe(&mut c, req("c2", e)).await.unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(10), first.message())
         .await
         .expect("the replaced subscription ends");

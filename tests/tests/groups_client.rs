@@ -279,3 +279,76 @@ async fn without_a_committed_position_a_member_starts_where_its_auto_offset_says
     c.close();
     srv.stop().await;
 }
+
+/// A member that delivered messages without committing them, then lost the partition to a
+/// member that read further and committed: the first member must not commit its older
+/// position when it learns of the move, which would send the group's cursor back and make the
+/// next owner read again what was consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_lost_a_partition_does_not_move_its_cursor_back() {
+    let srv = TestServer::start_with(|c| {
+        c.broker.groups.consumer_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let c = connect(&srv).await;
+    c.create_stream("back", "back", StreamOptions::default().partitions(2))
+        .await
+        .unwrap();
+    publish_n(&c, "back", "a", 200, 2).await;
+    // `a` learns of assignments only every 8 s: long after `b` has committed.
+    let mut a = member(&c, "a")
+        .fetch_interval(Duration::from_secs(8))
+        .subscribe(["back"])
+        .await
+        .unwrap();
+    settled(&[&a], 2, WAIT).await;
+    let got = drain(&mut [&mut a], "a-", 200, WAIT, OnError::Fail).await;
+    assert_eq!(got.len(), 200);
+    let (first_epoch, _) = a.assignments();
+
+    let mut b = member(&c, "b").subscribe(["back"]).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    let p = loop {
+        if let Some((_, p)) = b.assignments().1.first() {
+            break *p;
+        }
+        assert!(Instant::now() < deadline, "b never got a partition");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // `b` reads the partition from its start (nothing committed), and 50 more.
+    for i in 0..50 {
+        c.publish(
+            "back",
+            format!("b-{i}"),
+            PublishOptions::default().partition(p),
+        )
+        .await
+        .unwrap();
+    }
+    let got = drain(&mut [&mut b], "b-", 50, WAIT, OnError::Fail).await;
+    assert_eq!(
+        got.len(),
+        150,
+        "the partition's 100 earlier messages, then 50: {got:?}"
+    );
+    b.commit().await.unwrap();
+    let cursor = group_cursor_id("g");
+    assert_eq!(c.fetch_cursor(&cursor, "back", p).await.unwrap(), 149);
+
+    // `a` learns that it lost the partition.
+    let deadline = Instant::now() + WAIT;
+    while a.assignments().0 == first_epoch {
+        assert!(Instant::now() < deadline, "a never saw the new assignments");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.commit().await.unwrap();
+    assert_eq!(
+        c.fetch_cursor(&cursor, "back", p).await.unwrap(),
+        149,
+        "the group's cursor moved back"
+    );
+    b.close().await.unwrap();
+    a.close().await.unwrap();
+    c.close();
+    srv.stop().await;
+}

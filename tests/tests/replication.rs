@@ -1015,3 +1015,55 @@ async fn followers_copy_encrypted_values_and_serve_them_opened() {
     }
     cluster.stop().await;
 }
+
+/// `liftbridge-client`'s PublishAsync after its partition's leader went away: the client
+/// refreshes the metadata and moves to the new leader within its bounded retries, where before
+/// every call failed for as long as nothing else refreshed the metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_async_moves_to_the_new_leader_after_a_failover() {
+    use liftbridge_client as lc;
+    let mut cluster = Cluster::start().await;
+    let mut a = cluster.client("a").await;
+    a.create_stream(create("pa", 3)).await.unwrap();
+    let p = cluster
+        .partition_until("pa", "three in-sync replicas", |p| p.isr.len() == 3)
+        .await;
+    let addrs = cluster.grpc_addrs();
+    let client = lc::Client::builder(addrs.iter().map(String::as_str))
+        .publish_retries(10)
+        .connect()
+        .await
+        .unwrap();
+    let opts = || lc::PublishOptions::default().ack_wait(Duration::from_secs(5));
+    // Replicated to every follower before the leader goes: it survives the failover.
+    let all = opts().ack_policy(lc::AckPolicy::All);
+    let ack = client.publish_async("pa", "before", all).await.unwrap();
+    assert_eq!(ack.await.unwrap().unwrap().offset, 0);
+
+    let old = p.leader.clone();
+    cluster.stop_node(&old).await;
+    // Each call retries within its bound; a call may fail while no leader is elected yet, or
+    // because its message was in flight on the lost connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let mut errors = Vec::new();
+    let stored = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no publish reached a new leader; errors: {errors:?}"
+        );
+        let r = match client.publish_async("pa", "after", opts()).await {
+            Ok(pending) => pending.await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(Some(ack)) => break ack,
+            Ok(None) => unreachable!("ack policy LEADER"),
+            Err(e) => errors.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(stored.offset >= 1);
+    assert!(errors.len() <= 3, "{errors:?}");
+    client.close();
+    cluster.stop().await;
+}

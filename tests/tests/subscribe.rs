@@ -216,3 +216,105 @@ async fn subscribe_errors() {
     assert_eq!(next(&mut s).await.unwrap_err().code(), Code::NotFound);
     srv.stop().await;
 }
+
+/// The offsets a subscription delivers until it ends, with the code it ends with (`Ok` for a
+/// clean end).
+async fn offsets_until_end(
+    c: &mut liftbridge_proto::api::api_client::ApiClient<tonic::transport::Channel>,
+    req: SubscribeRequest,
+) -> (Vec<i64>, Code) {
+    let mut s = subscribe(c, req).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            futures_util::StreamExt::next(&mut s),
+        )
+        .await
+        .expect("a message or the end in time")
+        {
+            Some(Ok(m)) => got.push(m.offset),
+            Some(Err(e)) => return (got, e.code()),
+            None => return (got, Code::Ok),
+        }
+    }
+    panic!("the subscription did not end: {got:?}");
+}
+
+/// On a compacted log whose stop offset was compacted away, a subscription ends before the
+/// next message after it, forwards and in reverse, and a stop timestamp between the
+/// remaining messages does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_offset_compacted_away_is_not_passed() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    let mut req = stream("cmp", "cmp");
+    // One message per segment (values larger than a segment); the cleaner compacts every 50 ms.
+    req.segment_max_bytes = Some(NullableInt64 { value: 1024 });
+    req.cleaner_interval = Some(NullableInt64 { value: 50 });
+    req.compact_enabled = Some(NullableBool { value: true });
+    c.create_stream(req).await.unwrap();
+    // Offsets 5, 6 and 7 share a key: compaction keeps 7 of them.
+    let keys = ["k0", "k1", "k2", "k3", "k4", "x", "x", "x", "k8"];
+    let mut stamps = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let ack = c
+            .publish(with_deadline(PublishRequest {
+                stream: "cmp".into(),
+                key: k.as_bytes().to_vec().into(),
+                value: format!("v{i}-{}", "x".repeat(1100)).into(),
+                expected_offset: -1,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .ack
+            .unwrap();
+        assert_eq!(ack.offset, i as i64);
+        stamps.push(ack.reception_timestamp);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut r = sub("cmp", StartPosition::Earliest);
+        r.stop_position = StopPosition::StopLatest as i32;
+        let (got, _) = offsets_until_end(&mut c, r).await;
+        if got == [0, 1, 2, 3, 4, 7, 8] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not compacted: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stop_at = |start: StartPosition, offset: i64, stop: i64| {
+        let mut r = sub("cmp", start);
+        r.start_offset = offset;
+        r.stop_position = StopPosition::StopOffset as i32;
+        r.stop_offset = stop;
+        r
+    };
+    let (got, end) = offsets_until_end(&mut c, stop_at(StartPosition::Earliest, 0, 5)).await;
+    assert_eq!((got, end), (vec![0, 1, 2, 3, 4], Code::ResourceExhausted));
+    let (got, _) = offsets_until_end(&mut c, stop_at(StartPosition::Offset, 5, 5)).await;
+    assert_eq!(got, Vec::<i64>::new());
+    let (got, _) = offsets_until_end(&mut c, stop_at(StartPosition::Offset, 0, 7)).await;
+    assert_eq!(
+        got,
+        vec![0, 1, 2, 3, 4, 7],
+        "a stop offset still there is delivered"
+    );
+    // In reverse from 8, stopping at 6: 8 and 7 only.
+    let mut r = stop_at(StartPosition::Offset, 8, 6);
+    r.reverse = true;
+    let (got, _) = offsets_until_end(&mut c, r).await;
+    assert_eq!(got, vec![8, 7]);
+    // A stop timestamp after offset 4's and before offset 7's (those of 5 and 6 are gone).
+    let mut r = sub("cmp", StartPosition::Earliest);
+    r.stop_position = StopPosition::StopTimestamp as i32;
+    r.stop_timestamp = stamps[6];
+    let (got, _) = offsets_until_end(&mut c, r).await;
+    assert_eq!(got, vec![0, 1, 2, 3, 4]);
+    srv.stop().await;
+}

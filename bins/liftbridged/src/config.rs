@@ -161,6 +161,7 @@ const KNOWN: &[&str] = &[
     "batch.max.messages",
     "batch.max.time",
     "batch.max.bytes",
+    "publish.async.max.inflight",
     "logging.level",
     "logging.recovery",
     "logging.raft",
@@ -612,6 +613,12 @@ fn general(k: &Keys, flags: &Flags, b: &mut BrokerConfig) -> Result<slog::Level,
             .ok()
             .filter(|v| *v > 0)
             .ok_or_else(|| Keys::bad("batch.max.bytes", "must be at least 1"))?;
+    }
+    if let Some(v) = k.int("publish.async.max.inflight")? {
+        b.publish_async_max_inflight = usize::try_from(v)
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| Keys::bad("publish.async.max.inflight", "must be at least 1"))?;
     }
     Ok(log_level)
 }
@@ -1197,16 +1204,18 @@ mod tests {
     #[test]
     fn batch_limits_are_read_and_bounded() {
         let c = from_yaml(
-            "batch.max.messages: 10\nbatch.max.bytes: 65536\n",
+            "batch.max.messages: 10\nbatch.max.bytes: 65536\npublish.async.max.inflight: 7\n",
             &Flags::default(),
         )
         .unwrap();
         assert_eq!(c.broker.batch_max_messages, 10);
+        assert_eq!(c.broker.publish_async_max_inflight, 7);
         assert_eq!(c.broker.batch_max_bytes, 64 << 10);
         let d = from_yaml("", &Flags::default()).unwrap();
         assert_eq!(d.broker.batch_max_messages, 1024);
         assert_eq!(d.broker.batch_max_bytes, 1 << 20);
         for (key, bad) in [
+            ("publish.async.max.inflight", "0"),
             ("batch.max.messages", "0"),
             ("batch.max.bytes", "0"),
             ("batch.max.bytes", "-1"),

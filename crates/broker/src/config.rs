@@ -252,6 +252,11 @@ pub struct BrokerConfig {
     /// 1024 messages of 16 KiB, 16 MiB, made the ingest three times slower). At least one
     /// message goes in every batch.
     pub batch_max_bytes: usize,
+    /// `publish.async.max.inflight` (ours): the most messages of one PublishAsync session
+    /// that wait for their ack. At the bound the session reads no more requests until acks
+    /// come in, so the publisher is held back by HTTP/2 flow control and the broker's memory
+    /// stays bounded. Default 8192.
+    pub publish_async_max_inflight: usize,
     /// `clustering.replication.max.bytes`: larger messages are refused with a TOO_LARGE ack.
     pub replication_max_bytes: u64,
     /// `clustering.min.insync.replicas`.
@@ -325,6 +330,7 @@ impl BrokerConfig {
             batch_max_messages: 1024,
             batch_max_time: Duration::ZERO,
             batch_max_bytes: 1024 * 1024,
+            publish_async_max_inflight: 8192,
             replication_max_bytes: 1024 * 1024,
             min_insync_replicas: 1,
             replica: ReplicaConfig::default(),

@@ -27,6 +27,10 @@ use crate::ops::Subscription;
 use crate::partition::Partition;
 use crate::replica::now_ms;
 
+/// How long a group subscription waits for this broker's metadata to know its group and
+/// epoch before it is refused.
+const GROUP_EPOCH_WAIT: Duration = Duration::from_secs(2);
+
 /// The active group subscription of one partition, per group (Liftbridge's fencing record).
 pub(crate) struct GroupSubscriber {
     epoch: u64,
@@ -255,6 +259,35 @@ impl Broker {
         };
         self.metadata().report_coordinator(op).await?;
         Ok(())
+    }
+
+    /// A group subscription's epoch against the metadata (ours; Liftbridge took any epoch):
+    /// the group must exist and the epoch must not be newer than the group's, or a client
+    /// with an invented epoch would fence every member out of the partition until it
+    /// restarted. This broker's metadata may trail the coordinator's by a moment, so it is
+    /// given up to [`GROUP_EPOCH_WAIT`] to catch up.
+    ///
+    /// # Errors
+    /// FailedPrecondition for an unknown group or an epoch the group never had.
+    pub(crate) async fn check_group_epoch(&self, consumer: &api::Consumer) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + GROUP_EPOCH_WAIT;
+        loop {
+            let epoch = self
+                .metadata()
+                .with_state(|f| f.groups().get(&consumer.group_id).map(|g| g.epoch));
+            let refusal = match epoch {
+                Some(e) if consumer.group_epoch <= e => return Ok(()),
+                Some(e) => format!(
+                    "Group epoch {} is newer than the group's epoch {e}",
+                    consumer.group_epoch
+                ),
+                None => format!("No such consumer group: {}", consumer.group_id),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BrokerError::FailedPrecondition(refusal));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The metadata of the named groups (`UNKNOWN_GROUP` for unknown ones).

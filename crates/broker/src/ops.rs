@@ -375,7 +375,10 @@ impl Broker {
             ));
         }
         match consumer {
-            Some(c) => crate::groups::fence(&p, &c, || self.open_subscription(&p, &req)),
+            Some(c) => {
+                self.check_group_epoch(&c).await?;
+                crate::groups::fence(&p, &c, || self.open_subscription(&p, &req))
+            }
             None => self.open_subscription(&p, &req),
         }
     }
@@ -564,6 +567,12 @@ impl Broker {
             Some(Ok(ack::Error::Encryption)) => {
                 Err(BrokerError::Internal("Failed to encrypt message".into()))
             }
+            Some(Ok(ack::Error::Readonly)) => Err(BrokerError::FailedPrecondition(
+                "readonly partition: the message was not stored".into(),
+            )),
+            Some(Ok(ack::Error::NotStored)) => Err(BrokerError::Unavailable(
+                "the partition stopped on its leader before the message was stored".into(),
+            )),
             // This server sends UNKNOWN only when the leader could not store the message.
             Some(Ok(ack::Error::Unknown)) => Err(BrokerError::Unavailable(
                 "the partition's leader could not store the message (a disk error; see its log)"
@@ -603,6 +612,12 @@ impl Broker {
 
     /// Runs one PublishAsync session: reads requests until `input` ends, answers each with an
     /// ack or an error on `out`, then waits up to 5 s for outstanding acks.
+    ///
+    /// At most `publish_async_max_inflight` messages of the session wait for their ack: at the
+    /// bound no request is read until acks come in, so HTTP/2 flow control holds the publisher
+    /// back. Every ack already in is forwarded in the same pass. A place whose ack never comes
+    /// (an ALL ack the leader forgot after `all_ack_max_wait`) is freed after that wait and
+    /// [`ASYNC_DRAIN`] more.
     pub async fn publish_async<S>(&self, mut input: S, out: mpsc::Sender<api::PublishResponse>)
     where
         S: Stream<Item = api::PublishRequest> + Send + Unpin,
@@ -626,24 +641,28 @@ impl Broker {
         self.inner.local_acks.open_session(&inbox, local_tx);
         let _session = SessionGuard(self.inner.local_acks.clone(), inbox.clone());
         let mut shutdown = self.shutdown_signal();
-        let mut inflight: usize = 0;
+        let max_inflight = self.inner.cfg.publish_async_max_inflight.max(1);
+        let forget_after = self.inner.cfg.all_ack_max_wait + ASYNC_DRAIN;
+        let mut waiting = Waiting::default();
+        let mut expiry = tokio::time::interval(Duration::from_secs(1));
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut input_done = false;
         let drain_deadline = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
         tokio::pin!(drain_deadline);
         loop {
-            if input_done && inflight == 0 {
+            if input_done && waiting.count == 0 {
                 break;
             }
             tokio::select! {
-                req = input.next(), if !input_done => {
+                req = input.next(), if !input_done && waiting.count < max_inflight => {
                     // The requests already received go on together, so that they can be
-                    // appended as one batch.
+                    // appended as one batch, within the in-flight bound.
                     let mut reqs = Vec::from_iter(req);
                     let mut ended = reqs.is_empty();
                     let cfg = &self.inner.cfg;
                     let mut fill = Gather::new(cfg.batch_max_messages, cfg.batch_max_bytes);
                     reqs.iter().for_each(|r| fill.add(r.value.len()));
-                    while !ended && fill.room() {
+                    while !ended && fill.room() && waiting.count + reqs.len() < max_inflight {
                         match input.next().now_or_never() {
                             Some(Some(req)) => {
                                 fill.add(req.value.len());
@@ -654,7 +673,10 @@ impl Broker {
                         }
                     }
                     match self.publish_session_batch(reqs, &inbox, &out).await {
-                        Some(waiting) => inflight += waiting,
+                        Some(ids) => {
+                            let now = tokio::time::Instant::now();
+                            ids.into_iter().for_each(|id| waiting.add(id, now));
+                        }
                         None => return,
                     }
                     if ended {
@@ -669,29 +691,30 @@ impl Broker {
                     }
                 } => {
                     let Some(a) = a else { break };
-                    let Some(a) = a else { continue };
-                    inflight = inflight.saturating_sub(1);
-                    let resp = match ack::Error::try_from(a.ack_error) {
-                        Ok(ack::Error::Ok) => api::PublishResponse {
-                            correlation_id: a.correlation_id.clone(),
-                            ack: Some(a),
-                            async_error: None,
-                        },
-                        other => {
-                            let (code, text) = match other {
-                                Ok(ack::Error::IncorrectOffset) => (publish_async_error::Code::IncorrectOffset, "incorrect expected offset"),
-                                Ok(ack::Error::TooLarge) => (publish_async_error::Code::BadRequest, "message exceeds maximum allowed size"),
-                                Ok(ack::Error::Encryption) => (publish_async_error::Code::EncryptionFailed, "failed to encrypt message"),
-                                _ => (publish_async_error::Code::Unknown, "unknown ack error"),
-                            };
-                            let cid = a.correlation_id.clone();
-                            let mut r = async_error(cid, code, text.into());
-                            r.ack = Some(api::Ack { correlation_id: String::new(), ..a });
-                            r
+                    // Every ack already in goes on in this pass, not one per pass.
+                    let mut ready: Vec<api::Ack> = a.into_iter().collect();
+                    while ready.len() < ACK_BURST {
+                        if let Ok(a) = local.try_recv() {
+                            ready.push(a);
+                            continue;
                         }
-                    };
-                    if out.send(resp).await.is_err() {
-                        return;
+                        match acks.next().now_or_never() {
+                            Some(Some(m)) => ready.extend(payload::decode::<api::Ack>(&m.payload).ok()),
+                            _ => break,
+                        }
+                    }
+                    for a in ready {
+                        // An error ack for a message with ack policy NONE is forwarded, but
+                        // held no place.
+                        waiting.answered(&a.correlation_id);
+                        if out.send(ack_response(a)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                _ = expiry.tick(), if waiting.count > 0 => {
+                    if let Some(before) = tokio::time::Instant::now().checked_sub(forget_after) {
+                        waiting.expire(before);
                     }
                 }
                 _ = &mut drain_deadline, if input_done => break,
@@ -702,15 +725,16 @@ impl Broker {
 
     /// Publishes a PublishAsync session's requests, in order, with acks to `inbox`. Runs of
     /// requests to the same subject are published together. Errors are answered on `out`.
-    /// Returns how many acks to wait for, or `None` once `out` is closed.
+    /// Returns the correlation ids of the messages that wait for an ack, or `None` once `out`
+    /// is closed.
     async fn publish_session_batch(
         &self,
         reqs: Vec<api::PublishRequest>,
         inbox: &str,
         out: &mpsc::Sender<api::PublishResponse>,
-    ) -> Option<usize> {
+    ) -> Option<Vec<String>> {
         let mut run: Option<Run> = None;
-        let mut waiting = 0;
+        let mut waiting = Vec::new();
         let mut reqs = reqs.into_iter().peekable();
         while let Some(req) = reqs.next() {
             let cid = req.correlation_id.clone();
@@ -758,7 +782,8 @@ impl Broker {
                 let results = self.nats_publish_all(&subject, msgs).await;
                 for (r, (cid, wants_ack)) in results.into_iter().zip(replies) {
                     match r {
-                        Ok(()) => waiting += usize::from(wants_ack),
+                        Ok(()) if wants_ack => waiting.push(cid),
+                        Ok(()) => {}
                         Err(e) => {
                             let r = async_error(
                                 cid,
@@ -1021,6 +1046,94 @@ struct Run {
     replies: Vec<(String, bool)>,
 }
 
+/// The most acks a PublishAsync session forwards in one pass of its loop.
+const ACK_BURST: usize = 4096;
+
+/// A PublishAsync session's answer to an ack: the ack, or its error.
+fn ack_response(a: api::Ack) -> api::PublishResponse {
+    match ack::Error::try_from(a.ack_error) {
+        Ok(ack::Error::Ok) => api::PublishResponse {
+            correlation_id: a.correlation_id.clone(),
+            ack: Some(a),
+            async_error: None,
+        },
+        other => {
+            let (code, text) = match other {
+                Ok(ack::Error::IncorrectOffset) => (
+                    publish_async_error::Code::IncorrectOffset,
+                    "incorrect expected offset",
+                ),
+                Ok(ack::Error::TooLarge) => (
+                    publish_async_error::Code::BadRequest,
+                    "message exceeds maximum allowed size",
+                ),
+                Ok(ack::Error::Encryption) => (
+                    publish_async_error::Code::EncryptionFailed,
+                    "failed to encrypt message",
+                ),
+                Ok(ack::Error::Readonly) => (
+                    publish_async_error::Code::Readonly,
+                    "readonly partition: the message was not stored",
+                ),
+                Ok(ack::Error::NotStored) => (
+                    publish_async_error::Code::Internal,
+                    "the partition stopped on its leader before the message was stored",
+                ),
+                _ => (publish_async_error::Code::Unknown, "unknown ack error"),
+            };
+            let cid = a.correlation_id.clone();
+            let mut r = async_error(cid, code, text.into());
+            r.ack = Some(api::Ack {
+                correlation_id: String::new(),
+                ..a
+            });
+            r
+        }
+    }
+}
+
+/// The messages of a PublishAsync session that wait for their ack, by correlation id, with
+/// when each was sent.
+#[derive(Default)]
+struct Waiting {
+    by_id: std::collections::HashMap<String, std::collections::VecDeque<tokio::time::Instant>>,
+    count: usize,
+}
+
+impl Waiting {
+    fn add(&mut self, id: String, sent: tokio::time::Instant) {
+        self.by_id.entry(id).or_default().push_back(sent);
+        self.count += 1;
+    }
+
+    /// An ack for `id` came: frees the oldest place a message with that id held. False when
+    /// none waited (an error ack for a message with ack policy NONE).
+    fn answered(&mut self, id: &str) -> bool {
+        let Some(sent) = self.by_id.get_mut(id) else {
+            return false;
+        };
+        sent.pop_front();
+        if sent.is_empty() {
+            self.by_id.remove(id);
+        }
+        self.count -= 1;
+        true
+    }
+
+    /// Frees the places of messages sent before `before`, whose ack will not come.
+    fn expire(&mut self, before: tokio::time::Instant) {
+        let mut freed = 0;
+        self.by_id.retain(|_, sent| {
+            while sent.front().is_some_and(|t| *t < before) {
+                sent.pop_front();
+                freed += 1;
+            }
+            !sent.is_empty()
+        });
+        self.count -= freed;
+    }
+}
+
 /// Ends a PublishAsync session's in-process ack routing when the session ends.
 struct SessionGuard(Arc<crate::acks::LocalAcks>, String);
 
@@ -1067,6 +1180,12 @@ fn forward_stream(
         match reader.poll_next(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(r)) => {
+                // Past the stop offset: it was compacted away (or, for a stop timestamp, the
+                // offset before the first later message was). The subscription ends there.
+                if stop.is_some_and(|s| r.offset > s) {
+                    done = true;
+                    return Poll::Ready(Some(Err(BrokerError::End("Stop offset reached".into()))));
+                }
                 if stop.is_some_and(|s| r.offset >= s) {
                     reached = true;
                 }
@@ -1097,6 +1216,11 @@ fn reverse_stream(
         }
         match reader.next() {
             Ok(Some(r)) => {
+                // Before the stop offset: it was compacted away; the subscription ends there.
+                if stop.is_some_and(|s| r.offset < s) {
+                    done = true;
+                    return Poll::Ready(None);
+                }
                 if stop.is_some_and(|s| r.offset <= s) {
                     done = true;
                 }

@@ -217,6 +217,9 @@ pub(crate) struct LocalPublish {
     pub size: usize,
     /// Its share of the partition's queue budget while it waits in the queue.
     pub share: Option<crate::budget::Share>,
+    /// Whether it also went to NATS, where another broker (a new leader of this partition)
+    /// may store it: then this partition may not say that it was not stored.
+    pub to_nats: bool,
 }
 
 impl Clone for LocalPublish {
@@ -227,6 +230,7 @@ impl Clone for LocalPublish {
             envelope: self.envelope.clone(),
             size: self.size,
             share: None,
+            to_nats: self.to_nats,
         }
     }
 }
@@ -720,6 +724,9 @@ struct AckTo {
     size: usize,
     /// A Liftbridge publish (an envelope), not a plain NATS message.
     api: bool,
+    /// Handed over by this broker and sent nowhere else: if this partition does not store
+    /// it, nobody does.
+    only_here: bool,
 }
 
 /// Turns a NATS message into a log message: a Publish envelope gives key, headers and ack
@@ -757,6 +764,7 @@ fn incoming(
             expected_offset: -1,
             size,
             api: false,
+            only_here: false,
         },
     }
 }
@@ -795,6 +803,7 @@ fn from_envelope(
             expected_offset: env.offset,
             size,
             api: true,
+            only_here: false,
         },
     }
 }
@@ -828,14 +837,18 @@ impl Arrival {
                 leader_epoch,
                 now,
             ),
-            Arrival::Local(l) => from_envelope(
-                l.subject,
-                String::new(),
-                l.envelope,
-                l.size,
-                leader_epoch,
-                now,
-            ),
+            Arrival::Local(l) => {
+                let mut i = from_envelope(
+                    l.subject,
+                    String::new(),
+                    l.envelope,
+                    l.size,
+                    leader_epoch,
+                    now,
+                );
+                i.ack.only_here = !l.to_nats;
+                i
+            }
         }
     }
 }
@@ -924,15 +937,20 @@ impl Partition {
         }
     }
 
-    /// Error acks (`UNKNOWN`) for messages that were not stored, for every publisher with an
+    /// Error acks (`why`) for messages that were not stored, for every publisher with an
     /// inbox. Returns how many had none to be told on.
-    fn refuse_unstored(&self, unstored: Vec<(AckTo, i64)>, acks: &mut Vec<api::Ack>) -> usize {
+    fn refuse_unstored(
+        &self,
+        unstored: Vec<(AckTo, i64)>,
+        why: ack::Error,
+        acks: &mut Vec<api::Ack>,
+    ) -> usize {
         let mut unannounced = 0;
         for (to, received) in unstored {
             if to.ack_inbox.is_empty() {
                 unannounced += 1;
             } else {
-                acks.push(self.ack_for(to, received, 0, ack::Error::Unknown));
+                acks.push(self.ack_for(to, received, 0, why));
             }
         }
         unannounced
@@ -999,7 +1017,8 @@ impl Partition {
         }
         if !msgs.is_empty() && ctx.disk.is_low() {
             // Nearly full: refused before the disk is, every publisher told.
-            unannounced += self.refuse_unstored(std::mem::take(&mut acks_to), &mut acks);
+            unannounced +=
+                self.refuse_unstored(std::mem::take(&mut acks_to), ack::Error::Unknown, &mut acks);
             msgs.clear();
         }
         if unannounced > 0 {
@@ -1017,14 +1036,20 @@ impl Partition {
         let info = match appended {
             Ok(info) => info,
             Err(commitlog::Error::Readonly) => {
-                warn!(ctx.logger, "dropped messages sent to a read-only partition";
+                // Every publisher with an inbox is told, none is left to time out.
+                warn!(ctx.logger, "refused messages sent to a read-only partition";
                     "stream" => &self.stream, "partition" => self.id, "count" => msgs.len());
+                self.refuse_unstored(acks_to, ack::Error::Readonly, &mut acks);
                 return acks;
             }
             Err(commitlog::Error::Closed) => {
-                // The partition stopped (a leader change, a pause, a delete) meanwhile.
-                slog::debug!(ctx.logger, "dropped messages sent to a closed partition";
+                // The partition stopped (a leader change, a pause, a delete) meanwhile. Only
+                // the messages nobody else received are refused: another broker (a new
+                // leader) may store the others, and ack them.
+                slog::debug!(ctx.logger, "refused messages sent to a closed partition";
                     "stream" => &self.stream, "partition" => self.id, "count" => msgs.len());
+                let only_here = acks_to.into_iter().filter(|(to, _)| to.only_here).collect();
+                self.refuse_unstored(only_here, ack::Error::NotStored, &mut acks);
                 return acks;
             }
             Err(e) => {
@@ -1033,7 +1058,7 @@ impl Partition {
                 error!(ctx.logger, "appending to a partition failed; its publishers get an error ack";
                     "stream" => &self.stream, "partition" => self.id, "count" => msgs.len(),
                     "data_dir" => %ctx.cfg.data_dir.display(), "error" => %e);
-                self.refuse_unstored(acks_to, &mut acks);
+                self.refuse_unstored(acks_to, ack::Error::Unknown, &mut acks);
                 return acks;
             }
         };
@@ -1154,6 +1179,8 @@ async fn ingest(
     }
     if p.drain_on_stop.load(Ordering::Acquire) {
         drain(&p, &ctx, &mut source, &mut local, max).await;
+    } else {
+        refuse_queued(&p, &ctx, &mut local).await;
     }
     slog::debug!(ctx.logger, "ingest stopped"; "stream" => &p.stream, "partition" => p.id);
     source.close().await;
@@ -1168,6 +1195,31 @@ async fn record(p: &Arc<Partition>, ctx: &Arc<Ctx>, batch: Vec<Incoming>) -> boo
     send_acks(ctx, acks).await;
     crate::replica::notify_followers(p, ctx, None).await;
     true
+}
+
+/// Tells this broker's own publishers whose messages still wait in the ingest queue of a
+/// partition that stops (a leader change, a pause, a delete) that they were not stored
+/// (`NOT_STORED`), instead of leaving them to time out. Messages that also went to NATS are
+/// not refused: a new leader may have received them too, and acks what it stores.
+async fn refuse_queued(
+    p: &Arc<Partition>,
+    ctx: &Arc<Ctx>,
+    local: &mut mpsc::Receiver<LocalPublish>,
+) {
+    local.close();
+    let mut acks = Vec::new();
+    let now = now_nanos();
+    while let Ok(l) = local.try_recv() {
+        let Incoming { ack: to, .. } = Arrival::Local(l).into_incoming(p.role.leader_epoch, now);
+        if to.only_here && !to.ack_inbox.is_empty() {
+            acks.push(p.ack_for(to, now, 0, ack::Error::NotStored));
+        }
+    }
+    if !acks.is_empty() {
+        slog::debug!(ctx.logger, "refused messages queued for a stopping partition";
+            "stream" => &p.stream, "partition" => p.id, "count" => acks.len());
+        send_acks(ctx, acks).await;
+    }
 }
 
 /// Records what the ingest had received when the broker stops: everything already queued for

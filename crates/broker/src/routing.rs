@@ -49,7 +49,7 @@ impl Routes {
 impl Broker {
     /// Publishes one envelope to `subject` and, unless the policy is NONE or there is no
     /// deadline, waits for its ack: on the broker's shared ack subscription, or on the client's
-    /// own inbox when it named one.
+    /// own inbox when it named one, subscribed at the NATS server before the publish.
     pub(crate) async fn publish_envelope(
         &self,
         subject: &str,
@@ -89,6 +89,18 @@ impl Broker {
             .subscribe(&msg.ack_inbox)
             .await
             .map_err(|e| BrokerError::internal("subscribing to the ack inbox", e))?;
+        // The ack goes out on another connection (or from another broker), so it could reach
+        // the NATS server before this subscription: a round trip (a request nobody answers)
+        // puts the subscription in place at the server before the message can be acked.
+        let _ = self
+            .inner
+            .publishes
+            .request(
+                &format!("_LIFT_SYNC.{}", natsbridge::unique_id()),
+                Bytes::new(),
+                limit.min(Duration::from_secs(2)),
+            )
+            .await;
         self.nats_publish(subject, msg).await?;
         match tokio::time::timeout(limit, sub.next()).await {
             Ok(Some(m)) => payload::decode::<api::Ack>(&m.payload)
@@ -190,30 +202,46 @@ impl Broker {
                 envelope: msg,
                 size,
                 share: None,
+                to_nats: others,
             });
         }
         let count = batch.len();
+        // Whether a local partition took each message (one that stopped meanwhile did not).
+        let mut taken = vec![true; count];
         match targets.as_slice() {
             [p] if p.appends_in_place(self.inner.cfg.sync) => {
                 p.append_in_place(&self.inner.ctx, batch).await;
             }
             _ => {
                 let last = targets.len() - 1;
-                for l in batch {
+                for (l, took) in batch.into_iter().zip(&mut taken) {
                     let mut l = Some(l);
+                    let mut any = false;
                     for (i, p) in targets.iter().enumerate() {
                         let one = if i == last { l.take() } else { l.clone() };
                         // A partition that stopped meanwhile had stopped listening to NATS too.
                         if let Some(one) = one {
-                            p.hand_over(one).await;
+                            any |= p.hand_over(one).await;
                         }
                     }
+                    *took = any;
                 }
             }
         }
         if !others {
-            // Nobody else would get them: the local partitions have them already.
-            return (0..count).map(|_| Ok(())).collect();
+            // Nobody else would get them: the local partitions have them already, unless they
+            // stopped meanwhile; their publishers are told at once instead of timing out.
+            return taken
+                .into_iter()
+                .map(|took| {
+                    took.then_some(()).ok_or_else(|| {
+                        BrokerError::Unavailable(
+                            "the partition stopped on its leader before the message was stored"
+                                .into(),
+                        )
+                    })
+                })
+                .collect();
         }
         let mut results = Vec::with_capacity(to_nats.len());
         for data in to_nats {

@@ -340,13 +340,16 @@ impl Shared {
         }
     }
 
-    /// Commits what was delivered and not yet committed: on every partition, or on `only`.
+    /// Commits what was delivered and not yet committed: on every partition this member holds,
+    /// or on those of `only` it holds. A partition it no longer holds is never committed.
     async fn commit_delivered(&self, only: Option<&[Key]>) -> Result<()> {
         let due: Vec<(Key, i64)> = {
             let delivered = self.delivered.lock();
             let committed = self.committed.lock();
+            let owned = self.owned.lock();
             delivered
                 .iter()
+                .filter(|(k, _)| owned.contains(k))
                 // Never back: a position below the committed one is stale.
                 .filter(|(k, o)| committed.get(*k).is_none_or(|c| c < *o))
                 .filter(|(k, _)| only.is_none_or(|keys| keys.contains(k)))
@@ -503,7 +506,7 @@ async fn rejoin(shared: &Shared, coordinator: &mut String, epoch: &mut u64) {
 }
 
 /// Stops the readers of partitions no longer assigned (or assigned under another epoch, as
-/// go-liftbridge does), committing what they delivered; starts readers for the rest.
+/// go-liftbridge does), without committing for partitions lost; starts readers for the rest.
 async fn reconcile(
     shared: &Arc<Shared>,
     readers: &mut BTreeMap<Key, Reader>,
@@ -539,7 +542,9 @@ async fn reconcile(
         shared.leases.lock().remove(k);
     }
     if !revoked.is_empty() {
-        let _ = shared.commit_delivered(Some(&revoked)).await;
+        // Not committed: another member holds them now and may have committed further, so
+        // this member's position could send the group's cursor back. What it delivered and
+        // did not commit is read again by the new owner (at least once).
         // What this member knew of them is stale from now on.
         for k in &revoked {
             shared.delivered.lock().remove(k);

@@ -7,13 +7,18 @@
 //! - Publishing: [`Client::publish`] waits for one ack, [`Client::publish_async`] keeps
 //!   thousands in flight on one stream per broker, [`Client::publish_to_subject`] publishes to a
 //!   raw NATS subject. Partitions are chosen explicitly, by key (CRC-32 like go-liftbridge), or
-//!   round-robin ([`Partitioner`]).
+//!   round-robin ([`Partitioner`]). When a partition's leader cannot be reached,
+//!   `publish_async` refreshes the metadata and tries the leader it names, up to
+//!   [`ClientBuilder::publish_retries`] times; a correlation id already in flight is refused.
 //! - Subscribing: [`Client::subscribe`] gives a [`Subscription`], a `futures::Stream` of
-//!   [`Message`]s that resubscribes by itself when its broker goes away.
+//!   [`Message`]s that resubscribes by itself when its broker goes away, from where it was:
+//!   a start or stop that depends on the newest offset (NewOnly, Latest) is fixed as an offset
+//!   when it first subscribes.
 //! - Consumer groups: [`Client::consumer`] gives a [`GroupConsumer`], one member of a group
 //!   that shares the partitions of its streams with the other members, commits positions
-//!   (go-liftbridge's cursor id `__group:<group>`, so Go and Rust members share progress), and
-//!   takes over partitions when members leave or die. [`Client::group_lag`] tells how far a
+//!   (go-liftbridge's cursor id `__group:<group>`, so Go and Rust members share progress; only
+//!   for the partitions it holds, so it never moves the group's cursor back over a partition
+//!   another member took), and takes over partitions when members leave or die. [`Client::group_lag`] tells how far a
 //!   group is behind.
 //!
 //! ```

@@ -254,9 +254,14 @@ impl Client {
     /// # client.close(); server.shutdown().await; Ok(()) }
     /// ```
     ///
+    /// When the partition's leader cannot be reached, or the stream to it ended, the call
+    /// refreshes the metadata and tries the leader it names, up to
+    /// [`ClientBuilder::publish_retries`](crate::ClientBuilder::publish_retries) times.
+    ///
     /// # Errors
-    /// Routing errors ([`Error::NoSuchStream`], [`Error::NoBrokers`]) at once; the message's own
-    /// errors through the returned future.
+    /// Routing errors ([`Error::NoSuchStream`], [`Error::NoBrokers`]) at once;
+    /// [`Error::InvalidArgument`] for a correlation id given in the options while a message with
+    /// it still waits for its ack; the message's own errors through the returned future.
     pub async fn publish_async(
         &self,
         stream: &str,
@@ -266,22 +271,51 @@ impl Client {
         let req = self
             .build_request(stream, Self::bytes(value), &opts)
             .await?;
-        let addr = match self.partition_addr(stream, req.partition, false).await {
-            Ok(a) => a,
-            // Any broker takes publishes; the error will come back on the stream.
-            Err(_) => self.any_conn().await?.0,
-        };
         let none = opts.ack_policy == AckPolicy::None;
         let id = req.correlation_id.clone();
         let deadline = tokio::time::Instant::now() + opts.ack_wait;
         let mut req = Some(req);
-        for _ in 0..2 {
-            let (tx, waiters) = self.session(&addr).await?;
+        let mut last = None;
+        let retries = self.inner.publish_retries;
+        for attempt in 0..=retries {
+            if attempt > 0 {
+                // The leader known may be gone: look for it again.
+                self.backoff(attempt - 1).await;
+                let _ = self.refresh_metadata().await;
+            }
+            let partition = req.as_ref().map_or(0, |r| r.partition);
+            let addr = match self.partition_addr(stream, partition, false).await {
+                Ok(a) => a,
+                // Any broker takes publishes; the error will come back on the stream.
+                Err(_) => match self.any_conn().await {
+                    Ok((a, _)) => a,
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                },
+            };
+            let (tx, waiters) = match self.session(&addr).await {
+                Ok(s) => s,
+                Err(Error::Closed) => return Err(Error::Closed),
+                Err(e) => {
+                    self.forget(&addr);
+                    last = Some(e);
+                    continue;
+                }
+            };
             let rx = if none {
                 None
             } else {
                 let (ack_tx, ack_rx) = oneshot::channel();
-                waiters.lock().insert(id.clone(), ack_tx);
+                let mut w = waiters.lock();
+                // Two messages with one id would get each other's acks.
+                if w.contains_key(&id) {
+                    return Err(Error::InvalidArgument(format!(
+                        "correlation id {id:?} is already in flight"
+                    )));
+                }
+                w.insert(id.clone(), ack_tx);
                 Some(ack_rx)
             };
             match tx.send(req.take().expect("kept for a retry")).await {
@@ -297,13 +331,16 @@ impl Client {
                 // Sending hands the request back when the session is gone.
                 Err(mpsc::error::SendError(back)) => req = Some(back),
             }
-            // The session died under us: forget it and open a new one.
+            // The session died under us: forget it and its connection, and open a new one,
+            // to the leader the metadata names then.
             waiters.lock().remove(&id);
             self.inner.sessions.lock().await.remove(&addr);
+            self.forget(&addr);
+            last = Some(Error::NoBrokers(format!(
+                "cannot open a publish stream to {addr}"
+            )));
         }
-        Err(Error::NoBrokers(format!(
-            "cannot open a publish stream to {addr}"
-        )))
+        Err(last.unwrap_or_else(|| Error::NoBrokers("no broker took the publish".into())))
     }
 
     /// Where a publish to `stream`/`partition` goes: its leader, which appends without a trip
@@ -321,10 +358,13 @@ impl Client {
 
     async fn session(&self, addr: &str) -> Result<(mpsc::Sender<api::PublishRequest>, Waiters)> {
         let mut sessions = self.inner.sessions.lock().await;
-        if let Some(s) = sessions.get(addr)
-            && s.alive.load(Ordering::Acquire)
-        {
-            return Ok((s.tx.clone(), s.waiters.clone()));
+        if let Some(s) = sessions.get(addr) {
+            if s.alive.load(Ordering::Acquire) {
+                return Ok((s.tx.clone(), s.waiters.clone()));
+            }
+            // Its stream ended with an error: the connection may be to a broker gone away.
+            sessions.remove(addr);
+            self.forget(addr);
         }
         let mut c = self.conn(addr).await?;
         let (tx, rx) = mpsc::channel::<api::PublishRequest>(8192);

@@ -9,7 +9,7 @@ use liftbridge_proto::api;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::types::{Message, StartAt, SubscribeOptions};
+use crate::types::{Message, StartAt, StopAt, SubscribeOptions};
 
 /// The messages of one stream partition, in offset order (newest first when reversed).
 ///
@@ -181,6 +181,14 @@ impl State {
                 }
                 Err(st) if reconnectable(&st) && !self.opts.reverse => {
                     self.current = None;
+                    // Lost after the stop message, before the end: the end is all that was
+                    // left (a new subscription from after the stop would be refused).
+                    if let (StopAt::Offset(stop), Some(last)) = (self.opts.stop, self.last_offset)
+                        && last >= stop
+                    {
+                        self.done = true;
+                        return Some(Err(Error::StopPositionReached));
+                    }
                     let _ = self.client.refresh_metadata().await;
                 }
                 Err(st) => {
@@ -205,6 +213,35 @@ impl Client {
         self.subscribe_as(stream, opts, None).await
     }
 
+    /// A forward subscription's start and stop as offsets, when they depend on the partition's
+    /// newest offset (start NewOnly or Latest, stop Latest): a resubscription after its broker
+    /// went away then goes on from where the first one started, and stops where it would have,
+    /// instead of working them out again (and skipping what was published meanwhile). The
+    /// newest offset is read just before subscribing, so a NewOnly subscription may also get
+    /// messages published in between. Left as they are when the metadata cannot be read (the
+    /// subscription then reports why).
+    async fn pin_positions(&self, stream: &str, mut opts: SubscribeOptions) -> SubscribeOptions {
+        let needs =
+            matches!(opts.start, StartAt::NewOnly | StartAt::Latest) || opts.stop == StopAt::Latest;
+        if opts.reverse || !needs {
+            return opts;
+        }
+        let Ok(info) = self.fetch_partition_metadata(stream, opts.partition).await else {
+            return opts;
+        };
+        let newest = info.newest_offset;
+        match opts.start {
+            StartAt::NewOnly => opts.start = StartAt::Offset(newest + 1),
+            StartAt::Latest => opts.start = StartAt::Offset(newest.max(0)),
+            _ => {}
+        }
+        // An empty partition: the server's refusal (StreamEmpty) is the answer.
+        if opts.stop == StopAt::Latest && newest >= 0 {
+            opts.stop = StopAt::Offset(newest);
+        }
+        opts
+    }
+
     /// A subscription, as a member of a consumer group when `consumer` is set.
     pub(crate) async fn subscribe_as(
         &self,
@@ -213,6 +250,7 @@ impl Client {
         consumer: Option<api::Consumer>,
     ) -> Result<Subscription> {
         self.check_open()?;
+        let opts = self.pin_positions(stream, opts).await;
         let mut state = State {
             client: self.clone(),
             stream: stream.to_owned(),

@@ -109,6 +109,27 @@ impl Api for Lazy {
                 handshake.chain(messages).chain(end),
             )));
         }
+        if req.stop_position == StopPosition::StopOffset as i32 {
+            // Up to the stop, then the connection is lost before the end is sent. From after
+            // the stop, a subscription is refused, as by Liftbridge.
+            if req.stop_offset < start {
+                return Err(Status::invalid_argument(
+                    "Stop offset is before start offset",
+                ));
+            }
+            let messages = futures_util::stream::iter((start..=req.stop_offset).map(|offset| {
+                Ok(Message {
+                    offset,
+                    value: format!("m{offset}").into(),
+                    ..Default::default()
+                })
+            }));
+            let lost =
+                futures_util::stream::once(async { Err(Status::unavailable("connection lost")) });
+            return Ok(Response::new(Box::pin(
+                handshake.chain(messages).chain(lost),
+            )));
+        }
         let messages = futures_util::stream::iter((start..start + 3).map(|offset| {
             Ok(Message {
                 offset,
@@ -414,6 +435,45 @@ async fn a_partition_not_opened_yet_is_waited_for_and_an_unlisted_one_is_refused
         matches!(err, liftbridge_client::Error::NoSuchPartition),
         "{err:?}"
     );
+    client.close();
+    server.abort();
+}
+
+/// The connection is lost right after the stop message, before the end: the subscription
+/// ends at its stop, as it would have, instead of resubscribing from after the stop (which
+/// the server refuses with InvalidArgument).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_right_after_the_stop_message_ends_at_the_stop() {
+    let (addr, _, server) = start().await;
+    let client = Client::connect([addr]).await.unwrap();
+    let mut sub = client
+        .subscribe(
+            "s",
+            SubscribeOptions::default()
+                .start(StartAt::Offset(0))
+                .stop(liftbridge_client::StopAt::Offset(2)),
+        )
+        .await
+        .unwrap();
+    for offset in 0..3 {
+        let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("a message in time")
+            .expect("not ended")
+            .expect("no error");
+        assert_eq!(m.offset, offset);
+    }
+    let end = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("the end in time");
+    assert!(
+        matches!(
+            end,
+            Some(Err(liftbridge_client::Error::StopPositionReached))
+        ),
+        "{end:?}"
+    );
+    assert!(sub.next().await.is_none());
     client.close();
     server.abort();
 }

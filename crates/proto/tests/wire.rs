@@ -92,6 +92,8 @@ fn public_api_field_numbers() {
     assert_eq!(api::StopPosition::StopTimestamp as i32, 3);
     assert_eq!(api::publish_async_error::Code::PermissionDenied as i32, 7);
     assert_eq!(api::ack::Error::Encryption as i32, 4);
+    assert_eq!(api::ack::Error::Readonly as i32, 100);
+    assert_eq!(api::ack::Error::NotStored as i32, 101);
     assert_eq!(api::ActivityStreamOp::LeaveConsumerGroup as i32, 6);
 }
 
