@@ -849,17 +849,28 @@ impl Log {
             inner.truncations.fetch_add(1, Ordering::AcqRel) + 1
         };
         {
-            let mut epochs = inner.epochs.lock();
-            if epochs.clear_latest(next) {
-                epochs.save()?;
-            }
-        }
-        {
+            // Before anything here can fail: an append waiting for its sync learns of the cut
+            // from this history.
             let mut history = inner.truncation_history.lock();
             if history.len() == 256 {
                 history.pop_front();
             }
             history.push_back((generation, next));
+        }
+        let epochs_saved = {
+            let mut epochs = inner.epochs.lock();
+            if epochs.clear_latest(next) {
+                epochs.save()
+            } else {
+                Ok(())
+            }
+        };
+        if let Err(e) = &epochs_saved {
+            // The files are cut already: refuse writes until reopened, like any truncation
+            // that fails part way.
+            inner.failed.lock().get_or_insert_with(|| {
+                format!("a truncation could not rewrite the leader-epoch checkpoint: {e}")
+            });
         }
         if lowered {
             // Durably, as the cut: a crash must not bring back the old mark over records
@@ -876,7 +887,7 @@ impl Log {
         }
         drop(_r);
         inner.notify.notify();
-        cut
+        cut.and(epochs_saved)
     }
 
     /// Deletes the oldest sealed segments that fall outside the retention limits in
