@@ -54,3 +54,45 @@ fn a_truncation_whose_epoch_save_fails_fails_the_log() {
     let reopened = Log::open(crashed.path(), LogOptions::default()).unwrap();
     assert!(reopened.high_watermark() <= 4);
 }
+
+/// The bytes of one record at `offset` (format v2: the checksum covers the offset).
+fn raw_record_at(offset: i64) -> Vec<u8> {
+    let scratch = tempfile::tempdir().unwrap();
+    let log = Log::open(scratch.path(), LogOptions::default()).unwrap();
+    log.append(&[Message::new("far")]).unwrap();
+    let mut bytes = log.read_raw(0, 1 << 20).unwrap().unwrap().data.to_vec();
+    bytes[..8].copy_from_slice(&offset.to_be_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), &bytes[32..]);
+    bytes[28..32].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}
+
+/// A follower's batch far past the end rolls to a segment based at the batch. When the batch's
+/// write then fails (and is undone, so the log stays writable), that empty segment stays the
+/// active one, based above the log end: the next append at the end went into it below its base,
+/// so its offset wrapped relative to the base. The append was acknowledged, but could not be
+/// read at its offset, and a reopening cut it.
+#[test]
+fn an_append_after_a_failed_far_batch_is_readable_at_its_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    log.append(&[Message::new("zero")]).unwrap();
+    let far = 1i64 << 33;
+    {
+        let _faults = faults::inject(
+            dir.path(),
+            Plan::new().with(Rule::new(FileOp::Write).on(".log").times(1)),
+        );
+        assert!(log.append_raw(&raw_record_at(far)).is_err());
+    }
+    assert!(log.failure().is_none(), "the failed write was undone");
+    let at = log.append(&[Message::new("one")]).unwrap();
+    assert_eq!(at.first_offset, 1);
+    let rec = log.read_at(1).unwrap().expect("offset 1 is readable");
+    assert_eq!((rec.offset, &rec.value[..]), (1, &b"one"[..]));
+    log.close().unwrap();
+    let reopened = Log::open(dir.path(), LogOptions::default()).unwrap();
+    assert_eq!(reopened.next_offset(), 2);
+    let rec = reopened.read_at(1).unwrap().expect("offset 1 survives a reopen");
+    assert_eq!(&rec.value[..], b"one");
+}
