@@ -1345,8 +1345,9 @@ impl Inner {
         let span = last - active.base > u32::MAX as i64;
         if size > 0 && (full || span || self.aged(&active)) {
             self.roll_locked_at(first)?;
-        } else if size == 0 && span {
-            // An empty active segment whose base is far behind a leader's offsets: restart it.
+        } else if size == 0 && (span || active.base > first) {
+            // An empty active segment whose base is far behind a leader's offsets, or above
+            // these (a far batch rolled to it, then failed to write): restart it.
             // The new segment first, so the log is never without one.
             let mut segs = self.segments.write();
             let fresh = Arc::new(Segment::create(&self.dir, first)?);

@@ -93,6 +93,9 @@ fn an_append_after_a_failed_far_batch_is_readable_at_its_offset() {
     log.close().unwrap();
     let reopened = Log::open(dir.path(), LogOptions::default()).unwrap();
     assert_eq!(reopened.next_offset(), 2);
-    let rec = reopened.read_at(1).unwrap().expect("offset 1 survives a reopen");
+    let rec = reopened
+        .read_at(1)
+        .unwrap()
+        .expect("offset 1 survives a reopen");
     assert_eq!(&rec.value[..], b"one");
 }
