@@ -130,3 +130,29 @@ fn an_index_that_undercounts_its_records_does_not_panic_a_truncation() {
     let rec = log.read_at(2).unwrap().unwrap();
     assert_eq!(&rec.value[..], b"m2");
 }
+
+/// A truncation whose cut of the file fails changes nothing (the log stays writable, as
+/// documented), so the segment's facts must stay too. It dropped the index entries past the cut
+/// before cutting the file: with a cut at the segment's first record, the segment then claimed
+/// no first offset though all its records were still there, so the oldest offset was -1 and a
+/// reverse reader found nothing.
+#[test]
+fn a_truncation_whose_cut_fails_leaves_the_records_findable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    let batch: Vec<Message> = (0..5).map(|i| Message::new(format!("m{i}"))).collect();
+    log.append(&batch).unwrap();
+    {
+        let _faults = faults::inject(
+            dir.path(),
+            Plan::new().with(Rule::new(FileOp::SetLen).on(".log").times(1)),
+        );
+        assert!(log.truncate(0).is_err());
+    }
+    assert!(log.failure().is_none(), "nothing changed");
+    assert_eq!(log.next_offset(), 5);
+    assert_eq!(log.oldest_offset(), 0);
+    let mut r = log.reverse_reader(4, commitlog::Isolation::Uncommitted);
+    let rec = r.next().unwrap().expect("the newest record");
+    assert_eq!(&rec.value[..], b"m4");
+}
