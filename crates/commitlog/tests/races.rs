@@ -624,3 +624,41 @@ fn raw_record_at(offset: i64) -> Vec<u8> {
     bytes[28..32].copy_from_slice(&crc.to_be_bytes());
     bytes
 }
+
+/// Under `Always`, a truncation never makes readable what is not yet on stable storage. A cut at
+/// a segment boundary removes the later segments and leaves the earlier one as it is, without a
+/// sync: it published that segment's end as the log end while an append's records in it were
+/// still waiting for their sync, so readers and followers could take records the disk might
+/// not hold.
+#[test]
+fn a_truncation_at_a_segment_boundary_publishes_nothing_unsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), always()).unwrap();
+    let batch: Vec<Message> = (0..5).map(|i| Message::new(format!("m{i}"))).collect();
+    log.append(&batch).unwrap();
+    let gate = Gate::new(false);
+    let _faults = faults::inject(dir.path(), gate.clone());
+    let held = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let batch: Vec<Message> = (5..10).map(|i| Message::new(format!("m{i}"))).collect();
+            log.append(&batch)
+        })
+    };
+    gate.wait_for("the append's round", |g| g.holding);
+    log.roll().unwrap();
+    let cut = {
+        let log = log.clone();
+        std::thread::spawn(move || log.append(&[Message::new("m10")]))
+    };
+    gate.wait_for("the second append's write", |g| g.writes >= 2);
+    log.truncate(10).unwrap();
+    let visible = log.next_offset();
+    gate.release();
+    held.join().unwrap().unwrap();
+    assert!(cut.join().unwrap().is_err());
+    assert_eq!(
+        visible, 5,
+        "offsets 5..=9 were readable before their sync completed"
+    );
+}
