@@ -843,7 +843,9 @@ impl Log {
             // to the old end and raise after the lowering.
             let mut st = inner.sync.lock();
             inner.end.store(next, Ordering::Release);
-            inner.next_offset.store(next, Ordering::Release);
+            // Never raised: under `Always` the records below the cut that wait for their sync
+            // (a cut at a segment boundary syncs nothing) stay unreadable until a round syncs them.
+            inner.next_offset.fetch_min(next, Ordering::AcqRel);
             st.durable = st.durable.min(next);
             lowered = inner.hw.fetch_min(next - 1, Ordering::AcqRel) > next - 1;
             inner.truncations.fetch_add(1, Ordering::AcqRel) + 1
