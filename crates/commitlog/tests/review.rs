@@ -156,3 +156,28 @@ fn a_truncation_whose_cut_fails_leaves_the_records_findable() {
     let rec = r.next().unwrap().expect("the newest record");
     assert_eq!(&rec.value[..], b"m4");
 }
+
+/// A reader past a truncation continues from the cut, however many truncations came after it
+/// while the reader was idle. The log remembers only the latest 256 cuts; a reader older than
+/// all of them took the lowest remembered cut, which can be above the cut that concerned it,
+/// and so skipped the records appended again below it.
+#[test]
+fn a_reader_idle_across_many_truncations_continues_from_the_lowest_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    let batch: Vec<Message> = (0..10).map(|i| Message::new(format!("old{i}"))).collect();
+    log.append(&batch).unwrap();
+    let mut r = log.reader(0, commitlog::Isolation::Uncommitted);
+    for _ in 0..10 {
+        r.try_next().unwrap().unwrap();
+    }
+    log.truncate(0).unwrap();
+    let batch: Vec<Message> = (0..10).map(|i| Message::new(format!("new{i}"))).collect();
+    log.append(&batch).unwrap();
+    for _ in 0..300 {
+        log.append(&[Message::new("x")]).unwrap();
+        log.truncate(10).unwrap();
+    }
+    let rec = r.try_next().unwrap().expect("the records appended again below the reader");
+    assert_eq!((rec.offset, &rec.value[..]), (0, &b"new0"[..]));
+}
