@@ -185,8 +185,9 @@ pub(crate) struct Inner {
     pub(crate) reading: OrderedRwLock<()>,
     pub(crate) truncations: AtomicU64,
     /// Recent truncations, `(generation after it, offset)`, so a reader can tell where the log
-    /// was cut since it last looked.
-    truncation_history: OrderedMutex<std::collections::VecDeque<(u64, i64)>>,
+    /// was cut since it last looked; and the lowest cut among those forgotten, for a reader
+    /// older than every remembered one.
+    truncation_history: OrderedMutex<(std::collections::VecDeque<(u64, i64)>, Option<i64>)>,
     /// One past the newest record written (the writer's end; see the invariants).
     end: AtomicI64,
     /// One past the newest visible record.
@@ -363,7 +364,7 @@ impl Log {
             truncations: AtomicU64::new(0),
             truncation_history: OrderedMutex::new(
                 Rank::TruncationHistory,
-                std::collections::VecDeque::new(),
+                (std::collections::VecDeque::new(), None),
             ),
             end: AtomicI64::new(next_offset),
             next_offset: AtomicI64::new(next_offset),
@@ -853,9 +854,12 @@ impl Log {
         {
             // Before anything here can fail: an append waiting for its sync learns of the cut
             // from this history.
-            let mut history = inner.truncation_history.lock();
-            if history.len() == 256 {
-                history.pop_front();
+            let mut guard = inner.truncation_history.lock();
+            let (history, forgotten) = &mut *guard;
+            if history.len() == 256
+                && let Some((_, o)) = history.pop_front()
+            {
+                *forgotten = Some(forgotten.map_or(o, |f| f.min(o)));
             }
             history.push_back((generation, next));
         }
@@ -1259,12 +1263,17 @@ impl Inner {
 
     /// The lowest offset the log was truncated to after generation `seen`.
     pub(crate) fn truncated_since(&self, seen: u64) -> Option<i64> {
-        let history = self.truncation_history.lock();
+        let guard = self.truncation_history.lock();
+        let (history, forgotten) = &*guard;
         let older_than_history = history.front().is_some_and(|(g, _)| *g > seen + 1);
+        // Older than every remembered cut: some forgotten cut may concern `seen`, and only the
+        // lowest of them is known (a bound: never above the cut that concerned it).
+        let forgotten = forgotten.filter(|_| older_than_history);
         history
             .iter()
             .filter(|(g, _)| *g > seen || older_than_history)
             .map(|(_, o)| *o)
+            .chain(forgotten)
             .min()
     }
 

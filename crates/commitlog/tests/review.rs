@@ -178,6 +178,9 @@ fn a_reader_idle_across_many_truncations_continues_from_the_lowest_cut() {
         log.append(&[Message::new("x")]).unwrap();
         log.truncate(10).unwrap();
     }
-    let rec = r.try_next().unwrap().expect("the records appended again below the reader");
+    let rec = r
+        .try_next()
+        .unwrap()
+        .expect("the records appended again below the reader");
     assert_eq!((rec.offset, &rec.value[..]), (0, &b"new0"[..]));
 }
