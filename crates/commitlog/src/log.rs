@@ -60,6 +60,9 @@ use crate::options::{LogOptions, MAX_SEGMENT_BYTES, SyncPolicy};
 use crate::reader::{Isolation, Reader, ReverseReader};
 use crate::segment::{self, Segment, SegmentRecovery, sync_dir};
 
+/// Recent truncations, `(generation after it, offset)`, and the lowest forgotten cut.
+type TruncationHistory = (std::collections::VecDeque<(u64, i64)>, Option<i64>);
+
 /// Name of the lock file that keeps two logs from opening one folder.
 const LOCK_FILE: &str = ".lock";
 
@@ -187,7 +190,7 @@ pub(crate) struct Inner {
     /// Recent truncations, `(generation after it, offset)`, so a reader can tell where the log
     /// was cut since it last looked; and the lowest cut among those forgotten, for a reader
     /// older than every remembered one.
-    truncation_history: OrderedMutex<(std::collections::VecDeque<(u64, i64)>, Option<i64>)>,
+    truncation_history: OrderedMutex<TruncationHistory>,
     /// One past the newest record written (the writer's end; see the invariants).
     end: AtomicI64,
     /// One past the newest visible record.
