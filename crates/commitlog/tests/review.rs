@@ -184,3 +184,22 @@ fn a_reader_idle_across_many_truncations_continues_from_the_lowest_cut() {
         .expect("the records appended again below the reader");
     assert_eq!((rec.offset, &rec.value[..]), (0, &b"new0"[..]));
 }
+
+/// A closed log's handle must not write the high-watermark checkpoint: the folder may belong
+/// to a log opened since, whose checkpoint it would replace with an older, higher mark (over
+/// records that log truncated and appended again, which no replica committed).
+#[test]
+fn a_closed_log_does_not_write_the_checkpoint_of_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = Log::open(dir.path(), LogOptions::default()).unwrap();
+    let batch: Vec<Message> = (0..10).map(|i| Message::new(format!("old{i}"))).collect();
+    old.append(&batch).unwrap();
+    old.set_high_watermark(9).unwrap();
+    old.close().unwrap();
+    let new = Log::open(dir.path(), LogOptions::default()).unwrap();
+    new.truncate(5).unwrap();
+    let stale = old.checkpoint_high_watermark();
+    assert!(matches!(stale, Err(Error::Closed)), "{stale:?}");
+    let on_disk = std::fs::read_to_string(dir.path().join(commitlog::HW_FILE)).unwrap();
+    assert_eq!(on_disk.trim(), "4");
+}
