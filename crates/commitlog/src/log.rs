@@ -608,9 +608,12 @@ impl Log {
     /// Writes the high watermark to `replication-offset-checkpoint`, atomically.
     ///
     /// # Errors
-    /// [`Error::Io`].
+    /// [`Error::Closed`] (the folder may belong to a log opened since), [`Error::Io`].
     pub fn checkpoint_high_watermark(&self) -> Result<()> {
         let _c = self.inner.hw_checkpoint.lock();
+        // Under the lock: `close` marks the log closed before it writes its own checkpoint
+        // under this lock, so no write of this handle lands after the close's.
+        self.inner.check_open()?;
         checkpoint::write_hw(&self.inner.dir, self.high_watermark())
     }
 
