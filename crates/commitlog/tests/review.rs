@@ -203,3 +203,52 @@ fn a_closed_log_does_not_write_the_checkpoint_of_the_next_one() {
     let on_disk = std::fs::read_to_string(dir.path().join(commitlog::HW_FILE)).unwrap();
     assert_eq!(on_disk.trim(), "4");
 }
+
+/// Compaction moves the rewritten log over the old one, then writes its index. When that index
+/// write failed, the log kept the old segment, whose file handle was the replaced file: a later
+/// truncation into that segment cut the replaced file, and the appends after it went there too,
+/// acknowledged under `Always` and lost at the next open, which reads the file on disk.
+#[test]
+fn appends_after_a_compaction_whose_index_write_failed_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || LogOptions {
+        sync: commitlog::SyncPolicy::Always,
+        ..LogOptions::default()
+    };
+    let log = Log::open(dir.path(), opts()).unwrap();
+    for o in 0..10 {
+        log.append(&[Message::new(format!("v{o}")).with_key(format!("k{o}"))])
+            .unwrap();
+    }
+    log.roll().unwrap();
+    for o in 5..10 {
+        log.append(&[Message::new(format!("w{o}")).with_key(format!("k{o}"))])
+            .unwrap();
+    }
+    log.roll().unwrap();
+    log.set_high_watermark(log.newest_offset()).unwrap();
+    {
+        let _faults = faults::inject(
+            dir.path(),
+            Plan::new().with(Rule::new(FileOp::Create).on(".index")),
+        );
+        assert!(log.compact().is_err());
+    }
+    log.truncate(3).unwrap();
+    let at = log
+        .append(&[Message::new("new3"), Message::new("new4")])
+        .unwrap();
+    assert_eq!((at.first_offset, at.last_offset), (3, 4));
+    log.close().unwrap();
+    let reopened = Log::open(dir.path(), opts()).unwrap();
+    let values: Vec<String> = (0..5)
+        .map(|o| {
+            reopened
+                .read_at(o)
+                .unwrap()
+                .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(values, ["v0", "v1", "v2", "new3", "new4"]);
+}
