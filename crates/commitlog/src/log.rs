@@ -1110,8 +1110,20 @@ impl Log {
                     ix,
                     seg.first_write(),
                 );
-                fresh.write_index(true)?;
+                // The new log is in place whatever happens to its index (an open without one
+                // rebuilds it): the list must hold the segment of the file now on disk, or a
+                // truncation and the appends after it would go to the replaced file.
+                let indexed = fresh.write_index(true);
                 list[i] = Arc::new(fresh);
+                if let Err(e) = indexed {
+                    // A partly written index file must not be trusted later, and the rename
+                    // must become durable (the next sync round syncs the folder if this fails).
+                    let _ = segment::remove_if_exists(&seg.index_path);
+                    if sync_dir(&inner.dir).is_err() {
+                        inner.dir_unsynced.store(true, Ordering::Release);
+                    }
+                    return Err(e);
+                }
             }
             sync_dir(&inner.dir)?;
         }
