@@ -662,3 +662,32 @@ fn a_truncation_at_a_segment_boundary_publishes_nothing_unsynced() {
         "offsets 5..=9 were readable before their sync completed"
     );
 }
+
+/// What a truncation leaves of an append cut while it waits for its sync is on disk once the
+/// truncation returns (the cut syncs), and readable: the append fails with `Truncated`, and no
+/// later sync round may be needed to publish the rest.
+#[test]
+fn what_a_truncation_leaves_of_a_waiting_append_is_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), always()).unwrap();
+    let batch: Vec<Message> = (0..5).map(|i| Message::new(format!("m{i}"))).collect();
+    log.append(&batch).unwrap();
+    let gate = Gate::new(false);
+    let _faults = faults::inject(dir.path(), gate.clone());
+    let cut = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let batch: Vec<Message> = (5..10).map(|i| Message::new(format!("m{i}"))).collect();
+            log.append(&batch)
+        })
+    };
+    gate.wait_for("the append's round", |g| g.holding);
+    log.truncate(7).unwrap();
+    gate.release();
+    assert!(matches!(
+        cut.join().unwrap(),
+        Err(Error::Truncated { offset: 7 })
+    ));
+    assert_eq!(log.next_offset(), 7);
+    assert_eq!(&log.read_at(6).unwrap().unwrap().value[..], b"m6");
+}
