@@ -841,6 +841,32 @@ impl Log {
                 .get_or_insert_with(|| format!("a truncation failed part way: {e}"));
         }
         let next = inner.active().next_offset();
+        // Under `Always`, records below the cut may still wait for their sync (an append's
+        // round in flight, or a cut at a segment boundary, which syncs nothing): they are
+        // synced here, so that the end the truncation publishes covers only durable records.
+        // If that fails, the end stays where it was and the log fails.
+        // (Everything below the visible end is durable as the policy asks; under the other
+        // policies the visible end is the writer's end, so nothing is synced here.)
+        let visible = inner.next_offset.load(Ordering::Acquire);
+        let publish = if visible < next {
+            let segs = inner.segments.read().clone();
+            match segs
+                .iter()
+                .filter(|s| s.next_offset() > visible)
+                .try_for_each(|s| s.sync_data())
+            {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    inner
+                        .failed
+                        .lock()
+                        .get_or_insert_with(|| format!("a truncation could not sync: {e}"));
+                    Err(e)
+                }
+            }
+        } else {
+            Ok(false)
+        };
         #[cfg(test)]
         tests::truncate_takes_the_sync_lock(&inner.dir, inner.sync.is_locked());
         let lowered;
@@ -850,10 +876,22 @@ impl Log {
             // to the old end and raise after the lowering.
             let mut st = inner.sync.lock();
             inner.end.store(next, Ordering::Release);
-            // Never raised: under `Always` the records below the cut that wait for their sync
-            // (a cut at a segment boundary syncs nothing) stay unreadable until a round syncs them.
-            inner.next_offset.fetch_min(next, Ordering::AcqRel);
-            st.durable = st.durable.min(next);
+            match &publish {
+                // Synced here: everything below the cut is durable.
+                Ok(true) => {
+                    inner.next_offset.store(next, Ordering::Release);
+                    st.durable = next;
+                }
+                Ok(false) => {
+                    inner.next_offset.store(next, Ordering::Release);
+                    st.durable = st.durable.min(next);
+                }
+                // Not raised over records whose sync failed.
+                Err(_) => {
+                    inner.next_offset.fetch_min(next, Ordering::AcqRel);
+                    st.durable = st.durable.min(next);
+                }
+            }
             lowered = inner.hw.fetch_min(next - 1, Ordering::AcqRel) > next - 1;
             inner.truncations.fetch_add(1, Ordering::AcqRel) + 1
         };
@@ -899,7 +937,7 @@ impl Log {
         }
         drop(_r);
         inner.notify.notify();
-        cut.and(epochs_saved)
+        cut.and(publish.map(|_| ())).and(epochs_saved)
     }
 
     /// Deletes the oldest sealed segments that fall outside the retention limits in
