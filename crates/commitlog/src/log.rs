@@ -60,6 +60,9 @@ use crate::options::{LogOptions, MAX_SEGMENT_BYTES, SyncPolicy};
 use crate::reader::{Isolation, Reader, ReverseReader};
 use crate::segment::{self, Segment, SegmentRecovery, sync_dir};
 
+/// Recent truncations, `(generation after it, offset)`, and the lowest forgotten cut.
+type TruncationHistory = (std::collections::VecDeque<(u64, i64)>, Option<i64>);
+
 /// Name of the lock file that keeps two logs from opening one folder.
 const LOCK_FILE: &str = ".lock";
 
@@ -185,8 +188,9 @@ pub(crate) struct Inner {
     pub(crate) reading: OrderedRwLock<()>,
     pub(crate) truncations: AtomicU64,
     /// Recent truncations, `(generation after it, offset)`, so a reader can tell where the log
-    /// was cut since it last looked.
-    truncation_history: OrderedMutex<std::collections::VecDeque<(u64, i64)>>,
+    /// was cut since it last looked; and the lowest cut among those forgotten, for a reader
+    /// older than every remembered one.
+    truncation_history: OrderedMutex<TruncationHistory>,
     /// One past the newest record written (the writer's end; see the invariants).
     end: AtomicI64,
     /// One past the newest visible record.
@@ -363,7 +367,7 @@ impl Log {
             truncations: AtomicU64::new(0),
             truncation_history: OrderedMutex::new(
                 Rank::TruncationHistory,
-                std::collections::VecDeque::new(),
+                (std::collections::VecDeque::new(), None),
             ),
             end: AtomicI64::new(next_offset),
             next_offset: AtomicI64::new(next_offset),
@@ -604,9 +608,12 @@ impl Log {
     /// Writes the high watermark to `replication-offset-checkpoint`, atomically.
     ///
     /// # Errors
-    /// [`Error::Io`].
+    /// [`Error::Closed`] (the folder may belong to a log opened since), [`Error::Io`].
     pub fn checkpoint_high_watermark(&self) -> Result<()> {
         let _c = self.inner.hw_checkpoint.lock();
+        // Under the lock: `close` marks the log closed before it writes its own checkpoint
+        // under this lock, so no write of this handle lands after the close's.
+        self.inner.check_open()?;
         checkpoint::write_hw(&self.inner.dir, self.high_watermark())
     }
 
@@ -834,6 +841,32 @@ impl Log {
                 .get_or_insert_with(|| format!("a truncation failed part way: {e}"));
         }
         let next = inner.active().next_offset();
+        // Under `Always`, records below the cut may still wait for their sync (an append's
+        // round in flight, or a cut at a segment boundary, which syncs nothing): they are
+        // synced here, so that the end the truncation publishes covers only durable records.
+        // If that fails, the end stays where it was and the log fails.
+        // (Everything below the visible end is durable as the policy asks; under the other
+        // policies the visible end is the writer's end, so nothing is synced here.)
+        let visible = inner.next_offset.load(Ordering::Acquire);
+        let publish = if visible < next {
+            let segs = inner.segments.read().clone();
+            match segs
+                .iter()
+                .filter(|s| s.next_offset() > visible)
+                .try_for_each(|s| s.sync_data())
+            {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    inner
+                        .failed
+                        .lock()
+                        .get_or_insert_with(|| format!("a truncation could not sync: {e}"));
+                    Err(e)
+                }
+            }
+        } else {
+            Ok(false)
+        };
         #[cfg(test)]
         tests::truncate_takes_the_sync_lock(&inner.dir, inner.sync.is_locked());
         let lowered;
@@ -843,23 +876,51 @@ impl Log {
             // to the old end and raise after the lowering.
             let mut st = inner.sync.lock();
             inner.end.store(next, Ordering::Release);
-            inner.next_offset.store(next, Ordering::Release);
-            st.durable = st.durable.min(next);
+            match &publish {
+                // Synced here: everything below the cut is durable.
+                Ok(true) => {
+                    inner.next_offset.store(next, Ordering::Release);
+                    st.durable = next;
+                }
+                Ok(false) => {
+                    inner.next_offset.store(next, Ordering::Release);
+                    st.durable = st.durable.min(next);
+                }
+                // Not raised over records whose sync failed.
+                Err(_) => {
+                    inner.next_offset.fetch_min(next, Ordering::AcqRel);
+                    st.durable = st.durable.min(next);
+                }
+            }
             lowered = inner.hw.fetch_min(next - 1, Ordering::AcqRel) > next - 1;
             inner.truncations.fetch_add(1, Ordering::AcqRel) + 1
         };
         {
-            let mut epochs = inner.epochs.lock();
-            if epochs.clear_latest(next) {
-                epochs.save()?;
-            }
-        }
-        {
-            let mut history = inner.truncation_history.lock();
-            if history.len() == 256 {
-                history.pop_front();
+            // Before anything here can fail: an append waiting for its sync learns of the cut
+            // from this history.
+            let mut guard = inner.truncation_history.lock();
+            let (history, forgotten) = &mut *guard;
+            if history.len() == 256
+                && let Some((_, o)) = history.pop_front()
+            {
+                *forgotten = Some(forgotten.map_or(o, |f| f.min(o)));
             }
             history.push_back((generation, next));
+        }
+        let epochs_saved = {
+            let mut epochs = inner.epochs.lock();
+            if epochs.clear_latest(next) {
+                epochs.save()
+            } else {
+                Ok(())
+            }
+        };
+        if let Err(e) = &epochs_saved {
+            // The files are cut already: refuse writes until reopened, like any truncation
+            // that fails part way.
+            inner.failed.lock().get_or_insert_with(|| {
+                format!("a truncation could not rewrite the leader-epoch checkpoint: {e}")
+            });
         }
         if lowered {
             // Durably, as the cut: a crash must not bring back the old mark over records
@@ -876,7 +937,7 @@ impl Log {
         }
         drop(_r);
         inner.notify.notify();
-        cut
+        cut.and(publish.map(|_| ())).and(epochs_saved)
     }
 
     /// Deletes the oldest sealed segments that fall outside the retention limits in
@@ -1087,8 +1148,20 @@ impl Log {
                     ix,
                     seg.first_write(),
                 );
-                fresh.write_index(true)?;
+                // The new log is in place whatever happens to its index (an open without one
+                // rebuilds it): the list must hold the segment of the file now on disk, or a
+                // truncation and the appends after it would go to the replaced file.
+                let indexed = fresh.write_index(true);
                 list[i] = Arc::new(fresh);
+                if let Err(e) = indexed {
+                    // A partly written index file must not be trusted later, and the rename
+                    // must become durable (the next sync round syncs the folder if this fails).
+                    let _ = segment::remove_if_exists(&seg.index_path);
+                    if sync_dir(&inner.dir).is_err() {
+                        inner.dir_unsynced.store(true, Ordering::Release);
+                    }
+                    return Err(e);
+                }
             }
             sync_dir(&inner.dir)?;
         }
@@ -1246,12 +1319,17 @@ impl Inner {
 
     /// The lowest offset the log was truncated to after generation `seen`.
     pub(crate) fn truncated_since(&self, seen: u64) -> Option<i64> {
-        let history = self.truncation_history.lock();
+        let guard = self.truncation_history.lock();
+        let (history, forgotten) = &*guard;
         let older_than_history = history.front().is_some_and(|(g, _)| *g > seen + 1);
+        // Older than every remembered cut: some forgotten cut may concern `seen`, and only the
+        // lowest of them is known (a bound: never above the cut that concerned it).
+        let forgotten = forgotten.filter(|_| older_than_history);
         history
             .iter()
             .filter(|(g, _)| *g > seen || older_than_history)
             .map(|(_, o)| *o)
+            .chain(forgotten)
             .min()
     }
 
@@ -1334,8 +1412,9 @@ impl Inner {
         let span = last - active.base > u32::MAX as i64;
         if size > 0 && (full || span || self.aged(&active)) {
             self.roll_locked_at(first)?;
-        } else if size == 0 && span {
-            // An empty active segment whose base is far behind a leader's offsets: restart it.
+        } else if size == 0 && (span || active.base > first) {
+            // An empty active segment whose base is far behind a leader's offsets, or above
+            // these (a far batch rolled to it, then failed to write): restart it.
             // The new segment first, so the log is never without one.
             let mut segs = self.segments.write();
             let fresh = Arc::new(Segment::create(&self.dir, first)?);

@@ -545,11 +545,13 @@ impl Segment {
             removed += 1;
             ControlFlow::Continue(())
         })?;
-        // Recompute the tail facts from the last entry that stays to the cut.
+        // Recompute the tail facts from the last entry that stays to the cut. The entries past
+        // the cut are dropped only once the file is cut: a failed cut changes nothing.
         let (restart, mut max_ts) = {
-            let mut ix = self.index.write();
-            ix.entries.retain(|e| (e.position as u64) < cut);
+            let ix = self.index.read();
             ix.entries
+                .iter()
+                .take_while(|e| (e.position as u64) < cut)
                 .last()
                 .map_or((0, i64::MIN), |e| (e.position as u64, e.max_timestamp))
         };
@@ -566,7 +568,23 @@ impl Segment {
         // so they never describe bytes that are gone.
         {
             let mut ix = self.index.write();
-            ix.record_count -= removed;
+            ix.entries.retain(|e| (e.position as u64) < cut);
+            ix.record_count = match ix.record_count.checked_sub(removed) {
+                Some(n) => n,
+                // A trusted index file that undercounted its records (only its tail is
+                // checked against the log): count those that stay.
+                None => {
+                    let mut kept = 0u32;
+                    let counted = self.for_each(0, cut, |_, _, _| {
+                        kept += 1;
+                        ControlFlow::Continue(())
+                    });
+                    if counted.is_err() {
+                        kept = u32::from(cut > 0);
+                    }
+                    kept
+                }
+            };
             ix.last_offset = last;
             ix.max_timestamp = max_ts;
             ix.log_size = cut;

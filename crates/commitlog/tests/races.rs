@@ -624,3 +624,72 @@ fn raw_record_at(offset: i64) -> Vec<u8> {
     bytes[28..32].copy_from_slice(&crc.to_be_bytes());
     bytes
 }
+
+/// Under `Always`, a truncation never makes readable what is not yet on stable storage. A cut at
+/// a segment boundary removes the later segments and leaves the earlier one as it is, without a
+/// sync: it published that segment's end as the log end while an append's records in it were
+/// still waiting for their sync, so readers and followers could take records the disk might
+/// not hold.
+#[test]
+fn a_truncation_at_a_segment_boundary_publishes_nothing_unsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), always()).unwrap();
+    let batch: Vec<Message> = (0..5).map(|i| Message::new(format!("m{i}"))).collect();
+    log.append(&batch).unwrap();
+    // The held sync succeeds once released; every later one (the truncation's own, if it
+    // syncs) fails, so nothing below the cut is on disk before the release.
+    let gate = Gate::new(true);
+    let _faults = faults::inject(dir.path(), gate.clone());
+    let held = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let batch: Vec<Message> = (5..10).map(|i| Message::new(format!("m{i}"))).collect();
+            log.append(&batch)
+        })
+    };
+    gate.wait_for("the append's round", |g| g.holding);
+    log.roll().unwrap();
+    let cut = {
+        let log = log.clone();
+        std::thread::spawn(move || log.append(&[Message::new("m10")]))
+    };
+    gate.wait_for("the second append's write", |g| g.writes >= 2);
+    let _ = log.truncate(10);
+    let visible = log.next_offset();
+    gate.release();
+    let _ = held.join().unwrap();
+    assert!(cut.join().unwrap().is_err());
+    assert_eq!(
+        visible, 5,
+        "offsets 5..=9 were readable before their sync completed"
+    );
+}
+
+/// What a truncation leaves of an append cut while it waits for its sync is on disk once the
+/// truncation returns (the cut syncs), and readable: the append fails with `Truncated`, and no
+/// later sync round may be needed to publish the rest.
+#[test]
+fn what_a_truncation_leaves_of_a_waiting_append_is_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), always()).unwrap();
+    let batch: Vec<Message> = (0..5).map(|i| Message::new(format!("m{i}"))).collect();
+    log.append(&batch).unwrap();
+    let gate = Gate::new(false);
+    let _faults = faults::inject(dir.path(), gate.clone());
+    let cut = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let batch: Vec<Message> = (5..10).map(|i| Message::new(format!("m{i}"))).collect();
+            log.append(&batch)
+        })
+    };
+    gate.wait_for("the append's round", |g| g.holding);
+    log.truncate(7).unwrap();
+    gate.release();
+    assert!(matches!(
+        cut.join().unwrap(),
+        Err(Error::Truncated { offset: 7 })
+    ));
+    assert_eq!(log.next_offset(), 7);
+    assert_eq!(&log.read_at(6).unwrap().unwrap().value[..], b"m6");
+}
