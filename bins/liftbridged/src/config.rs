@@ -193,6 +193,7 @@ const KNOWN: &[&str] = &[
     "streams.auto.pause.disable.if.subscribers",
     "streams.concurrency.control",
     "streams.encryption",
+    "streams.namespace.open",
     "streams.sync.policy",
     "streams.max.partitions",
     "clustering.server.id",
@@ -897,6 +898,9 @@ fn streams(k: &Keys, b: &mut BrokerConfig) -> Result<(), ConfigError> {
     }
     if let Some(v) = k.boolean("streams.encryption")? {
         s.encryption = v;
+    }
+    if let Some(v) = k.boolean("streams.namespace.open")? {
+        s.namespace_open = v;
     }
     if let Some(v) = k.string("streams.sync.policy")? {
         b.sync = match v.as_str() {

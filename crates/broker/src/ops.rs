@@ -72,10 +72,40 @@ impl Broker {
         if natsbridge::validate_subject(&req.subject).is_err() {
             return Err(BrokerError::InvalidArgument("Subject is invalid".into()));
         }
+        self.check_outside_namespace("subject", &req.subject)?;
         if RESERVED.contains(&req.name.as_str()) {
             return Err(BrokerError::InvalidArgument("Stream is reserved".into()));
         }
         Ok(())
+    }
+
+    /// Refuses a client-chosen subject inside the brokers' namespace, or a wildcard covering part
+    /// of it, unless `streams.namespace.open` allows it.
+    ///
+    /// # Errors
+    /// InvalidArgument.
+    pub fn check_outside_namespace(&self, what: &str, subject: &str) -> Result<()> {
+        if self.config().streams.namespace_open || !self.inner.subjects.reaches_namespace(subject) {
+            return Ok(());
+        }
+        Err(BrokerError::InvalidArgument(format!(
+            "{what} {subject:?} reaches the brokers' namespace {}.> (streams.namespace.open)",
+            self.inner.subjects.namespace()
+        )))
+    }
+
+    /// Checks a client-given ack inbox: empty (none), or a subject without wildcards outside
+    /// the brokers' namespace.
+    ///
+    /// # Errors
+    /// InvalidArgument.
+    pub fn check_ack_inbox(&self, inbox: &str) -> Result<()> {
+        if inbox.is_empty() {
+            return Ok(());
+        }
+        natsbridge::validate_publish_subject(inbox)
+            .map_err(|e| BrokerError::InvalidArgument(format!("ack inbox: {e}")))?;
+        self.check_outside_namespace("ack inbox", inbox)
     }
 
     /// Whether a stream of that name exists.
@@ -471,6 +501,7 @@ impl Broker {
             return Err(BrokerError::InvalidArgument("no stream provided".into()));
         }
         check_headers(&req.headers)?;
+        self.check_ack_inbox(&req.ack_inbox)?;
         if self.inner.ctx.disk.is_low() {
             return Err(self.inner.ctx.disk.refusal());
         }
@@ -586,6 +617,8 @@ impl Broker {
         if natsbridge::validate_publish_subject(&req.subject).is_err() {
             return Err(BrokerError::InvalidArgument("Subject is invalid".into()));
         }
+        self.check_outside_namespace("subject", &req.subject)?;
+        self.check_ack_inbox(&req.ack_inbox)?;
         check_headers(&req.headers)?;
         let msg = api::Message {
             key: req.key,

@@ -254,6 +254,24 @@ impl Subjects {
         &self.ns
     }
 
+    /// Whether a message on some subject inside the namespace (`<ns>.>`) would reach a
+    /// subscription to `subject`, or a message on `subject` could be one: `subject` is in the
+    /// namespace, or is a wildcard that covers part of it (`>`, `*.>`, `<ns>.*`, ...). Clients
+    /// never get such subjects for streams, publishes or ack inboxes unless the operator allows
+    /// it.
+    pub fn reaches_namespace(&self, subject: &str) -> bool {
+        let mut tokens = subject.split('.');
+        for ns in self.ns.split('.') {
+            match tokens.next() {
+                Some(">") => return true,
+                Some(t) if t == "*" || t == ns => {}
+                _ => return false,
+            }
+        }
+        // Inside the namespace means at least one more token.
+        tokens.next().is_some()
+    }
+
     /// Prefix of every metadata Raft subject: `<ns>.raft.metadata.`.
     pub fn raft_prefix(&self) -> String {
         format!("{}.raft.metadata.", self.ns)
@@ -415,6 +433,35 @@ mod tests {
         let custom = Subjects::new("prod").unwrap();
         assert_eq!(custom.replicate("a", 1), "prod.a.1.replicate");
         assert_eq!(custom.raft_prefix(), "prod.raft.metadata.");
+    }
+
+    #[test]
+    fn subjects_reaching_the_namespace() {
+        let s = Subjects::new("lb.prod").unwrap();
+        for yes in [
+            ">",
+            "*.>",
+            "*.*.>",
+            "lb.>",
+            "lb.prod.>",
+            "lb.*.x",
+            "*.prod.raft.metadata.join",
+            "lb.prod.ack.x",
+            "*.*.*",
+        ] {
+            assert!(s.reaches_namespace(yes), "{yes}");
+        }
+        for no in [
+            "lb",
+            "lb.prod",
+            "lb.other.x",
+            "orders.>",
+            "*.*",
+            "x.prod.y",
+            "lb.prodx.y",
+        ] {
+            assert!(!s.reaches_namespace(no), "{no}");
+        }
     }
 
     #[test]

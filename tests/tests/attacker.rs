@@ -1,0 +1,274 @@
+//! An attacker against a locked-down broker: TLS, client certificates and Casbin authorization
+//! on the API. `mallory` may create, publish on and subscribe to `spy` and `spy2` only; `alice`
+//! owns `payroll`. Each test tries a way around the grants and sees it refused.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use liftbridge_proto::api::api_client::ApiClient;
+use liftbridge_proto::api::*;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+const MODEL: &str = "[request_definition]
+r = sub, obj, act
+
+[policy_definition]
+p = sub, obj, act
+
+[policy_effect]
+e = some(where (p.eft == allow))
+
+[matchers]
+m = r.sub == p.sub && r.obj == p.obj && r.act == p.act
+";
+
+const POLICY: &str = "p, alice, *, FetchMetadata
+p, alice, payroll, CreateStream
+p, alice, payroll, Publish
+p, alice, payroll, Subscribe
+p, alice, payroll, PublishToSubject
+p, mallory, *, FetchMetadata
+p, mallory, spy, CreateStream
+p, mallory, spy, Publish
+p, mallory, spy, Subscribe
+p, mallory, spy, PublishToSubject
+p, mallory, spy2, CreateStream
+p, mallory, spy2, Publish
+p, mallory, spy2, Subscribe
+p, mallory, subject:spy.all, CreateStream
+p, mallory, liftbridge-default.raft.metadata.join, PublishToSubject
+p, mallory, payroll, Unused
+";
+
+struct Locked {
+    _dir: tempfile::TempDir,
+    ca: String,
+    certs: Vec<(String, String, String)>,
+    srv: TestServer,
+}
+
+impl Locked {
+    async fn start() -> Locked {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = testkit::TestCa::new("liftbridge test CA");
+        ca.write(dir.path(), &["server"]);
+        let certs = ["alice", "mallory"]
+            .iter()
+            .map(|cn| {
+                let leaf = ca.leaf(cn);
+                (cn.to_string(), leaf.cert, leaf.key)
+            })
+            .collect();
+        let path = |n: &str| -> PathBuf { dir.path().join(n) };
+        std::fs::write(path("model.conf"), MODEL).unwrap();
+        std::fs::write(path("policy.csv"), POLICY).unwrap();
+        let sec = liftbridged::ApiSecurity {
+            cert_and_key: Some((path("server.pem"), path("server.key"))),
+            client_ca: Some(path("ca.pem")),
+            authz: Some((path("model.conf"), path("policy.csv"))),
+        };
+        let srv = TestServer::start_with(|c| c.api_security = sec).await;
+        Locked {
+            ca: ca.pem().to_owned(),
+            certs,
+            srv,
+            _dir: dir,
+        }
+    }
+
+    async fn client(&self, cn: &str) -> ApiClient<Channel> {
+        let (_, c, k) = self.certs.iter().find(|(n, _, _)| n == cn).unwrap();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(c, k));
+        let ch = Endpoint::from_shared(format!("https://{}", self.srv.running().grpc_addr()))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        ApiClient::new(ch)
+    }
+}
+
+fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, what: &str) {
+    let e = r.expect_err(what);
+    assert_eq!(e.code(), code, "{what}: {e:?}");
+}
+
+/// A stream's subject is authorized as well as its name: mallory cannot attach her stream to
+/// alice's subject, nor to the brokers' namespace or a wildcard covering it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cannot_capture_another_streams_subject() {
+    let l = Locked::start().await;
+    let mut alice = l.client("alice").await;
+    let mut mallory = l.client("mallory").await;
+    alice
+        .create_stream(stream("payroll", "payroll"))
+        .await
+        .unwrap();
+    let e = mallory
+        .create_stream(stream("spy", "payroll"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(
+        e.message(),
+        "The client is not authorized to call CreateStream on resource subject:payroll"
+    );
+    for subject in [
+        ">",
+        "*.>",
+        "liftbridge-default.>",
+        "liftbridge-default.*.*.replicate",
+        "*.raft.metadata.join",
+        "liftbridge-default.ack.x",
+    ] {
+        refused(
+            mallory.create_stream(stream("spy2", subject)).await,
+            Code::InvalidArgument,
+            subject,
+        );
+    }
+    // Her own grants still work: a stream on its own name, and on a subject granted as such.
+    mallory.create_stream(stream("spy", "spy")).await.unwrap();
+    mallory
+        .create_stream(stream("spy2", "spy.all"))
+        .await
+        .unwrap();
+    // alice's publish is acked by her own stream.
+    let ack = publish(&mut alice, "payroll", "salary").await;
+    assert_eq!((ack.stream.as_str(), ack.offset), ("payroll", 0));
+    l.srv.stop().await;
+}
+
+/// PublishToSubject and client-given ack inboxes never reach the brokers' namespace, even
+/// when the policy grants the subject; an inbox must be a subject the caller may publish on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_publish_into_the_brokers_namespace() {
+    let l = Locked::start().await;
+    let mut mallory = l.client("mallory").await;
+    mallory.create_stream(stream("spy", "spy")).await.unwrap();
+    refused(
+        mallory
+            .publish_to_subject(PublishToSubjectRequest {
+                subject: "liftbridge-default.raft.metadata.join".into(),
+                value: b"forged".to_vec().into(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "PublishToSubject into the namespace",
+    );
+    for inbox in [
+        "liftbridge-default.ack.x",
+        "liftbridge-default.raft.metadata.join",
+        "spy.*",
+        ">",
+    ] {
+        refused(
+            mallory
+                .publish(PublishRequest {
+                    stream: "spy".into(),
+                    value: b"x".to_vec().into(),
+                    ack_inbox: inbox.into(),
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            inbox,
+        );
+        refused(
+            mallory
+                .publish_to_subject(PublishToSubjectRequest {
+                    subject: "spy".into(),
+                    value: b"x".to_vec().into(),
+                    ack_inbox: inbox.into(),
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            inbox,
+        );
+    }
+    // An inbox on a subject she may not publish on.
+    let e = mallory
+        .publish(PublishRequest {
+            stream: "spy".into(),
+            value: b"x".to_vec().into(),
+            ack_inbox: "payroll".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(
+        e.message(),
+        "The client is not authorized to call PublishToSubject on resource payroll"
+    );
+    // One she may: accepted.
+    mallory
+        .publish(PublishRequest {
+            stream: "spy".into(),
+            value: b"x".to_vec().into(),
+            ack_inbox: "spy".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    l.srv.stop().await;
+}
+
+/// Without API authorization the namespace is still closed to clients, unless the operator
+/// opens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_namespace_is_closed_without_authorization_and_opens_on_request() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    refused(
+        c.create_stream(stream("all", ">")).await,
+        Code::InvalidArgument,
+        "a stream on >",
+    );
+    refused(
+        c.publish_to_subject(PublishToSubjectRequest {
+            subject: "liftbridge-default.raft.metadata.join".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "PublishToSubject into the namespace",
+    );
+    srv.stop().await;
+    let srv = TestServer::start_with(|c| c.broker.streams.namespace_open = true).await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("all", ">")).await.unwrap();
+    srv.stop().await;
+}
+
+/// Two streams on one subject: each publish is acked by the stream it was for, never the
+/// other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_comes_from_the_stream_the_publish_was_for() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("first", "shared")).await.unwrap();
+    c.create_stream(stream("second", "shared")).await.unwrap();
+    for i in 0..10 {
+        // Both streams record every message on the subject.
+        for (k, name) in ["first", "second"].into_iter().enumerate() {
+            let ack = publish(&mut c, name, "x").await;
+            assert_eq!(
+                (ack.stream.as_str(), ack.offset),
+                (name, 2 * i + k as i64),
+                "{ack:?}"
+            );
+        }
+    }
+    srv.stop().await;
+}
