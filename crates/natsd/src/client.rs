@@ -70,7 +70,7 @@ impl Conn {
         self.local.as_ref()
     }
 
-    fn new(id: u64, max_pending: usize) -> Self {
+    pub(crate) fn new(id: u64, max_pending: usize) -> Self {
         Conn {
             id,
             out: Mutex::new(Outbound::default()),
@@ -497,8 +497,19 @@ impl Session {
                     // nats-server treats HPUB without header support as a protocol violation.
                     return false;
                 }
-                // Pedantic mode only warns: nats-server sends the error, then the usual +OK,
-                // and still routes the message.
+                // A wildcard in a published subject is refused with nats-server's words, pedantic
+                // or not, and the message routed nowhere; the connection stays. (nats-server 2.9
+                // warns only in pedantic mode and routes it all the same: a message on n `*`
+                // tokens to every subscription that is a wildcard there.)
+                if subject
+                    .split(|b| *b == b'.')
+                    .any(|t| t == b"*" || t == b">")
+                {
+                    self.send_err("Invalid Publish Subject");
+                    return true;
+                }
+                // Other malformed subjects: pedantic mode warns, as nats-server does, then the
+                // usual +OK, and routes the message.
                 if self.pedantic
                     && std::str::from_utf8(&subject).map_or(true, |s| !is_valid_literal_subject(s))
                 {
