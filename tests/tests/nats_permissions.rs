@@ -151,3 +151,129 @@ async fn refused_for_applications(
     .unwrap();
     c.create_stream(stream("still", "still")).await.unwrap();
 }
+
+/// The embedded server's `authorization` block as `docs/security.md` gives it, read from the
+/// page itself, so the page and this test cannot drift apart.
+fn documented_authorization() -> String {
+    let page = include_str!("../../docs/security.md");
+    let start = page
+        .find("# nats.conf\n")
+        .expect("the documented nats.conf")
+        + 12;
+    let end = start + page[start..].find("```").expect("the end of the block");
+    page[start..end]
+        .lines()
+        .map(|l| l.split(" #").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Two brokers replicate a stream through `url`, whose users are the documented ones. An
+/// application user subscribed to everything it may subscribe to never sees a replicated
+/// message (a follower's fetch answer), and may not subscribe to the brokers' reply subjects.
+async fn replication_is_invisible_to_applications(url: &str) {
+    let app = async_nats::ConnectOptions::with_user_and_password("apps".into(), "appspw".into())
+        .connect(url)
+        .await
+        .unwrap();
+    let mut inboxes = app.subscribe("_INBOX.>").await.unwrap();
+    app.flush().await.unwrap();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut brokers = Vec::new();
+    for (dir, id) in dirs.iter().zip(["a", "b"]) {
+        let mut cfg = common::cluster::node_config(dir.path(), id, url, id == "a");
+        cfg.broker.nats.user_password = Some(("liftbridge".into(), "brokerpw".into()));
+        brokers.push(
+            liftbridged::start(cfg, quiet())
+                .await
+                .expect("broker starts"),
+        );
+    }
+    let mut c = liftbridge_proto::api::api_client::ApiClient::connect(format!(
+        "http://{}",
+        brokers[0].grpc_addr()
+    ))
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c
+        .fetch_metadata(liftbridge_proto::api::FetchMetadataRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .brokers
+        .len()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the second broker never joined");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut req = stream("secrets", "secrets");
+    req.replication_factor = 2;
+    while let Err(e) = c.create_stream(req.clone()).await {
+        assert!(
+            Instant::now() < deadline,
+            "no stream of two replicas: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ALL acks: each message has reached the follower through a fetch answer.
+    for i in 0..5 {
+        let r = c
+            .publish(with_deadline(liftbridge_proto::api::PublishRequest {
+                stream: "secrets".into(),
+                value: format!("secret-{i}").into(),
+                ack_policy: liftbridge_proto::api::AckPolicy::All as i32,
+                expected_offset: -1,
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        assert!(r.into_inner().ack.is_some());
+    }
+    // A marker on the application's own inbox: once it arrives, whatever NATS delivered to
+    // the subscription before it has arrived too.
+    app.publish("_INBOX.marker", "marker".into()).await.unwrap();
+    loop {
+        let m = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::StreamExt::next(&mut inboxes),
+        )
+        .await
+        .expect("the marker")
+        .expect("the subscription");
+        assert!(
+            !String::from_utf8_lossy(&m.payload).contains("secret-"),
+            "an application read replicated data on {}",
+            m.subject
+        );
+        if m.subject.as_str() == "_INBOX.marker" {
+            break;
+        }
+    }
+    for b in brokers {
+        b.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_configuration_hides_replication_on_nats_server() {
+    let nats = testkit::RefNats::start(&documented_authorization());
+    replication_is_invisible_to_applications(&nats.url()).await;
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_configuration_hides_replication_on_the_embedded_server() {
+    let conf = natsd::conf::parse(&documented_authorization()).unwrap();
+    let nats = natsd::Server::start(natsd::ServerConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        auth: natsd::conf::authorization(&conf).unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    replication_is_invisible_to_applications(&nats.client_url()).await;
+    nats.shutdown().await;
+}

@@ -500,11 +500,7 @@ impl Partition {
         // server before anyone is told the partition started.
         let _ = ctx
             .streams_conn
-            .request(
-                &format!("_LIFT_SYNC.{}", natsbridge::unique_id()),
-                Bytes::new(),
-                Duration::from_secs(2),
-            )
+            .request(&ctx.subjects.sync(), Bytes::new(), Duration::from_secs(2))
             .await;
         Ok(Source::Nats(sub))
     }

@@ -44,6 +44,11 @@ pub struct NatsConfig {
     pub subscription_capacity: usize,
     /// Told of slow-consumer drops, disconnects, reconnects and errors; `None`: nobody.
     pub events: Option<EventHook>,
+    /// The prefix of this connection's reply subjects (its requests' inboxes); `None`: NATS's
+    /// `_INBOX`. The broker puts its own inside its namespace, so that the permissions that keep
+    /// applications out of the namespace keep them away from the answers too (follower
+    /// fetches carry every replicated message).
+    pub inbox_prefix: Option<String>,
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -57,6 +62,7 @@ impl std::fmt::Debug for NatsConfig {
             .field("nkey_seed", &set(self.nkey_seed.is_some()))
             .field("credentials_file", &self.credentials_file)
             .field("tls", &self.tls)
+            .field("inbox_prefix", &self.inbox_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -74,6 +80,7 @@ impl Default for NatsConfig {
             connect_timeout: Duration::from_secs(5),
             subscription_capacity: 64 * 1024,
             events: None,
+            inbox_prefix: None,
         }
     }
 }
@@ -328,6 +335,9 @@ impl Connection {
             });
         if !echo {
             opts = opts.no_echo();
+        }
+        if let Some(prefix) = &cfg.inbox_prefix {
+            opts = opts.custom_inbox_prefix(prefix.clone());
         }
         if let Some((user, password)) = &cfg.user_password {
             opts = opts.user_and_password(user.clone(), password.clone());

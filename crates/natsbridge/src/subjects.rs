@@ -16,6 +16,8 @@
 //! | `<ns>.<stream>.<p>.offset` | leader-epoch end-offset questions |
 //! | `<ns>.notify.<server>` | partition notifications |
 //! | `<ns>.ack.<unique>` | ack inboxes |
+//! | `<ns>._INBOX.<unique>...` | the brokers' reply subjects (answers to follower fetches and other requests) |
+//! | `<ns>.sync.<unique>` | round trips that make sure a subscription is in place |
 //! | `<ns>.activity`, `<ns>.cursors[.<p>]` | internal streams |
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -325,6 +327,17 @@ impl Subjects {
     /// A fresh, unique ack inbox: `<ns>.ack.<unique>`.
     pub fn ack_inbox(&self) -> String {
         format!("{}.ack.{}", self.ns, unique_id())
+    }
+
+    /// The prefix of the brokers' reply subjects: `<ns>._INBOX`. Inside the namespace, so that
+    /// applications kept out of it never read the answers to follower fetches.
+    pub fn inbox_prefix(&self) -> String {
+        format!("{}._INBOX", self.ns)
+    }
+
+    /// A subject for a round trip nobody answers: `<ns>.sync.<unique>`.
+    pub fn sync(&self) -> String {
+        format!("{}.sync.{}", self.ns, unique_id())
     }
 
     /// The activity stream's subject.
