@@ -442,6 +442,16 @@ impl Session {
     /// Handles every complete operation in `buf`. Returns `false` when the connection must close.
     fn process(&mut self, parser: &mut Parser, buf: &mut BytesMut) -> bool {
         loop {
+            // Before authentication only a CONNECT may come, and anything else is refused at
+            // its first byte, as nats-server does: a connection that has not authenticated
+            // holds at most one control line (the parser's limit), never a payload.
+            if self.shared.cfg.auth.is_some()
+                && !self.connected
+                && buf.first().is_some_and(|b| !b.eq_ignore_ascii_case(&b'C'))
+            {
+                self.send_err("Authorization Violation");
+                return false;
+            }
             let op = match parser.next(buf) {
                 Ok(Some(op)) => op,
                 Ok(None) => return true,

@@ -623,6 +623,18 @@ async fn authentication(kind: Kind) {
         Some("-ERR 'Authorization Violation'"),
         "nothing before CONNECT"
     );
+    // Anything but CONNECT is refused at its first byte: a PUB's payload is never held for a
+    // client that has not authenticated.
+    for early in ["PUB a 1000000\r\nxxxx", "P", "SUB a 1\r\n"] {
+        let (mut raw, _) = Raw::connect(&s).await;
+        raw.send(early).await;
+        assert_eq!(
+            raw.line().await.as_deref(),
+            Some("-ERR 'Authorization Violation'"),
+            "{early:?} before CONNECT"
+        );
+        assert!(raw.closed().await, "{early:?}");
+    }
     let c = async_nats::ConnectOptions::with_token("s3cret".into())
         .connect(s.url())
         .await
