@@ -272,3 +272,31 @@ async fn an_ack_comes_from_the_stream_the_publish_was_for() {
     }
     srv.stop().await;
 }
+
+/// The inboxes the broker makes for API publishes cannot be guessed from one another: each is
+/// a fresh random token, not a counter under a per-process prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_made_ack_inboxes_are_unpredictable() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("s", "s")).await.unwrap();
+    let inboxes: Vec<String> = [
+        publish(&mut c, "s", "1").await,
+        publish(&mut c, "s", "2").await,
+    ]
+    .into_iter()
+    .map(|a| a.ack_inbox)
+    .collect();
+    let tail = |s: &str| s.rsplit('.').next().unwrap_or_default().to_owned();
+    for i in &inboxes {
+        assert!(
+            i.starts_with("liftbridge-default.ack."),
+            "{i}: an inbox inside the namespace"
+        );
+        assert!(tail(i).len() >= 22, "{i}: at least 128 random bits");
+    }
+    let (a, b) = (tail(&inboxes[0]), tail(&inboxes[1]));
+    let shared = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+    assert!(shared < 8, "{a} and {b} share a prefix of {shared}");
+    srv.stop().await;
+}

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -67,8 +66,9 @@ impl Broker {
             return Ok(None);
         }
         if msg.ack_inbox.is_empty() {
-            let n = self.inner.ack_seq.fetch_add(1, Ordering::Relaxed);
-            msg.ack_inbox = format!("{}.{n}", self.inner.ack_prefix);
+            // A fresh random token per publish: an ack shows its inbox, so the next one must not
+            // be guessable from it.
+            msg.ack_inbox = format!("{}.{}", self.inner.ack_prefix, natsbridge::unique_id());
             let rx = self.inner.local_acks.wait(&msg.ack_inbox, &msg.stream);
             let inbox = msg.ack_inbox.clone();
             let result = async {

@@ -351,26 +351,27 @@ impl Subjects {
     }
 }
 
-/// A 22-character identifier unique within this process and, with overwhelming likelihood,
-/// across processes: a per-process random prefix and a counter, in base 62.
+/// A 22-character identifier: 128 bits from the operating system's CSPRNG, in base 62. Ack
+/// inboxes are made of these, and an ack shows its inbox, so one id must tell nothing about
+/// the next (a counter under a per-process seed did). Unique with overwhelming likelihood.
 pub fn unique_id() -> String {
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let seed = *SEED.get_or_init(|| {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // The OS refused its randomness (it does not on the supported systems): a process-wide
+        // counter under the clock keeps ids unique, though guessable.
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let stack = &t as *const u64 as u64;
-        t ^ (std::process::id() as u64).rotate_left(32) ^ stack.rotate_left(17)
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        bytes[..8].copy_from_slice(&t.to_le_bytes());
+        bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    }
+    let mut v = u128::from_le_bytes(bytes);
     let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut out = String::with_capacity(22);
-    for mut v in [seed, n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n] {
-        for _ in 0..11 {
-            out.push(alphabet[(v % 62) as usize] as char);
-            v /= 62;
-        }
+    for _ in 0..22 {
+        out.push(alphabet[(v % 62) as usize] as char);
+        v /= 62;
     }
     out
 }
@@ -535,6 +536,19 @@ mod tests {
             "subject \"a b\" contains whitespace"
         );
         assert!(Subjects::new("bad ns").is_err());
+    }
+
+    #[test]
+    fn unique_ids_share_nothing_guessable() {
+        // Consecutive ids are independent random values: no common prefix beyond chance.
+        let (a, b) = (unique_id(), unique_id());
+        let shared = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+        assert!(shared < 8, "{a} {b}");
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        assert!(
+            a[11..] != b[11..] && a[..11] != b[..11],
+            "both halves change"
+        );
     }
 
     #[test]
