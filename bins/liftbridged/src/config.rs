@@ -405,8 +405,8 @@ fn level(key: &str, s: &str) -> Result<slog::Level, ConfigError> {
     }
 }
 
-/// Reads the few settings of a NATS server configuration file the embedded server honours:
-/// `host`/`listen` and `port`, `max_payload`.
+/// Reads the settings of a NATS server configuration file the embedded server honours
+/// (`natsd::conf`); any other key stops the start, naming it.
 fn embedded_from_file(path: &Path, e: &mut EmbeddedNats) -> Result<(), ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| ConfigError::Load(format!("{}: {err}", path.display())))?;
@@ -415,6 +415,8 @@ fn embedded_from_file(path: &Path, e: &mut EmbeddedNats) -> Result<(), ConfigErr
         reason: what,
     };
     let root = natsd::conf::parse(&text).map_err(|err| invalid(err.to_string()))?;
+    // A setting nats-server would honour and this server does not is an error, never ignored.
+    natsd::conf::check_keys(&root).map_err(invalid)?;
     let scalar = |k: &str| root.get(k).and_then(natsd::conf::Value::text);
     let number = |k: &str| -> Result<Option<usize>, ConfigError> {
         scalar(k)
@@ -1329,7 +1331,7 @@ mod tests {
         let path = dir.path().join("nats.conf");
         std::fs::write(
             &path,
-            "# comment\nlisten: 127.0.0.1:4333\nmax_payload = 2048\ndebug: true\nmax_connections: 10\nmax_subscriptions: 20\n",
+            "# comment\nlisten: 127.0.0.1:4333\nmax_payload = 2048\nmax_connections: 10\nmax_subscriptions: 20\n",
         )
         .unwrap();
         let flags = Flags {
@@ -1350,6 +1352,10 @@ mod tests {
         );
         std::fs::write(&path, "port: lots\n").unwrap();
         assert!(from_yaml("{}", &flags).is_err());
+        // A nats-server setting this server does not implement stops the start, named.
+        std::fs::write(&path, "port: 4333\ndebug: true\n").unwrap();
+        let e = from_yaml("{}", &flags).unwrap_err().to_string();
+        assert!(e.contains("debug is a nats-server setting"), "{e}");
         // nats-server's authorization block: users and their permissions.
         std::fs::write(
             &path,
