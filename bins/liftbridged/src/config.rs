@@ -775,6 +775,18 @@ fn nats(
     } else {
         None
     };
+    // Credentials go in their own keys, which no log shows; a URL is logged. The error shows
+    // the URL without them.
+    if let Some(u) = servers.iter().find(|u| natsbridge::url_has_credentials(u)) {
+        return Err(Keys::bad(
+            "nats.servers",
+            format!(
+                "{} carries credentials; give them as nats.user and nats.password, or \
+                 nats.token, and the URL without them",
+                natsbridge::redact_url(u)
+            ),
+        ));
+    }
     b.nats.servers = servers;
     if let Some(v) = k.int("nats.ingest.max.pending.bytes")? {
         // At least one largest message, at most 4 GiB.
@@ -844,8 +856,16 @@ fn nats(
             ca: tls_ca,
         });
     }
-    if let (Some(u), Some(p)) = (k.string("nats.user")?, k.string("nats.password")?) {
-        b.nats.user_password = Some((u, p));
+    match (k.string("nats.user")?, k.string("nats.password")?) {
+        (Some(u), Some(p)) => b.nats.user_password = Some((u, p)),
+        (None, None) => {}
+        // Either alone would connect without credentials: a mistake, not a choice.
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(Keys::bad(
+                "nats.user",
+                "nats.user and nats.password go together: one without the other is refused",
+            ));
+        }
     }
     Ok(embedded_nats)
 }
@@ -1323,6 +1343,33 @@ mod tests {
         assert_eq!(c.broker.advertise_host, "example.org");
         assert_eq!(c.embedded_nats.unwrap().port, 4333);
         assert_eq!(c.log_level, slog::Level::Debug);
+    }
+
+    #[test]
+    fn credentials_in_nats_urls_and_a_lone_user_are_refused_without_echoing_secrets() {
+        for yaml in [
+            "nats.servers: [\"nats://lb:s3cretpw@10.0.0.1:4222\"]\n",
+            "nats.servers: [\"nats://10.0.0.2:4222\", \"tls://s3cretpw@10.0.0.1:4222\"]\n",
+        ] {
+            let e = from_yaml(yaml, &Flags::default()).unwrap_err().to_string();
+            assert!(e.contains("nats.servers"), "{e}");
+            assert!(!e.contains("s3cretpw"), "{e}");
+        }
+        let flags = Flags {
+            nats_servers: vec!["nats://lb:s3cretpw@10.0.0.1:4222".into()],
+            ..Flags::default()
+        };
+        let e = from_yaml("{}", &flags).unwrap_err().to_string();
+        assert!(!e.contains("s3cretpw"), "{e}");
+        // A user without a password (or the reverse) is a mistake, not an anonymous connection.
+        for yaml in ["nats.user: lb\n", "nats.password: pw\n"] {
+            let yaml = format!("nats.servers: [\"nats://10.0.0.1:4222\"]\n{yaml}");
+            let e = from_yaml(&yaml, &Flags::default()).unwrap_err().to_string();
+            assert!(
+                e.contains("nats.user") && e.contains("nats.password"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
