@@ -398,6 +398,22 @@ fn push_usize(buf: &mut BytesMut, mut n: usize) {
     buf.put_slice(&digits[i..]);
 }
 
+/// Whether a client's password or token matches the configured one, as nats-server decides:
+/// a configured bcrypt hash (`$2a$`, `$2b$`, `$2x$`, `$2y$`) is verified against it; anything
+/// else is compared in constant time, so the time taken tells nothing of how much matched.
+fn secret_matches(given: Option<&str>, configured: &str) -> bool {
+    let Some(given) = given else {
+        return false;
+    };
+    let bcrypt = ["$2a$", "$2b$", "$2x$", "$2y$"]
+        .iter()
+        .any(|p| configured.starts_with(p));
+    if bcrypt {
+        return bcrypt::verify(given, configured).unwrap_or(false);
+    }
+    subtle::ConstantTimeEq::ct_eq(given.as_bytes(), configured.as_bytes()).into()
+}
+
 impl Session {
     fn batch_for(&mut self, conn: &Arc<Conn>) -> &mut BytesMut {
         let i = match self.batch.iter().position(|(c, _)| Arc::ptr_eq(c, conn)) {
@@ -550,14 +566,14 @@ impl Session {
         };
         if let Some(auth) = &self.shared.cfg.auth {
             let ok = match auth {
-                Auth::Token(t) => info.auth_token.as_deref() == Some(t.as_str()),
+                Auth::Token(t) => secret_matches(info.auth_token.as_deref(), t),
                 Auth::User { user, password } => {
                     info.user.as_deref() == Some(user.as_str())
-                        && info.pass.as_deref() == Some(password.as_str())
+                        && secret_matches(info.pass.as_deref(), password)
                 }
                 Auth::Users(users) => match users.iter().find(|u| {
                     info.user.as_deref() == Some(u.user.as_str())
-                        && info.pass.as_deref() == Some(u.password.as_str())
+                        && secret_matches(info.pass.as_deref(), &u.password)
                 }) {
                     Some(u) => {
                         self.perms = u.permissions.clone();

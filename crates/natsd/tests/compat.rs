@@ -152,6 +152,38 @@ async fn drain(sub: &mut async_nats::Subscriber) -> Vec<async_nats::Message> {
 }
 
 /// A raw protocol connection, for what clients libraries hide.
+/// A password given as a bcrypt hash (as nats-server accepts it): clients log in with the
+/// password itself, and the hash is no password.
+async fn bcrypt_password(kind: Kind) {
+    let hash = bcrypt::hash_with_salt("pw", 4, *b"0123456789abcdef")
+        .unwrap()
+        .format_for_version(bcrypt::Version::TwoA);
+    let s = TestServer::start(
+        kind,
+        Opts {
+            user: Some(("ada".into(), hash.clone())),
+            ..Opts::default()
+        },
+    )
+    .await;
+    for wrong in ["nope", hash.as_str()] {
+        let (mut raw, _) = Raw::connect(&s).await;
+        raw.send(&format!(
+            "CONNECT {{\"verbose\":false,\"user\":\"ada\",\"pass\":\"{wrong}\"}}\r\n"
+        ))
+        .await;
+        assert_eq!(
+            raw.line().await.as_deref(),
+            Some("-ERR 'Authorization Violation'")
+        );
+    }
+    let (mut raw, _) = Raw::connect(&s).await;
+    raw.send("CONNECT {\"verbose\":false,\"user\":\"ada\",\"pass\":\"pw\"}\r\nPING\r\n")
+        .await;
+    assert_eq!(raw.line().await.as_deref(), Some("PONG"));
+    s.stop().await;
+}
+
 struct Raw {
     rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
     wr: tokio::net::tcp::OwnedWriteHalf,
@@ -231,6 +263,7 @@ both!(
     protocol_errors,
     authentication,
     user_and_password,
+    bcrypt_password,
     permissions,
     verbose_and_echo,
 );
