@@ -300,3 +300,45 @@ async fn server_made_ack_inboxes_are_unpredictable() {
     assert!(shared < 8, "{a} and {b} share a prefix of {shared}");
     srv.stop().await;
 }
+
+/// PublishAsync: each message is answered once, by the stream it was for, though another
+/// stream on the same subject acks the same session inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_async_ack_comes_from_the_stream_the_publish_was_for() {
+    use futures_util::StreamExt;
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("first", "shared")).await.unwrap();
+    c.create_stream(stream("second", "shared")).await.unwrap();
+    let reqs: Vec<PublishRequest> = (0..5)
+        .map(|i| PublishRequest {
+            stream: "second".into(),
+            value: b"x".to_vec().into(),
+            correlation_id: format!("c{i}"),
+            ack_policy: AckPolicy::Leader as i32,
+            ..Default::default()
+        })
+        .collect();
+    let mut out = c
+        .publish_async(futures_util::stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answers = Vec::new();
+    while let Ok(Some(r)) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), out.next()).await
+    {
+        answers.push(r.unwrap());
+    }
+    let mut cids: Vec<String> = answers.iter().map(|r| r.correlation_id.clone()).collect();
+    cids.sort();
+    assert_eq!(cids, ["c0", "c1", "c2", "c3", "c4"], "{answers:?}");
+    for r in &answers {
+        assert_eq!(
+            r.ack.as_ref().map(|a| a.stream.as_str()),
+            Some("second"),
+            "{r:?}"
+        );
+    }
+    srv.stop().await;
+}

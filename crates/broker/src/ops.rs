@@ -1,5 +1,6 @@
 //! The operations behind each RPC, with Liftbridge's validation order and messages.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -660,6 +661,9 @@ impl Broker {
         let _session = SessionGuard(self.inner.local_acks.clone(), inbox.clone());
         let mut shutdown = self.shutdown_signal();
         let mut inflight: usize = 0;
+        // The acks awaited, by correlation id and stream: another stream on the same subject
+        // acks the same inbox, and its ack is no answer to this session's publish.
+        let mut awaited: HashMap<(String, String), usize> = HashMap::new();
         let mut input_done = false;
         let drain_deadline = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
         tokio::pin!(drain_deadline);
@@ -686,7 +690,7 @@ impl Broker {
                             None => break,
                         }
                     }
-                    match self.publish_session_batch(reqs, &inbox, &out).await {
+                    match self.publish_session_batch(reqs, &inbox, &out, &mut awaited).await {
                         Some(waiting) => inflight += waiting,
                         None => return,
                     }
@@ -703,6 +707,13 @@ impl Broker {
                 } => {
                     let Some(a) = a else { break };
                     let Some(a) = a else { continue };
+                    match awaited.get_mut(&(a.correlation_id.clone(), a.stream.clone())) {
+                        Some(n) if *n > 1 => *n -= 1,
+                        Some(_) => {
+                            awaited.remove(&(a.correlation_id.clone(), a.stream.clone()));
+                        }
+                        None => continue,
+                    }
                     inflight = inflight.saturating_sub(1);
                     let resp = match ack::Error::try_from(a.ack_error) {
                         Ok(ack::Error::Ok) => api::PublishResponse {
@@ -741,6 +752,7 @@ impl Broker {
         reqs: Vec<api::PublishRequest>,
         inbox: &str,
         out: &mpsc::Sender<api::PublishResponse>,
+        awaited: &mut HashMap<(String, String), usize>,
     ) -> Option<usize> {
         let mut run: Option<Run> = None;
         let mut waiting = 0;
@@ -757,8 +769,8 @@ impl Broker {
                         msgs: Vec::new(),
                         replies: Vec::new(),
                     });
+                    r.replies.push((cid, wants_ack, msg.stream.clone()));
                     r.msgs.push(msg);
-                    r.replies.push((cid, wants_ack));
                 }
                 Err(e) => {
                     let code = match &e {
@@ -789,9 +801,13 @@ impl Broker {
             }) = run.take()
             {
                 let results = self.nats_publish_all(&subject, msgs).await;
-                for (r, (cid, wants_ack)) in results.into_iter().zip(replies) {
+                for (r, (cid, wants_ack, stream)) in results.into_iter().zip(replies) {
                     match r {
-                        Ok(()) => waiting += usize::from(wants_ack),
+                        Ok(()) if wants_ack => {
+                            waiting += 1;
+                            *awaited.entry((cid, stream)).or_default() += 1;
+                        }
+                        Ok(()) => {}
                         Err(e) => {
                             let r = async_error(
                                 cid,
@@ -1050,8 +1066,8 @@ fn async_error(
 struct Run {
     subject: String,
     msgs: Vec<api::Message>,
-    /// For each message, its correlation id and whether it waits for an ack.
-    replies: Vec<(String, bool)>,
+    /// For each message, its correlation id, whether it waits for an ack, and its stream.
+    replies: Vec<(String, bool, String)>,
 }
 
 /// Ends a PublishAsync session's in-process ack routing when the session ends.
