@@ -277,3 +277,102 @@ async fn the_documented_configuration_hides_replication_on_the_embedded_server()
     replication_is_invisible_to_applications(&nats.client_url()).await;
     nats.shutdown().await;
 }
+
+/// Every subject a broker uses, as `natsbridge::Subjects` names them.
+fn broker_subjects() -> Vec<String> {
+    let s = natsbridge::Subjects::default();
+    vec![
+        s.raft_accept("a"),
+        s.raft_join(),
+        s.raft_bootstrap(),
+        s.server_info(),
+        s.partition_status("a"),
+        s.propagate(),
+        s.replicate("orders", 0),
+        s.leader_epoch_offset("orders", 0),
+        s.notify("a"),
+        s.ack_inbox(),
+        format!("{}.x", s.inbox_prefix()),
+        s.sync(),
+        s.activity(),
+        s.cursors(),
+    ]
+}
+
+/// An application user under the documented permissions may neither publish nor subscribe on
+/// any broker subject, and a client that has not authenticated may do nothing at all.
+async fn applications_reach_no_broker_subject(url: &str, port: u16) {
+    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = errors.clone();
+    let app = async_nats::ConnectOptions::with_user_and_password("apps".into(), "appspw".into())
+        .event_callback(move |e| {
+            seen.lock().unwrap().push(e.to_string());
+            std::future::ready(())
+        })
+        .connect(url)
+        .await
+        .unwrap();
+    let subjects = broker_subjects();
+    let mut subs = Vec::new();
+    for s in &subjects {
+        app.publish(s.clone(), "forged".into()).await.unwrap();
+        subs.push(app.subscribe(s.clone()).await.unwrap());
+    }
+    app.flush().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = |what: &str, s: &str| {
+        errors.lock().unwrap().iter().any(|e| {
+            e.to_lowercase()
+                .contains(&format!("permissions violation for {what}"))
+                && e.contains(s)
+        })
+    };
+    while !subjects
+        .iter()
+        .all(|s| refused("publish", s) && refused("subscription", s))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not every broker subject was refused: {:?}",
+            errors.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Before CONNECT: a PUB announcing a large payload is refused at once, and the connection
+    // closed, without the server holding the payload.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    raw.write_all(b"PUB liftbridge-default.raft.metadata.join 1000000\r\nxx")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(read.is_ok(), "the connection stayed open: {text}");
+    assert!(text.contains("-ERR 'Authorization Violation'"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_broker_subject_is_open_to_applications_on_nats_server() {
+    let nats = testkit::RefNats::start(&documented_authorization());
+    applications_reach_no_broker_subject(&nats.url(), nats.port()).await;
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_broker_subject_is_open_to_applications_on_the_embedded_server() {
+    let conf = natsd::conf::parse(&documented_authorization()).unwrap();
+    let nats = natsd::Server::start(natsd::ServerConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        auth: natsd::conf::authorization(&conf).unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let port = nats.local_addr().port();
+    applications_reach_no_broker_subject(&nats.client_url(), port).await;
+    nats.shutdown().await;
+}
