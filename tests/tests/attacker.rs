@@ -342,3 +342,57 @@ async fn a_publish_async_ack_comes_from_the_stream_the_publish_was_for() {
     }
     srv.stop().await;
 }
+
+/// A plain NATS client's envelope names its ack inbox: the broker never publishes an ack into
+/// its own namespace (other than its own ack inboxes) or onto a wildcard for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_never_go_into_the_brokers_namespace_for_a_nats_client() {
+    use futures_util::StreamExt;
+    use natsbridge::payload;
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("env", "env")).await.unwrap();
+    let nc = srv.nats().await;
+    let mut spy = nc.subscribe("liftbridge-default.>").await.unwrap();
+    let mut mine = nc.subscribe("my.acks").await.unwrap();
+    nc.flush().await.unwrap();
+    let envelope = |inbox: &str, cid: &str| {
+        let msg = Message {
+            value: b"v".to_vec().into(),
+            ack_inbox: inbox.into(),
+            correlation_id: cid.into(),
+            ack_policy: AckPolicy::Leader as i32,
+            ..Default::default()
+        };
+        payload::encode(&msg, false)
+    };
+    for (inbox, cid) in [
+        ("liftbridge-default.notify.zzz", "1"),
+        ("liftbridge-default.raft.metadata.join", "2"),
+        ("my.*", "3"),
+        ("my.acks", "4"),
+    ] {
+        nc.publish("env", envelope(inbox, cid)).await.unwrap();
+    }
+    nc.flush().await.unwrap();
+    // Acks go out in order: once the last one arrives, the others would have.
+    let m = tokio::time::timeout(std::time::Duration::from_secs(10), mine.next())
+        .await
+        .expect("the allowed ack")
+        .unwrap();
+    let ack: Ack = payload::decode(&m.payload).unwrap();
+    assert_eq!(ack.correlation_id, "4");
+    nc.flush().await.unwrap();
+    while let Ok(Some(m)) =
+        tokio::time::timeout(std::time::Duration::from_millis(200), spy.next()).await
+    {
+        if let Ok(a) = payload::decode::<Ack>(&m.payload) {
+            assert!(
+                a.correlation_id.is_empty(),
+                "an ack on {}: {a:?}",
+                m.subject
+            );
+        }
+    }
+    srv.stop().await;
+}

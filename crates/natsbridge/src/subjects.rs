@@ -340,6 +340,18 @@ impl Subjects {
         format!("{}.sync.{}", self.ns, unique_id())
     }
 
+    /// Whether a client-given ack inbox may receive acks: a subject without wildcards, and
+    /// outside the namespace unless it is one of the brokers' own ack inboxes (`<ns>.ack.…`,
+    /// which other brokers' publishes carry). An ack elsewhere in the namespace would speak for
+    /// a broker.
+    pub fn is_ack_inbox_allowed(&self, inbox: &str) -> bool {
+        validate_publish_subject(inbox).is_ok()
+            && (!self.reaches_namespace(inbox)
+                || inbox
+                    .strip_prefix(self.ns.as_str())
+                    .is_some_and(|rest| rest.starts_with(".ack.")))
+    }
+
     /// The activity stream's subject.
     pub fn activity(&self) -> String {
         format!("{}.activity", self.ns)
@@ -475,6 +487,22 @@ mod tests {
             "lb.prodx.y",
         ] {
             assert!(!s.reaches_namespace(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn ack_inboxes_outside_the_namespace_or_the_brokers_own() {
+        let s = Subjects::default();
+        assert!(s.is_ack_inbox_allowed("my.acks"));
+        assert!(s.is_ack_inbox_allowed(&s.ack_inbox()));
+        for no in [
+            "my.*",
+            ">",
+            "liftbridge-default.raft.metadata.join",
+            "liftbridge-default.ack",
+            "liftbridge-default.ack.*",
+        ] {
+            assert!(!s.is_ack_inbox_allowed(no), "{no}");
         }
     }
 
