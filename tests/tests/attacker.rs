@@ -1,6 +1,10 @@
 //! An attacker against a locked-down broker: TLS, client certificates and Casbin authorization
 //! on the API. `mallory` may create, publish on and subscribe to `spy` and `spy2` only; `alice`
-//! owns `payroll`. Each test tries a way around the grants and sees it refused.
+//! owns `payroll`. Each test tries a way around the grants and sees it refused: every call on
+//! alice's stream, her subject through a stream of mallory's, the brokers' namespace through a
+//! stream subject, PublishToSubject, an `ackInbox` (over the API and in a NATS envelope), another
+//! stream's ack, and guessing the inboxes the broker makes. The NATS side (an application user
+//! against every broker subject, before and after authenticating) is in `nats_permissions.rs`.
 
 mod common;
 
@@ -395,4 +399,155 @@ async fn acks_never_go_into_the_brokers_namespace_for_a_nats_client() {
         }
     }
     srv.stop().await;
+}
+
+/// Every call that names alice's stream, or a group, is refused to mallory, and changes
+/// nothing: what alice published stays hers alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_on_another_clients_stream_is_refused() {
+    use futures_util::StreamExt;
+    let l = Locked::start().await;
+    let mut alice = l.client("alice").await;
+    let mut mallory = l.client("mallory").await;
+    alice
+        .create_stream(stream("payroll", "payroll"))
+        .await
+        .unwrap();
+    publish(&mut alice, "payroll", "salary").await;
+    let denied = |r: Result<(), tonic::Status>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.code(), Code::PermissionDenied, "{what}: {e:?}");
+    };
+    denied(
+        mallory
+            .subscribe(sub("payroll", StartPosition::Earliest))
+            .await
+            .map(|_| ()),
+        "Subscribe",
+    );
+    denied(
+        mallory
+            .publish(PublishRequest {
+                stream: "payroll".into(),
+                value: b"forged".to_vec().into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "Publish",
+    );
+    denied(
+        mallory
+            .publish_to_subject(PublishToSubjectRequest {
+                subject: "payroll".into(),
+                value: b"forged".to_vec().into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "PublishToSubject",
+    );
+    denied(
+        mallory
+            .fetch_partition_metadata(FetchPartitionMetadataRequest {
+                stream: "payroll".into(),
+                partition: 0,
+            })
+            .await
+            .map(|_| ()),
+        "FetchPartitionMetadata",
+    );
+    denied(
+        mallory
+            .set_cursor(SetCursorRequest {
+                stream: "payroll".into(),
+                partition: 0,
+                cursor_id: "c".into(),
+                offset: 0,
+            })
+            .await
+            .map(|_| ()),
+        "SetCursor",
+    );
+    denied(
+        mallory
+            .fetch_cursor(FetchCursorRequest {
+                stream: "payroll".into(),
+                partition: 0,
+                cursor_id: "c".into(),
+            })
+            .await
+            .map(|_| ()),
+        "FetchCursor",
+    );
+    denied(
+        mallory
+            .delete_stream(DeleteStreamRequest {
+                name: "payroll".into(),
+            })
+            .await
+            .map(|_| ()),
+        "DeleteStream",
+    );
+    denied(
+        mallory
+            .pause_stream(PauseStreamRequest {
+                name: "payroll".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "PauseStream",
+    );
+    denied(
+        mallory
+            .set_stream_readonly(SetStreamReadonlyRequest {
+                name: "payroll".into(),
+                partitions: vec![],
+                readonly: true,
+            })
+            .await
+            .map(|_| ()),
+        "SetStreamReadonly",
+    );
+    denied(
+        mallory
+            .join_consumer_group(JoinConsumerGroupRequest {
+                group_id: "payroll-readers".into(),
+                consumer_id: "m".into(),
+                streams: vec!["payroll".into()],
+            })
+            .await
+            .map(|_| ()),
+        "JoinConsumerGroup",
+    );
+    // PublishAsync: refused message by message, nothing published.
+    let mut out = mallory
+        .publish_async(futures_util::stream::iter(vec![PublishRequest {
+            stream: "payroll".into(),
+            value: b"forged".to_vec().into(),
+            correlation_id: "1".into(),
+            ack_policy: AckPolicy::Leader as i32,
+            ..Default::default()
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), out.next())
+        .await
+        .expect("an answer")
+        .expect("one answer")
+        .unwrap();
+    assert_eq!(
+        r.async_error.map(|e| e.code),
+        Some(publish_async_error::Code::PermissionDenied as i32)
+    );
+    // alice's stream holds her messages alone: the next after hers is her next one.
+    publish(&mut alice, "payroll", "bonus").await;
+    let mut s = subscribe(&mut alice, sub("payroll", StartPosition::Earliest))
+        .await
+        .unwrap();
+    assert_eq!(&next(&mut s).await.unwrap().value[..], b"salary");
+    assert_eq!(&next(&mut s).await.unwrap().value[..], b"bonus");
+    l.srv.stop().await;
 }
