@@ -151,3 +151,228 @@ async fn refused_for_applications(
     .unwrap();
     c.create_stream(stream("still", "still")).await.unwrap();
 }
+
+/// The embedded server's `authorization` block as `docs/security.md` gives it, read from the
+/// page itself, so the page and this test cannot drift apart.
+fn documented_authorization() -> String {
+    let page = include_str!("../../docs/security.md");
+    let start = page
+        .find("# nats.conf\n")
+        .expect("the documented nats.conf")
+        + 12;
+    let end = start + page[start..].find("```").expect("the end of the block");
+    page[start..end]
+        .lines()
+        .map(|l| l.split(" #").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Two brokers replicate a stream through `url`, whose users are the documented ones. An
+/// application user subscribed to everything it may subscribe to never sees a replicated
+/// message (a follower's fetch answer), and may not subscribe to the brokers' reply subjects.
+async fn replication_is_invisible_to_applications(url: &str) {
+    let app = async_nats::ConnectOptions::with_user_and_password("apps".into(), "appspw".into())
+        .connect(url)
+        .await
+        .unwrap();
+    let mut inboxes = app.subscribe("_INBOX.>").await.unwrap();
+    app.flush().await.unwrap();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut brokers = Vec::new();
+    for (dir, id) in dirs.iter().zip(["a", "b"]) {
+        let mut cfg = common::cluster::node_config(dir.path(), id, url, id == "a");
+        cfg.broker.nats.user_password = Some(("liftbridge".into(), "brokerpw".into()));
+        brokers.push(
+            liftbridged::start(cfg, quiet())
+                .await
+                .expect("broker starts"),
+        );
+    }
+    let mut c = liftbridge_proto::api::api_client::ApiClient::connect(format!(
+        "http://{}",
+        brokers[0].grpc_addr()
+    ))
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c
+        .fetch_metadata(liftbridge_proto::api::FetchMetadataRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .brokers
+        .len()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the second broker never joined");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut req = stream("secrets", "secrets");
+    req.replication_factor = 2;
+    while let Err(e) = c.create_stream(req.clone()).await {
+        assert!(
+            Instant::now() < deadline,
+            "no stream of two replicas: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ALL acks: each message has reached the follower through a fetch answer.
+    for i in 0..5 {
+        let r = c
+            .publish(with_deadline(liftbridge_proto::api::PublishRequest {
+                stream: "secrets".into(),
+                value: format!("secret-{i}").into(),
+                ack_policy: liftbridge_proto::api::AckPolicy::All as i32,
+                expected_offset: -1,
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        assert!(r.into_inner().ack.is_some());
+    }
+    // A marker on the application's own inbox: once it arrives, whatever NATS delivered to
+    // the subscription before it has arrived too.
+    app.publish("_INBOX.marker", "marker".into()).await.unwrap();
+    loop {
+        let m = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::StreamExt::next(&mut inboxes),
+        )
+        .await
+        .expect("the marker")
+        .expect("the subscription");
+        assert!(
+            !String::from_utf8_lossy(&m.payload).contains("secret-"),
+            "an application read replicated data on {}",
+            m.subject
+        );
+        if m.subject.as_str() == "_INBOX.marker" {
+            break;
+        }
+    }
+    for b in brokers {
+        b.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_configuration_hides_replication_on_nats_server() {
+    let nats = testkit::RefNats::start(&documented_authorization());
+    replication_is_invisible_to_applications(&nats.url()).await;
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_configuration_hides_replication_on_the_embedded_server() {
+    let conf = natsd::conf::parse(&documented_authorization()).unwrap();
+    let nats = natsd::Server::start(natsd::ServerConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        auth: natsd::conf::authorization(&conf).unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    replication_is_invisible_to_applications(&nats.client_url()).await;
+    nats.shutdown().await;
+}
+
+/// Every subject a broker uses, as `natsbridge::Subjects` names them.
+fn broker_subjects() -> Vec<String> {
+    let s = natsbridge::Subjects::default();
+    vec![
+        s.raft_accept("a"),
+        s.raft_join(),
+        s.raft_bootstrap(),
+        s.server_info(),
+        s.partition_status("a"),
+        s.propagate(),
+        s.replicate("orders", 0),
+        s.leader_epoch_offset("orders", 0),
+        s.notify("a"),
+        s.ack_inbox(),
+        format!("{}.x", s.inbox_prefix()),
+        s.sync(),
+        s.activity(),
+        s.cursors(),
+    ]
+}
+
+/// An application user under the documented permissions may neither publish nor subscribe on
+/// any broker subject, and a client that has not authenticated may do nothing at all.
+async fn applications_reach_no_broker_subject(url: &str, port: u16) {
+    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = errors.clone();
+    let app = async_nats::ConnectOptions::with_user_and_password("apps".into(), "appspw".into())
+        .event_callback(move |e| {
+            seen.lock().unwrap().push(e.to_string());
+            std::future::ready(())
+        })
+        .connect(url)
+        .await
+        .unwrap();
+    let subjects = broker_subjects();
+    let mut subs = Vec::new();
+    for s in &subjects {
+        app.publish(s.clone(), "forged".into()).await.unwrap();
+        subs.push(app.subscribe(s.clone()).await.unwrap());
+    }
+    app.flush().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = |what: &str, s: &str| {
+        errors.lock().unwrap().iter().any(|e| {
+            e.to_lowercase()
+                .contains(&format!("permissions violation for {what}"))
+                && e.contains(s)
+        })
+    };
+    while !subjects
+        .iter()
+        .all(|s| refused("publish", s) && refused("subscription", s))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not every broker subject was refused: {:?}",
+            errors.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Before CONNECT: a PUB announcing a large payload is refused at once, and the connection
+    // closed, without the server holding the payload.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    raw.write_all(b"PUB liftbridge-default.raft.metadata.join 1000000\r\nxx")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(read.is_ok(), "the connection stayed open: {text}");
+    assert!(text.contains("-ERR 'Authorization Violation'"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_broker_subject_is_open_to_applications_on_nats_server() {
+    let nats = testkit::RefNats::start(&documented_authorization());
+    applications_reach_no_broker_subject(&nats.url(), nats.port()).await;
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_broker_subject_is_open_to_applications_on_the_embedded_server() {
+    let conf = natsd::conf::parse(&documented_authorization()).unwrap();
+    let nats = natsd::Server::start(natsd::ServerConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        auth: natsd::conf::authorization(&conf).unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let port = nats.local_addr().port();
+    applications_reach_no_broker_subject(&nats.client_url(), port).await;
+    nats.shutdown().await;
+}

@@ -200,6 +200,7 @@ const KNOWN: &[&str] = &[
     "streams.auto.pause.disable.if.subscribers",
     "streams.concurrency.control",
     "streams.encryption",
+    "streams.namespace.open",
     "streams.sync.policy",
     "streams.max.partitions",
     "clustering.server.id",
@@ -411,8 +412,8 @@ fn level(key: &str, s: &str) -> Result<slog::Level, ConfigError> {
     }
 }
 
-/// Reads the few settings of a NATS server configuration file the embedded server honours:
-/// `host`/`listen` and `port`, `max_payload`.
+/// Reads the settings of a NATS server configuration file the embedded server honours
+/// (`natsd::conf`); any other key stops the start, naming it.
 fn embedded_from_file(path: &Path, e: &mut EmbeddedNats) -> Result<(), ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| ConfigError::Load(format!("{}: {err}", path.display())))?;
@@ -421,6 +422,8 @@ fn embedded_from_file(path: &Path, e: &mut EmbeddedNats) -> Result<(), ConfigErr
         reason: what,
     };
     let root = natsd::conf::parse(&text).map_err(|err| invalid(err.to_string()))?;
+    // A setting nats-server would honour and this server does not is an error, never ignored.
+    natsd::conf::check_keys(&root).map_err(invalid)?;
     let scalar = |k: &str| root.get(k).and_then(natsd::conf::Value::text);
     let number = |k: &str| -> Result<Option<usize>, ConfigError> {
         scalar(k)
@@ -786,6 +789,18 @@ fn nats(
     } else {
         None
     };
+    // Credentials go in their own keys, which no log shows; a URL is logged. The error shows
+    // the URL without them.
+    if let Some(u) = servers.iter().find(|u| natsbridge::url_has_credentials(u)) {
+        return Err(Keys::bad(
+            "nats.servers",
+            format!(
+                "{} carries credentials; give them as nats.user and nats.password, or \
+                 nats.token, and the URL without them",
+                natsbridge::redact_url(u)
+            ),
+        ));
+    }
     b.nats.servers = servers;
     if let Some(v) = k.int("nats.ingest.max.pending.bytes")? {
         // At least one largest message, at most 4 GiB.
@@ -855,8 +870,16 @@ fn nats(
             ca: tls_ca,
         });
     }
-    if let (Some(u), Some(p)) = (k.string("nats.user")?, k.string("nats.password")?) {
-        b.nats.user_password = Some((u, p));
+    match (k.string("nats.user")?, k.string("nats.password")?) {
+        (Some(u), Some(p)) => b.nats.user_password = Some((u, p)),
+        (None, None) => {}
+        // Either alone would connect without credentials: a mistake, not a choice.
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(Keys::bad(
+                "nats.user",
+                "nats.user and nats.password go together: one without the other is refused",
+            ));
+        }
     }
     Ok(embedded_nats)
 }
@@ -911,6 +934,9 @@ fn streams(k: &Keys, b: &mut BrokerConfig) -> Result<(), ConfigError> {
     }
     if let Some(v) = k.boolean("streams.encryption")? {
         s.encryption = v;
+    }
+    if let Some(v) = k.boolean("streams.namespace.open")? {
+        s.namespace_open = v;
     }
     if let Some(v) = k.string("streams.sync.policy")? {
         b.sync = match v.as_str() {
@@ -1336,12 +1362,39 @@ mod tests {
     }
 
     #[test]
+    fn credentials_in_nats_urls_and_a_lone_user_are_refused_without_echoing_secrets() {
+        for yaml in [
+            "nats.servers: [\"nats://lb:s3cretpw@10.0.0.1:4222\"]\n",
+            "nats.servers: [\"nats://10.0.0.2:4222\", \"tls://s3cretpw@10.0.0.1:4222\"]\n",
+        ] {
+            let e = from_yaml(yaml, &Flags::default()).unwrap_err().to_string();
+            assert!(e.contains("nats.servers"), "{e}");
+            assert!(!e.contains("s3cretpw"), "{e}");
+        }
+        let flags = Flags {
+            nats_servers: vec!["nats://lb:s3cretpw@10.0.0.1:4222".into()],
+            ..Flags::default()
+        };
+        let e = from_yaml("{}", &flags).unwrap_err().to_string();
+        assert!(!e.contains("s3cretpw"), "{e}");
+        // A user without a password (or the reverse) is a mistake, not an anonymous connection.
+        for yaml in ["nats.user: lb\n", "nats.password: pw\n"] {
+            let yaml = format!("nats.servers: [\"nats://10.0.0.1:4222\"]\n{yaml}");
+            let e = from_yaml(&yaml, &Flags::default()).unwrap_err().to_string();
+            assert!(
+                e.contains("nats.user") && e.contains("nats.password"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn the_embedded_nats_file_gives_host_port_and_payload() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nats.conf");
         std::fs::write(
             &path,
-            "# comment\nlisten: 127.0.0.1:4333\nmax_payload = 2048\ndebug: true\nmax_connections: 10\nmax_subscriptions: 20\n",
+            "# comment\nlisten: 127.0.0.1:4333\nmax_payload = 2048\nmax_connections: 10\nmax_subscriptions: 20\n",
         )
         .unwrap();
         let flags = Flags {
@@ -1362,6 +1415,10 @@ mod tests {
         );
         std::fs::write(&path, "port: lots\n").unwrap();
         assert!(from_yaml("{}", &flags).is_err());
+        // A nats-server setting this server does not implement stops the start, named.
+        std::fs::write(&path, "port: 4333\ndebug: true\n").unwrap();
+        let e = from_yaml("{}", &flags).unwrap_err().to_string();
+        assert!(e.contains("debug is a nats-server setting"), "{e}");
         // nats-server's authorization block: users and their permissions.
         std::fs::write(
             &path,

@@ -94,6 +94,17 @@ impl Service {
         }
     }
 
+    /// Authorizes a client-given ack inbox: the broker publishes acks there for the caller, so
+    /// the caller needs `PublishToSubject` on it. The broker refuses wildcards and the brokers'
+    /// namespace first.
+    fn allow_ack_inbox<T>(&self, req: &Request<T>, inbox: &str) -> Result<(), Status> {
+        if inbox.is_empty() {
+            return Ok(());
+        }
+        self.broker.check_ack_inbox(inbox).map_err(status)?;
+        self.allow(req, inbox, "PublishToSubject")
+    }
+
     /// Allows the call when no authorization is configured or the policy allows it.
     fn allow<T>(&self, req: &Request<T>, object: &str, action: &str) -> Result<(), Status> {
         match &self.authz {
@@ -115,7 +126,14 @@ impl Api for Service {
         self.broker
             .check_stream_names(request.get_ref())
             .map_err(status)?;
-        self.allow(&request, &request.get_ref().name, "CreateStream")?;
+        let r = request.get_ref();
+        self.allow(&request, &r.name, "CreateStream")?;
+        // The subject too: a stream records everything on it. A grant on the name covers a
+        // subject equal to it (the original's policy files); any other subject needs its own
+        // grant, on the object `subject:<subject>`.
+        if r.subject != r.name {
+            self.allow(&request, &format!("subject:{}", r.subject), "CreateStream")?;
+        }
         self.broker
             .create_stream(request.into_inner())
             .await
@@ -218,6 +236,7 @@ impl Api for Service {
         // After the stream lookup, as the original: an unknown stream is NotFound for all.
         if self.broker.has_stream(&request.get_ref().stream) {
             self.allow(&request, &request.get_ref().stream, "Publish")?;
+            self.allow_ack_inbox(&request, &request.get_ref().ack_inbox)?;
         }
         let d = deadline(&request);
         let ack = self
@@ -290,6 +309,7 @@ impl Api for Service {
         request: Request<PublishToSubjectRequest>,
     ) -> Result<Response<PublishToSubjectResponse>, Status> {
         self.allow(&request, &request.get_ref().subject, "PublishToSubject")?;
+        self.allow_ack_inbox(&request, &request.get_ref().ack_inbox)?;
         let d = deadline(&request);
         let ack = self
             .broker

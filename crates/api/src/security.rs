@@ -174,7 +174,8 @@ impl Authorizer {
     }
 }
 
-/// The common name of the client certificate's subject.
+/// The common name of the client certificate's subject: the first CN when there are several
+/// (Go's `x509`, the original's, takes the last; `docs/security.md` says to issue one).
 pub(crate) fn client_id<T>(req: &Request<T>) -> Option<String> {
     let certs = req.peer_certs()?;
     let leaf = certs.first()?;

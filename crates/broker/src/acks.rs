@@ -14,17 +14,22 @@ use tokio::sync::{mpsc, oneshot};
 /// Inboxes with a waiter in this process.
 #[derive(Default)]
 pub(crate) struct LocalAcks {
-    /// One waiter per inbox (unary publishes).
-    waiters: Mutex<HashMap<String, oneshot::Sender<api::Ack>>>,
+    /// One waiter per inbox (unary publishes), with the stream it published to (empty: any,
+    /// for a publish to a subject).
+    waiters: Mutex<HashMap<String, (String, oneshot::Sender<api::Ack>)>>,
     /// A session per inbox (PublishAsync), receiving many acks.
     sessions: RwLock<HashMap<String, mpsc::UnboundedSender<api::Ack>>>,
 }
 
 impl LocalAcks {
-    /// Waits for the one ack sent to `inbox`.
-    pub fn wait(&self, inbox: &str) -> oneshot::Receiver<api::Ack> {
+    /// Waits for the one ack sent to `inbox` by a partition of `stream` (by any stream when
+    /// `stream` is empty): other streams on the same subject ack the same inbox, and their acks
+    /// are not the answer to this publish.
+    pub fn wait(&self, inbox: &str, stream: &str) -> oneshot::Receiver<api::Ack> {
         let (tx, rx) = oneshot::channel();
-        self.waiters.lock().insert(inbox.to_owned(), tx);
+        self.waiters
+            .lock()
+            .insert(inbox.to_owned(), (stream.to_owned(), tx));
         rx
     }
 
@@ -48,8 +53,14 @@ impl LocalAcks {
         if let Some(tx) = self.sessions.read().get(&ack.ack_inbox) {
             return tx.send(ack).err().map(|e| e.0);
         }
-        match self.waiters.lock().remove(&ack.ack_inbox) {
-            Some(w) => w.send(ack).err(),
+        let mut waiters = self.waiters.lock();
+        match waiters.get(&ack.ack_inbox) {
+            Some((stream, _)) if stream.is_empty() || *stream == ack.stream => {
+                let (_, w) = waiters.remove(&ack.ack_inbox)?;
+                w.send(ack).err()
+            }
+            // Another stream's ack for this inbox: not this waiter's answer.
+            Some(_) => None,
             None => Some(ack),
         }
     }
@@ -63,14 +74,28 @@ mod tests {
         api::Ack {
             ack_inbox: inbox.into(),
             offset,
+            stream: "s1".into(),
             ..Default::default()
         }
     }
 
     #[test]
+    fn a_waiter_gets_only_the_ack_of_its_stream() {
+        let l = LocalAcks::default();
+        let mut one = l.wait("a.1", "s2");
+        // The ack of another stream on the same subject is dropped, not handed over.
+        assert!(l.deliver(ack("a.1", 4)).is_none());
+        assert!(one.try_recv().is_err());
+        let mut right = ack("a.1", 5);
+        right.stream = "s2".into();
+        assert!(l.deliver(right).is_none());
+        assert_eq!(one.try_recv().unwrap().offset, 5);
+    }
+
+    #[test]
     fn local_inboxes_get_their_acks_and_others_are_returned() {
         let l = LocalAcks::default();
-        let mut one = l.wait("a.1");
+        let mut one = l.wait("a.1", "");
         let (tx, mut rx) = mpsc::unbounded_channel();
         l.open_session("s", tx);
         assert!(l.deliver(ack("a.1", 4)).is_none());
@@ -86,7 +111,7 @@ mod tests {
         assert_eq!(l.deliver(ack("elsewhere", 8)).map(|a| a.offset), Some(8));
         l.close_session("s");
         assert!(l.deliver(ack("s", 9)).is_some());
-        let _w = l.wait("gone");
+        let _w = l.wait("gone", "");
         l.forget("gone");
         assert!(l.deliver(ack("gone", 1)).is_some());
     }

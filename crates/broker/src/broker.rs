@@ -69,9 +69,8 @@ pub(crate) struct Inner {
     /// Activity events, published in order by one task (started on the first event).
     pub(crate) activity:
         Mutex<Option<tokio::sync::mpsc::UnboundedSender<api::ActivityStreamEvent>>>,
-    /// Unary publishes wait for acks on `<ack_prefix>.<n>`, all under one subscription.
+    /// Unary publishes wait for acks on `<ack_prefix>.<random>`, all under one subscription.
     pub(crate) ack_prefix: String,
-    pub(crate) ack_seq: AtomicU64,
     pub(crate) local_acks: Arc<crate::acks::LocalAcks>,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -157,7 +156,6 @@ impl Broker {
                 activity_seen: AtomicU64::new(0),
                 activity: Mutex::new(None),
                 ack_prefix,
-                ack_seq: AtomicU64::new(0),
                 local_acks,
                 shutdown,
                 tasks: Mutex::new(Vec::new()),

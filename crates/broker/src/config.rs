@@ -38,6 +38,11 @@ pub struct StreamDefaults {
     pub concurrency_control: bool,
     /// `streams.encryption`.
     pub encryption: bool,
+    /// `streams.namespace.open` (ours): whether clients may name subjects inside the brokers'
+    /// namespace, or wildcards covering it, as a stream's subject, a PublishToSubject subject or
+    /// an ack inbox. Off by default: such a stream records the brokers' own traffic, and such a
+    /// publish speaks for a broker.
+    pub namespace_open: bool,
 }
 
 impl Default for StreamDefaults {
@@ -55,6 +60,7 @@ impl Default for StreamDefaults {
             auto_pause_disable_if_subscribers: false,
             concurrency_control: false,
             encryption: false,
+            namespace_open: false,
         }
     }
 }

@@ -33,6 +33,11 @@ impl Connections {
     pub(crate) async fn open(cfg: &BrokerConfig, logger: &Logger) -> Result<Connections> {
         let mut nats = cfg.nats.clone();
         nats.events = Some(log_events(logger.clone(), cfg.nats.events.clone()));
+        // Answers to this broker's requests (follower fetches among them) stay inside the
+        // namespace, out of applications' reach.
+        nats.inbox_prefix = natsbridge::Subjects::new(&cfg.namespace)
+            .ok()
+            .map(|s| s.inbox_prefix());
         let name = |role| connection_name(&cfg.namespace, &cfg.server_id, role);
         let failed = |e| BrokerError::internal("connecting to NATS", e);
         let raft = Connection::connect(&nats, &name("raft"))

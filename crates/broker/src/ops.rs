@@ -1,5 +1,6 @@
 //! The operations behind each RPC, with Liftbridge's validation order and messages.
 
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -72,10 +73,40 @@ impl Broker {
         if natsbridge::validate_subject(&req.subject).is_err() {
             return Err(BrokerError::InvalidArgument("Subject is invalid".into()));
         }
+        self.check_outside_namespace("subject", &req.subject)?;
         if RESERVED.contains(&req.name.as_str()) {
             return Err(BrokerError::InvalidArgument("Stream is reserved".into()));
         }
         Ok(())
+    }
+
+    /// Refuses a client-chosen subject inside the brokers' namespace, or a wildcard covering part
+    /// of it, unless `streams.namespace.open` allows it.
+    ///
+    /// # Errors
+    /// InvalidArgument.
+    pub fn check_outside_namespace(&self, what: &str, subject: &str) -> Result<()> {
+        if self.config().streams.namespace_open || !self.inner.subjects.reaches_namespace(subject) {
+            return Ok(());
+        }
+        Err(BrokerError::InvalidArgument(format!(
+            "{what} {subject:?} reaches the brokers' namespace {}.> (streams.namespace.open)",
+            self.inner.subjects.namespace()
+        )))
+    }
+
+    /// Checks a client-given ack inbox: empty (none), or a subject without wildcards outside
+    /// the brokers' namespace.
+    ///
+    /// # Errors
+    /// InvalidArgument.
+    pub fn check_ack_inbox(&self, inbox: &str) -> Result<()> {
+        if inbox.is_empty() {
+            return Ok(());
+        }
+        natsbridge::validate_publish_subject(inbox)
+            .map_err(|e| BrokerError::InvalidArgument(format!("ack inbox: {e}")))?;
+        self.check_outside_namespace("ack inbox", inbox)
     }
 
     /// Whether a stream of that name exists.
@@ -474,6 +505,7 @@ impl Broker {
             return Err(BrokerError::InvalidArgument("no stream provided".into()));
         }
         check_headers(&req.headers)?;
+        self.check_ack_inbox(&req.ack_inbox)?;
         if self.inner.ctx.disk.is_low() {
             return Err(self.inner.ctx.disk.refusal());
         }
@@ -595,6 +627,8 @@ impl Broker {
         if natsbridge::validate_publish_subject(&req.subject).is_err() {
             return Err(BrokerError::InvalidArgument("Subject is invalid".into()));
         }
+        self.check_outside_namespace("subject", &req.subject)?;
+        self.check_ack_inbox(&req.ack_inbox)?;
         check_headers(&req.headers)?;
         let msg = api::Message {
             key: req.key,
@@ -646,6 +680,10 @@ impl Broker {
         let mut waiting = Waiting::default();
         let mut expiry = tokio::time::interval(Duration::from_secs(1));
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Streams this session sent ack-policy NONE messages to: an error ack for one of those
+        // holds no place but is forwarded; any other unawaited ack (another stream on the same
+        // subject acks the same inbox) is no answer to this session's publishes.
+        let mut none_streams: HashSet<String> = HashSet::new();
         let mut input_done = false;
         let drain_deadline = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
         tokio::pin!(drain_deadline);
@@ -672,10 +710,10 @@ impl Broker {
                             None => break,
                         }
                     }
-                    match self.publish_session_batch(reqs, &inbox, &out).await {
+                    match self.publish_session_batch(reqs, &inbox, &out, &mut none_streams).await {
                         Some(ids) => {
                             let now = tokio::time::Instant::now();
-                            ids.into_iter().for_each(|id| waiting.add(id, now));
+                            ids.into_iter().for_each(|(id, stream)| waiting.add(id, stream, now));
                         }
                         None => return,
                     }
@@ -705,8 +743,14 @@ impl Broker {
                     }
                     for a in ready {
                         // An error ack for a message with ack policy NONE is forwarded, but
-                        // held no place.
-                        waiting.answered(&a.correlation_id);
+                        // held no place; an ack this session awaits from no such stream is
+                        // dropped.
+                        if !waiting.answered(&a.correlation_id, &a.stream)
+                            && (a.ack_error == ack::Error::Ok as i32
+                                || !none_streams.contains(&a.stream))
+                        {
+                            continue;
+                        }
                         if out.send(ack_response(a)).await.is_err() {
                             return;
                         }
@@ -732,7 +776,8 @@ impl Broker {
         reqs: Vec<api::PublishRequest>,
         inbox: &str,
         out: &mpsc::Sender<api::PublishResponse>,
-    ) -> Option<Vec<String>> {
+        none_streams: &mut HashSet<String>,
+    ) -> Option<Vec<(String, String)>> {
         let mut run: Option<Run> = None;
         let mut waiting = Vec::new();
         let mut reqs = reqs.into_iter().peekable();
@@ -748,8 +793,8 @@ impl Broker {
                         msgs: Vec::new(),
                         replies: Vec::new(),
                     });
+                    r.replies.push((cid, wants_ack, msg.stream.clone()));
                     r.msgs.push(msg);
-                    r.replies.push((cid, wants_ack));
                 }
                 Err(e) => {
                     let code = match &e {
@@ -780,10 +825,12 @@ impl Broker {
             }) = run.take()
             {
                 let results = self.nats_publish_all(&subject, msgs).await;
-                for (r, (cid, wants_ack)) in results.into_iter().zip(replies) {
+                for (r, (cid, wants_ack, stream)) in results.into_iter().zip(replies) {
                     match r {
-                        Ok(()) if wants_ack => waiting.push(cid),
-                        Ok(()) => {}
+                        Ok(()) if wants_ack => waiting.push((cid, stream)),
+                        Ok(()) => {
+                            none_streams.insert(stream);
+                        }
                         Err(e) => {
                             let r = async_error(
                                 cid,
@@ -1042,8 +1089,8 @@ fn async_error(
 struct Run {
     subject: String,
     msgs: Vec<api::Message>,
-    /// For each message, its correlation id and whether it waits for an ack.
-    replies: Vec<(String, bool)>,
+    /// For each message, its correlation id, whether it waits for an ack, and its stream.
+    replies: Vec<(String, bool, String)>,
 }
 
 /// The most acks a PublishAsync session forwards in one pass of its loop.
@@ -1096,25 +1143,28 @@ fn ack_response(a: api::Ack) -> api::PublishResponse {
 /// when each was sent.
 #[derive(Default)]
 struct Waiting {
-    by_id: std::collections::HashMap<String, std::collections::VecDeque<tokio::time::Instant>>,
+    /// Send times of the messages awaiting an ack, by correlation id and stream.
+    by_id: HashMap<(String, String), std::collections::VecDeque<tokio::time::Instant>>,
     count: usize,
 }
 
 impl Waiting {
-    fn add(&mut self, id: String, sent: tokio::time::Instant) {
-        self.by_id.entry(id).or_default().push_back(sent);
+    fn add(&mut self, id: String, stream: String, sent: tokio::time::Instant) {
+        self.by_id.entry((id, stream)).or_default().push_back(sent);
         self.count += 1;
     }
 
-    /// An ack for `id` came: frees the oldest place a message with that id held. False when
-    /// none waited (an error ack for a message with ack policy NONE).
-    fn answered(&mut self, id: &str) -> bool {
-        let Some(sent) = self.by_id.get_mut(id) else {
+    /// An ack for `id` from `stream` came: frees the oldest place a message with that id held
+    /// there. False when none waited (an error ack for a message with ack policy NONE, or an
+    /// ack from another stream on the same subject).
+    fn answered(&mut self, id: &str, stream: &str) -> bool {
+        let key = (id.to_owned(), stream.to_owned());
+        let Some(sent) = self.by_id.get_mut(&key) else {
             return false;
         };
         sent.pop_front();
         if sent.is_empty() {
-            self.by_id.remove(id);
+            self.by_id.remove(&key);
         }
         self.count -= 1;
         true

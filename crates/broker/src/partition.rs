@@ -537,11 +537,7 @@ impl Partition {
         // server before anyone is told the partition started.
         let _ = ctx
             .streams_conn
-            .request(
-                &format!("_LIFT_SYNC.{}", natsbridge::unique_id()),
-                Bytes::new(),
-                Duration::from_secs(2),
-            )
+            .request(&ctx.subjects.sync(), Bytes::new(), Duration::from_secs(2))
             .await;
         Ok(Source::Nats(sub))
     }
@@ -700,6 +696,18 @@ pub(crate) async fn send_acks(ctx: &Ctx, acks: Vec<api::Ack>) {
         let Some(ack) = ctx.local_acks.deliver(ack) else {
             continue;
         };
+        // A NATS client names its own inbox: never a wildcard, nor a subject in the brokers'
+        // namespace other than their ack inboxes, unless the operator opened the namespace.
+        let allowed = if ctx.cfg.streams.namespace_open {
+            natsbridge::validate_publish_subject(&ack.ack_inbox).is_ok()
+        } else {
+            ctx.subjects.is_ack_inbox_allowed(&ack.ack_inbox)
+        };
+        if !allowed {
+            slog::debug!(ctx.logger, "an ack inbox outside what clients may name; no ack sent";
+                "inbox" => &ack.ack_inbox);
+            continue;
+        }
         let data = payload::encode(&ack, false);
         if let Err(e) = ctx.acks_conn.publish(&ack.ack_inbox, data).await {
             warn!(ctx.logger, "sending an ack failed"; "inbox" => &ack.ack_inbox, "error" => %e);

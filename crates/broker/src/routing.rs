@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -67,9 +66,10 @@ impl Broker {
             return Ok(None);
         }
         if msg.ack_inbox.is_empty() {
-            let n = self.inner.ack_seq.fetch_add(1, Ordering::Relaxed);
-            msg.ack_inbox = format!("{}.{n}", self.inner.ack_prefix);
-            let rx = self.inner.local_acks.wait(&msg.ack_inbox);
+            // A fresh random token per publish: an ack shows its inbox, so the next one must not
+            // be guessable from it.
+            msg.ack_inbox = format!("{}.{}", self.inner.ack_prefix, natsbridge::unique_id());
+            let rx = self.inner.local_acks.wait(&msg.ack_inbox, &msg.stream);
             let inbox = msg.ack_inbox.clone();
             let result = async {
                 self.nats_publish(subject, msg).await?;
@@ -96,19 +96,28 @@ impl Broker {
             .inner
             .publishes
             .request(
-                &format!("_LIFT_SYNC.{}", natsbridge::unique_id()),
+                &self.inner.subjects.sync(),
                 Bytes::new(),
                 limit.min(Duration::from_secs(2)),
             )
             .await;
+        // The answer is the ack of the stream published to: other streams on the subject ack
+        // the same inbox (a publish to a subject takes the first).
+        let stream = msg.stream.clone();
         self.nats_publish(subject, msg).await?;
-        match tokio::time::timeout(limit, sub.next()).await {
-            Ok(Some(m)) => payload::decode::<api::Ack>(&m.payload)
-                .map(Some)
-                .map_err(|e| BrokerError::internal("decoding an ack", e)),
-            Ok(None) => Err(BrokerError::Internal("ack subscription closed".into())),
-            Err(_) => Err(timeout()),
-        }
+        let answer = async {
+            while let Some(m) = sub.next().await {
+                let ack = payload::decode::<api::Ack>(&m.payload)
+                    .map_err(|e| BrokerError::internal("decoding an ack", e))?;
+                if stream.is_empty() || ack.stream == stream {
+                    return Ok(Some(ack));
+                }
+            }
+            Err(BrokerError::Internal("ack subscription closed".into()))
+        };
+        tokio::time::timeout(limit, answer)
+            .await
+            .unwrap_or_else(|_| Err(timeout()))
     }
 
     /// Publishes an envelope on `subject`; see [`nats_publish_all`](Self::nats_publish_all).

@@ -44,19 +44,32 @@ pub struct NatsConfig {
     pub subscription_capacity: usize,
     /// Told of slow-consumer drops, disconnects, reconnects and errors; `None`: nobody.
     pub events: Option<EventHook>,
+    /// The prefix of this connection's reply subjects (its requests' inboxes); `None`: NATS's
+    /// `_INBOX`. The broker puts its own inside its namespace, so that the permissions that keep
+    /// applications out of the namespace keep them away from the answers too (follower
+    /// fetches carry every replicated message).
+    pub inbox_prefix: Option<String>,
 }
 
 impl std::fmt::Debug for NatsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let set = |b: bool| if b { "(set)" } else { "(none)" };
         f.debug_struct("NatsConfig")
-            .field("servers", &self.servers)
+            .field(
+                "servers",
+                &self
+                    .servers
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("user", &self.user_password.as_ref().map(|(u, _)| u))
             .field("password", &set(self.user_password.is_some()))
             .field("token", &set(self.token.is_some()))
             .field("nkey_seed", &set(self.nkey_seed.is_some()))
             .field("credentials_file", &self.credentials_file)
             .field("tls", &self.tls)
+            .field("inbox_prefix", &self.inbox_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -74,6 +87,7 @@ impl Default for NatsConfig {
             connect_timeout: Duration::from_secs(5),
             subscription_capacity: 64 * 1024,
             events: None,
+            inbox_prefix: None,
         }
     }
 }
@@ -279,6 +293,29 @@ pub struct Connection {
     counters: Arc<Counters>,
 }
 
+/// Where a URL's user information (`user:password@` or `token@`) is, if it has one.
+fn userinfo(url: &str) -> Option<std::ops::Range<usize>> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    let at = url[start..end].rfind('@')?;
+    Some(start..start + at)
+}
+
+/// A server URL as it may be shown: its user information, if any, replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match userinfo(url) {
+        Some(r) => format!("{}***{}", &url[..r.start], &url[r.end..]),
+        None => url.to_owned(),
+    }
+}
+
+/// Whether a server URL carries credentials (`user:password@` or `token@`).
+pub fn url_has_credentials(url: &str) -> bool {
+    userinfo(url).is_some()
+}
+
 /// The connection name Liftbridge uses: `LIFT.<namespace>.<server id>.<role>`.
 pub fn connection_name(namespace: &str, server_id: &str, role: &str) -> String {
     format!("LIFT.{namespace}.{server_id}.{role}")
@@ -329,6 +366,9 @@ impl Connection {
         if !echo {
             opts = opts.no_echo();
         }
+        if let Some(prefix) = &cfg.inbox_prefix {
+            opts = opts.custom_inbox_prefix(prefix.clone());
+        }
         if let Some((user, password)) = &cfg.user_password {
             opts = opts.user_and_password(user.clone(), password.clone());
         }
@@ -338,11 +378,25 @@ impl Connection {
         if let Some(seed) = &cfg.nkey_seed {
             opts = opts.nkey(seed.clone());
         }
-        let servers_text = cfg.servers.join(",");
+        let servers_text = cfg
+            .servers
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(",");
         let failed = |reason: String| NatsError::Connect {
             servers: servers_text.clone(),
             reason,
         };
+        // Credentials belong in their own settings, which the logs never show; a URL is shown
+        // everywhere.
+        if cfg.servers.iter().any(|u| url_has_credentials(u)) {
+            return Err(failed(
+                "credentials in a server URL are refused: give them as a user and password, \
+                 a token, an NKey or a credentials file"
+                    .into(),
+            ));
+        }
         if let Some(path) = &cfg.credentials_file {
             opts = opts.credentials_file(path).await.map_err(|e| {
                 failed(format!(
@@ -360,7 +414,7 @@ impl Connection {
                 opts = opts.add_root_certificates(ca.clone());
             }
         }
-        let servers = cfg.servers.join(",");
+        let servers = servers_text.clone();
         let connect = opts.connect(cfg.servers.as_slice());
         let client = match tokio::time::timeout(cfg.connect_timeout, connect).await {
             Ok(Ok(c)) => c,

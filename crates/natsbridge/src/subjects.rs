@@ -16,6 +16,8 @@
 //! | `<ns>.<stream>.<p>.offset` | leader-epoch end-offset questions |
 //! | `<ns>.notify.<server>` | partition notifications |
 //! | `<ns>.ack.<unique>` | ack inboxes |
+//! | `<ns>._INBOX.<unique>...` | the brokers' reply subjects (answers to follower fetches and other requests) |
+//! | `<ns>.sync.<unique>` | round trips that make sure a subscription is in place |
 //! | `<ns>.activity`, `<ns>.cursors[.<p>]` | internal streams |
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -254,6 +256,24 @@ impl Subjects {
         &self.ns
     }
 
+    /// Whether a message on some subject inside the namespace (`<ns>.>`) would reach a
+    /// subscription to `subject`, or a message on `subject` could be one: `subject` is in the
+    /// namespace, or is a wildcard that covers part of it (`>`, `*.>`, `<ns>.*`, ...). Clients
+    /// never get such subjects for streams, publishes or ack inboxes unless the operator allows
+    /// it.
+    pub fn reaches_namespace(&self, subject: &str) -> bool {
+        let mut tokens = subject.split('.');
+        for ns in self.ns.split('.') {
+            match tokens.next() {
+                Some(">") => return true,
+                Some(t) if t == "*" || t == ns => {}
+                _ => return false,
+            }
+        }
+        // Inside the namespace means at least one more token.
+        tokens.next().is_some()
+    }
+
     /// Prefix of every metadata Raft subject: `<ns>.raft.metadata.`.
     pub fn raft_prefix(&self) -> String {
         format!("{}.raft.metadata.", self.ns)
@@ -309,6 +329,29 @@ impl Subjects {
         format!("{}.ack.{}", self.ns, unique_id())
     }
 
+    /// The prefix of the brokers' reply subjects: `<ns>._INBOX`. Inside the namespace, so that
+    /// applications kept out of it never read the answers to follower fetches.
+    pub fn inbox_prefix(&self) -> String {
+        format!("{}._INBOX", self.ns)
+    }
+
+    /// A subject for a round trip nobody answers: `<ns>.sync.<unique>`.
+    pub fn sync(&self) -> String {
+        format!("{}.sync.{}", self.ns, unique_id())
+    }
+
+    /// Whether a client-given ack inbox may receive acks: a subject without wildcards, and
+    /// outside the namespace unless it is one of the brokers' own ack inboxes (`<ns>.ack.…`,
+    /// which other brokers' publishes carry). An ack elsewhere in the namespace would speak for
+    /// a broker.
+    pub fn is_ack_inbox_allowed(&self, inbox: &str) -> bool {
+        validate_publish_subject(inbox).is_ok()
+            && (!self.reaches_namespace(inbox)
+                || inbox
+                    .strip_prefix(self.ns.as_str())
+                    .is_some_and(|rest| rest.starts_with(".ack.")))
+    }
+
     /// The activity stream's subject.
     pub fn activity(&self) -> String {
         format!("{}.activity", self.ns)
@@ -320,26 +363,27 @@ impl Subjects {
     }
 }
 
-/// A 22-character identifier unique within this process and, with overwhelming likelihood,
-/// across processes: a per-process random prefix and a counter, in base 62.
+/// A 22-character identifier: 128 bits from the operating system's CSPRNG, in base 62. Ack
+/// inboxes are made of these, and an ack shows its inbox, so one id must tell nothing about
+/// the next (a counter under a per-process seed did). Unique with overwhelming likelihood.
 pub fn unique_id() -> String {
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let seed = *SEED.get_or_init(|| {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // The OS refused its randomness (it does not on the supported systems): a process-wide
+        // counter under the clock keeps ids unique, though guessable.
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let stack = &t as *const u64 as u64;
-        t ^ (std::process::id() as u64).rotate_left(32) ^ stack.rotate_left(17)
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        bytes[..8].copy_from_slice(&t.to_le_bytes());
+        bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    }
+    let mut v = u128::from_le_bytes(bytes);
     let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut out = String::with_capacity(22);
-    for mut v in [seed, n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n] {
-        for _ in 0..11 {
-            out.push(alphabet[(v % 62) as usize] as char);
-            v /= 62;
-        }
+    for _ in 0..22 {
+        out.push(alphabet[(v % 62) as usize] as char);
+        v /= 62;
     }
     out
 }
@@ -418,6 +462,51 @@ mod tests {
     }
 
     #[test]
+    fn subjects_reaching_the_namespace() {
+        let s = Subjects::new("lb.prod").unwrap();
+        for yes in [
+            ">",
+            "*.>",
+            "*.*.>",
+            "lb.>",
+            "lb.prod.>",
+            "lb.*.x",
+            "*.prod.raft.metadata.join",
+            "lb.prod.ack.x",
+            "*.*.*",
+        ] {
+            assert!(s.reaches_namespace(yes), "{yes}");
+        }
+        for no in [
+            "lb",
+            "lb.prod",
+            "lb.other.x",
+            "orders.>",
+            "*.*",
+            "x.prod.y",
+            "lb.prodx.y",
+        ] {
+            assert!(!s.reaches_namespace(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn ack_inboxes_outside_the_namespace_or_the_brokers_own() {
+        let s = Subjects::default();
+        assert!(s.is_ack_inbox_allowed("my.acks"));
+        assert!(s.is_ack_inbox_allowed(&s.ack_inbox()));
+        for no in [
+            "my.*",
+            ">",
+            "liftbridge-default.raft.metadata.join",
+            "liftbridge-default.ack",
+            "liftbridge-default.ack.*",
+        ] {
+            assert!(!s.is_ack_inbox_allowed(no), "{no}");
+        }
+    }
+
+    #[test]
     fn partition_subjects() {
         assert_eq!(partition_subject("orders", 0), "orders");
         assert_eq!(partition_subject("orders", 3), "orders.3");
@@ -475,6 +564,19 @@ mod tests {
             "subject \"a b\" contains whitespace"
         );
         assert!(Subjects::new("bad ns").is_err());
+    }
+
+    #[test]
+    fn unique_ids_share_nothing_guessable() {
+        // Consecutive ids are independent random values: no common prefix beyond chance.
+        let (a, b) = (unique_id(), unique_id());
+        let shared = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+        assert!(shared < 8, "{a} {b}");
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        assert!(
+            a[11..] != b[11..] && a[..11] != b[..11],
+            "both halves change"
+        );
     }
 
     #[test]

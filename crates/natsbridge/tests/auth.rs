@@ -199,3 +199,31 @@ async fn a_credentials_file_connects_in_operator_mode() {
     cfg.credentials_file = Some(good);
     works(&cfg).await;
 }
+
+/// Credentials in a server URL are refused (the configuration has keys for them), and no
+/// error repeats them.
+#[tokio::test]
+async fn credentials_in_a_server_url_are_refused_and_never_repeated() {
+    for url in [
+        "nats://lb:s3cretpw@127.0.0.1:1",
+        "nats://s3cretpw@127.0.0.1:1",
+    ] {
+        let cfg = NatsConfig {
+            servers: vec![url.into()],
+            connect_timeout: Duration::from_millis(300),
+            ..NatsConfig::default()
+        };
+        let e = Connection::connect(&cfg, "auth-test").await.unwrap_err();
+        let text = e.to_string();
+        assert!(!text.contains("s3cretpw"), "{text}");
+        assert!(text.contains("credentials"), "{text}");
+    }
+    assert_eq!(
+        natsbridge::redact_url("nats://lb:s3cretpw@10.0.0.1:4222"),
+        "nats://***@10.0.0.1:4222"
+    );
+    assert_eq!(
+        natsbridge::redact_url("nats://10.0.0.1:4222"),
+        "nats://10.0.0.1:4222"
+    );
+}

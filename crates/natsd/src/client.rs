@@ -70,7 +70,7 @@ impl Conn {
         self.local.as_ref()
     }
 
-    fn new(id: u64, max_pending: usize) -> Self {
+    pub(crate) fn new(id: u64, max_pending: usize) -> Self {
         Conn {
             id,
             out: Mutex::new(Outbound::default()),
@@ -398,6 +398,22 @@ fn push_usize(buf: &mut BytesMut, mut n: usize) {
     buf.put_slice(&digits[i..]);
 }
 
+/// Whether a client's password or token matches the configured one, as nats-server decides:
+/// a configured bcrypt hash (`$2a$`, `$2b$`, `$2x$`, `$2y$`) is verified against it; anything
+/// else is compared in constant time, so the time taken tells nothing of how much matched.
+fn secret_matches(given: Option<&str>, configured: &str) -> bool {
+    let Some(given) = given else {
+        return false;
+    };
+    let bcrypt = ["$2a$", "$2b$", "$2x$", "$2y$"]
+        .iter()
+        .any(|p| configured.starts_with(p));
+    if bcrypt {
+        return bcrypt::verify(given, configured).unwrap_or(false);
+    }
+    subtle::ConstantTimeEq::ct_eq(given.as_bytes(), configured.as_bytes()).into()
+}
+
 impl Session {
     fn batch_for(&mut self, conn: &Arc<Conn>) -> &mut BytesMut {
         let i = match self.batch.iter().position(|(c, _)| Arc::ptr_eq(c, conn)) {
@@ -442,6 +458,16 @@ impl Session {
     /// Handles every complete operation in `buf`. Returns `false` when the connection must close.
     fn process(&mut self, parser: &mut Parser, buf: &mut BytesMut) -> bool {
         loop {
+            // Before authentication only a CONNECT may come, and anything else is refused at
+            // its first byte, as nats-server does: a connection that has not authenticated
+            // holds at most one control line (the parser's limit), never a payload.
+            if self.shared.cfg.auth.is_some()
+                && !self.connected
+                && buf.first().is_some_and(|b| !b.eq_ignore_ascii_case(&b'C'))
+            {
+                self.send_err("Authorization Violation");
+                return false;
+            }
             let op = match parser.next(buf) {
                 Ok(Some(op)) => op,
                 Ok(None) => return true,
@@ -497,8 +523,19 @@ impl Session {
                     // nats-server treats HPUB without header support as a protocol violation.
                     return false;
                 }
-                // Pedantic mode only warns: nats-server sends the error, then the usual +OK,
-                // and still routes the message.
+                // A wildcard in a published subject is refused with nats-server's words, pedantic
+                // or not, and the message routed nowhere; the connection stays. (nats-server 2.9
+                // warns only in pedantic mode and routes it all the same: a message on n `*`
+                // tokens to every subscription that is a wildcard there.)
+                if subject
+                    .split(|b| *b == b'.')
+                    .any(|t| t == b"*" || t == b">")
+                {
+                    self.send_err("Invalid Publish Subject");
+                    return true;
+                }
+                // Other malformed subjects: pedantic mode warns, as nats-server does, then the
+                // usual +OK, and routes the message.
                 if self.pedantic
                     && std::str::from_utf8(&subject).map_or(true, |s| !is_valid_literal_subject(s))
                 {
@@ -529,14 +566,14 @@ impl Session {
         };
         if let Some(auth) = &self.shared.cfg.auth {
             let ok = match auth {
-                Auth::Token(t) => info.auth_token.as_deref() == Some(t.as_str()),
+                Auth::Token(t) => secret_matches(info.auth_token.as_deref(), t),
                 Auth::User { user, password } => {
                     info.user.as_deref() == Some(user.as_str())
-                        && info.pass.as_deref() == Some(password.as_str())
+                        && secret_matches(info.pass.as_deref(), password)
                 }
                 Auth::Users(users) => match users.iter().find(|u| {
                     info.user.as_deref() == Some(u.user.as_str())
-                        && info.pass.as_deref() == Some(u.password.as_str())
+                        && secret_matches(info.pass.as_deref(), &u.password)
                 }) {
                     Some(u) => {
                         self.perms = u.permissions.clone();

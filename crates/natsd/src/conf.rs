@@ -6,8 +6,13 @@
 //! `max_subscriptions`, and `authorization` with a `token`, one `user`/`password`, or `users`
 //! each with `permissions` (`publish`/`subscribe`, each a subject, a list, or
 //! `{allow: […], deny: […]}`), and `tls` (`cert_file`, `key_file`, `ca_file`, `verify`).
-//! Other keys are read and ignored, as a nats-server file holds many this server has no use
-//! for; a syntax error is an error with its line.
+//! Keys are compared without regard to case, as nats-server does, and the aliases it accepts
+//! are read too (`username`, `pass`, `pub`, `sub`, `net`, `max_subs`); `default_permissions`
+//! applies to the `users` that have none (beside a single user or a token, where nats-server
+//! accepts it and applies nothing, it is refused). Any other key is
+//! refused by [`check_keys`], naming it: a setting nats-server would honour must never be
+//! accepted and silently ignored (an ignored `authorization` or `verify` leaves the server
+//! open). A syntax error is an error with its line.
 
 use crate::perms::{Permissions, Rule};
 use crate::server::{Auth, User};
@@ -196,12 +201,21 @@ pub fn parse(text: &str) -> Result<Value, ConfError> {
 }
 
 impl Value {
-    /// The value under `key`, in a map.
+    /// The value under `key` (in any case, as nats-server reads keys), in a map.
     pub fn get(&self, key: &str) -> Option<&Value> {
         match self {
-            Value::Map(m) => m.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+            Value::Map(m) => m
+                .iter()
+                .rev()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v),
             _ => None,
         }
+    }
+
+    /// The value under the first of `keys` present (a key and its aliases).
+    fn get_any(&self, keys: &[&str]) -> Option<&Value> {
+        keys.iter().find_map(|k| self.get(k))
     }
 
     /// The scalar's text.
@@ -240,8 +254,103 @@ fn rule(v: &Value) -> Rule {
 
 fn permissions(v: &Value) -> Permissions {
     Permissions {
-        publish: v.get("publish").map(rule).unwrap_or_default(),
-        subscribe: v.get("subscribe").map(rule).unwrap_or_default(),
+        publish: v.get_any(&["publish", "pub"]).map(rule).unwrap_or_default(),
+        subscribe: v
+            .get_any(&["subscribe", "sub"])
+            .map(rule)
+            .unwrap_or_default(),
+    }
+}
+
+/// The keys the embedded server implements, with nats-server's aliases, by where they appear.
+const TOP_KEYS: &[&str] = &[
+    "host",
+    "net",
+    "port",
+    "listen",
+    "max_payload",
+    "max_connections",
+    "max_subscriptions",
+    "max_subs",
+    "authorization",
+    "tls",
+];
+const AUTHORIZATION_KEYS: &[&str] = &[
+    "token",
+    "user",
+    "username",
+    "password",
+    "pass",
+    "users",
+    "default_permissions",
+];
+const USER_KEYS: &[&str] = &["user", "username", "password", "pass", "permissions"];
+const PERMISSION_KEYS: &[&str] = &["publish", "pub", "subscribe", "sub"];
+const RULE_KEYS: &[&str] = &["allow", "deny"];
+const TLS_KEYS: &[&str] = &["cert_file", "key_file", "ca_file", "verify"];
+
+/// Refuses every key the embedded server does not implement, naming it with its path (e.g.
+/// `authorization.timeout`, `jetstream`): nats-server would honour it, so accepting it and
+/// doing nothing would be a silent lie.
+///
+/// # Errors
+/// The first such key.
+pub fn check_keys(root: &Value) -> Result<(), String> {
+    fn only(v: &Value, path: &str, known: &[&str]) -> Result<(), String> {
+        let Value::Map(m) = v else {
+            return Ok(());
+        };
+        for (k, _) in m {
+            if !known.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+                let at = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                return Err(format!(
+                    "{at} is a nats-server setting the embedded server does not implement; \
+                     remove it, or run nats-server"
+                ));
+            }
+        }
+        Ok(())
+    }
+    fn perms(v: &Value, path: &str) -> Result<(), String> {
+        only(v, path, PERMISSION_KEYS)?;
+        for k in PERMISSION_KEYS {
+            if let Some(r) = v.get(k) {
+                only(r, &format!("{path}.{k}"), RULE_KEYS)?;
+            }
+        }
+        Ok(())
+    }
+    only(root, "", TOP_KEYS)?;
+    if let Some(a) = root.get("authorization") {
+        only(a, "authorization", AUTHORIZATION_KEYS)?;
+        if let Some(d) = a.get("default_permissions") {
+            perms(d, "authorization.default_permissions")?;
+        }
+        if let Some(Value::List(users)) = a.get("users") {
+            for u in users {
+                only(u, "authorization.users[]", USER_KEYS)?;
+                if let Some(p) = u.get("permissions") {
+                    perms(p, "authorization.users[].permissions")?;
+                }
+            }
+        }
+    }
+    if let Some(t) = root.get("tls") {
+        only(t, "tls", TLS_KEYS)?;
+    }
+    Ok(())
+}
+
+/// A boolean as nats-server writes them: `true`/`yes`/`on`, `false`/`no`/`off`.
+fn boolean(key: &str, v: &Value) -> Result<bool, String> {
+    match v.text().map(str::to_ascii_lowercase).as_deref() {
+        Some("true" | "yes" | "on") => Ok(true),
+        Some("false" | "no" | "off") => Ok(false),
+        _ => Err(format!("{key} is not a boolean: {v:?}")),
     }
 }
 
@@ -257,7 +366,10 @@ pub fn tls(root: &Value) -> Result<Option<crate::tls::TlsFiles>, String> {
     let (Some(cert), Some(key)) = (file("cert_file"), file("key_file")) else {
         return Err("tls needs cert_file and key_file".into());
     };
-    let verify = t.get("verify").and_then(Value::text) == Some("true");
+    let verify = match t.get("verify") {
+        Some(v) => boolean("tls.verify", v)?,
+        None => false,
+    };
     let ca = file("ca_file");
     if verify && ca.is_none() {
         return Err("tls.verify needs ca_file".into());
@@ -278,24 +390,33 @@ pub fn authorization(root: &Value) -> Result<Option<Auth>, String> {
     let Some(a) = root.get("authorization") else {
         return Ok(None);
     };
+    let defaults = a.get("default_permissions").map(permissions);
     if let Some(t) = a.get("token").and_then(Value::text) {
+        if defaults.is_some() {
+            return Err(
+                "authorization.default_permissions applies to users; a token has none".into(),
+            );
+        }
         return Ok(Some(Auth::Token(t.to_owned())));
     }
     if let Some(Value::List(users)) = a.get("users") {
         let mut out = Vec::new();
         for u in users {
             let user = u
-                .get("user")
+                .get_any(&["user", "username"])
                 .and_then(Value::text)
                 .ok_or("a user in authorization.users has no name")?;
             let password = u
-                .get("password")
+                .get_any(&["password", "pass"])
                 .and_then(Value::text)
                 .ok_or_else(|| format!("user {user} has no password"))?;
             out.push(User {
                 user: user.to_owned(),
                 password: password.to_owned(),
-                permissions: u.get("permissions").map(permissions),
+                permissions: u
+                    .get("permissions")
+                    .map(permissions)
+                    .or_else(|| defaults.clone()),
             });
         }
         if out.is_empty() {
@@ -303,9 +424,14 @@ pub fn authorization(root: &Value) -> Result<Option<Auth>, String> {
         }
         return Ok(Some(Auth::Users(out)));
     }
+    if defaults.is_some() {
+        return Err(
+            "authorization.default_permissions needs authorization.users to apply to".into(),
+        );
+    }
     match (
-        a.get("user").and_then(Value::text),
-        a.get("password").and_then(Value::text),
+        a.get_any(&["user", "username"]).and_then(Value::text),
+        a.get_any(&["password", "pass"]).and_then(Value::text),
     ) {
         (Some(user), Some(password)) => Ok(Some(Auth::User {
             user: user.to_owned(),
