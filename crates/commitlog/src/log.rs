@@ -146,6 +146,12 @@ struct SyncState {
     unsynced: u64,
     /// Sync rounds completed.
     rounds: u64,
+    /// `close` has begun its own syncs. A round that ends after this may not count its
+    /// records durable: its `fdatasync` may have run alongside one of the close's on the same
+    /// file, and an error is reported to only one of them. The close's outcome decides instead.
+    closing: bool,
+    /// `close` has finished its syncs: it raised `durable` or set `failed`.
+    close_done: bool,
 }
 
 pub(crate) struct Inner {
@@ -326,6 +332,8 @@ impl Log {
                 dirty: Vec::new(),
                 unsynced: 0,
                 rounds: 0,
+                closing: false,
+                close_done: false,
             }),
             sync_cv: Condvar::new(),
             closed: AtomicBool::new(false),
@@ -549,7 +557,10 @@ impl Log {
             return Ok(None);
         }
         let (mut seg, mut pos) = self.inner.locate(offset)?;
-        for _ in 0..self.inner.segments.read().len() + 2 {
+        // The bound is read first: a guard in the loop's head would live through the loop, and
+        // `successor` takes the same lock again (see the lock rules in the module docs).
+        let rounds = self.inner.segments.read().len() + 2;
+        for _ in 0..rounds {
             let end = seg.size();
             if pos >= end {
                 match self.inner.successor(&seg) {
@@ -630,7 +641,8 @@ impl Log {
             return Ok(None);
         }
         let (mut seg, _) = self.inner.locate(offset)?;
-        for _ in 0..self.inner.segments.read().len() + 1 {
+        let rounds = self.inner.segments.read().len() + 1;
+        for _ in 0..rounds {
             let pos = seg.position_of(offset)?;
             if pos < seg.size() {
                 let (bytes, meta) = seg.read_record(pos)?;
@@ -1259,6 +1271,14 @@ impl Inner {
             if let Some(why) = self.failed.lock().clone() {
                 return Err(Error::Failed(why));
             }
+            if st.closing {
+                // The close syncs everything; its outcome is this caller's.
+                if st.close_done {
+                    return Err(Error::Closed);
+                }
+                self.sync_cv.wait(&mut st);
+                continue;
+            }
             if st.syncing {
                 self.sync_cv.wait(&mut st);
                 continue;
@@ -1279,6 +1299,9 @@ impl Inner {
             st.syncing = false;
             self.sync_cv.notify_all();
             match res {
+                Ok(()) if st.closing => {
+                    // The close's syncs may have overlapped this one: wait for their outcome.
+                }
                 Ok(()) if self.truncations.load(Ordering::Acquire) != generation => {
                     // Cut meanwhile: what the goal counted may be gone or rewritten. Go round
                     // again (the cut itself was synced).
@@ -1314,18 +1337,31 @@ impl Inner {
         }
         let result = (|| {
             let segs = self.segments.read().clone();
-            {
-                let mut st = self.sync.lock();
-                st.dirty.clear();
-            }
+            // Appends still waiting for a sync round get the outcome of the close's syncs (see
+            // `SyncState::closing`): durable if they all succeed, failed otherwise. The list of
+            // segments waiting for a round is left alone, so no round can run without them.
+            self.sync.lock().closing = true;
             if self.failed.lock().is_some() {
                 return Err(Error::Failed(
                     "an earlier sync failed; not marking the shutdown clean".into(),
                 ));
             }
-            for s in &segs {
-                s.sync_data()?;
+            let synced = segs.iter().try_for_each(|s| s.sync_data());
+            {
+                let mut st = self.sync.lock();
+                match &synced {
+                    Ok(()) => {
+                        // The writer lock is held: `end` is every record written.
+                        let end = self.end.load(Ordering::Acquire);
+                        st.durable = st.durable.max(end);
+                        self.next_offset.fetch_max(end, Ordering::AcqRel);
+                    }
+                    Err(e) => {
+                        self.failed.lock().get_or_insert_with(|| e.to_string());
+                    }
+                }
             }
+            synced?;
             if let Some(active) = segs.last() {
                 active.write_index(true)?;
             }
@@ -1334,6 +1370,12 @@ impl Inner {
             segment::write_file(&self.dir.join(CLEAN_FILE), b"", true)?;
             sync_dir(&self.dir)
         })();
+        {
+            let mut st = self.sync.lock();
+            st.closing = true;
+            st.close_done = true;
+            self.sync_cv.notify_all();
+        }
         self.notify.notify();
         self.lock.lock().take();
         result
