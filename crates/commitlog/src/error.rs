@@ -20,8 +20,8 @@ pub enum Error {
         source: io::Error,
     },
     /// Stored bytes failed a checksum or a structural check. No data from the damaged region is
-    /// ever returned.
-    #[error("corrupt data in {path} at byte {position}: {reason}")]
+    /// ever returned; every intact record before it is (readers stop just before the damage).
+    #[error("corrupt data in {path} at byte {position}{}: {reason}", offset_note(*.offset))]
     Corrupt {
         /// The damaged file.
         path: PathBuf,
@@ -29,6 +29,10 @@ pub enum Error {
         position: u64,
         /// What check failed.
         reason: String,
+        /// For a read: the first offset the damage kept from being read. Every record below
+        /// it that was asked for was delivered; the damaged record holds this offset or a later
+        /// one (offsets may have gaps). `None` where no read asked for an offset.
+        offset: Option<i64>,
     },
     /// A [`LogOptions`](crate::LogOptions) value is out of its valid range.
     #[error("invalid option: {0}")]
@@ -61,6 +65,30 @@ pub enum Error {
     /// recover from what is on disk.
     #[error("the log failed ({0}); close and reopen it")]
     Failed(String),
+}
+
+fn offset_note(offset: Option<i64>) -> String {
+    offset.map_or_else(String::new, |o| format!(" (reading offset {o})"))
+}
+
+impl Error {
+    /// Names, on [`Error::Corrupt`], the first offset a read could not deliver.
+    pub(crate) fn at_offset(self, at: i64) -> Error {
+        match self {
+            Error::Corrupt {
+                path,
+                position,
+                reason,
+                offset: None,
+            } => Error::Corrupt {
+                path,
+                position,
+                reason,
+                offset: Some(at),
+            },
+            other => other,
+        }
+    }
 }
 
 /// Shorthand for results of this crate.

@@ -73,7 +73,8 @@ pub struct RawBatch {
 pub struct RecoveryReport {
     /// The log was closed cleanly last time.
     pub clean_shutdown: bool,
-    /// Segments whose index was rebuilt or whose tail was cut.
+    /// Segments whose index was rebuilt or whose tail was cut, or in which damage was found and
+    /// left in place (see [`SegmentRecovery::reason`]).
     pub repaired: Vec<SegmentRecovery>,
     /// Leftover files of interrupted operations, and empty sealed segments, that were deleted.
     pub removed_files: Vec<PathBuf>,
@@ -302,7 +303,7 @@ impl Log {
             Some(c) => c,
             None => {
                 report.epoch_cache_rebuilt = true;
-                rebuild_epochs(&dir, &segments)?
+                rebuild_epochs(&dir, &segments, &mut report)?
             }
         };
         let mut changed = epochs.clear_latest(next_offset);
@@ -369,7 +370,8 @@ impl Log {
     /// returns once they are on stable storage.
     ///
     /// # Errors
-    /// [`Error::InvalidBatch`] for an empty batch or a message whose fields overflow the format,
+    /// [`Error::InvalidBatch`] for an empty batch, a message whose fields overflow the format, or
+    /// a batch whose last offset would be `i64::MAX` (the largest offset is `i64::MAX - 1`),
     /// [`Error::RecordTooLarge`], [`Error::Readonly`], [`Error::Closed`], [`Error::Failed`] after a
     /// failed sync, [`Error::Io`]. On error nothing of the batch is visible to readers.
     pub fn append(&self, messages: &[Message]) -> Result<AppendInfo> {
@@ -392,6 +394,14 @@ impl Log {
             encoded.clear();
             metas.clear();
             let first = self.inner.end.load(Ordering::Relaxed);
+            if messages.len() as i64 > i64::MAX - first {
+                return Err(Error::InvalidBatch(format!(
+                    "no room for {} more offsets after {first}: the largest offset a record \
+                     can have is {}",
+                    messages.len(),
+                    format::MAX_OFFSET
+                )));
+            }
             // Large values are written from the messages' own buffers: (position in
             // `encoded`, value).
             let mut in_place: Vec<(usize, &[u8])> = Vec::new();
@@ -433,7 +443,8 @@ impl Log {
     ///
     /// # Errors
     /// [`Error::InvalidBatch`] when the bytes are not whole valid records, when offsets do not
-    /// increase, or when the first offset is below [`next_offset`](Log::next_offset); plus the
+    /// increase, when the first offset is below [`next_offset`](Log::next_offset), or when an
+    /// offset is `i64::MAX` (no record could follow it); plus the
     /// errors of [`append`](Log::append) except [`Error::Readonly`]: the read-only flag does not
     /// stop a follower from copying what its leader accepted before the partition became
     /// read-only. On error nothing is written.
@@ -469,6 +480,13 @@ impl Log {
             ));
         };
         let last = metas.last().expect("non-empty").offset;
+        if last > format::MAX_OFFSET {
+            return Err(Error::InvalidBatch(format!(
+                "offset {last} is above the largest offset a record can have ({}): no record \
+                 could follow it",
+                format::MAX_OFFSET
+            )));
+        }
         let info = {
             let _w = self.inner.writer.lock();
             self.inner.check_healthy()?;
@@ -557,12 +575,19 @@ impl Log {
             return Ok(None);
         }
         let (mut seg, mut pos) = self.inner.locate(offset)?;
-        // The bound is read first: a guard in the loop's head would live through the loop, and
-        // `successor` takes the same lock again (see the lock rules in the module docs).
-        let rounds = self.inner.segments.read().len() + 2;
-        for _ in 0..rounds {
+        // Each step reads records further on in the segment (skipping those below `offset`:
+        // with a small `max_bytes` a whole index interval may take many) or moves to a later
+        // segment; only the moves are bounded. The bound is read first: a guard in a loop's
+        // head would live through the loop, and `successor` takes the same lock again.
+        let most_moves = self.inner.segments.read().len() + 2;
+        let mut moves = 0;
+        loop {
             let end = seg.size();
             if pos >= end {
+                moves += 1;
+                if moves > most_moves {
+                    return Ok(None);
+                }
                 match self.inner.successor(&seg) {
                     Some(next) => {
                         seg = next;
@@ -572,7 +597,8 @@ impl Log {
                     None => return Ok(None),
                 }
             }
-            let chunk = crate::reader::read_chunk(&seg, pos, end, offset, limit, max_bytes)?;
+            let chunk = crate::reader::read_chunk(&seg, pos, end, offset, limit, max_bytes)?
+                .forward(offset)?;
             if let (Some(first), Some(last)) = (chunk.metas.first(), chunk.metas.last()) {
                 let start = first.0;
                 let stop = last.0 + last.1.len;
@@ -588,7 +614,6 @@ impl Log {
             }
             pos = chunk.next_pos;
         }
-        Ok(None)
     }
 
     /// The first offset whose record has a timestamp ≥ `timestamp`, or `None` if every record is
@@ -643,9 +668,9 @@ impl Log {
         let (mut seg, _) = self.inner.locate(offset)?;
         let rounds = self.inner.segments.read().len() + 1;
         for _ in 0..rounds {
-            let pos = seg.position_of(offset)?;
+            let pos = seg.position_of(offset).map_err(|e| e.at_offset(offset))?;
             if pos < seg.size() {
-                let (bytes, meta) = seg.read_record(pos)?;
+                let (bytes, meta) = seg.read_record(pos).map_err(|e| e.at_offset(offset))?;
                 return Ok(Some(format::decode(&bytes, &meta)));
             }
             match self.inner.successor(&seg) {
@@ -702,24 +727,47 @@ impl Log {
             return Ok(());
         }
         let _r = inner.reading.write();
-        {
+        // Whether a step changed the files: a later failure then leaves them part way, and
+        // the log refuses writes until reopened (which recovers from what is on disk).
+        let mut changed = false;
+        let cut = (|| {
             let mut segs = inner.segments.write();
             while segs.len() > 1 && segs.last().expect("non-empty").base >= offset {
-                segs.pop().expect("non-empty").delete_files()?;
+                // Off the list only once its files are gone, so the list stays what the
+                // folder holds.
+                let doomed = segs.last().expect("non-empty").clone();
+                changed = true;
+                doomed.delete_files()?;
+                segs.pop();
             }
             let last = segs.last().expect("one segment").clone();
             if last.base > offset {
-                // Everything goes, and the log restarts at `offset`.
+                // Everything goes, and the log restarts at `offset`. The new segment first, so
+                // the log is never without one.
+                let fresh = Arc::new(Segment::create(&inner.dir, offset)?);
+                changed = true;
                 last.delete_files()?;
-                segs.pop();
-                segs.push(Arc::new(Segment::create(&inner.dir, offset)?));
+                *segs.last_mut().expect("one segment") = fresh;
             } else {
-                last.truncate_from(offset)?;
+                last.truncate_from(offset).inspect_err(|e| {
+                    changed |= matches!(e, Error::Failed(_));
+                })?;
+                changed = true;
                 last.remove_index_file()?;
                 last.set_sealed(false);
             }
+            Ok(())
+        })()
+        .and_then(|()| sync_dir(&inner.dir));
+        if let Err(e) = &cut {
+            if !changed {
+                return cut;
+            }
+            inner
+                .failed
+                .lock()
+                .get_or_insert_with(|| format!("a truncation failed part way: {e}"));
         }
-        sync_dir(&inner.dir)?;
         let next = inner.active().next_offset();
         let generation = {
             // Under the sync lock, so that a sync round that began before the cut does not
@@ -746,7 +794,7 @@ impl Log {
         }
         drop(_r);
         inner.notify.notify();
-        Ok(())
+        cut
     }
 
     /// Deletes the oldest sealed segments that fall outside the retention limits in
@@ -1147,11 +1195,17 @@ impl Inner {
     }
 
     fn roll_locked(&self) -> Result<()> {
+        self.roll_locked_at(self.end.load(Ordering::Relaxed))
+    }
+
+    /// Rolls to a new segment based at `next` (≥ the end): a follower's batch that starts far
+    /// past the end gets a segment at its own first offset, so offsets relative to the base
+    /// never wrap.
+    fn roll_locked_at(&self, next: i64) -> Result<()> {
         let active = self.active();
         if active.size() == 0 {
             return Ok(());
         }
-        let next = self.end.load(Ordering::Relaxed);
         // The index first: a failed roll must not leave an empty segment file behind the
         // active one, which a reopening would take for the end of the log.
         active.write_index(self.opts.sync != SyncPolicy::Os)?;
@@ -1184,13 +1238,21 @@ impl Inner {
         let full = size + total > self.opts.segment_max_bytes;
         let span = last - active.base > u32::MAX as i64;
         if size > 0 && (full || span || self.aged(&active)) {
-            self.roll_locked()?;
+            self.roll_locked_at(first)?;
         } else if size == 0 && span {
             // An empty active segment whose base is far behind a leader's offsets: restart it.
+            // The new segment first, so the log is never without one.
             let mut segs = self.segments.write();
-            active.delete_files()?;
-            segs.pop();
-            segs.push(Arc::new(Segment::create(&self.dir, first)?));
+            let fresh = Arc::new(Segment::create(&self.dir, first)?);
+            if let Err(e) = active.delete_files() {
+                // The old file may be gone while it is still the list's active segment.
+                let _ = fresh.delete_files();
+                self.failed
+                    .lock()
+                    .get_or_insert_with(|| format!("restarting the active segment failed: {e}"));
+                return Err(e);
+            }
+            *segs.last_mut().expect("a log always has a segment") = fresh;
         }
         {
             let mut epochs = self.epochs.lock();
@@ -1425,16 +1487,44 @@ fn list_dir(dir: &Path) -> Result<(Vec<i64>, Vec<PathBuf>)> {
     Ok((logs, leftovers))
 }
 
-/// Rebuilds the leader-epoch cache from the records' epochs.
-fn rebuild_epochs(dir: &Path, segments: &[Arc<Segment>]) -> Result<EpochCache> {
+/// Rebuilds the leader-epoch cache from the records' epochs. A damaged record in a sealed
+/// segment (one the open did not scan) ends that segment's part: the epochs of the intact records
+/// before it and of the later segments are kept, and the damage is reported in `repaired`.
+fn rebuild_epochs(
+    dir: &Path,
+    segments: &[Arc<Segment>],
+    report: &mut RecoveryReport,
+) -> Result<EpochCache> {
     let mut cache = EpochCache::new(dir);
     for seg in segments {
-        seg.for_each(0, seg.size(), |_, m, _| {
+        let scanned = seg.for_each(0, seg.size(), |_, m, _| {
             if cache.last().is_none_or(|e| m.leader_epoch > e.epoch) {
                 cache.push_if_newer(m.leader_epoch, m.offset);
             }
             ControlFlow::Continue(())
-        })?;
+        });
+        match scanned {
+            Ok(_) => {}
+            Err(e @ Error::Corrupt { .. }) => {
+                let reason = format!(
+                    "damaged record, left in place and reported to readers; the leader-epoch \
+                     cache was rebuilt without the records from it to the segment's end: {e}"
+                );
+                match report
+                    .repaired
+                    .iter_mut()
+                    .find(|r| r.base_offset == seg.base)
+                {
+                    Some(r) => r.reason = Some(reason),
+                    None => report.repaired.push(SegmentRecovery {
+                        base_offset: seg.base,
+                        reason: Some(reason),
+                        ..SegmentRecovery::default()
+                    }),
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(cache)
 }

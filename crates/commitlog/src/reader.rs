@@ -40,10 +40,25 @@ pub(crate) struct Chunk {
     pub next_pos: u64,
     /// A record beyond `limit` was reached.
     pub hit_limit: bool,
+    /// Damage found at `next_pos`: the records before it are in `metas`, nothing after it.
+    pub damage: Option<Error>,
+}
+
+impl Chunk {
+    /// The records for a forward read: those in range if there are any (the damage, if any, is
+    /// found again by the next read, which starts at it), otherwise the damage as an error
+    /// naming `offset`, the first offset the read could not deliver.
+    pub(crate) fn forward(self, offset: i64) -> Result<Chunk> {
+        match self.damage {
+            Some(e) if self.metas.is_empty() => Err(e.at_offset(offset)),
+            _ => Ok(self),
+        }
+    }
 }
 
 /// Reads records at `pos..end` of `seg` with offsets in `from..=limit`: about `max_bytes`, at least
-/// one whole record when there is one.
+/// one whole record when there is one. A damaged record ends the chunk: the intact records before
+/// it are returned, with the damage in [`Chunk::damage`].
 pub(crate) fn read_chunk(
     seg: &Segment,
     pos: u64,
@@ -59,6 +74,7 @@ pub(crate) fn read_chunk(
         metas: Vec::new(),
         next_pos: pos,
         hit_limit: false,
+        damage: None,
     };
     let mut at = 0usize;
     loop {
@@ -78,14 +94,19 @@ pub(crate) fn read_chunk(
             }
             Check::Incomplete { needed } => {
                 if pos + (at + needed) as u64 > end {
-                    return Err(seg.corrupt(pos + at as u64, "record runs past the segment's end"));
+                    let why = "record runs past the segment's end";
+                    chunk.damage = Some(seg.corrupt(pos + at as u64, why));
+                    break;
                 }
                 if at > 0 {
                     break; // the rest comes with the next call
                 }
                 data = seg.read(pos, needed)?;
             }
-            Check::Invalid(why) => return Err(seg.corrupt(pos + at as u64, why)),
+            Check::Invalid(why) => {
+                chunk.damage = Some(seg.corrupt(pos + at as u64, why));
+                break;
+            }
         }
     }
     chunk.next_pos = pos + at as u64;
@@ -243,8 +264,10 @@ impl Reader {
         let _r = log.reading.read();
         self.resync();
         // Each step either buffers records, moves to a later segment, or skips records below
-        // `next`; the bound only guards against a log changing under a very slow reader.
-        for _ in 0..1024 {
+        // `next` (a large index interval may take many such steps, each further on in the
+        // segment). Only the moves are bounded, against a log changing under a very slow reader.
+        let mut moves = 0;
+        loop {
             let limit = self.limit();
             if self.next > limit {
                 return Ok(false);
@@ -264,6 +287,10 @@ impl Reader {
             };
             let end = seg.size();
             if self.pos >= end {
+                moves += 1;
+                if moves > 1024 {
+                    return Ok(false);
+                }
                 match self.log.successor(&seg) {
                     // The size may have grown just before the roll that created the successor.
                     Some(_) if seg.size() > self.pos => continue,
@@ -275,7 +302,8 @@ impl Reader {
                     None => return Ok(false),
                 }
             }
-            let chunk = read_chunk(&seg, self.pos, end, self.next, limit, READ_CHUNK)?;
+            let chunk = read_chunk(&seg, self.pos, end, self.next, limit, READ_CHUNK)?
+                .forward(self.next)?;
             self.pos = chunk.next_pos;
             for (at, meta) in &chunk.metas {
                 let bytes = chunk.data.slice(*at..*at + meta.len);
@@ -289,14 +317,14 @@ impl Reader {
                 return Ok(false);
             }
         }
-        Ok(false)
     }
 }
 
 /// Reads the log backward, newest first, from a starting offset down to the oldest record.
 ///
 /// It never waits: [`next`](ReverseReader::next) returns `Ok(None)` once it has passed the
-/// oldest record.
+/// oldest record. After a truncation it drops the records it had read ahead and reads them again
+/// from the log as it is now, so it never returns a record the truncation removed.
 pub struct ReverseReader {
     log: Arc<Inner>,
     isolation: Isolation,
@@ -337,6 +365,7 @@ impl ReverseReader {
     /// [`Error::Closed`], [`Error::Corrupt`], [`Error::Io`].
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Record>> {
+        self.resync();
         for _ in 0..1024 {
             if let Some(r) = self.buffered.pop() {
                 return Ok(Some(r));
@@ -350,18 +379,29 @@ impl ReverseReader {
 
     /// Buffers the records of the index interval holding `next`, or moves to the previous
     /// segment. Returns `false` once there is nothing left.
-    fn fill(&mut self) -> Result<bool> {
-        self.log.check_open()?;
-        let _r = self.log.reading.read();
+    /// After a truncation: buffered records may be gone, so they are read again from the log as
+    /// it is now, from the newest of them or the new end, whichever is lower.
+    fn resync(&mut self) {
         let truncations = self.log.truncations.load(Ordering::Acquire);
         if truncations != self.truncations {
             self.truncations = truncations;
+            if let Some(newest) = self.buffered.last() {
+                self.next = newest.offset;
+            }
+            self.buffered.clear();
             let limit = match self.isolation {
                 Isolation::Committed => self.log.hw.load(Ordering::Acquire),
                 Isolation::Uncommitted => self.log.next_offset.load(Ordering::Acquire) - 1,
             };
             self.next = self.next.min(limit);
         }
+    }
+
+    fn fill(&mut self) -> Result<bool> {
+        self.log.check_open()?;
+        let log = self.log.clone();
+        let _r = log.reading.read();
+        self.resync();
         let oldest = self.log.oldest_offset();
         if self.next < 0 || oldest < 0 || self.next < oldest {
             return Ok(false);
@@ -372,6 +412,13 @@ impl ReverseReader {
         let mut first_in_interval = None;
         if end > start {
             let chunk = read_chunk(&seg, start, end, 0, self.next, (end - start) as usize)?;
+            if let Some(e) = chunk.damage {
+                // Unless the record at `next` itself came before it, records the reader still
+                // owes may lie behind the damage, where none can be found.
+                if chunk.metas.last().map(|(_, m)| m.offset) != Some(self.next) {
+                    return Err(e.at_offset(self.next));
+                }
+            }
             for (at, meta) in &chunk.metas {
                 first_in_interval.get_or_insert(meta.offset);
                 let bytes = chunk.data.slice(*at..*at + meta.len);

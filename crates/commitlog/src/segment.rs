@@ -60,6 +60,9 @@ impl Bounds {
         if offset < self.base || offset - self.base > u32::MAX as i64 {
             return Err("record offset outside the segment's range");
         }
+        if offset > format::MAX_OFFSET {
+            return Err("record offset is the largest possible: no record could follow it");
+        }
         if self.after.is_some_and(|a| offset <= a) {
             return Err("record offsets not increasing");
         }
@@ -150,7 +153,7 @@ pub struct SegmentRecovery {
     pub index_rebuilt: bool,
     /// Bytes cut from the end of the log because they were torn or invalid.
     pub truncated_bytes: u64,
-    /// Why those bytes were cut.
+    /// Why those bytes were cut, or what damage was found and left in place.
     pub reason: Option<String>,
 }
 
@@ -464,6 +467,7 @@ impl Segment {
             path: self.log_path.clone(),
             position,
             reason: reason.to_owned(),
+            offset: None,
         }
     }
 
@@ -489,6 +493,9 @@ impl Segment {
     }
 
     /// Removes every record with offset ≥ `offset`. Writer only, with readers excluded.
+    ///
+    /// [`Error::Failed`] means the file was cut but the cut may not be durable; any other error
+    /// means nothing changed.
     pub fn truncate_from(&self, offset: i64) -> Result<()> {
         let cut = self.position_of(offset)?;
         let old_size = self.size();
@@ -516,21 +523,30 @@ impl Segment {
         })?;
         faults::check(FileOp::SetLen, &self.log_path)
             .and_then(|()| self.file.set_len(cut))
-            .and_then(|()| faults::check(FileOp::Sync, &self.log_path))
-            .and_then(|()| self.file.sync_all())
             .map_err(io_at(&self.log_path))?;
-        let mut ix = self.index.write();
-        ix.record_count -= removed;
-        ix.last_offset = last;
-        ix.max_timestamp = max_ts;
-        ix.log_size = cut;
-        ix.since_entry = cut - restart;
-        if ix.record_count == 0 {
-            *ix = SegmentIndex::empty();
-            self.first_write.store(i64::MIN, Ordering::Relaxed);
+        // The file is cut: the facts follow at once, whether or not the sync below succeeds,
+        // so they never describe bytes that are gone.
+        {
+            let mut ix = self.index.write();
+            ix.record_count -= removed;
+            ix.last_offset = last;
+            ix.max_timestamp = max_ts;
+            ix.log_size = cut;
+            ix.since_entry = cut - restart;
+            if ix.record_count == 0 {
+                *ix = SegmentIndex::empty();
+                self.first_write.store(i64::MIN, Ordering::Relaxed);
+            }
         }
         self.size.store(cut, Ordering::Release);
-        Ok(())
+        faults::check(FileOp::Sync, &self.log_path)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| {
+                Error::Failed(format!(
+                    "{} was cut, but the cut could not be synced: {e}",
+                    self.log_path.display()
+                ))
+            })
     }
 
     /// Writes the index file for the current contents, syncing it when asked.

@@ -1,5 +1,6 @@
 //! The fuzz target's function, run by proptest on stable: arbitrary bytes opened as a segment and
-//! its index must never panic, and forward and reverse reads must agree.
+//! its index must never panic, and forward and reverse reads must agree
+//! where both read.
 
 use commitlog::fuzzing::open_bytes;
 use commitlog::{Log, LogOptions, Message};
