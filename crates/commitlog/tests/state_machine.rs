@@ -834,3 +834,79 @@ proptest! {
         run(&ops, sync, if wide_index { 4096 } else { 64 });
     }
 }
+
+// Cases the schedule above found, kept as plain tests.
+
+/// A follower's batch far past the end of an empty log restarts the active segment at the
+/// batch's first offset. When a later step of that append fails (here the leader-epoch
+/// checkpoint, the first file creation after the restart), the append reports an error but the
+/// active segment stays based far above the log end: the next append then wrote its record
+/// below the segment's base, acknowledged it, and no reader could find it.
+#[test]
+fn a_failed_far_append_leaves_no_segment_based_above_the_end() {
+    let root = tempfile::tempdir().unwrap();
+    let log = Log::open(root.path(), LogOptions::default()).unwrap();
+    let far = (1i64 << 32) + 7;
+    let v = |s: &str| Val {
+        value: s.into(),
+        key: None,
+    };
+    {
+        let plan = faults::Plan::new().with(faults::Rule::new(FileOp::Create).on(".tmp"));
+        let _f = faults::inject(root.path(), plan.clone());
+        assert!(log.append_raw(&encode(far, &v("far"))).is_err());
+        assert_eq!(plan.injected(), 1);
+    }
+    let at = log.append(&[commitlog::Message::new("next")]);
+    if let Ok(at) = at {
+        let got = log.read_at(at.first_offset).unwrap().map(|r| val_of(&r).value);
+        assert_eq!(got.as_deref(), Some("next"), "acknowledged at {}", at.first_offset);
+        let all = contents(&log);
+        assert!(all.iter().any(|(o, _)| *o == at.first_offset), "{all:?}");
+        log.close().unwrap();
+        let log = Log::open(root.path(), LogOptions::default()).unwrap();
+        let all = contents(&log);
+        assert!(
+            all.iter().any(|(o, _)| *o == at.first_offset),
+            "after reopening: {all:?}, {:?}",
+            log.recovery()
+        );
+    }
+}
+
+/// The same past a non-empty segment: the roll bases the new segment at the batch, and a write
+/// that then fails leaves that segment active above the log end.
+#[test]
+fn a_far_append_whose_write_fails_leaves_no_segment_based_above_the_end() {
+    let root = tempfile::tempdir().unwrap();
+    let log = Log::open(root.path(), LogOptions::default()).unwrap();
+    log.append(&[commitlog::Message::new("first")]).unwrap();
+    let far = (1i64 << 32) + 7;
+    let rec = encode(
+        far,
+        &Val {
+            value: "far".into(),
+            key: None,
+        },
+    );
+    {
+        let plan = faults::Plan::new().with(faults::Rule::new(FileOp::Write).on(".log"));
+        let _f = faults::inject(root.path(), plan.clone());
+        assert!(log.append_raw(&rec).is_err());
+        assert_eq!(plan.injected(), 1);
+    }
+    if let Ok(at) = log.append(&[commitlog::Message::new("next")]) {
+        let got = log.read_at(at.first_offset).unwrap().map(|r| val_of(&r).value);
+        assert_eq!(got.as_deref(), Some("next"), "acknowledged at {}", at.first_offset);
+        let all = contents(&log);
+        assert!(all.iter().any(|(o, _)| *o == at.first_offset), "{all:?}");
+        log.close().unwrap();
+        let log = Log::open(root.path(), LogOptions::default()).unwrap();
+        let all = contents(&log);
+        assert!(
+            all.iter().any(|(o, _)| *o == at.first_offset),
+            "after reopening: {all:?}, {:?}",
+            log.recovery()
+        );
+    }
+}
