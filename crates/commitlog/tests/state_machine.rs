@@ -859,8 +859,16 @@ fn a_failed_far_append_leaves_no_segment_based_above_the_end() {
     }
     let at = log.append(&[commitlog::Message::new("next")]);
     if let Ok(at) = at {
-        let got = log.read_at(at.first_offset).unwrap().map(|r| val_of(&r).value);
-        assert_eq!(got.as_deref(), Some("next"), "acknowledged at {}", at.first_offset);
+        let got = log
+            .read_at(at.first_offset)
+            .unwrap()
+            .map(|r| val_of(&r).value);
+        assert_eq!(
+            got.as_deref(),
+            Some("next"),
+            "acknowledged at {}",
+            at.first_offset
+        );
         let all = contents(&log);
         assert!(all.iter().any(|(o, _)| *o == at.first_offset), "{all:?}");
         log.close().unwrap();
@@ -896,8 +904,16 @@ fn a_far_append_whose_write_fails_leaves_no_segment_based_above_the_end() {
         assert_eq!(plan.injected(), 1);
     }
     if let Ok(at) = log.append(&[commitlog::Message::new("next")]) {
-        let got = log.read_at(at.first_offset).unwrap().map(|r| val_of(&r).value);
-        assert_eq!(got.as_deref(), Some("next"), "acknowledged at {}", at.first_offset);
+        let got = log
+            .read_at(at.first_offset)
+            .unwrap()
+            .map(|r| val_of(&r).value);
+        assert_eq!(
+            got.as_deref(),
+            Some("next"),
+            "acknowledged at {}",
+            at.first_offset
+        );
         let all = contents(&log);
         assert!(all.iter().any(|(o, _)| *o == at.first_offset), "{all:?}");
         log.close().unwrap();
@@ -909,4 +925,32 @@ fn a_far_append_whose_write_fails_leaves_no_segment_based_above_the_end() {
             log.recovery()
         );
     }
+}
+
+/// A compaction that fails after moving the compacted file over its segment (writing the new
+/// index fails) must leave the log working on that file: the old segment's handle points at the
+/// replaced file, so a truncation through it cut the replaced file and left the compacted one
+/// whole, and a reopening brought the truncated records back.
+#[test]
+fn a_compaction_failing_after_its_rename_leaves_no_stale_segment() {
+    let root = tempfile::tempdir().unwrap();
+    let log = Log::open(root.path(), LogOptions::default()).unwrap();
+    for v in ["a1", "a2"] {
+        log.append(&[commitlog::Message::new(v).with_key("a")])
+            .unwrap();
+    }
+    log.append(&[commitlog::Message::new("b")]).unwrap();
+    log.set_high_watermark(2).unwrap();
+    log.roll().unwrap();
+    {
+        let plan = faults::Plan::new().with(faults::Rule::new(FileOp::Create).on(".index"));
+        let _f = faults::inject(root.path(), plan.clone());
+        assert!(log.compact().is_err());
+        assert_eq!(plan.injected(), 1);
+    }
+    log.truncate(0).unwrap();
+    assert_eq!(contents(&log), vec![]);
+    log.close().unwrap();
+    let log = Log::open(root.path(), LogOptions::default()).unwrap();
+    assert_eq!(contents(&log), vec![], "truncated records came back");
 }
