@@ -987,16 +987,19 @@ impl Log {
                     let _ = segment::remove_if_exists(&cleaned);
                     return Err(io_at(&seg.log_path)(e));
                 }
-                let fresh = Segment::from_parts(
+                let fresh = Arc::new(Segment::from_parts(
                     seg.base,
                     seg.log_path.clone(),
                     seg.index_path.clone(),
                     file,
                     ix,
                     seg.first_write(),
-                );
+                ));
+                // The list takes the new file at once, before anything else can fail: from
+                // the rename on, the old handle is of a file no longer in the folder, and what
+                // is done through it (a truncation) would be lost at the next open.
+                list[i] = fresh.clone();
                 fresh.write_index(true)?;
-                list[i] = Arc::new(fresh);
             }
             sync_dir(&inner.dir)?;
         }
