@@ -954,3 +954,25 @@ fn a_compaction_failing_after_its_rename_leaves_no_stale_segment() {
     let log = Log::open(root.path(), LogOptions::default()).unwrap();
     assert_eq!(contents(&log), vec![], "truncated records came back");
 }
+
+/// A truncation whose cut itself fails (`ftruncate`) must leave the log as it was, or failed:
+/// the segment's index had already dropped the entries past the cut, so `oldest_offset` said -1
+/// while the records were still read, and later lookups went by a wrong index.
+#[test]
+fn a_truncation_whose_cut_fails_leaves_the_log_as_it_was() {
+    let root = tempfile::tempdir().unwrap();
+    let log = Log::open(root.path(), LogOptions::default()).unwrap();
+    log.append(&[commitlog::Message::new("kept")]).unwrap();
+    {
+        let plan = faults::Plan::new().with(faults::Rule::new(FileOp::SetLen));
+        let _f = faults::inject(root.path(), plan.clone());
+        assert!(log.truncate(0).is_err());
+        assert_eq!(plan.injected(), 1);
+    }
+    if log.failure().is_none() {
+        let all = contents(&log);
+        assert_eq!(all.len(), 1);
+        assert_eq!(log.oldest_offset(), 0, "oldest offset of {all:?}");
+        assert_eq!(log.segments()[0].first_offset, Some(0));
+    }
+}
