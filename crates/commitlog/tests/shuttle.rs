@@ -265,8 +265,8 @@ fn spawn(f: impl FnOnce() + Send + 'static) -> shuttle::thread::JoinHandle<()> {
     shuttle::thread::spawn(f)
 }
 
-/// Group commit: appenders under `Always` and an explicit sync share rounds; each acknowledged
-/// append was covered by a sync that began after its write.
+/// Group commit: appenders under `Always`, an explicit sync and a roll share rounds; each
+/// acknowledged append was covered by a sync that began after its write.
 #[test]
 fn always_appends_share_sync_rounds_and_each_ack_is_durable() {
     check(|| {
@@ -281,7 +281,10 @@ fn always_appends_share_sync_rounds_and_each_ack_is_durable() {
             }));
         }
         let log = s.log.clone();
-        hs.push(spawn(move || log.sync().unwrap()));
+        hs.push(spawn(move || {
+            log.sync().unwrap();
+            log.roll().unwrap();
+        }));
         for h in hs {
             h.join().unwrap();
         }
