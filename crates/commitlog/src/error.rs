@@ -57,6 +57,15 @@ pub enum Error {
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
+    /// A truncation removed records of this append, from `offset` on, before they were synced:
+    /// they are not acknowledged. The offsets may hold other appends' records by now.
+    #[error(
+        "a truncation at offset {offset} removed records of this append before they were synced"
+    )]
+    Truncated {
+        /// Where the log was cut.
+        offset: i64,
+    },
     /// Another process (or another handle in this process) has the folder open.
     #[error("the log folder {0} is in use by another open log")]
     Locked(PathBuf),

@@ -141,8 +141,11 @@ struct SyncState {
     /// Every offset below this one is on stable storage.
     durable: i64,
     syncing: bool,
-    /// Segments written since the last sync, oldest first.
-    dirty: Vec<Arc<Segment>>,
+    /// Segments written since the last sync, oldest first. Weak: a segment that retention,
+    /// truncation or compaction removed is closed once no reader holds it, even if no sync
+    /// ever comes (under [`SyncPolicy::Os`] none does unless asked); its data is gone, so
+    /// nothing needs syncing.
+    dirty: Vec<Weak<Segment>>,
     /// Messages appended since the last sync.
     unsynced: u64,
     /// Sync rounds completed.
@@ -172,11 +175,18 @@ pub(crate) struct Inner {
     /// One past the newest visible record.
     pub(crate) next_offset: AtomicI64,
     pub(crate) hw: AtomicI64,
+    /// Held while the high-watermark checkpoint is written: each write reads the mark after
+    /// taking it, so a write of an older, higher mark never lands after a truncation's lower
+    /// one, and no two writers share the temporary file.
+    hw_checkpoint: Mutex<()>,
     epochs: Mutex<EpochCache>,
     pub(crate) notify: Notify,
     sync: Mutex<SyncState>,
     sync_cv: Condvar,
     pub(crate) closed: AtomicBool,
+    /// A segment file was created and the folder not synced since: the next sync round syncs
+    /// it, or the file's data could be synced and the file itself lost.
+    dir_unsynced: AtomicBool,
     pub(crate) readonly: AtomicBool,
     failed: Mutex<Option<String>>,
     recovery: RecoveryReport,
@@ -229,7 +239,7 @@ impl Log {
     pub fn open(dir: impl AsRef<Path>, opts: LogOptions) -> Result<Log> {
         opts.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        create_dir_durably(&dir)?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
@@ -288,15 +298,27 @@ impl Log {
         }
         let active = segments.last().expect("one segment").clone();
         if !report.clean_shutdown {
-            active.sync_data()?;
+            // Everything found counts as durable from now on (the sync state starts at the end),
+            // so everything is synced first: a roll can seal a segment whose newest records were
+            // written, not yet synced, when the process died. (The last clean close synced
+            // everything; a crash since leaves no record of what was synced, so every segment
+            // is. A segment with nothing unsynced costs little.)
+            for s in &segments {
+                s.sync_data()?;
+            }
         }
         sync_dir(&dir)?;
         let next_offset = active
             .next_offset()
             .max(segments.iter().map(|s| s.next_offset()).max().unwrap_or(0));
-        let hw = checkpoint::read_hw(&dir)?
-            .unwrap_or(-1)
-            .min(next_offset - 1);
+        let checkpointed = checkpoint::read_hw(&dir)?.unwrap_or(-1);
+        let hw = checkpointed.min(next_offset - 1);
+        if hw < checkpointed {
+            // The records it covered are gone (a machine crash took an unsynced tail). Lower it
+            // on disk too, or a later crash would bring it back over records appended again at
+            // those offsets, which no replica committed.
+            checkpoint::write_hw(&dir, hw)?;
+        }
 
         let oldest = segments.iter().find_map(|s| s.first_offset());
         let mut epochs = match EpochCache::load(&dir)? {
@@ -325,6 +347,7 @@ impl Log {
             end: AtomicI64::new(next_offset),
             next_offset: AtomicI64::new(next_offset),
             hw: AtomicI64::new(hw),
+            hw_checkpoint: Mutex::new(()),
             epochs: Mutex::new(epochs),
             notify: Notify::default(),
             sync: Mutex::new(SyncState {
@@ -338,6 +361,7 @@ impl Log {
             }),
             sync_cv: Condvar::new(),
             closed: AtomicBool::new(false),
+            dir_unsynced: AtomicBool::new(false),
             readonly: AtomicBool::new(false),
             failed: Mutex::new(None),
             recovery: report,
@@ -373,7 +397,9 @@ impl Log {
     /// [`Error::InvalidBatch`] for an empty batch, a message whose fields overflow the format, or
     /// a batch whose last offset would be `i64::MAX` (the largest offset is `i64::MAX - 1`),
     /// [`Error::RecordTooLarge`], [`Error::Readonly`], [`Error::Closed`], [`Error::Failed`] after a
-    /// failed sync, [`Error::Io`]. On error nothing of the batch is visible to readers.
+    /// failed sync, [`Error::Truncated`] when a truncation removed the batch (or part of it)
+    /// before its sync, [`Error::Io`]. On error nothing of the batch is visible to readers
+    /// (except, after [`Error::Truncated`], what the truncation left of it).
     pub fn append(&self, messages: &[Message]) -> Result<AppendInfo> {
         if messages.is_empty() {
             return Err(Error::InvalidBatch(
@@ -435,7 +461,7 @@ impl Log {
             info?
         };
         self.inner.after_append(info, messages.len() as u64)?;
-        Ok(info)
+        Ok(info.0)
     }
 
     /// Appends records exactly as another log stored them (see [`read_raw`](Log::read_raw)), keeping
@@ -503,7 +529,7 @@ impl Log {
                 .write_locked(&mut [IoSlice::new(data)], data.len() as u64, &metas)?
         };
         self.inner.after_append(info, metas.len() as u64)?;
-        Ok(info)
+        Ok(info.0)
     }
 
     /// Offset of the oldest record, or -1 when the log holds none.
@@ -535,8 +561,16 @@ impl Log {
     /// [`Error::Closed`].
     pub fn set_high_watermark(&self, hw: i64) -> Result<i64> {
         self.inner.check_open()?;
-        let hw = hw.min(self.newest_offset());
-        let before = self.inner.hw.fetch_max(hw, Ordering::AcqRel);
+        let (hw, before) = {
+            // A truncation moves the end and lowers the mark under this lock: the clamp and the
+            // raise cannot straddle it (a raise from the old end, landing after the truncation
+            // lowered the mark, would leave it above the new end).
+            let _st = self.inner.sync.lock();
+            let hw = hw.min(self.newest_offset());
+            #[cfg(test)]
+            tests::between_clamp_and_raise();
+            (hw, self.inner.hw.fetch_max(hw, Ordering::AcqRel))
+        };
         if hw > before {
             self.inner.notify.notify();
         }
@@ -548,6 +582,7 @@ impl Log {
     /// # Errors
     /// [`Error::Io`].
     pub fn checkpoint_high_watermark(&self) -> Result<()> {
+        let _c = self.inner.hw_checkpoint.lock();
         checkpoint::write_hw(&self.inner.dir, self.high_watermark())
     }
 
@@ -709,7 +744,9 @@ impl Log {
     /// Removes every record with offset ≥ `offset` (a follower drops what diverged from its new
     /// leader). The high watermark is lowered to the new newest offset if it was above it, and
     /// the leader-epoch cache forgets epochs that started at or after the new end. Readers past
-    /// the new end continue from it. Durable when it returns.
+    /// the new end continue from it. Durable when it returns, the lowered high-watermark
+    /// checkpoint included; if that checkpoint cannot be written, the log fails (refuses writes
+    /// until reopened) so that nothing is appended above a checkpoint that is too high.
     ///
     /// # Errors
     /// [`Error::InvalidBatch`] for a negative offset, [`Error::Closed`], [`Error::Io`].
@@ -769,16 +806,20 @@ impl Log {
                 .get_or_insert_with(|| format!("a truncation failed part way: {e}"));
         }
         let next = inner.active().next_offset();
+        #[cfg(test)]
+        tests::truncate_takes_the_sync_lock(&inner.dir, inner.sync.is_locked());
+        let lowered;
         let generation = {
             // Under the sync lock, so that a sync round that began before the cut does not
-            // publish an end from before it.
+            // publish an end from before it, and a raise of the high watermark does not clamp
+            // to the old end and raise after the lowering.
             let mut st = inner.sync.lock();
             inner.end.store(next, Ordering::Release);
             inner.next_offset.store(next, Ordering::Release);
             st.durable = st.durable.min(next);
+            lowered = inner.hw.fetch_min(next - 1, Ordering::AcqRel) > next - 1;
             inner.truncations.fetch_add(1, Ordering::AcqRel) + 1
         };
-        inner.hw.fetch_min(next - 1, Ordering::AcqRel);
         {
             let mut epochs = inner.epochs.lock();
             if epochs.clear_latest(next) {
@@ -791,6 +832,19 @@ impl Log {
                 history.pop_front();
             }
             history.push_back((generation, next));
+        }
+        if lowered {
+            // Durably, as the cut: a crash must not bring back the old mark over records
+            // appended again at the cut offsets.
+            let _c = inner.hw_checkpoint.lock();
+            if let Err(e) = checkpoint::write_hw(&inner.dir, inner.hw.load(Ordering::Acquire)) {
+                inner.failed.lock().get_or_insert_with(|| {
+                    format!("a truncation could not lower the high-watermark checkpoint: {e}")
+                });
+                drop(_r);
+                inner.notify.notify();
+                return Err(e);
+            }
         }
         drop(_r);
         inner.notify.notify();
@@ -1075,7 +1129,7 @@ impl Log {
     /// # Errors
     /// [`Error::Failed`] or [`Error::Io`] when the sync fails.
     pub fn sync(&self) -> Result<()> {
-        self.inner.sync_to(self.inner.end.load(Ordering::Acquire))
+        self.inner.sync_written()
     }
 
     /// How many sync rounds (`fdatasync` of everything written so far) have run since open. Under
@@ -1217,18 +1271,21 @@ impl Inner {
         active.set_sealed(true);
         if self.opts.sync != SyncPolicy::Os {
             sync_dir(&self.dir)?;
+        } else {
+            self.dir_unsynced.store(true, Ordering::Release);
         }
         Ok(())
     }
 
     /// Writes checked records at the end of the log, rolling first if needed: the `total` bytes
-    /// of `parts`, whole records described by `metas`. Caller holds the writer lock.
+    /// of `parts`, whole records described by `metas`. Caller holds the writer lock. Returns
+    /// where they went, and the truncation generation they were written in.
     fn write_locked(
         &self,
         parts: &mut [IoSlice<'_>],
         total: u64,
         metas: &[RecordMeta],
-    ) -> Result<AppendInfo> {
+    ) -> Result<(AppendInfo, u64)> {
         if total > MAX_SEGMENT_BYTES {
             return Err(Error::InvalidBatch(format!(
                 "a batch of {total} bytes exceeds the largest segment ({MAX_SEGMENT_BYTES} bytes)"
@@ -1256,6 +1313,7 @@ impl Inner {
                 return Err(e);
             }
             *segs.last_mut().expect("a log always has a segment") = fresh;
+            self.dir_unsynced.store(true, Ordering::Release);
         }
         {
             let mut epochs = self.epochs.lock();
@@ -1289,25 +1347,37 @@ impl Inner {
             // concurrent round could take the segment, sync it before the write landed, and
             // the next round find nothing to sync yet count the record durable.)
             let mut st = self.sync.lock();
-            if !st.dirty.last().is_some_and(|s| Arc::ptr_eq(s, &active)) {
-                st.dirty.push(active.clone());
+            if !st
+                .dirty
+                .last()
+                .is_some_and(|s| std::ptr::eq(s.as_ptr(), Arc::as_ptr(&active)))
+            {
+                // Once per segment: drop the entries of segments closed meanwhile.
+                st.dirty.retain(|s| s.strong_count() > 0);
+                st.dirty.push(Arc::downgrade(&active));
             }
             self.end.store(last + 1, Ordering::Release);
         }
+        let generation = self.truncations.load(Ordering::Acquire);
         if self.opts.sync != SyncPolicy::Always {
             // Under `Always` the sync that covers the records publishes them.
             self.next_offset.store(last + 1, Ordering::Release);
             self.notify.notify();
         }
-        Ok(AppendInfo {
-            first_offset: first,
-            last_offset: last,
-        })
+        Ok((
+            AppendInfo {
+                first_offset: first,
+                last_offset: last,
+            },
+            generation,
+        ))
     }
 
-    fn after_append(&self, info: AppendInfo, count: u64) -> Result<()> {
+    /// Syncs as the policy asks after an append of `count` records, written in truncation
+    /// generation `generation`.
+    fn after_append(&self, (info, generation): (AppendInfo, u64), count: u64) -> Result<()> {
         match self.opts.sync {
-            SyncPolicy::Always => self.sync_to(info.last_offset + 1),
+            SyncPolicy::Always => self.sync_to(info.last_offset + 1, generation, true),
             SyncPolicy::EveryMessages(n) => {
                 let due = {
                     let mut st = self.sync.lock();
@@ -1315,7 +1385,7 @@ impl Inner {
                     st.unsynced >= n
                 };
                 if due {
-                    self.sync_to(info.last_offset + 1)
+                    self.sync_to(info.last_offset + 1, generation, true)
                 } else {
                     Ok(())
                 }
@@ -1324,12 +1394,44 @@ impl Inner {
         }
     }
 
+    /// Syncs everything written so far (what a truncation meanwhile removes excepted).
+    fn sync_written(&self) -> Result<()> {
+        let (target, generation) = {
+            // Read together: a truncation moves both under this lock.
+            let _st = self.sync.lock();
+            (
+                self.end.load(Ordering::Acquire),
+                self.truncations.load(Ordering::Acquire),
+            )
+        };
+        self.sync_to(target, generation, false)
+    }
+
     /// Group commit: returns once every offset below `target` is durable. One caller at a time
     /// syncs everything written so far; the others wait for it and usually find their data
     /// covered.
-    fn sync_to(&self, target: i64) -> Result<()> {
+    ///
+    /// `generation` is the truncation generation `target` was read in. When a truncation has
+    /// cut below `target` since, the caller's own records (`own`: an append's) are not
+    /// acknowledged: [`Error::Truncated`], whatever was appended at their offsets afterwards.
+    /// Otherwise the target comes down to the cut. (A truncation records its cut only after its
+    /// generation, but holds the writer lock until then: no append refills the offsets, and no
+    /// round can count them durable, before the cut is seen here.)
+    fn sync_to(&self, mut target: i64, mut generation: u64, own: bool) -> Result<()> {
         let mut st = self.sync.lock();
         loop {
+            let now = self.truncations.load(Ordering::Acquire);
+            if now != generation
+                && let Some(cut) = self.truncated_since(generation)
+            {
+                if cut < target {
+                    if own {
+                        return Err(Error::Truncated { offset: cut });
+                    }
+                    target = cut;
+                }
+                generation = now;
+            }
             if st.durable >= target {
                 return Ok(());
             }
@@ -1353,13 +1455,24 @@ impl Inner {
             // their new end, after writing: every record the goal counts was written, before
             // the list was taken, to a segment on it.
             let goal = self.end.load(Ordering::Acquire);
-            let generation = self.truncations.load(Ordering::Acquire);
-            let files = std::mem::take(&mut st.dirty);
+            let round_generation = self.truncations.load(Ordering::Acquire);
+            let files: Vec<Arc<Segment>> = std::mem::take(&mut st.dirty)
+                .iter()
+                .filter_map(Weak::upgrade)
+                .collect();
             st.unsynced = 0;
+            // Set before the write of any record the goal counts, so seen here.
+            let dir_too = self.dir_unsynced.swap(false, Ordering::AcqRel);
             let started = std::time::Instant::now();
             let res = parking_lot::MutexGuard::unlocked(&mut st, || {
+                if dir_too {
+                    sync_dir(&self.dir)?;
+                }
                 files.iter().try_for_each(|s| s.sync_data())
             });
+            if res.is_err() && dir_too {
+                self.dir_unsynced.store(true, Ordering::Release);
+            }
             let took = started.elapsed();
             st.syncing = false;
             self.sync_cv.notify_all();
@@ -1367,7 +1480,7 @@ impl Inner {
                 Ok(()) if st.closing => {
                     // The close's syncs may have overlapped this one: wait for their outcome.
                 }
-                Ok(()) if self.truncations.load(Ordering::Acquire) != generation => {
+                Ok(()) if self.truncations.load(Ordering::Acquire) != round_generation => {
                     // Cut meanwhile: what the goal counted may be gone or rewritten. Go round
                     // again (the cut itself was synced).
                 }
@@ -1430,7 +1543,10 @@ impl Inner {
             if let Some(active) = segs.last() {
                 active.write_index(true)?;
             }
-            checkpoint::write_hw(&self.dir, self.hw.load(Ordering::Acquire))?;
+            {
+                let _c = self.hw_checkpoint.lock();
+                checkpoint::write_hw(&self.dir, self.hw.load(Ordering::Acquire))?;
+            }
             self.epochs.lock().save()?;
             segment::write_file(&self.dir.join(CLEAN_FILE), b"", true)?;
             sync_dir(&self.dir)
@@ -1453,6 +1569,29 @@ impl Drop for Inner {
             let _ = self.close();
         }
     }
+}
+
+/// Creates `dir` and any missing parents, each made durable in its parent (the log's own folder
+/// is synced at the end of the open).
+fn create_dir_durably(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.exists() {
+        missing.push(d);
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+    for created in missing.iter().rev() {
+        match created.parent() {
+            Some(p) if p.as_os_str().is_empty() => sync_dir(Path::new("."))?,
+            Some(p) => sync_dir(p)?,
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 /// Lists segment base offsets (sorted) and leftover files to delete.
@@ -1552,9 +1691,85 @@ fn spawn_flusher(log: Weak<Inner>, stop: Arc<(Mutex<bool>, Condvar)>, every: Dur
                     return;
                 }
                 // A failure is recorded in `failed` and surfaces on the next append.
-                let _ = inner.sync_to(inner.end.load(Ordering::Acquire));
+                let _ = inner.sync_written();
             }
         });
     // Without the thread the log still works; data then reaches disk when the OS decides.
     drop(spawned);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    thread_local! {
+        /// Run once by `set_high_watermark` between reading the log end and raising the mark.
+        static BETWEEN_CLAMP_AND_RAISE: RefCell<Option<Box<dyn FnOnce()>>> =
+            const { RefCell::new(None) };
+    }
+
+    pub(super) fn between_clamp_and_raise() {
+        if let Some(f) = BETWEEN_CLAMP_AND_RAISE.with(|h| h.borrow_mut().take()) {
+            f();
+        }
+    }
+
+    /// Told when a truncation of the folder is about to wait for the sync lock.
+    static TRUNCATION_AT_SYNC_LOCK: Mutex<Option<(PathBuf, std::sync::mpsc::Sender<()>)>> =
+        Mutex::new(None);
+
+    pub(super) fn truncate_takes_the_sync_lock(dir: &Path, held: bool) {
+        if !held {
+            return;
+        }
+        if let Some((_, tx)) = TRUNCATION_AT_SYNC_LOCK
+            .lock()
+            .as_ref()
+            .filter(|(d, _)| d == dir)
+        {
+            let _ = tx.send(());
+        }
+    }
+
+    /// A high watermark raised while a truncation cuts the log below it ends within the log: it
+    /// once stayed where the raise put it, above the new end, so records appended again at those
+    /// offsets counted as committed at once.
+    #[test]
+    fn a_high_watermark_raised_across_a_truncation_stays_within_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+        let batch: Vec<Message> = (0..10).map(|i| Message::new(format!("m{i}"))).collect();
+        log.append(&batch).unwrap();
+        // Between its clamp and its raise, the truncation runs on another thread, until it
+        // is done or waits for the lock the raise holds.
+        let (tx, rx) = std::sync::mpsc::channel();
+        *TRUNCATION_AT_SYNC_LOCK.lock() = Some((dir.path().to_path_buf(), tx.clone()));
+        let other = log.clone();
+        let truncation = Arc::new(Mutex::new(None));
+        let handle = truncation.clone();
+        BETWEEN_CLAMP_AND_RAISE.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                *handle.lock() = Some(std::thread::spawn(move || {
+                    other.truncate(5).unwrap();
+                    let _ = tx.send(());
+                }));
+                rx.recv_timeout(Duration::from_secs(60))
+                    .expect("the truncation ran or waits");
+            }));
+        });
+        let now = log.set_high_watermark(9).unwrap();
+        let truncation = truncation.lock().take().expect("the hook ran");
+        truncation.join().unwrap();
+        assert_eq!(log.newest_offset(), 4);
+        assert_eq!(log.high_watermark(), 4, "above the log end");
+        assert!(now == 4 || now == 9, "{now}");
+        log.append(&[Message::new("again")]).unwrap();
+        assert_eq!(
+            log.high_watermark(),
+            4,
+            "a record appended again is not committed"
+        );
+    }
 }

@@ -160,7 +160,11 @@ fn apply(log: &mut Log, model: &mut Model, op: &Op, root: &std::path::Path, cras
                 } else {
                     last.recs.retain(|r| r.offset < o);
                 }
-                model.hw = model.hw.min(model.next() - 1);
+                if model.hw > model.next() - 1 {
+                    // A lowered mark is checkpointed before the truncation returns.
+                    model.hw = model.next() - 1;
+                    model.hw_checkpoint = model.hw;
+                }
             }
         }
         Op::Retention => {
@@ -224,6 +228,8 @@ fn apply(log: &mut Log, model: &mut Model, op: &Op, root: &std::path::Path, cras
             let old = std::mem::replace(log, Log::open(&to, opts()).unwrap());
             drop(old);
             model.hw = model.hw_checkpoint.min(model.next() - 1);
+            // A checkpoint above the end is lowered on disk at open.
+            model.hw_checkpoint = model.hw;
             assert_eq!(log.recovery().truncated_bytes(), 0);
         }
     }
