@@ -28,8 +28,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Reads the high-watermark checkpoint: `Ok(None)` if missing or not a number.
 pub fn read_hw(dir: &Path) -> Result<Option<i64>> {
     let path = dir.join(HW_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(t) => Ok(t.trim().parse::<i64>().ok().filter(|hw| *hw >= -1)),
+    // A number takes at most 20 characters; anything much larger is not a checkpoint.
+    match crate::segment::read_bounded(&path, 64) {
+        Ok(b) => Ok(b
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .filter(|hw| *hw >= -1)),
         Err(e)
             if matches!(
                 e.kind(),

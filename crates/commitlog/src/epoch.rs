@@ -12,6 +12,10 @@ use crate::error::Result;
 /// File name of the leader-epoch checkpoint.
 pub const EPOCH_FILE: &str = "leader-epoch-checkpoint";
 
+/// A larger epoch file is taken as malformed (and rebuilt) rather than read: tens of thousands
+/// of epochs fit in it.
+const MAX_EPOCH_FILE_BYTES: u64 = 1 << 20;
+
 /// One entry: the epoch, and the first offset written in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EpochEntry {
@@ -40,8 +44,12 @@ impl EpochCache {
     /// Loads the file; `Ok(None)` if it is missing or malformed (the caller rebuilds).
     pub fn load(dir: &Path) -> Result<Option<Self>> {
         let mut cache = Self::new(dir);
-        let text = match std::fs::read_to_string(&cache.path) {
-            Ok(t) => t,
+        let text = match crate::segment::read_bounded(&cache.path, MAX_EPOCH_FILE_BYTES) {
+            Ok(Some(b)) => match String::from_utf8(b) {
+                Ok(t) => t,
+                Err(_) => return Ok(None),
+            },
+            Ok(None) => return Ok(None),
             Err(e)
                 if matches!(
                     e.kind(),

@@ -19,6 +19,8 @@ pub const RECORD_HEADER_LEN: usize = 28;
 /// The largest offset a record can have: one below `i64::MAX`, so that the log end offset (one
 /// past the newest record) is always representable.
 pub(crate) const MAX_OFFSET: i64 = i64::MAX - 1;
+/// Bytes of the smallest record: a header and a minimal message.
+pub(crate) const MIN_RECORD_LEN: usize = RECORD_HEADER_LEN + MIN_MESSAGE_LEN;
 /// Smallest possible message: crc, magic, attributes, two null lengths and a header count.
 pub const MIN_MESSAGE_LEN: usize = 4 + 1 + 1 + 4 + 4 + 2;
 /// Liftbridge's magic: the CRC covers the message after the CRC field.

@@ -74,6 +74,8 @@ impl SegmentIndex {
     ) {
         self.max_timestamp = self.max_timestamp.max(timestamp);
         if self.entries.is_empty() || self.since_entry >= interval {
+            // Appends roll, and recovery stops, before a segment passes 4 GiB − 1.
+            debug_assert!(self.log_size <= u32::MAX as u64, "position past 32 bits");
             self.entries.push(IndexEntry {
                 rel_offset: (offset - base) as u32,
                 position: self.log_size as u32,

@@ -7,9 +7,12 @@
 //!
 //! What it guarantees:
 //! - **Integrity**: every record carries a CRC-32C; damaged data is reported as
-//!   [`Error::Corrupt`], never returned and never a panic.
+//!   [`Error::Corrupt`], never returned and never a panic. Readers deliver every intact record
+//!   before the damage first, and the error names the first offset they could not read.
 //! - **Recovery**: opening a log cuts torn or invalid tails and rebuilds damaged indexes; every
 //!   record written completely before a crash survives ([`Log::recovery`] tells what was done).
+//!   Valid records found in the wrong segment are kept aside in a `.quarantined` file, never
+//!   deleted.
 //! - **Durability** as chosen by [`SyncPolicy`], with group commit for [`SyncPolicy::Always`].
 //! - **Replication support**: high-watermark checkpoint, leader-epoch cache, truncation, and
 //!   byte-exact copying of records between logs ([`Log::read_raw`], [`Log::append_raw`]).

@@ -279,16 +279,17 @@ impl Log {
                 bases.get(i + 1).copied(),
                 opts.index_interval_bytes,
             )?;
-            if !last && seg.record_count() == 0 {
+            let empty_sealed = !last && seg.record_count() == 0;
+            if rec.index_rebuilt && !empty_sealed && !last {
+                seg.write_index(true)?;
+            }
+            if (rec.index_rebuilt && !empty_sealed) || rec.truncated_bytes > 0 {
+                report.repaired.push(rec);
+            }
+            if empty_sealed {
                 seg.delete_files()?;
                 report.removed_files.push(seg.log_path.clone());
                 continue;
-            }
-            if rec.index_rebuilt && !last {
-                seg.write_index(true)?;
-            }
-            if rec.index_rebuilt || rec.truncated_bytes > 0 {
-                report.repaired.push(rec);
             }
             seg.set_sealed(!last);
             segments.push(Arc::new(seg));
@@ -749,7 +750,10 @@ impl Log {
     /// until reopened) so that nothing is appended above a checkpoint that is too high.
     ///
     /// # Errors
-    /// [`Error::InvalidBatch`] for a negative offset, [`Error::Closed`], [`Error::Io`].
+    /// [`Error::InvalidBatch`] for a negative offset, [`Error::Closed`], [`Error::Io`] or
+    /// [`Error::Failed`]. A failure before anything changed leaves the log as it was; one after
+    /// a step changed the files fails the log ([`failure`](Log::failure): writes are refused
+    /// until it is reopened), and readers see what the segments hold.
     pub fn truncate(&self, offset: i64) -> Result<()> {
         if offset < 0 {
             return Err(Error::InvalidBatch(format!(
@@ -855,7 +859,9 @@ impl Log {
     /// [`LogOptions::retention`]. Limits on bytes and messages keep the newest segments while
     /// their running total stays within the limit (Liftbridge's rule: the log never holds more than
     /// the limit, except that the active segment is always kept); the age limit deletes segments
-    /// whose newest timestamp is older than the limit. Readers inside a deleted segment finish it.
+    /// whose newest timestamp is older than the limit. Only segments whose records are all at or
+    /// below the high watermark are deleted (Kafka's rule). Readers inside a deleted segment
+    /// finish it.
     ///
     /// # Errors
     /// [`Error::Closed`], [`Error::Io`].
@@ -887,6 +893,14 @@ impl Log {
                 .count();
             keep_from = keep_from.max(expired);
         }
+        // Only whole segments of committed records go: a record above the high watermark may
+        // yet be committed (Kafka's rule too).
+        let hw = inner.hw.load(Ordering::Acquire);
+        let committed = segs[..segs.len() - 1]
+            .iter()
+            .take_while(|s| s.next_offset() <= hw.saturating_add(1))
+            .count();
+        keep_from = keep_from.min(committed);
         let mut report = RetentionReport::default();
         if keep_from == 0 {
             return Ok(report);
@@ -1113,8 +1127,8 @@ impl Log {
         self.inner.notify.notify();
     }
 
-    /// Why the log refuses writes for good, if it does: a sync failed, or a failed write could
-    /// not be undone. Reads of what was visible keep working; reopening recovers from the disk.
+    /// Why the log refuses writes for good, if it does: a sync failed, a failed write could
+    /// not be undone, or a truncation failed part way. Reads of what was visible keep working; reopening recovers from the disk.
     pub fn failure(&self) -> Option<String> {
         self.inner.failed.lock().clone()
     }

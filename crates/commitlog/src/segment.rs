@@ -43,6 +43,8 @@ pub(crate) struct ScanStop {
     /// The problem at `end`, or `None` when the scan reached the end of its range or was stopped
     /// by its callback.
     pub problem: Option<&'static str>,
+    /// The record at `end` is whole and valid, but its offset does not belong here.
+    pub misplaced: bool,
 }
 
 /// Rules a record must follow to be accepted by a scan, beyond its own checksum.
@@ -93,6 +95,7 @@ pub(crate) fn scan_range(
             return Ok(ScanStop {
                 end: at,
                 problem: None,
+                misplaced: false,
             });
         }
         let in_buf = (at - buf_pos) as usize;
@@ -103,18 +106,29 @@ pub(crate) fn scan_range(
                     return Ok(ScanStop {
                         end: at,
                         problem: Some("record runs past the end of the range"),
+                        misplaced: false,
+                    });
+                }
+                if at + meta.len as u64 > crate::options::MAX_SEGMENT_BYTES {
+                    // Index positions are 32 bits: such a record would be misindexed.
+                    return Ok(ScanStop {
+                        end: at,
+                        problem: Some("record ends past the 4 GiB a segment can hold"),
+                        misplaced: true,
                     });
                 }
                 if let Err(problem) = bounds.admit(meta.offset) {
                     return Ok(ScanStop {
                         end: at,
                         problem: Some(problem),
+                        misplaced: true,
                     });
                 }
                 if f(at, &meta, &avail[..meta.len]).is_break() {
                     return Ok(ScanStop {
                         end: at,
                         problem: None,
+                        misplaced: false,
                     });
                 }
                 at += meta.len as u64;
@@ -125,6 +139,7 @@ pub(crate) fn scan_range(
                     return Ok(ScanStop {
                         end: at,
                         problem: Some("torn record at the end"),
+                        misplaced: false,
                     });
                 }
                 let want = (needed.max(chunk) as u64).min(remaining) as usize;
@@ -138,6 +153,7 @@ pub(crate) fn scan_range(
                 return Ok(ScanStop {
                     end: at,
                     problem: Some(problem),
+                    misplaced: false,
                 });
             }
         }
@@ -155,6 +171,10 @@ pub struct SegmentRecovery {
     pub truncated_bytes: u64,
     /// Why those bytes were cut, or what damage was found and left in place.
     pub reason: Option<String>,
+    /// Where the cut bytes were kept, when they began with a whole, valid record that did not
+    /// belong in this segment (its offset disagrees with the file's name or the next segment's):
+    /// data, not a torn write, so it is never deleted.
+    pub quarantined: Option<PathBuf>,
 }
 
 /// A segment of the log. See the module docs for the concurrency contract.
@@ -244,6 +264,19 @@ impl Segment {
                 if stop.end < len {
                     report.truncated_bytes = len - stop.end;
                     report.reason = stop.problem.map(str::to_owned);
+                    if stop.misplaced {
+                        // Whole, valid records, only in the wrong place: data, never deleted.
+                        // Kept aside (synced) before the cut, for an operator to look at.
+                        let kept = quarantine(&file, &log_path, stop.end, len)?;
+                        report.reason = Some(format!(
+                            "{}: {} bytes of valid records from byte {} kept in {}",
+                            stop.problem.unwrap_or("misplaced records"),
+                            len - stop.end,
+                            stop.end,
+                            kept.display()
+                        ));
+                        report.quarantined = Some(kept);
+                    }
                     faults::check(FileOp::SetLen, &log_path)
                         .and_then(|()| file.set_len(stop.end))
                         .and_then(|()| faults::check(FileOp::Sync, &log_path))
@@ -279,8 +312,13 @@ impl Segment {
         len: u64,
         bounds: &mut Bounds,
     ) -> Result<Option<SegmentIndex>> {
-        let bytes = match std::fs::read(index_path) {
-            Ok(b) => b,
+        // An index holds at most one entry per record, and a record takes at least
+        // `MIN_RECORD_LEN` bytes of the log.
+        let most = crate::index::INDEX_HEADER_LEN as u64
+            + crate::index::INDEX_ENTRY_LEN as u64 * (len / format::MIN_RECORD_LEN as u64 + 1);
+        let bytes = match read_bounded(index_path, most) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_at(index_path)(e)),
         };
@@ -595,6 +633,57 @@ impl Segment {
     }
 }
 
+/// Copies bytes `from..to` of a segment's log to a new file beside it,
+/// `<name>.<from>.quarantined` (or with a number added if that exists), synced with its folder.
+/// The log never reads, nor deletes, such a file.
+fn quarantine(file: &File, log_path: &Path, from: u64, to: u64) -> Result<PathBuf> {
+    let name = log_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = log_path.parent().unwrap_or(Path::new("."));
+    let path = (0..1000)
+        .map(|i| match i {
+            0 => dir.join(format!("{name}.{from}.quarantined")),
+            i => dir.join(format!("{name}.{from}.{i}.quarantined")),
+        })
+        .find(|p| !p.exists())
+        .ok_or_else(|| {
+            Error::InvalidOption(format!(
+                "too many quarantined copies of {} already",
+                log_path.display()
+            ))
+        })?;
+    let out = faults::check(FileOp::Create, &path)
+        .and_then(|()| File::create(&path))
+        .map_err(io_at(&path))?;
+    let mut buf = vec![0u8; SCAN_CHUNK];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at)
+            .map_err(io_at(log_path))?;
+        faults::check(FileOp::Write, &path)
+            .and_then(|()| out.write_all_at(&buf[..n], at - from))
+            .map_err(io_at(&path))?;
+        at += n as u64;
+    }
+    faults::check(FileOp::Sync, &path)
+        .and_then(|()| out.sync_all())
+        .map_err(io_at(&path))?;
+    sync_dir(dir)?;
+    Ok(path)
+}
+
+/// Reads a whole small file, unless it holds more than `max` bytes: `Ok(None)` then, without
+/// reading it into memory (a damaged or foreign file must not force a large allocation).
+pub(crate) fn read_bounded(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    File::open(path)?.take(max + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= max).then_some(bytes))
+}
+
 /// Deletes a file; a missing file is fine.
 pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
     match faults::check(FileOp::Remove, path).and_then(|()| std::fs::remove_file(path)) {
@@ -660,4 +749,52 @@ fn write_all_vectored_at(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scan_refuses_a_record_that_ends_past_what_a_position_can_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(log_file_name(0));
+        let mut record = Vec::new();
+        let len = format::encode(&mut record, 7, &crate::Message::new("x".repeat(40))).unwrap();
+        // A sparse file with a valid record straddling 4 GiB, and one wholly inside it.
+        let at = (u32::MAX as u64) - 20;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        file.write_all_at(&record, at - len as u64).unwrap();
+        let mut second = Vec::new();
+        format::encode(&mut second, 8, &crate::Message::new("x".repeat(40))).unwrap();
+        file.write_all_at(&second, at).unwrap();
+        let end = at + len as u64;
+        let mut seen = Vec::new();
+        let mut bounds = Bounds {
+            base: 0,
+            after: None,
+            below: None,
+        };
+        let stop = scan_range(
+            &file,
+            &path,
+            at - len as u64,
+            end,
+            &mut bounds,
+            |pos, _, _| {
+                seen.push(pos);
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+        assert_eq!(seen, vec![at - len as u64], "only the record that fits");
+        assert_eq!(stop.end, at);
+        assert!(stop.misplaced, "valid data: kept aside, not cut silently");
+    }
 }

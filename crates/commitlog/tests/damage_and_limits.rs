@@ -401,3 +401,119 @@ fn restarting_an_empty_segment_whose_creation_fails_never_leaves_the_log_without
     assert_eq!(at.first_offset, far);
     assert_eq!(&log.read_at(far).unwrap().unwrap().value[..], b"far");
 }
+
+#[test]
+fn a_segment_whose_name_disagrees_with_its_records_is_kept_aside_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small()).unwrap();
+    fill(&log, 0, 60);
+    let segs = log.segments();
+    assert!(segs.len() >= 3);
+    let (mid, next) = (segs[1].base_offset, segs[2].base_offset);
+    log.close().unwrap();
+    drop(log);
+    // The middle segment renamed to a base above its first record.
+    let wrong = mid + 2;
+    let old = dir.path().join(format!("{mid:020}.log"));
+    let bytes = std::fs::read(&old).unwrap();
+    std::fs::rename(&old, dir.path().join(format!("{wrong:020}.log"))).unwrap();
+    std::fs::remove_file(dir.path().join(format!("{mid:020}.index"))).unwrap();
+
+    let log = Log::open(dir.path(), small()).unwrap();
+    let report = log.recovery().clone();
+    let rec = report
+        .repaired
+        .iter()
+        .find(|r| r.base_offset == wrong)
+        .unwrap_or_else(|| panic!("not reported as repaired: {report:?}"));
+    assert!(
+        rec.reason.as_deref().unwrap_or_default().contains("range"),
+        "{rec:?}"
+    );
+    let kept = rec.quarantined.clone().expect("the records are kept aside");
+    assert_eq!(std::fs::read(&kept).unwrap(), bytes, "byte for byte");
+    // The rest of the log is intact, with a gap where the misnamed records were.
+    let want: Vec<(i64, bytes::Bytes)> = originals(0..60)
+        .into_iter()
+        .filter(|(o, _)| *o < mid || *o >= next)
+        .collect();
+    assert_eq!(contents(&log), want);
+    // Opening again finds nothing more to do and keeps the file.
+    log.close().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), small()).unwrap();
+    assert!(log.recovery().repaired.is_empty(), "{:?}", log.recovery());
+    assert!(kept.exists());
+}
+
+/// Peak resident memory of this process (each test runs in its own under nextest), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+#[test]
+fn oversized_index_and_checkpoint_files_are_not_read_into_memory() {
+    const HUGE: u64 = 1 << 30;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    fill(&log, 0, 10);
+    log.roll().unwrap();
+    fill(&log, 10, 10);
+    log.close().unwrap();
+    drop(log);
+    // Sparse files claiming to be an index, the epoch cache and the high watermark.
+    for name in [format!("{:020}.index", 0), EPOCH_FILE.to_owned()] {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(dir.path().join(name))
+            .unwrap();
+        f.set_len(HUGE).unwrap();
+    }
+    let f = std::fs::File::create(dir.path().join(commitlog::HW_FILE)).unwrap();
+    f.set_len(HUGE).unwrap();
+    drop(f);
+    let before = peak_rss();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    let grew = peak_rss().saturating_sub(before);
+    assert!(
+        grew < HUGE / 4,
+        "opening grew the peak memory by {grew} bytes"
+    );
+    assert!(log.recovery().epoch_cache_rebuilt);
+    assert_eq!(contents(&log), originals(0..20));
+    assert_eq!(log.high_watermark(), -1);
+}
+
+#[test]
+fn retention_never_deletes_records_above_the_high_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(
+        dir.path(),
+        LogOptions {
+            retention: commitlog::Retention {
+                max_messages: Some(5),
+                ..Default::default()
+            },
+            ..small()
+        },
+    )
+    .unwrap();
+    fill(&log, 0, 60);
+    assert!(log.segments().len() >= 4);
+    let report = log.apply_retention().unwrap();
+    assert_eq!(report.segments, 0, "nothing is committed yet");
+    assert_eq!(log.oldest_offset(), 0);
+
+    let hw = log.segments()[2].base_offset; // the first record of the third segment
+    log.set_high_watermark(hw).unwrap();
+    let report = log.apply_retention().unwrap();
+    assert_eq!(
+        report.segments, 2,
+        "only segments wholly at or below the high watermark"
+    );
+    assert_eq!(log.oldest_offset(), hw);
+}

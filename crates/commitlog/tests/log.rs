@@ -463,6 +463,7 @@ fn retention_by_messages_bytes_and_age_keeps_the_active_segment() {
     )
     .unwrap();
     fill(&log, 100);
+    log.set_high_watermark(99).unwrap(); // retention deletes only committed records
     let report = log.apply_retention().unwrap();
     assert!(report.segments > 0);
     let kept: u64 = log.segments().iter().map(|s| s.records).sum();
@@ -484,6 +485,7 @@ fn retention_by_messages_bytes_and_age_keeps_the_active_segment() {
     )
     .unwrap();
     fill(&log, 100);
+    log.set_high_watermark(99).unwrap();
     log.apply_retention().unwrap();
     let bytes: u64 = log.segments().iter().map(|s| s.bytes).sum();
     assert!(bytes <= 2500 && bytes > 1000, "{bytes} bytes kept");
@@ -500,6 +502,7 @@ fn retention_by_messages_bytes_and_age_keeps_the_active_segment() {
     )
     .unwrap();
     fill(&log, 100);
+    log.set_high_watermark(99).unwrap();
     clock.set(1_000_000);
     log.apply_retention().unwrap();
     assert_eq!(log.segments().len(), 1);
@@ -520,6 +523,7 @@ fn readers_finish_a_segment_that_retention_deleted() {
     fill(&log, 100);
     let mut r = log.reader(0, Isolation::Uncommitted);
     assert_eq!(r.try_next().unwrap().unwrap().offset, 0);
+    log.set_high_watermark(99).unwrap();
     log.apply_retention().unwrap();
     assert!(log.oldest_offset() > 50);
     // The reader finishes the segment it holds, then jumps to what is left.

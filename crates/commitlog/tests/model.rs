@@ -178,7 +178,12 @@ fn apply(log: &mut Log, model: &mut Model, op: &Op, root: &std::path::Path, cras
                 }
                 keep_from = i;
             }
-            model.segs.drain(..keep_from);
+            // Only segments whose records are all committed.
+            let committed = model.segs[..model.segs.len() - 1]
+                .iter()
+                .take_while(|s| s.recs.last().map_or(s.base, |r| r.offset + 1) <= model.hw + 1)
+                .count();
+            model.segs.drain(..keep_from.min(committed));
         }
         Op::Compact => {
             log.compact().unwrap();
