@@ -422,10 +422,17 @@ impl World {
                     Ok(()) => {
                         self.model.truncated(at, true);
                         let newest = self.log.newest_offset();
-                        self.model.hw = (self.model.hw.0.min(newest), self.model.hw.1.min(newest));
-                        // Durable when it returns: a crash must not bring back a higher one.
-                        self.model.checkpoint.0 = self.model.checkpoint.0.min(newest);
-                        self.model.checkpoint.1 = self.model.checkpoint.1.min(newest);
+                        let (lo, hi) = self.model.hw;
+                        self.model.hw = (lo.min(newest), hi.min(newest));
+                        // Durable when it returns: a crash must not bring back a higher mark.
+                        // A truncation that lowered the mark writes it to the checkpoint.
+                        let c = &mut self.model.checkpoint;
+                        *c = (c.0.min(newest), c.1.min(newest));
+                        if lo > newest {
+                            *c = (newest, newest);
+                        } else if hi > newest {
+                            *c = (c.0, newest);
+                        }
                     }
                     Err(e) => {
                         self.expect_fault(injected, &e);
@@ -588,6 +595,13 @@ impl World {
             }
             keep_from = i;
         }
+        // Only whole segments of committed records go.
+        let hw = self.log.high_watermark();
+        let committed = segs[..segs.len() - 1]
+            .iter()
+            .take_while(|s| s.next_offset <= hw + 1)
+            .count();
+        let keep_from = keep_from.min(committed);
         let below = segs[keep_from].base_offset;
         contents(&self.log)
             .into_iter()
