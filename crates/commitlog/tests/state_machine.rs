@@ -990,3 +990,95 @@ fn a_truncation_whose_cut_fails_leaves_the_log_as_it_was() {
         assert_eq!(log.segments()[0].first_offset, Some(0));
     }
 }
+
+/// Holds the first sync of a `.log` file until released, and fails every creation of a `.tmp`
+/// file (the leader-epoch checkpoint's) once armed.
+#[derive(Clone, Default)]
+struct HoldFirstSync(std::sync::Arc<(std::sync::Mutex<GateState>, std::sync::Condvar)>);
+
+/// Holding the sync, released, failing `.tmp` creations.
+type GateState = (bool, bool, bool);
+
+impl Injector for HoldFirstSync {
+    fn before(&self, op: FileOp, path: &Path) -> Option<faults::Fault> {
+        let (m, cv) = &*self.0;
+        let mut st = m.lock().unwrap();
+        let (holding, released, fail_tmp) = &mut *st;
+        if op == FileOp::Create && *fail_tmp && path.extension().is_some_and(|e| e == "tmp") {
+            return Some(faults::Fault {
+                errno: faults::EIO,
+                torn: false,
+            });
+        }
+        if op == FileOp::Sync
+            && path.extension().is_some_and(|e| e == "log")
+            && !*holding
+            && !*released
+        {
+            *holding = true;
+            cv.notify_all();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !st.1 && std::time::Instant::now() < deadline {
+                st = cv
+                    .wait_timeout(st, std::time::Duration::from_millis(50))
+                    .unwrap()
+                    .0;
+            }
+        }
+        None
+    }
+}
+
+/// Found by the shuttle model checks (`tests/shuttle.rs`): an append under the always policy
+/// waiting for its sync while a truncation cuts below it. The truncation counts its generation,
+/// then saves the leader-epoch checkpoint, and only then records where it cut; until then the
+/// appender cannot tell where the cut was and runs sync rounds in a busy loop. When the epoch
+/// checkpoint fails, the truncation returns its error and never records the cut: the appender
+/// spins for good (here: until the deadline).
+#[test]
+fn an_append_waiting_for_its_sync_returns_when_a_truncation_fails_after_its_cut() {
+    let root = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        sync: SyncPolicy::Always,
+        ..LogOptions::default()
+    };
+    let log = Log::open(root.path(), opts).unwrap();
+    log.append(&[commitlog::Message::new("kept").with_leader_epoch(0)])
+        .unwrap();
+    log.append(&[commitlog::Message::new("e1").with_leader_epoch(1)])
+        .unwrap();
+    let gate = HoldFirstSync::default();
+    let _f = faults::inject(root.path(), gate.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let r = log.append(&[commitlog::Message::new("cut").with_leader_epoch(1)]);
+            let _ = tx.send(r);
+        });
+    }
+    {
+        let (m, cv) = &*gate.0;
+        let mut st = m.lock().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !st.0 && std::time::Instant::now() < deadline {
+            st = cv
+                .wait_timeout(st, std::time::Duration::from_millis(50))
+                .unwrap()
+                .0;
+        }
+        assert!(st.0, "the append's sync round never started");
+        st.2 = true; // the epoch checkpoint now fails
+    }
+    assert!(log.truncate(1).is_err(), "the epoch checkpoint failed");
+    {
+        let (m, cv) = &*gate.0;
+        m.lock().unwrap().1 = true;
+        cv.notify_all();
+    }
+    let result = rx.recv_timeout(std::time::Duration::from_secs(10));
+    assert!(
+        matches!(result, Ok(Err(_))),
+        "the append cut by the truncation: {result:?} (a timeout: still spinning)"
+    );
+}
