@@ -20,7 +20,7 @@
 //! 300).
 #![cfg(feature = "shuttle")]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,13 +75,13 @@ fn records(mut data: &[u8]) -> Vec<(i64, Vec<u8>)> {
     out
 }
 
-/// A record a sync covered: its offset and value.
-type Durable = (i64, Vec<u8>);
+/// Records syncs covered, by offset and value, with when the last such sync ran.
+type Durable = HashMap<(i64, Vec<u8>), u64>;
 
 /// Sees every sync of a `.log` file: records what it covers, or fails it once `failing` is set.
 #[derive(Clone, Default)]
 struct Syncs {
-    durable: Arc<Mutex<HashSet<Durable>>>,
+    durable: Arc<Mutex<Durable>>,
     failing: Arc<AtomicBool>,
 }
 
@@ -98,7 +98,11 @@ impl Injector for Syncs {
         }
         // The data now in the file is what this sync makes durable.
         if let Ok(data) = std::fs::read(path) {
-            self.durable.lock().unwrap().extend(records(&data));
+            let now = tick();
+            let mut d = self.durable.lock().unwrap();
+            for r in records(&data) {
+                d.insert(r, now);
+            }
         }
         None
     }
@@ -109,7 +113,16 @@ impl Syncs {
         self.durable
             .lock()
             .unwrap()
-            .contains(&(offset, value.to_vec()))
+            .contains_key(&(offset, value.to_vec()))
+    }
+
+    /// A sync after `since` covered another record at `offset`.
+    fn replaced_since(&self, offset: i64, value: &[u8], since: u64) -> bool {
+        self.durable
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|((o, v), t)| *o == offset && v != value && *t > since)
     }
 }
 
@@ -128,8 +141,10 @@ struct History {
     /// Every value written at each offset; at -1 those whose offset is not known (in flight,
     /// or failed).
     written: BTreeMap<i64, Vec<Vec<u8>>>,
-    /// (offset, when it began, when it returned) of each truncation.
+    /// (offset, when it began, when it returned) of each truncation that succeeded.
     truncations: Vec<(i64, u64, u64)>,
+    /// (offset, when it began) of every truncation.
+    truncating: Vec<(i64, u64)>,
 }
 
 type Shared = Arc<Mutex<History>>;
@@ -157,9 +172,13 @@ fn append(log: &Log, h: &Shared, syncs: &Syncs, thread: usize, i: usize, key: Op
     let done = tick();
     if let Ok(at) = res {
         let o = at.first_offset;
-        if log.options().sync == SyncPolicy::Always {
+        if log.options().sync == SyncPolicy::Always && !syncs.covers(o, &v) {
+            // Only a truncation below it, running meanwhile, may have cut it before the sync
+            // (the append and the cut then both happened, in that order); but the offset must
+            // not have been acknowledged for another record a sync covered meanwhile.
+            let cut = (h.lock().unwrap().truncating.iter()).any(|(at, b)| *at <= o && *b < done);
             assert!(
-                syncs.covers(o, &v),
+                cut && !syncs.replaced_since(o, &v, began),
                 "append of {:?} acknowledged at {o} without a sync that covered it",
                 String::from_utf8_lossy(&v)
             );
@@ -172,6 +191,7 @@ fn append(log: &Log, h: &Shared, syncs: &Syncs, thread: usize, i: usize, key: Op
 
 fn truncate(log: &Log, h: &Shared, at: i64) {
     let began = tick();
+    h.lock().unwrap().truncating.push((at, began));
     let res = log.truncate(at);
     let done = tick();
     if res.is_ok() {
