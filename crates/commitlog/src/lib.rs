@@ -23,6 +23,13 @@
 //! [`Reader::poll_next`] so async code can wait on them without a particular runtime. It targets
 //! Unix (positional I/O; open files stay readable after being unlinked).
 //!
+//! **Concurrency.** Internally a log takes its locks in one order, outermost first: maintenance
+//! (truncation, retention, compaction) → writer (appends, rolls) → reading (readers, shared;
+//! truncation, exclusive) → the segment list → the high-watermark checkpoint → the sync state →
+//! the leader epochs, truncation history and failure. No thread takes a lock it already holds,
+//! not even a shared one: the locks are fair, so a second read would wait for a writer queued
+//! behind the first. Debug builds check this order at every acquisition and panic on a breach.
+//!
 //! The on-disk format is documented byte by byte in `docs/format.md`.
 //!
 //! ```
@@ -60,6 +67,7 @@ pub mod faults;
 mod format;
 pub mod fuzzing;
 mod index;
+mod lock;
 mod log;
 mod notify;
 mod options;

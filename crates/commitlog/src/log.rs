@@ -6,6 +6,22 @@
 //! 3. `reading` (shared by readers during one read, exclusive during truncation): the only lock a
 //!    truncation and a reader contend on. Appends never take it, so readers never block appends.
 //! 4. `segments`: the list itself, held only long enough to look up or swap an entry.
+//! 5. `hw_checkpoint`: held while the high-watermark checkpoint is written.
+//! 6. `sync`: the group commit's state (durable offset, segments waiting for a sync). A truncation
+//!    moves the end and lowers the high watermark under it, and a raise of the mark reads the end
+//!    under it.
+//! 7. `epochs`, then `truncation_history`, then `failed`: leaves.
+//!
+//! (A segment's own index lock is taken inside any of these and takes nothing.)
+//!
+//! The rules: a thread takes these locks only in this order, never one while it holds a later
+//! one, and **never one it already holds, not even a shared read lock** — no guard is kept across
+//! a call that takes the same lock. parking_lot's locks are fair: a second read waits for a
+//! writer queued after the first, which waits for the first, so a read taken twice deadlocks as
+//! soon as a roll, retention or compaction queues for the write lock in between. Beware guards
+//! that live longer than they look, such as one in a `for` loop's head (it lives through the
+//! loop) or in an `if let`/`match` scrutinee. Debug builds check the order at every acquisition
+//! (`crate::lock`) and panic naming both locks; release builds use plain parking_lot locks.
 //!
 //! # Invariants
 //! - Offsets strictly increase along the log; gaps exist only where compaction removed records
@@ -30,7 +46,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Condvar, Mutex};
 
 use crate::checkpoint::{self, CLEAN_FILE};
 use crate::epoch::{EpochCache, EpochEntry};
@@ -38,6 +54,7 @@ use crate::error::{Error, Result, io_at};
 use crate::faults::{self, FileOp};
 use crate::format::{self, Check, Message, RecordMeta};
 use crate::index::SegmentIndex;
+use crate::lock::{OrderedMutex, OrderedRwLock, Rank};
 use crate::notify::Notify;
 use crate::options::{LogOptions, MAX_SEGMENT_BYTES, SyncPolicy};
 use crate::reader::{Isolation, Reader, ReverseReader};
@@ -161,15 +178,15 @@ struct SyncState {
 pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
     opts: LogOptions,
-    segments: RwLock<Vec<Arc<Segment>>>,
+    segments: OrderedRwLock<Vec<Arc<Segment>>>,
     /// The append path's lock, with buffers reused from batch to batch.
-    writer: Mutex<WriteBuffers>,
-    maintenance: Mutex<()>,
-    pub(crate) reading: RwLock<()>,
+    writer: OrderedMutex<WriteBuffers>,
+    maintenance: OrderedMutex<()>,
+    pub(crate) reading: OrderedRwLock<()>,
     pub(crate) truncations: AtomicU64,
     /// Recent truncations, `(generation after it, offset)`, so a reader can tell where the log
     /// was cut since it last looked.
-    truncation_history: Mutex<std::collections::VecDeque<(u64, i64)>>,
+    truncation_history: OrderedMutex<std::collections::VecDeque<(u64, i64)>>,
     /// One past the newest record written (the writer's end; see the invariants).
     end: AtomicI64,
     /// One past the newest visible record.
@@ -178,17 +195,17 @@ pub(crate) struct Inner {
     /// Held while the high-watermark checkpoint is written: each write reads the mark after
     /// taking it, so a write of an older, higher mark never lands after a truncation's lower
     /// one, and no two writers share the temporary file.
-    hw_checkpoint: Mutex<()>,
-    epochs: Mutex<EpochCache>,
+    hw_checkpoint: OrderedMutex<()>,
+    epochs: OrderedMutex<EpochCache>,
     pub(crate) notify: Notify,
-    sync: Mutex<SyncState>,
+    sync: OrderedMutex<SyncState>,
     sync_cv: Condvar,
     pub(crate) closed: AtomicBool,
     /// A segment file was created and the folder not synced since: the next sync round syncs
     /// it, or the file's data could be synced and the file itself lost.
     dir_unsynced: AtomicBool,
     pub(crate) readonly: AtomicBool,
-    failed: Mutex<Option<String>>,
+    failed: OrderedMutex<Option<String>>,
     recovery: RecoveryReport,
     flusher_stop: Arc<(Mutex<bool>, Condvar)>,
     /// Held while open; released by `close` so the folder can be opened again at once.
@@ -339,32 +356,38 @@ impl Log {
 
         let inner = Arc::new(Inner {
             dir,
-            segments: RwLock::new(segments),
-            writer: Mutex::new(WriteBuffers::default()),
-            maintenance: Mutex::new(()),
-            reading: RwLock::new(()),
+            segments: OrderedRwLock::new(Rank::Segments, segments),
+            writer: OrderedMutex::new(Rank::Writer, WriteBuffers::default()),
+            maintenance: OrderedMutex::new(Rank::Maintenance, ()),
+            reading: OrderedRwLock::new(Rank::Reading, ()),
             truncations: AtomicU64::new(0),
-            truncation_history: Mutex::new(std::collections::VecDeque::new()),
+            truncation_history: OrderedMutex::new(
+                Rank::TruncationHistory,
+                std::collections::VecDeque::new(),
+            ),
             end: AtomicI64::new(next_offset),
             next_offset: AtomicI64::new(next_offset),
             hw: AtomicI64::new(hw),
-            hw_checkpoint: Mutex::new(()),
-            epochs: Mutex::new(epochs),
+            hw_checkpoint: OrderedMutex::new(Rank::HwCheckpoint, ()),
+            epochs: OrderedMutex::new(Rank::Epochs, epochs),
             notify: Notify::default(),
-            sync: Mutex::new(SyncState {
-                durable: next_offset,
-                syncing: false,
-                dirty: Vec::new(),
-                unsynced: 0,
-                rounds: 0,
-                closing: false,
-                close_done: false,
-            }),
+            sync: OrderedMutex::new(
+                Rank::Sync,
+                SyncState {
+                    durable: next_offset,
+                    syncing: false,
+                    dirty: Vec::new(),
+                    unsynced: 0,
+                    rounds: 0,
+                    closing: false,
+                    close_done: false,
+                },
+            ),
             sync_cv: Condvar::new(),
             closed: AtomicBool::new(false),
             dir_unsynced: AtomicBool::new(false),
             readonly: AtomicBool::new(false),
-            failed: Mutex::new(None),
+            failed: OrderedMutex::new(Rank::Failed, None),
             recovery: report,
             flusher_stop: Arc::new((Mutex::new(false), Condvar::new())),
             opts,
@@ -1457,11 +1480,11 @@ impl Inner {
                 if st.close_done {
                     return Err(Error::Closed);
                 }
-                self.sync_cv.wait(&mut st);
+                self.sync_cv.wait(st.raw());
                 continue;
             }
             if st.syncing {
-                self.sync_cv.wait(&mut st);
+                self.sync_cv.wait(st.raw());
                 continue;
             }
             st.syncing = true;
@@ -1478,7 +1501,7 @@ impl Inner {
             // Set before the write of any record the goal counts, so seen here.
             let dir_too = self.dir_unsynced.swap(false, Ordering::AcqRel);
             let started = std::time::Instant::now();
-            let res = parking_lot::MutexGuard::unlocked(&mut st, || {
+            let res = parking_lot::MutexGuard::unlocked(st.raw(), || {
                 if dir_too {
                     sync_dir(&self.dir)?;
                 }
