@@ -73,6 +73,7 @@ mod notify;
 mod options;
 mod reader;
 mod segment;
+mod sync;
 
 pub use checkpoint::{CLEAN_FILE, HW_FILE};
 pub use epoch::{EPOCH_FILE, EpochEntry};

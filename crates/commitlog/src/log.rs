@@ -41,12 +41,10 @@ use std::fs::{File, OpenOptions};
 use std::io::IoSlice;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use parking_lot::{Condvar, Mutex};
 
 use crate::checkpoint::{self, CLEAN_FILE};
 use crate::epoch::{EpochCache, EpochEntry};
@@ -59,6 +57,8 @@ use crate::notify::Notify;
 use crate::options::{LogOptions, MAX_SEGMENT_BYTES, SyncPolicy};
 use crate::reader::{Isolation, Reader, ReverseReader};
 use crate::segment::{self, Segment, SegmentRecovery, sync_dir};
+use crate::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use crate::sync::{Condvar, Mutex, MutexGuard};
 
 /// Name of the lock file that keeps two logs from opening one folder.
 const LOCK_FILE: &str = ".lock";
@@ -1501,7 +1501,7 @@ impl Inner {
             // Set before the write of any record the goal counts, so seen here.
             let dir_too = self.dir_unsynced.swap(false, Ordering::AcqRel);
             let started = std::time::Instant::now();
-            let res = parking_lot::MutexGuard::unlocked(st.raw(), || {
+            let res = MutexGuard::unlocked(st.raw(), || {
                 if dir_too {
                     sync_dir(&self.dir)?;
                 }
