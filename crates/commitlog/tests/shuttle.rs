@@ -514,3 +514,50 @@ fn readers_roll_retention_and_compaction_never_deadlock() {
         check_log(&s.log, &s.history.lock().unwrap(), i64::MAX);
     });
 }
+
+/// `close` while appends under `Always`, a roll, compaction, retention and a truncation run:
+/// nothing deadlocks, whatever the order, and the log reopens consistent.
+#[test]
+fn close_during_maintenance_and_appends_never_deadlocks() {
+    check(|| {
+        let opts = LogOptions {
+            retention: Retention {
+                max_messages: Some(2),
+                ..Retention::default()
+            },
+            ..always()
+        };
+        let s = setup(opts.clone());
+        let (log, h, syncs) = (s.log.clone(), s.history.clone(), s.syncs.clone());
+        for i in 0..3 {
+            append(&log, &h, &syncs, 9, i, Some("k"));
+            log.roll().unwrap();
+        }
+        log.set_high_watermark(2).unwrap();
+        let mut hs = Vec::new();
+        let (l, hh, sy) = (s.log.clone(), s.history.clone(), s.syncs.clone());
+        hs.push(spawn(move || {
+            for i in 0..2 {
+                append(&l, &hh, &sy, 0, i, Some("k"));
+            }
+        }));
+        let (l, hh) = (s.log.clone(), s.history.clone());
+        hs.push(spawn(move || {
+            let _ = l.roll();
+            let _ = l.compact();
+            let _ = l.apply_retention();
+            truncate(&l, &hh, 2);
+        }));
+        let l = s.log.clone();
+        hs.push(spawn(move || {
+            let _ = l.close();
+        }));
+        for h in hs {
+            h.join().unwrap();
+        }
+        let _ = s.log.close();
+        let log = Log::open(&s.path, opts).unwrap();
+        check_log(&log, &s.history.lock().unwrap(), i64::MAX);
+        log.close().unwrap();
+    });
+}
