@@ -836,7 +836,7 @@ impl Log {
         #[cfg(test)]
         tests::truncate_takes_the_sync_lock(&inner.dir, inner.sync.is_locked());
         let lowered;
-        let generation = {
+        {
             // Under the sync lock, so that a sync round that began before the cut does not
             // publish an end from before it, and a raise of the high watermark does not clamp
             // to the old end and raise after the lowering.
@@ -845,20 +845,22 @@ impl Log {
             inner.next_offset.store(next, Ordering::Release);
             st.durable = st.durable.min(next);
             lowered = inner.hw.fetch_min(next - 1, Ordering::AcqRel) > next - 1;
-            inner.truncations.fetch_add(1, Ordering::AcqRel) + 1
-        };
-        {
-            let mut epochs = inner.epochs.lock();
-            if epochs.clear_latest(next) {
-                epochs.save()?;
-            }
-        }
-        {
+            let generation = inner.truncations.fetch_add(1, Ordering::AcqRel) + 1;
+            // Where it cut is recorded with the count, under the same lock: an append waiting
+            // for its sync that sees the new count must find the cut (else it cannot tell
+            // whether it was cut, and runs sync rounds in a loop until it is recorded, for good
+            // if a later step of the truncation fails).
             let mut history = inner.truncation_history.lock();
             if history.len() == 256 {
                 history.pop_front();
             }
             history.push_back((generation, next));
+        }
+        {
+            let mut epochs = inner.epochs.lock();
+            if epochs.clear_latest(next) {
+                epochs.save()?;
+            }
         }
         if lowered {
             // Durably, as the cut: a crash must not bring back the old mark over records
