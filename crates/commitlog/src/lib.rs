@@ -58,7 +58,9 @@
 //!   [`SyncPolicy::Always`] and sync rounds, close, truncation, the high watermark, readers in
 //!   both directions, roll, retention, compaction) run through hundreds of interleavings; none
 //!   may deadlock or acknowledge an append that a sync did not cover or that cannot be read at
-//!   its offset. `SHUTTLE_ITERATIONS` sets the interleavings tried.
+//!   its offset. `SHUTTLE_ITERATIONS` sets the interleavings tried. Under the feature the
+//!   debug-build lock-order check is off (shuttle's tasks share one OS thread) and a timed wait
+//!   never times out; the feature is for those tests only.
 
 mod checkpoint;
 mod epoch;
