@@ -545,12 +545,14 @@ impl Segment {
             removed += 1;
             ControlFlow::Continue(())
         })?;
-        // Recompute the tail facts from the last entry that stays to the cut.
+        // Recompute the tail facts from the last entry that stays to the cut. The index itself
+        // changes only once the file is cut: a cut that fails leaves the segment as it was.
         let (restart, mut max_ts) = {
-            let mut ix = self.index.write();
-            ix.entries.retain(|e| (e.position as u64) < cut);
+            let ix = self.index.read();
             ix.entries
-                .last()
+                .iter()
+                .rev()
+                .find(|e| (e.position as u64) < cut)
                 .map_or((0, i64::MIN), |e| (e.position as u64, e.max_timestamp))
         };
         let mut last = None;
@@ -566,6 +568,7 @@ impl Segment {
         // so they never describe bytes that are gone.
         {
             let mut ix = self.index.write();
+            ix.entries.retain(|e| (e.position as u64) < cut);
             ix.record_count -= removed;
             ix.last_offset = last;
             ix.max_timestamp = max_ts;
