@@ -1336,6 +1336,9 @@ impl Inner {
         let size = active.size();
         let full = size + total > self.opts.segment_max_bytes;
         let span = last - active.base > u32::MAX as i64;
+        // Until the batch is written, an error leaves the log failed if the active segment was
+        // started past the end (at the batch's first offset).
+        let started_past_end = StartedPastEnd(self);
         if size > 0 && (full || span || self.aged(&active)) {
             self.roll_locked_at(first)?;
         } else if size == 0 && span {
@@ -1378,6 +1381,7 @@ impl Inner {
             self.failed.lock().get_or_insert_with(|| why.clone());
         }
         written?;
+        std::mem::forget(started_past_end);
         {
             // The segment is registered for the next sync, and the end moved, together under
             // the sync lock, after the write: a sync round reads its goal and takes the list
@@ -1631,6 +1635,23 @@ fn create_dir_durably(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Dropped while a batch's write fails: if the active segment was started past the end (a
+/// follower's batch far past it gets a segment at its own first offset), the log refuses writes.
+/// Else the next batch would go below that segment's base, where readers do not find it and a
+/// reopening cuts it; a reopening takes the segment's base for the end.
+struct StartedPastEnd<'a>(&'a Inner);
+
+impl Drop for StartedPastEnd<'_> {
+    fn drop(&mut self) {
+        let inner = self.0;
+        if inner.active().base > inner.end.load(Ordering::Relaxed) {
+            inner.failed.lock().get_or_insert_with(|| {
+                "a batch failed after its segment was started past the log end".into()
+            });
+        }
+    }
 }
 
 /// Lists segment base offsets (sorted) and leftover files to delete.
