@@ -439,7 +439,9 @@ impl World {
                         self.model.truncated(at, false);
                         let newest = (at - 1).min(self.log.newest_offset());
                         self.model.hw.0 = self.model.hw.0.min(newest).max(-1);
-                        self.model.checkpoint.0 = self.model.checkpoint.0.min(newest).max(-1);
+                        // The cut may have happened and the lowered mark been checkpointed.
+                        let c = &mut self.model.checkpoint;
+                        *c = (c.0.min(newest).max(-1), c.1.max(self.log.high_watermark()));
                     }
                 }
             }
