@@ -10,4 +10,8 @@ profile=default
 # An existing Python Liftbridge client, for the compatibility test.
 ./scripts/compat-venv.sh
 cargo nextest run --workspace --all-targets --profile "$profile"
+# Model checking of the commit log's concurrency: its locks and atomics on shuttle's (the
+# feature changes only the commitlog crate; a few hundred interleavings per test, well under
+# two minutes).
+cargo nextest run -p commitlog --features shuttle --test shuttle --profile "$profile"
 cargo test --workspace --doc

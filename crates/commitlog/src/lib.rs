@@ -43,6 +43,24 @@
 //! assert_eq!(&newest_first.next()?.unwrap().value[..], b"b");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # How the guarantees are checked
+//! Besides a test per behaviour, two checks cover whole classes of schedules:
+//! - `tests/state_machine.rs`, a property test: random sequences of every operation (appends,
+//!   follower appends with gaps, truncation, high watermark and its checkpoint, roll, retention,
+//!   compaction, clean reopening, crash) with a fault injected into any file operation through
+//!   [`faults`], against a model that knows what was acknowledged. After every step every
+//!   acknowledged record is there, readers in both directions, `read_raw` and `read_at` agree,
+//!   and the high watermark is the model's. `PROPTEST_CASES` sets the number of cases.
+//! - `tests/shuttle.rs`, model checking with the `shuttle` crate, built with this crate's
+//!   `shuttle` feature, which puts the log on shuttle's locks and atomics (the crate's `sync`
+//!   module; normal builds use parking_lot's and std's). Small groups of threads (appends under
+//!   [`SyncPolicy::Always`] and sync rounds, close, truncation, the high watermark, readers in
+//!   both directions, roll, retention, compaction) run through hundreds of interleavings; none
+//!   may deadlock or acknowledge an append that a sync did not cover or that cannot be read at
+//!   its offset. `SHUTTLE_ITERATIONS` sets the interleavings tried. Under the feature the
+//!   debug-build lock-order check is off (shuttle's tasks share one OS thread) and a timed wait
+//!   never times out; the feature is for those tests only.
 
 mod checkpoint;
 mod epoch;
@@ -57,6 +75,7 @@ mod notify;
 mod options;
 mod reader;
 mod segment;
+mod sync;
 
 pub use checkpoint::{CLEAN_FILE, HW_FILE};
 pub use epoch::{EPOCH_FILE, EpochEntry};

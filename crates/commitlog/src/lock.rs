@@ -9,7 +9,7 @@
 
 use std::ops::{Deref, DerefMut};
 
-use parking_lot::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
+use crate::sync::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
 
 /// The lock order, outermost first. See the crate's `log` module docs for what each guards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -25,7 +25,9 @@ pub(crate) enum Rank {
     Failed,
 }
 
-#[cfg(debug_assertions)]
+// Shuttle runs its tasks on one OS thread, so a per-thread stack of ranks would mix them up;
+// shuttle reports deadlocks itself.
+#[cfg(all(debug_assertions, not(feature = "shuttle")))]
 mod held {
     use std::cell::RefCell;
 
@@ -58,7 +60,7 @@ mod held {
     }
 }
 
-#[cfg(not(debug_assertions))]
+#[cfg(any(not(debug_assertions), feature = "shuttle"))]
 mod held {
     use super::Rank;
 
@@ -90,7 +92,7 @@ impl Drop for Held {
 /// A mutex with a place in the lock order.
 pub(crate) struct OrderedMutex<T> {
     rank: Rank,
-    inner: parking_lot::Mutex<T>,
+    inner: crate::sync::Mutex<T>,
 }
 
 /// A guard of an [`OrderedMutex`].
@@ -104,7 +106,7 @@ impl<T> OrderedMutex<T> {
     pub(crate) fn new(rank: Rank, value: T) -> Self {
         OrderedMutex {
             rank,
-            inner: parking_lot::Mutex::new(value),
+            inner: crate::sync::Mutex::new(value),
         }
     }
 
@@ -148,7 +150,7 @@ impl<T> DerefMut for OrderedMutexGuard<'_, T> {
 /// A reader-writer lock with a place in the lock order.
 pub(crate) struct OrderedRwLock<T> {
     rank: Rank,
-    inner: parking_lot::RwLock<T>,
+    inner: crate::sync::RwLock<T>,
 }
 
 /// A shared guard of an [`OrderedRwLock`].
@@ -167,7 +169,7 @@ impl<T> OrderedRwLock<T> {
     pub(crate) fn new(rank: Rank, value: T) -> Self {
         OrderedRwLock {
             rank,
-            inner: parking_lot::RwLock::new(value),
+            inner: crate::sync::RwLock::new(value),
         }
     }
 
@@ -210,7 +212,7 @@ impl<T> DerefMut for OrderedWriteGuard<'_, T> {
     }
 }
 
-#[cfg(all(test, debug_assertions))]
+#[cfg(all(test, debug_assertions, not(feature = "shuttle")))]
 mod tests {
     use super::*;
 

@@ -41,12 +41,10 @@ use std::fs::{File, OpenOptions};
 use std::io::IoSlice;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use parking_lot::{Condvar, Mutex};
 
 use crate::checkpoint::{self, CLEAN_FILE};
 use crate::epoch::{EpochCache, EpochEntry};
@@ -59,6 +57,8 @@ use crate::notify::Notify;
 use crate::options::{LogOptions, MAX_SEGMENT_BYTES, SyncPolicy};
 use crate::reader::{Isolation, Reader, ReverseReader};
 use crate::segment::{self, Segment, SegmentRecovery, sync_dir};
+use crate::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use crate::sync::{Condvar, Mutex, MutexGuard};
 
 /// Recent truncations, `(generation after it, offset)`, and the lowest forgotten cut.
 type TruncationHistory = (std::collections::VecDeque<(u64, i64)>, Option<i64>);
@@ -643,9 +643,8 @@ impl Log {
         let (mut seg, mut pos) = self.inner.locate(offset)?;
         // Each step reads records further on in the segment (skipping those below `offset`:
         // with a small `max_bytes` a whole index interval may take many) or moves to a later
-        // segment; only the moves are bounded.
-        // The bound is read first: a guard in the loop's head would live through the loop, and
-        // `successor` takes the same lock again (see the lock rules in the module docs).
+        // segment; only the moves are bounded. The bound is read first: a guard in a loop's
+        // head would live through the loop, and `successor` takes the same lock again.
         let most_moves = self.inner.segments.read().len() + 2;
         let mut moves = 0;
         loop {
@@ -870,7 +869,7 @@ impl Log {
         #[cfg(test)]
         tests::truncate_takes_the_sync_lock(&inner.dir, inner.sync.is_locked());
         let lowered;
-        let generation = {
+        {
             // Under the sync lock, so that a sync round that began before the cut does not
             // publish an end from before it, and a raise of the high watermark does not clamp
             // to the old end and raise after the lowering.
@@ -893,11 +892,10 @@ impl Log {
                 }
             }
             lowered = inner.hw.fetch_min(next - 1, Ordering::AcqRel) > next - 1;
-            inner.truncations.fetch_add(1, Ordering::AcqRel) + 1
-        };
-        {
-            // Before anything here can fail: an append waiting for its sync learns of the cut
-            // from this history.
+            let generation = inner.truncations.fetch_add(1, Ordering::AcqRel) + 1;
+            // Where it cut is recorded with the count, under the same lock and before anything
+            // here can fail: an append waiting for its sync that sees the new count must find
+            // the cut (else it cannot tell whether it was cut, and runs sync rounds in a loop).
             let mut guard = inner.truncation_history.lock();
             let (history, forgotten) = &mut *guard;
             if history.len() == 256
@@ -1578,7 +1576,7 @@ impl Inner {
             // Set before the write of any record the goal counts, so seen here.
             let dir_too = self.dir_unsynced.swap(false, Ordering::AcqRel);
             let started = std::time::Instant::now();
-            let res = parking_lot::MutexGuard::unlocked(st.raw(), || {
+            let res = MutexGuard::unlocked(st.raw(), || {
                 if dir_too {
                     sync_dir(&self.dir)?;
                 }

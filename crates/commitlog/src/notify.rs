@@ -6,7 +6,7 @@
 use std::task::Waker;
 use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex};
+use crate::sync::{Condvar, Mutex};
 
 #[derive(Debug, Default)]
 pub(crate) struct Notify {

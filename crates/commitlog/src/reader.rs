@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Check, Record, RecordMeta};
 use crate::log::Inner;
 use crate::segment::Segment;
+use crate::sync::atomic::Ordering;
 
 /// Bytes a reader fetches from a segment at a time (at least one whole record).
 const READ_CHUNK: usize = 64 * 1024;

@@ -10,15 +10,15 @@ use std::io::IoSlice;
 use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use bytes::Bytes;
-use parking_lot::{RwLock, RwLockReadGuard};
 
 use crate::error::{Error, Result, io_at};
 use crate::faults::{self, FileOp};
 use crate::format::{self, Check, RecordMeta};
 use crate::index::SegmentIndex;
+use crate::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use crate::sync::{RwLock, RwLockReadGuard};
 
 /// The first read of a scan: enough for a few index intervals, so a lookup reads little.
 const SCAN_FIRST_CHUNK: usize = 16 * 1024;
