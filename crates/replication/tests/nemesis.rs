@@ -925,8 +925,16 @@ impl Sim {
         b.request_since = None;
         if power_loss {
             b.log.truncate(b.synced);
-            // As the commit log's open: an epoch none of whose records survived is dropped.
-            b.epochs.retain(|e| e.1 < b.log.len() as Offset);
+            // As the commit log's open: epochs none of whose records survived are dropped,
+            // except the latest, which then starts at the log end.
+            let latest = b.epochs.last().copied();
+            let end = b.log.len() as Offset;
+            b.epochs.retain(|e| e.1 < end);
+            if let Some((epoch, start)) = latest
+                && start >= end
+            {
+                b.epochs.push((epoch, end));
+            }
             b.hw = b.hw.min(b.newest());
             // Its HW may fall, and what it held above it is checked again as it comes back.
             self.max_hw.insert(i, b.hw);
