@@ -144,6 +144,22 @@ impl EpochCache {
         Some((self.entries[i - 1].epoch, end))
     }
 
+    /// For an open whose log ends at `log_end`: removes entries that start past it, and keeps
+    /// the latest epoch, starting at `log_end`, when it was among them (its records were lost:
+    /// a crash took what was never synced). A leader that led that epoch must still see it, to
+    /// move to a new epoch rather than write the lost offsets again in it.
+    pub fn clear_beyond_end(&mut self, log_end: i64) -> bool {
+        let before = self.entries.clone();
+        let latest = self.entries.last().copied();
+        self.clear_latest(log_end);
+        if let Some(latest) = latest
+            && latest.start_offset >= log_end
+        {
+            self.push_if_newer(latest.epoch, log_end);
+        }
+        before != self.entries
+    }
+
     /// Removes entries that start at or after `offset` (the log was truncated there).
     pub fn clear_latest(&mut self, offset: i64) -> bool {
         let before = self.entries.len();

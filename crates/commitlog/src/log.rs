@@ -350,7 +350,7 @@ impl Log {
                 rebuild_epochs(&dir, &segments, &mut report)?
             }
         };
-        let mut changed = epochs.clear_latest(next_offset);
+        let mut changed = epochs.clear_beyond_end(next_offset);
         if let Some(o) = oldest {
             changed |= epochs.clear_earliest(o);
         }

@@ -252,3 +252,50 @@ fn appends_after_a_compaction_whose_index_write_failed_survive_a_reopen() {
         .collect();
     assert_eq!(values, ["v0", "v1", "v2", "new3", "new4"]);
 }
+
+/// A leader that started epoch 3 (its checkpoint is written durably at once) and lost every
+/// record it wrote in it to a power loss (the OS sync policy) must still find epoch 3 as its
+/// latest when it reopens: the broker moves a partition to a new epoch when its log holds the
+/// one it is asked to lead, since followers may hold the lost records. Dropping the epoch with
+/// its records hid the restart, so the leader wrote different records at the same offsets and
+/// epoch, and a follower's claim to the old ones counted for the high watermark.
+#[test]
+fn an_open_keeps_the_latest_epoch_whose_records_were_all_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    log.assign_leader_epoch(1).unwrap();
+    let batch: Vec<Message> = (0..5)
+        .map(|i| Message::new(format!("old{i}")).with_leader_epoch(1))
+        .collect();
+    log.append(&batch).unwrap();
+    log.close().unwrap();
+    // What the disk holds durably before epoch 3.
+    let image = tempfile::tempdir().unwrap();
+    crash_copy(dir.path(), image.path());
+
+    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    log.assign_leader_epoch(3).unwrap();
+    let batch: Vec<Message> = (5..8)
+        .map(|i| Message::new(format!("lost{i}")).with_leader_epoch(3))
+        .collect();
+    log.append(&batch).unwrap();
+    log.close().unwrap();
+    // The power loss: the epoch checkpoint (synced when written) survives, the records do not.
+    std::fs::copy(
+        dir.path().join(commitlog::EPOCH_FILE),
+        image.path().join(commitlog::EPOCH_FILE),
+    )
+    .unwrap();
+
+    let reopened = Log::open(image.path(), LogOptions::default()).unwrap();
+    assert_eq!(reopened.next_offset(), 5);
+    assert_eq!(
+        reopened.last_leader_epoch(),
+        Some(3),
+        "epochs {:?}",
+        reopened.leader_epochs()
+    );
+    // Epoch 1 ends where the log ends; epoch 3 starts there.
+    assert_eq!(reopened.leader_epoch_end_offset(1), Some((1, 5)));
+    assert_eq!(reopened.leader_epoch_end_offset(3), Some((3, 5)));
+}

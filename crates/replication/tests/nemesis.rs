@@ -925,7 +925,16 @@ impl Sim {
         b.request_since = None;
         if power_loss {
             b.log.truncate(b.synced);
-            b.epochs.retain(|e| e.1 <= b.log.len() as Offset);
+            // As the commit log's open: epochs none of whose records survived are dropped,
+            // except the latest, which then starts at the log end.
+            let latest = b.epochs.last().copied();
+            let end = b.log.len() as Offset;
+            b.epochs.retain(|e| e.1 < end);
+            if let Some((epoch, start)) = latest
+                && start >= end
+            {
+                b.epochs.push((epoch, end));
+            }
             b.hw = b.hw.min(b.newest());
             // Its HW may fall, and what it held above it is checked again as it comes back.
             self.max_hw.insert(i, b.hw);
@@ -1264,4 +1273,15 @@ fn acked_messages_survive_the_nemesis_1() {
 #[test]
 fn acked_messages_survive_the_nemesis_2() {
     run_part(1);
+}
+
+/// Seeds where a leader loses power with every record of its latest epoch unsynced: its log no
+/// longer shows that it led that epoch, and it must still not lead it again after the restart.
+#[test]
+fn a_leader_that_lost_its_whole_epoch_does_not_lead_it_again() {
+    for seed in [556, 723] {
+        if let Err(e) = run(seed) {
+            panic!("seed {seed}: {e} (replay with NEMESIS_SEED={seed} NEMESIS_TRACE=1)");
+        }
+    }
 }
