@@ -346,8 +346,9 @@ impl Shared {
     async fn held_now(&self) -> Result<Option<Vec<Key>>> {
         let known = self.assignments.lock().0;
         let Some((coordinator, epoch)) = self.client.group_metadata(&self.group).await? else {
-            // The group is gone: nothing is held.
-            return Ok(Some(Vec::new()));
+            // Not in the metadata (gone, or a server that does not list groups): nobody else
+            // holds its partitions under a newer epoch.
+            return Ok(None);
         };
         if epoch == known {
             return Ok(None);
