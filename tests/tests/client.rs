@@ -696,3 +696,76 @@ async fn a_resubscription_keeps_its_first_start_and_stop() {
     c.close();
     srv.stop().await;
 }
+
+/// A caller's correlation id becomes free again as soon as the first message's ack future is
+/// dropped, but the server still answers that first message: its ack, arriving after the id
+/// was reused, must not be taken as the second message's ack (the second future resolved
+/// with the offset of the first message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_reused_after_its_ack_future_was_dropped_does_not_get_the_old_ack() {
+    let srv = TestServer::start().await;
+    let client = connect(&srv).await;
+    client
+        .create_stream("reuse", "reuse", StreamOptions::default())
+        .await
+        .unwrap();
+    const PAIRS: usize = 200;
+    let mut seconds = Vec::new();
+    for i in 0..PAIRS {
+        let opts = || {
+            PublishOptions::default()
+                .correlation_id(format!("id-{i}"))
+                .ack_wait(Duration::from_secs(10))
+        };
+        let first = client
+            .publish_async("reuse", format!("first-{i}"), opts())
+            .await
+            .unwrap();
+        drop(first);
+        let second = client
+            .publish_async("reuse", format!("second-{i}"), opts())
+            .await
+            .unwrap();
+        seconds.push((i, second));
+    }
+    let mut acked = Vec::new();
+    for (i, p) in seconds {
+        // A second may also time out (its own ack went to nobody): that is a wrong answer too.
+        let ack = p.await;
+        acked.push((i, ack));
+    }
+    let mut sub = client
+        .subscribe(
+            "reuse",
+            SubscribeOptions::default().start(StartAt::Earliest),
+        )
+        .await
+        .unwrap();
+    let by_offset: HashMap<i64, String> = take(&mut sub, 2 * PAIRS)
+        .await
+        .into_iter()
+        .map(|m| (m.offset, String::from_utf8_lossy(&m.value).into_owned()))
+        .collect();
+    let wrong: Vec<String> = acked
+        .into_iter()
+        .filter_map(|(i, ack)| match ack {
+            Ok(Some(a)) if by_offset.get(&a.offset) == Some(&format!("second-{i}")) => None,
+            other => Some(format!(
+                "second-{i}: {other:?} ({:?})",
+                other
+                    .as_ref()
+                    .ok()
+                    .and_then(|a| a.as_ref())
+                    .and_then(|a| by_offset.get(&a.offset))
+            )),
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} wrong acks, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(3)]
+    );
+    client.close();
+    srv.stop().await;
+}

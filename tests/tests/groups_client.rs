@@ -352,3 +352,65 @@ async fn a_member_that_lost_a_partition_does_not_move_its_cursor_back() {
     c.close();
     srv.stop().await;
 }
+
+/// As above, but the first member commits (by hand here; its auto-commit timer does the
+/// same) after the new owner committed and before its own next fetch of the assignments:
+/// it still believes it holds the partition, and its older position must not send the
+/// group's cursor back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_has_not_yet_learned_of_its_loss_does_not_move_the_cursor_back() {
+    let srv = TestServer::start_with(|c| {
+        c.broker.groups.consumer_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let c = connect(&srv).await;
+    c.create_stream("back2", "back2", StreamOptions::default().partitions(2))
+        .await
+        .unwrap();
+    publish_n(&c, "back2", "a", 200, 2).await;
+    // `a` learns of assignments only every 60 s: it commits before it learns.
+    let mut a = member(&c, "a")
+        .fetch_interval(Duration::from_secs(60))
+        .subscribe(["back2"])
+        .await
+        .unwrap();
+    settled(&[&a], 2, WAIT).await;
+    let got = drain(&mut [&mut a], "a-", 200, WAIT, OnError::Fail).await;
+    assert_eq!(got.len(), 200);
+
+    let mut b = member(&c, "b").subscribe(["back2"]).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    let p = loop {
+        if let Some((_, p)) = b.assignments().1.first() {
+            break *p;
+        }
+        assert!(Instant::now() < deadline, "b never got a partition");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for i in 0..50 {
+        c.publish(
+            "back2",
+            format!("b-{i}"),
+            PublishOptions::default().partition(p),
+        )
+        .await
+        .unwrap();
+    }
+    let got = drain(&mut [&mut b], "b-", 50, WAIT, OnError::Fail).await;
+    assert_eq!(got.len(), 150);
+    b.commit().await.unwrap();
+    let cursor = group_cursor_id("g");
+    assert_eq!(c.fetch_cursor(&cursor, "back2", p).await.unwrap(), 149);
+
+    // `a` commits what it delivered, not knowing yet that `p` moved to `b`.
+    let _ = a.commit().await;
+    assert_eq!(
+        c.fetch_cursor(&cursor, "back2", p).await.unwrap(),
+        149,
+        "the group's cursor moved back"
+    );
+    b.close().await.unwrap();
+    drop(a);
+    c.close();
+    srv.stop().await;
+}

@@ -593,3 +593,41 @@ async fn publish_to_subject_and_no_deadline() {
     assert_eq!(err.code(), Code::InvalidArgument);
     srv.stop().await;
 }
+
+/// Messages whose acks never come (ALL acks on a partition that cannot commit) must not hold a
+/// session's every place: a message to a healthy partition on the same session is still
+/// acked. At the bound the session reads nothing until those places expire
+/// (`all_ack_max_wait` + 5 s, 65 s by default), so one stuck partition stalls every other
+/// partition published through the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_that_never_come_do_not_stall_other_partitions_of_the_session() {
+    const BOUND: usize = 4;
+    // With min ISR 2 on a single broker nothing commits, so ALL acks never come.
+    let srv = TestServer::start_with(|c| {
+        c.broker.publish_async_max_inflight = BOUND;
+        c.broker.min_insync_replicas = 2;
+    })
+    .await;
+    let mut c = srv.client().await;
+    c.create_stream(stream("stuck", "stuck")).await.unwrap();
+    c.create_stream(stream("fine", "fine")).await.unwrap();
+    let mut reqs: Vec<PublishRequest> = (0..BOUND)
+        .map(|i| PublishRequest {
+            ack_policy: AckPolicy::All as i32,
+            ..req("stuck", format!("s{i}"), format!("s{i}"))
+        })
+        .collect();
+    reqs.push(req("fine", "f".into(), "f".into()));
+    let input = futures_util::stream::iter(reqs).chain(futures_util::stream::pending());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let broker = srv.running().broker().clone();
+    let session = tokio::spawn(async move { broker.publish_async(input, tx).await });
+    let answer = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await;
+    session.abort();
+    let r = answer
+        .expect("the healthy partition's message was answered")
+        .expect("session open");
+    assert_eq!(r.correlation_id, "f");
+    assert_eq!(r.ack.map(|a| a.offset), Some(0));
+    srv.stop().await;
+}

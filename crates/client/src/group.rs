@@ -340,8 +340,43 @@ impl Shared {
         }
     }
 
+    /// The partitions this member holds by the coordinator's word, when the group's epoch has
+    /// moved on since the assignments it last fetched (another member joined or left, and may
+    /// hold some of this member's partitions now); `None` when it has not.
+    async fn held_now(&self) -> Result<Option<Vec<Key>>> {
+        let known = self.assignments.lock().0;
+        let Some((coordinator, epoch)) = self.client.group_metadata(&self.group).await? else {
+            // Not in the metadata (gone, or a server that does not list groups): nobody else
+            // holds its partitions under a newer epoch.
+            return Ok(None);
+        };
+        if epoch == known {
+            return Ok(None);
+        }
+        let mut c = self.coordinator_conn(&coordinator).await?;
+        let resp = c
+            .fetch_consumer_group_assignments(self.client.request(
+                api::FetchConsumerGroupAssignmentsRequest {
+                    group_id: self.group.clone(),
+                    consumer_id: self.id.clone(),
+                    epoch,
+                },
+            ))
+            .await
+            .map_err(Error::from_status)?
+            .into_inner();
+        Ok(Some(
+            resp.assignments
+                .iter()
+                .flat_map(|a| a.partitions.iter().map(|p| (a.stream.clone(), *p)))
+                .collect(),
+        ))
+    }
+
     /// Commits what was delivered and not yet committed: on every partition this member holds,
-    /// or on those of `only` it holds. A partition it no longer holds is never committed.
+    /// or on those of `only` it holds. A partition it no longer holds is never committed, even
+    /// before this member's next fetch of its assignments: when the group's epoch moved on,
+    /// the coordinator is asked first.
     async fn commit_delivered(&self, only: Option<&[Key]>) -> Result<()> {
         let due: Vec<(Key, i64)> = {
             let delivered = self.delivered.lock();
@@ -355,6 +390,13 @@ impl Shared {
                 .filter(|(k, _)| only.is_none_or(|keys| keys.contains(k)))
                 .map(|(k, o)| (k.clone(), *o))
                 .collect()
+        };
+        if due.is_empty() {
+            return Ok(());
+        }
+        let due: Vec<(Key, i64)> = match self.held_now().await? {
+            Some(held) => due.into_iter().filter(|(k, _)| held.contains(k)).collect(),
+            None => due,
         };
         let cursor = group_cursor_id(&self.group);
         let mut first_err = None;

@@ -9,7 +9,9 @@
 //!   raw NATS subject. Partitions are chosen explicitly, by key (CRC-32 like go-liftbridge), or
 //!   round-robin ([`Partitioner`]). When a partition's leader cannot be reached,
 //!   `publish_async` refreshes the metadata and tries the leader it names, up to
-//!   [`ClientBuilder::publish_retries`] times; a correlation id already in flight is refused.
+//!   [`ClientBuilder::publish_retries`] times; a correlation id already in flight is refused,
+//!   and a caller's id never goes on the wire (a unique one does; the ack carries the caller's
+//!   back), so a message never gets the ack of an earlier one with the same id.
 //! - Subscribing: [`Client::subscribe`] gives a [`Subscription`], a `futures::Stream` of
 //!   [`Message`]s that resubscribes by itself when its broker goes away, from where it was:
 //!   a start or stop that depends on the newest offset (NewOnly, Latest) is fixed as an offset

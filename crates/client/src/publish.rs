@@ -1,6 +1,6 @@
 //! Publishing: one call at a time, or many in flight on one PublishAsync stream per broker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,7 +19,31 @@ use crate::error::{Error, Result};
 use crate::transport::Conn;
 use crate::types::{Ack, AckPolicy, Partitioner, PublishOptions, partition_for_key};
 
-type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Option<Ack>>>>>>;
+type Waiters = Arc<Mutex<WaitList>>;
+
+/// Where a message's ack or error goes.
+type AckTx = oneshot::Sender<Result<Option<Ack>>>;
+
+/// The messages of a session that wait for their ack, by the correlation id sent on the wire.
+/// That id is always unique (the client's own): a caller's id only comes back in the ack. The
+/// server answers a message even after its caller stopped waiting (its future was dropped or
+/// timed out), so a caller's id reused then, if sent as is, would take the older message's
+/// ack.
+#[derive(Default)]
+struct WaitList {
+    /// Wire id -> (the caller's id, the waiter).
+    by_wire: HashMap<String, (String, AckTx)>,
+    /// The callers' ids waiting, refused for another message meanwhile.
+    ids: HashSet<String>,
+}
+
+impl WaitList {
+    fn remove(&mut self, wire: &str) -> Option<(String, AckTx)> {
+        let (id, w) = self.by_wire.remove(wire)?;
+        self.ids.remove(&id);
+        Some((id, w))
+    }
+}
 
 /// One PublishAsync stream to a broker.
 pub(crate) struct AsyncSession {
@@ -37,6 +61,7 @@ pub struct PendingAck {
     deadline: tokio::time::Instant,
     timeout: Option<Pin<Box<tokio::time::Sleep>>>,
     wait: Duration,
+    /// The session's waiters and this message's wire id.
     cleanup: Option<(Waiters, String)>,
 }
 
@@ -273,6 +298,14 @@ impl Client {
             .await?;
         let none = opts.ack_policy == AckPolicy::None;
         let id = req.correlation_id.clone();
+        // On the wire, a caller's id is replaced by a unique one (see `WaitList`).
+        let wire = if opts.correlation_id.is_some() && !none {
+            self.next_correlation_id()
+        } else {
+            id.clone()
+        };
+        let mut req = req;
+        req.correlation_id = wire.clone();
         let deadline = tokio::time::Instant::now() + opts.ack_wait;
         let mut req = Some(req);
         let mut last = None;
@@ -309,13 +342,14 @@ impl Client {
             } else {
                 let (ack_tx, ack_rx) = oneshot::channel();
                 let mut w = waiters.lock();
-                // Two messages with one id would get each other's acks.
-                if w.contains_key(&id) {
+                // Two messages with one id in flight could not be told apart by the caller.
+                if w.ids.contains(&id) {
                     return Err(Error::InvalidArgument(format!(
                         "correlation id {id:?} is already in flight"
                     )));
                 }
-                w.insert(id.clone(), ack_tx);
+                w.ids.insert(id.clone());
+                w.by_wire.insert(wire.clone(), (id.clone(), ack_tx));
                 Some(ack_rx)
             };
             match tx.send(req.take().expect("kept for a retry")).await {
@@ -325,7 +359,7 @@ impl Client {
                         deadline,
                         timeout: None,
                         wait: opts.ack_wait,
-                        cleanup: (!none).then(|| (waiters.clone(), id.clone())),
+                        cleanup: (!none).then(|| (waiters.clone(), wire.clone())),
                     });
                 }
                 // Sending hands the request back when the session is gone.
@@ -333,7 +367,7 @@ impl Client {
             }
             // The session died under us: forget it and its connection, and open a new one,
             // to the leader the metadata names then.
-            waiters.lock().remove(&id);
+            waiters.lock().remove(&wire);
             self.inner.sessions.lock().await.remove(&addr);
             self.forget(&addr);
             last = Some(Error::NoBrokers(format!(
@@ -373,7 +407,7 @@ impl Client {
                 rx,
                 |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
             );
-        let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
+        let waiters: Waiters = Arc::new(Mutex::new(WaitList::default()));
         let alive = Arc::new(AtomicBool::new(true));
         let (w, a) = (waiters.clone(), alive.clone());
         // The call runs in a task of its own, and requests flow into it at once. A server may
@@ -388,12 +422,15 @@ impl Client {
                     loop {
                         match responses.next().await {
                             Some(Ok(r)) => {
-                                let Some(waiter) = w.lock().remove(&r.correlation_id) else {
+                                let Some((id, waiter)) = w.lock().remove(&r.correlation_id) else {
                                     continue;
                                 };
                                 let result = match (&r.async_error, r.ack) {
                                     (Some(e), _) => Err(refusal(e)),
-                                    (None, Some(ack)) => Ok(Some(Ack::from_api(ack))),
+                                    (None, Some(ack)) => Ok(Some(Ack::from_api(api::Ack {
+                                        correlation_id: id,
+                                        ..ack
+                                    }))),
                                     (None, None) => Ok(None),
                                 };
                                 let _ = waiter.send(result);
@@ -411,8 +448,12 @@ impl Client {
             // The request stream is gone with the call, so a later send fails and opens a new
             // session; whoever was waiting gets the error.
             a.store(false, Ordering::Release);
-            let pending: Vec<_> = w.lock().drain().collect();
-            for (_, waiter) in pending {
+            let pending: Vec<_> = {
+                let mut w = w.lock();
+                w.ids.clear();
+                w.by_wire.drain().collect()
+            };
+            for (_, (_, waiter)) in pending {
                 let _ = waiter.send(Err(end.clone()));
             }
         });

@@ -150,6 +150,17 @@ impl State {
                 && let Err(e) = self.open().await
             {
                 self.done = true;
+                // Reopened after a message, a subscription with a stop timestamp is refused
+                // only when the stop offset the server works out from it is before the new
+                // start: the last message delivered was the stop (the connection was lost
+                // before the end came).
+                if matches!(e, Error::InvalidArgument(_))
+                    && matches!(self.opts.stop, StopAt::Timestamp(_))
+                    && self.last_offset.is_some()
+                    && !self.opts.reverse
+                {
+                    return Some(Err(Error::StopPositionReached));
+                }
                 return Some(Err(e));
             }
             let s = self.current.as_mut()?;

@@ -109,6 +109,30 @@ impl Api for Lazy {
                 handshake.chain(messages).chain(end),
             )));
         }
+        if req.stop_position == StopPosition::StopTimestamp as i32 {
+            // Message `o` has timestamp 10 * o, so the stop offset is the last one at or before
+            // the stop timestamp; up to it, then the connection is lost before the end. From
+            // after the stop, a subscription is refused, as by Liftbridge.
+            let stop = req.stop_timestamp.div_euclid(10);
+            if stop < start {
+                return Err(Status::invalid_argument(
+                    "Stop offset is before start offset",
+                ));
+            }
+            let messages = futures_util::stream::iter((start..=stop).map(|offset| {
+                Ok(Message {
+                    offset,
+                    timestamp: 10 * offset,
+                    value: format!("m{offset}").into(),
+                    ..Default::default()
+                })
+            }));
+            let lost =
+                futures_util::stream::once(async { Err(Status::unavailable("connection lost")) });
+            return Ok(Response::new(Box::pin(
+                handshake.chain(messages).chain(lost),
+            )));
+        }
         if req.stop_position == StopPosition::StopOffset as i32 {
             // Up to the stop, then the connection is lost before the end is sent. From after
             // the stop, a subscription is refused, as by Liftbridge.
@@ -452,6 +476,45 @@ async fn a_connection_lost_right_after_the_stop_message_ends_at_the_stop() {
             SubscribeOptions::default()
                 .start(StartAt::Offset(0))
                 .stop(liftbridge_client::StopAt::Offset(2)),
+        )
+        .await
+        .unwrap();
+    for offset in 0..3 {
+        let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("a message in time")
+            .expect("not ended")
+            .expect("no error");
+        assert_eq!(m.offset, offset);
+    }
+    let end = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("the end in time");
+    assert!(
+        matches!(
+            end,
+            Some(Err(liftbridge_client::Error::StopPositionReached))
+        ),
+        "{end:?}"
+    );
+    assert!(sub.next().await.is_none());
+    client.close();
+    server.abort();
+}
+
+/// As above with a stop timestamp that falls between two messages: the subscription ends at
+/// the last message before it, instead of resubscribing from after it (which the server
+/// refuses with InvalidArgument, as the stop offset it works out is before the start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_right_after_the_stop_timestamp_ends_at_the_stop() {
+    let (addr, _, server) = start().await;
+    let client = Client::connect([addr]).await.unwrap();
+    let mut sub = client
+        .subscribe(
+            "s",
+            SubscribeOptions::default()
+                .start(StartAt::Offset(0))
+                .stop(liftbridge_client::StopAt::Timestamp(25)),
         )
         .await
         .unwrap();
