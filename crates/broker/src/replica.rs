@@ -364,7 +364,9 @@ pub(crate) async fn give_up_if_failed(
 /// leader, with a report on itself that asks for renewal, for a new epoch, until a verdict or
 /// `stop`. The metadata leader moves the partition to another in-sync replica if there is one
 /// (this log may have lost a tail the others hold), else makes this broker leader again at a new
-/// epoch; either restarts the partition. A refusal means leadership moved meanwhile.
+/// epoch; either restarts the partition. A refusal means leadership moved meanwhile, which
+/// restarts the partition too; any failure (the metadata leader could not replicate the leader
+/// change, or there was none) is asked again, since until then the partition takes no writes.
 pub(crate) async fn renew_epoch(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let me = ctx.cfg.server_id.clone();
     let op = internal::ReportLeaderOp {
@@ -375,22 +377,41 @@ pub(crate) async fn renew_epoch(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watc
         leader_epoch: p.role.leader_epoch,
         renew_epoch: true,
     };
-    for attempt in 0u32.. {
-        match unless_stopped(&mut stop, ctx.meta.report_leader(op.clone())).await {
-            None | Some(Ok(())) => return,
-            Some(Err(MetaError::Op(e))) => {
-                info!(ctx.logger, "the partition's leader epoch was not renewed";
+    ask_until_stopped(
+        &mut stop,
+        || ctx.meta.report_leader(op.clone()),
+        |attempt, e| {
+            if attempt % 10 == 0 {
+                warn!(ctx.logger, "renewing the partition's leader epoch failed; retrying";
                     "stream" => &p.stream, "partition" => p.id, "error" => %e);
-                return;
             }
+        },
+    )
+    .await;
+}
+
+/// Asks `ask` until it succeeds or `stop`, telling `failed` of each failure and pausing after
+/// it, 500 ms at first, doubling up to 5 s. Every failure is retried: a refused operation cannot
+/// be told from one the metadata leader failed to replicate (a timeout, a lost leadership), and
+/// a real refusal means the partition moved on, which stops the asking.
+async fn ask_until_stopped<F, Fut>(
+    stop: &mut watch::Receiver<bool>,
+    mut ask: F,
+    mut failed: impl FnMut(u32, &MetaError),
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), MetaError>>,
+{
+    let mut wait = Duration::from_millis(500);
+    for attempt in 0u32.. {
+        match unless_stopped(stop, ask()).await {
+            None | Some(Ok(())) => return,
             Some(Err(e)) => {
-                if attempt % 10 == 0 {
-                    warn!(ctx.logger, "renewing the partition's leader epoch failed; retrying";
-                        "stream" => &p.stream, "partition" => p.id, "error" => %e);
-                }
-                if pause(&mut stop, Duration::from_millis(500)).await {
+                failed(attempt, &e);
+                if pause(stop, wait).await {
                     return;
                 }
+                wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -767,5 +788,63 @@ async fn change_leader(
         Err(e) => Err(OpError::FailedPrecondition(format!(
             "failed to replicate the leader change: {e}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A renewal whose proposal fails (here refused as the metadata leader refuses a leader
+    /// change it could not replicate) asks again rather than leaving the partition leaderless.
+    #[tokio::test]
+    async fn a_failed_renewal_is_asked_again_until_it_succeeds() {
+        let (_tx, mut stop) = watch::channel(false);
+        let calls = AtomicU32::new(0);
+        let mut failures = Vec::new();
+        let asked = tokio::time::timeout(
+            Duration::from_secs(30),
+            ask_until_stopped(
+                &mut stop,
+                || {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        match n {
+                            0 => Err(MetaError::Op(OpError::FailedPrecondition(
+                                "failed to replicate the leader change: timed out".into(),
+                            ))),
+                            1 => Err(MetaError::Timeout),
+                            _ => Ok(()),
+                        }
+                    }
+                },
+                |attempt, _| failures.push(attempt),
+            ),
+        )
+        .await;
+        assert!(asked.is_ok(), "the asking did not end");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(failures, vec![0, 1]);
+    }
+
+    /// The stop signal ends the asking.
+    #[tokio::test]
+    async fn asking_ends_at_the_stop_signal() {
+        let (tx, mut stop) = watch::channel(false);
+        let calls = AtomicU32::new(0);
+        let asking = ask_until_stopped(
+            &mut stop,
+            || {
+                if calls.fetch_add(1, Ordering::SeqCst) == 1 {
+                    let _ = tx.send(true);
+                }
+                async { Err(MetaError::NoLeader) }
+            },
+            |_, _| {},
+        );
+        let asked = tokio::time::timeout(Duration::from_secs(30), asking).await;
+        assert!(asked.is_ok(), "the asking did not end");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }
