@@ -91,7 +91,16 @@ async fn answer_fetch(p: &Arc<Partition>, ctx: &Ctx, m: natsbridge::Message) {
         let Some(leader) = commit.as_mut() else {
             return;
         };
-        leader.on_fetch(&req.replica_id, req.leader_epoch, req.offset, now)
+        // The log may hold records the state machine hears of only after their append returns;
+        // a follower may already have copied them.
+        let log_newest = p.log.newest_offset();
+        leader.on_fetch_within(
+            &req.replica_id,
+            req.leader_epoch,
+            req.offset,
+            log_newest,
+            now,
+        )
     };
     if let Some(hw) = advanced {
         let due = p.advance_hw(ctx, hw);
@@ -106,10 +115,10 @@ async fn answer_fetch(p: &Arc<Partition>, ctx: &Ctx, m: natsbridge::Message) {
             return; // another epoch, or not a replica: Liftbridge drops these too
         }
         FetchReply::OutOfRange { newest } => {
-            // The replication response has no field for it: unanswered, the follower asks again
-            // (a claim only just ahead of what the state machine heard of is served then) or
-            // waits until this leader moves to a new epoch, which it does at every start after
-            // a restart, when such a tail can be lost; the new epoch makes it truncate.
+            // A claim beyond this log's own end: the replication response has no field for it,
+            // so the follower, unanswered, waits until this leader moves to a new epoch, which
+            // it does at every start after a restart, when such a tail can be lost; the new
+            // epoch makes it truncate.
             p.waiting.lock().remove(&req.replica_id);
             warn!(ctx.logger, "a follower claims records beyond this leader's log at its epoch";
                 "stream" => &p.stream, "partition" => p.id, "replica" => &req.replica_id,

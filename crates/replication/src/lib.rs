@@ -28,8 +28,9 @@
 //! - A leader serves only followers of its own epoch; a follower accepts data, and answers to
 //!   its epoch question, only from the leader and epoch it follows (a deposed leader's answer
 //!   is ignored, and a leader answers only its own epoch's followers).
-//! - A follower's claim to hold more than the leader at the same epoch is not counted
-//!   ([`FetchReply::OutOfRange`]).
+//! - A follower's claim to hold more than the leader's log at the same epoch is not counted
+//!   ([`FetchReply::OutOfRange`]); a claim to records the log holds but the state machine was
+//!   not told of yet is served, and counts only once they are told.
 //! - An ISR expansion names the partition epoch it was decided at ([`Leader::partition_epoch`]),
 //!   and is retried only while [`Leader::is_pending`].
 //! - A failover ([`judge`]) is decided on one generation (leader, epoch) and names it, so the
@@ -228,12 +229,27 @@ impl Leader {
     }
 
     /// A follower fetches, holding up to `offset` and following `epoch`. Returns the reply and
-    /// the new HW if it advanced.
+    /// the new HW if it advanced. The leader's log holds no more than it was told of.
     pub fn on_fetch(
         &mut self,
         replica: &str,
         epoch: u64,
         offset: Offset,
+        now: Millis,
+    ) -> (FetchReply, Option<Offset>) {
+        self.on_fetch_within(replica, epoch, offset, self.newest, now)
+    }
+
+    /// [`Leader::on_fetch`] for a leader whose log holds up to `log_newest`, which may be more
+    /// than it was told of ([`Leader::on_append`] comes after the append): a follower that
+    /// copied such records is served, and its claim counts toward the HW once they are told.
+    /// Only a claim beyond the log itself is [`FetchReply::OutOfRange`].
+    pub fn on_fetch_within(
+        &mut self,
+        replica: &str,
+        epoch: u64,
+        offset: Offset,
+        log_newest: Offset,
         now: Millis,
     ) -> (FetchReply, Option<Offset>) {
         if epoch != self.epoch {
@@ -242,14 +258,10 @@ impl Leader {
         let Some(v) = self.followers.get_mut(replica) else {
             return (FetchReply::Reject, None);
         };
-        if offset > self.newest {
+        let newest = self.newest.max(log_newest);
+        if offset > newest {
             // Counting it would commit offsets this leader will write anew, differently.
-            return (
-                FetchReply::OutOfRange {
-                    newest: self.newest,
-                },
-                None,
-            );
+            return (FetchReply::OutOfRange { newest }, None);
         }
         v.offset = offset;
         v.last_seen = now;
@@ -1067,6 +1079,33 @@ mod tests {
                 FollowerAction::Fetch
             ]
         );
+    }
+
+    /// The leader's log already holds 101..105, which b copied, but the append that wrote them
+    /// has not told the state machine yet: b's fetch is served (not out of range), and its claim
+    /// commits nothing beyond what the state machine was told until the append is.
+    #[test]
+    fn a_follower_ahead_of_the_told_offsets_but_within_the_log_is_served() {
+        let mut l = Leader::new(
+            "a",
+            10,
+            s(&["a", "b"]),
+            s(&["a", "b"]),
+            (100, 100),
+            settings(),
+            0,
+        );
+        assert_eq!(
+            l.on_fetch_within("b", 10, 105, 105, 1),
+            (FetchReply::Serve { from: 106, hw: 100 }, None)
+        );
+        assert_eq!(l.on_append(105), Some(105), "b's claim counts once told");
+        assert_eq!(
+            l.on_fetch_within("b", 10, 107, 105, 2),
+            (FetchReply::OutOfRange { newest: 105 }, None),
+            "beyond the log itself is still out of range"
+        );
+        assert_eq!(l.on_append(110), None);
     }
 
     #[test]
