@@ -169,3 +169,29 @@ fn every_key_is_applied_or_refused_by_name() {
         }
     }
 }
+
+/// Files nats-server refuses, or reads differently from their text, that the embedded server
+/// must refuse too rather than start with less protection than the file asks for: `users` as a
+/// map (nats-server: "Expected users field to be an array"; the embedded server ran with no
+/// authentication at all), `permissions` as a string or list (nats-server: "Expected
+/// permissions to be a map"; the embedded server gave that user every permission), and a
+/// variable reference (nats-server takes the value from the environment; the embedded server
+/// took the literal text `$NAME` as the password, which anyone who reads the file can send).
+#[test]
+fn files_read_otherwise_than_nats_server_reads_them_are_refused() {
+    for text in [
+        "authorization { users: { user: a, password: b } }",
+        "authorization { users: [ { user: a, password: b, permissions: \"orders.>\" } ] }",
+        "authorization { users: [ { user: a, password: b, permissions: [\"orders.>\"] } ] }",
+        "authorization { users: [ { user: a, password: b, permissions: { publish: [[\"orders.>\"]] } } ] }",
+        "authorization { user: a, password: $HOME }",
+        "authorization { token: $HOME }",
+        "authorization { users: [ { user: a, password: $HOME } ] }",
+    ] {
+        let root = parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert!(read(&root).is_err(), "{text:?} was accepted");
+    }
+    // A quoted '$' is a literal in nats-server too, and stays accepted.
+    let root = parse("authorization { user: a, password: \"$ecret\" }").unwrap();
+    read(&root).unwrap();
+}
