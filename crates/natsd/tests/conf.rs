@@ -204,3 +204,25 @@ fn files_read_otherwise_than_nats_server_reads_them_are_refused() {
     .unwrap();
     read(&root).unwrap();
 }
+
+/// Passwords and tokens read from a file never show in a debug print of the settings (the
+/// embedded server's settings are part of the broker's configuration, which may be printed).
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let root = parse(
+        "authorization { users: [ { user: a, password: s3cretA }, { user: b, password: s3cretB, permissions: { publish: x } } ] }",
+    )
+    .unwrap();
+    let users = format!("{:?}", authorization(&root).unwrap());
+    let one = format!(
+        "{:?}",
+        authorization(&parse("authorization { user: u, password: s3cretU }").unwrap()).unwrap()
+    );
+    let token = format!(
+        "{:?}",
+        authorization(&parse("authorization { token: s3cretT }").unwrap()).unwrap()
+    );
+    for shown in [users, one, token] {
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+}
