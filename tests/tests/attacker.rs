@@ -551,3 +551,26 @@ async fn every_call_on_another_clients_stream_is_refused() {
     assert_eq!(&next(&mut s).await.unwrap().value[..], b"bonus");
     l.srv.stop().await;
 }
+
+/// A stream's partition n lives on `<subject>.<n>`: a stream on the namespace itself (or on a
+/// wildcard that matches it) with more than one partition would put its partitions inside the
+/// namespace, where clients never get a subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_subjects_never_land_in_the_namespace() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    for subject in ["liftbridge-default", "*"] {
+        let mut req = stream("parts", subject);
+        req.partitions = 3;
+        refused(
+            c.create_stream(req).await,
+            Code::InvalidArgument,
+            &format!("{subject} with 3 partitions"),
+        );
+    }
+    // One partition lives on the subject itself, outside the namespace.
+    c.create_stream(stream("parts", "liftbridge-default"))
+        .await
+        .unwrap();
+    srv.stop().await;
+}
