@@ -45,6 +45,8 @@ p, mallory, spy2, Subscribe
 p, mallory, subject:spy.all, CreateStream
 p, mallory, liftbridge-default.raft.metadata.join, PublishToSubject
 p, mallory, payroll, Unused
+p, alice, spy, Subscribe
+p, alice, alice-readers, JoinConsumerGroup
 ";
 
 struct Locked {
@@ -573,4 +575,41 @@ async fn partition_subjects_never_land_in_the_namespace() {
         .await
         .unwrap();
     srv.stop().await;
+}
+
+/// A group subscription names a group: a client allowed to read a stream, but not granted the
+/// group, cannot subscribe as one of its members (which would end the member's subscription on
+/// that partition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_subscription_needs_the_group() {
+    let l = Locked::start().await;
+    let mut alice = l.client("alice").await;
+    let mut mallory = l.client("mallory").await;
+    mallory.create_stream(stream("spy", "spy")).await.unwrap();
+    let joined = alice
+        .join_consumer_group(JoinConsumerGroupRequest {
+            group_id: "alice-readers".into(),
+            consumer_id: "a".into(),
+            streams: vec!["spy".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    refused(
+        mallory
+            .subscribe(SubscribeRequest {
+                stream: "spy".into(),
+                consumer: Some(Consumer {
+                    group_id: "alice-readers".into(),
+                    group_epoch: joined.epoch,
+                    consumer_id: "m".into(),
+                }),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        Code::PermissionDenied,
+        "a subscription as a member of alice's group",
+    );
+    l.srv.stop().await;
 }
