@@ -45,6 +45,8 @@ p, mallory, spy2, Subscribe
 p, mallory, subject:spy.all, CreateStream
 p, mallory, liftbridge-default.raft.metadata.join, PublishToSubject
 p, mallory, payroll, Unused
+p, alice, spy, Subscribe
+p, alice, alice-readers, JoinConsumerGroup
 ";
 
 struct Locked {
@@ -549,5 +551,65 @@ async fn every_call_on_another_clients_stream_is_refused() {
         .unwrap();
     assert_eq!(&next(&mut s).await.unwrap().value[..], b"salary");
     assert_eq!(&next(&mut s).await.unwrap().value[..], b"bonus");
+    l.srv.stop().await;
+}
+
+/// A stream's partition n lives on `<subject>.<n>`: a stream on the namespace itself (or on a
+/// wildcard that matches it) with more than one partition would put its partitions inside the
+/// namespace, where clients never get a subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_subjects_never_land_in_the_namespace() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    for subject in ["liftbridge-default", "*"] {
+        let mut req = stream("parts", subject);
+        req.partitions = 3;
+        refused(
+            c.create_stream(req).await,
+            Code::InvalidArgument,
+            &format!("{subject} with 3 partitions"),
+        );
+    }
+    // One partition lives on the subject itself, outside the namespace.
+    c.create_stream(stream("parts", "liftbridge-default"))
+        .await
+        .unwrap();
+    srv.stop().await;
+}
+
+/// A group subscription names a group: a client allowed to read a stream, but not granted the
+/// group, cannot subscribe as one of its members (which would end the member's subscription on
+/// that partition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_subscription_needs_the_group() {
+    let l = Locked::start().await;
+    let mut alice = l.client("alice").await;
+    let mut mallory = l.client("mallory").await;
+    mallory.create_stream(stream("spy", "spy")).await.unwrap();
+    let joined = alice
+        .join_consumer_group(JoinConsumerGroupRequest {
+            group_id: "alice-readers".into(),
+            consumer_id: "a".into(),
+            streams: vec!["spy".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    refused(
+        mallory
+            .subscribe(SubscribeRequest {
+                stream: "spy".into(),
+                consumer: Some(Consumer {
+                    group_id: "alice-readers".into(),
+                    group_epoch: joined.epoch,
+                    consumer_id: "m".into(),
+                }),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        Code::PermissionDenied,
+        "a subscription as a member of alice's group",
+    );
     l.srv.stop().await;
 }

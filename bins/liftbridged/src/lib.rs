@@ -443,7 +443,11 @@ async fn remove_member(cfg: &Config, member: &str) -> i32 {
     let result = async {
         let subjects = natsbridge::Subjects::new(&cfg.broker.namespace)
             .map_err(|e| format!("namespace: {e}"))?;
-        let conn = natsbridge::Connection::connect(&cfg.broker.nats, "liftbridged-remove-member")
+        // Answers come inside the namespace, as the brokers' own do, never on the `_INBOX.`
+        // prefix applications may read.
+        let mut nats = cfg.broker.nats.clone();
+        nats.inbox_prefix = Some(subjects.inbox_prefix());
+        let conn = natsbridge::Connection::connect(&nats, "liftbridged-remove-member")
             .await
             .map_err(|e| e.to_string())?;
         let removed = broker::remove_member(&conn, &subjects, member, Duration::from_secs(10))

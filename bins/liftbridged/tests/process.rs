@@ -358,3 +358,50 @@ async fn raft_remove_member_asks_the_leader_and_exits() {
     assert!(sigterm(&mut server).success());
     drop(nats);
 }
+
+/// `--raft-remove-member` gets its answer inside the brokers' namespace, like the brokers
+/// themselves: the default `_INBOX.` prefix is one the documented NATS permissions give to
+/// applications, which could read the answer there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_remove_member_answers_stay_inside_the_namespace() {
+    let nats = testkit::RefNats::start("");
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = free_port();
+    let mut server = liftbridged_env(
+        &[
+            "--nats-servers",
+            &url,
+            "--raft-bootstrap-seed",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &grpc.to_string(),
+        ],
+        &dir.path().join("one"),
+        &[("LIFTBRIDGE_CLUSTERING_SERVER_ID", "one")],
+    );
+    wait_port(grpc);
+    // An application listening where applications may.
+    let app = async_nats::connect(&url).await.unwrap();
+    let mut inbox = app.subscribe("_INBOX.>").await.unwrap();
+    app.flush().await.unwrap();
+    let out = Command::new(BIN)
+        .args(["--nats-servers", &url, "--raft-remove-member", "ghost"])
+        .arg("--data-dir")
+        .arg(dir.path().join("tool"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The answer went out before the tool exited; a round trip brings anything already
+    // delivered to this subscription.
+    app.flush().await.unwrap();
+    let seen = futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut inbox));
+    assert!(
+        seen.is_none(),
+        "an application read {:?}",
+        seen.flatten().map(|m| m.subject)
+    );
+    assert!(sigterm(&mut server).success());
+    drop(nats);
+}

@@ -188,6 +188,13 @@ impl Api for Service {
         // Before the subscription exists (the original checks after, so a denied group member
         // still displaced the current one).
         self.allow(&request, &request.get_ref().stream, "Subscribe")?;
+        // A group subscription acts as a member of the group (it replaces the member reading the
+        // partition): the group is authorized as a JoinConsumerGroup is.
+        if let Some(c) = request.get_ref().consumer.as_ref()
+            && !c.group_id.is_empty()
+        {
+            self.allow(&request, &c.group_id, "JoinConsumerGroup")?;
+        }
         let sub = self
             .broker
             .subscribe(request.into_inner())

@@ -74,6 +74,11 @@ impl Broker {
             return Err(BrokerError::InvalidArgument("Subject is invalid".into()));
         }
         self.check_outside_namespace("subject", &req.subject)?;
+        // Partition n > 0 lives on `<subject>.<n>`: on the namespace's own subject (or a
+        // wildcard matching it) that is inside the namespace.
+        if req.partitions > 1 {
+            self.check_outside_namespace("partition subject", &format!("{}.*", req.subject))?;
+        }
         if RESERVED.contains(&req.name.as_str()) {
             return Err(BrokerError::InvalidArgument("Stream is reserved".into()));
         }

@@ -293,13 +293,12 @@ pub struct Connection {
     counters: Arc<Counters>,
 }
 
-/// Where a URL's user information (`user:password@` or `token@`) is, if it has one.
+/// Where a URL's user information (`user:password@` or `token@`) is, if it has one: up to the
+/// last `@` after the scheme. Not only before the first `/`, `?` or `#`: a password written
+/// unencoded may hold those, and a NATS server URL has no use for an `@` in a path.
 fn userinfo(url: &str) -> Option<std::ops::Range<usize>> {
     let start = url.find("://").map_or(0, |i| i + 3);
-    let end = url[start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| start + i);
-    let at = url[start..end].rfind('@')?;
+    let at = url[start..].rfind('@')?;
     Some(start..start + at)
 }
 

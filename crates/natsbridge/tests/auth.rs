@@ -227,3 +227,28 @@ async fn credentials_in_a_server_url_are_refused_and_never_repeated() {
         "nats://10.0.0.1:4222"
     );
 }
+
+/// A password written unencoded with a `/`, `?` or `#` in it is still credentials: the URL is
+/// refused and never shown with it (the user information was looked for only before the first
+/// of those characters, so such a URL passed as credential-free and was logged whole).
+#[tokio::test]
+async fn a_password_with_a_slash_or_hash_is_still_refused_and_hidden() {
+    for url in [
+        "nats://lb:s3cret/pw@127.0.0.1:1",
+        "nats://lb:s3cret#pw@127.0.0.1:1",
+        "nats://lb:s3cret?pw@127.0.0.1:1",
+    ] {
+        assert!(natsbridge::url_has_credentials(url), "{url}");
+        let shown = natsbridge::redact_url(url);
+        assert!(!shown.contains("s3cret"), "{url} shown as {shown}");
+        let cfg = NatsConfig {
+            servers: vec![url.into()],
+            connect_timeout: Duration::from_millis(300),
+            ..NatsConfig::default()
+        };
+        let e = Connection::connect(&cfg, "auth-test").await.unwrap_err();
+        let text = e.to_string();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("credentials"), "{text}");
+    }
+}

@@ -409,7 +409,14 @@ fn secret_matches(given: Option<&str>, configured: &str) -> bool {
         .iter()
         .any(|p| configured.starts_with(p));
     if bcrypt {
-        return bcrypt::verify(given, configured).unwrap_or(false);
+        // bcrypt is slow on purpose, and anyone who knows a user name may ask for it before
+        // logging in: on a multi-threaded runtime the worker hands its other connections to
+        // another thread meanwhile, so they go on being served.
+        let verify = || bcrypt::verify(given, configured).unwrap_or(false);
+        return match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(verify),
+            _ => verify(),
+        };
     }
     subtle::ConstantTimeEq::ct_eq(given.as_bytes(), configured.as_bytes()).into()
 }

@@ -12,7 +12,10 @@
 //! accepts it and applies nothing, it is refused). Any other key is
 //! refused by [`check_keys`], naming it: a setting nats-server would honour must never be
 //! accepted and silently ignored (an ignored `authorization` or `verify` leaves the server
-//! open). A syntax error is an error with its line.
+//! open). A file nats-server refuses for its shape (`users` not a list, `permissions` not a map,
+//! a rule that is not subjects) is refused too, and so is a bare `$NAME` variable reference, which
+//! this reader does not resolve (a bare bcrypt hash, `$2a$…`, is a value, as in nats-server). A
+//! syntax error is an error with its line.
 
 use crate::perms::{Permissions, Rule};
 use crate::server::{Auth, User};
@@ -150,6 +153,19 @@ impl Lexer<'_> {
                 Ok(Value::List(items))
             }
             None | Some(b'\n') => Err(self.err("a key without a value")),
+            Some(b'$') => {
+                // A bare `$NAME` is a variable reference in nats-server (from the file or the
+                // environment); taking it as literal text would make `password: $PASS` the
+                // password "$PASS". Only a bare bcrypt hash (`$2a$...`) is literal there.
+                let w = self.word(false)?;
+                if w.starts_with("$2a$") {
+                    Ok(Value::Scalar(w))
+                } else {
+                    Err(self.err(format!(
+                        "variable references ({w}) are not implemented; write the value, or run nats-server"
+                    )))
+                }
+            }
             _ => Ok(Value::Scalar(self.word(false)?)),
         }
     }
@@ -315,18 +331,51 @@ pub fn check_keys(root: &Value) -> Result<(), String> {
         }
         Ok(())
     }
+    // A subject, or a list of subjects: anything else would be dropped from the rule, and an
+    // empty rule allows everything.
+    fn subjects(v: &Value, path: &str) -> Result<(), String> {
+        let ok = match v {
+            Value::Scalar(_) => true,
+            Value::List(l) => l.iter().all(|i| matches!(i, Value::Scalar(_))),
+            Value::Map(_) => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{path} is not a subject or a list of subjects"))
+        }
+    }
     fn perms(v: &Value, path: &str) -> Result<(), String> {
+        if !matches!(v, Value::Map(_)) {
+            return Err(format!("{path} is not a map"));
+        }
         only(v, path, PERMISSION_KEYS)?;
         for k in PERMISSION_KEYS {
             if let Some(r) = v.get(k) {
-                only(r, &format!("{path}.{k}"), RULE_KEYS)?;
+                let at = format!("{path}.{k}");
+                if let Value::Map(_) = r {
+                    only(r, &at, RULE_KEYS)?;
+                    for rk in RULE_KEYS {
+                        if let Some(list) = r.get(rk) {
+                            subjects(list, &format!("{at}.{rk}"))?;
+                        }
+                    }
+                } else {
+                    subjects(r, &at)?;
+                }
             }
         }
         Ok(())
     }
     only(root, "", TOP_KEYS)?;
     if let Some(a) = root.get("authorization") {
+        if !matches!(a, Value::Map(_)) {
+            return Err("authorization is not a map".into());
+        }
         only(a, "authorization", AUTHORIZATION_KEYS)?;
+        if a.get("users").is_some_and(|u| !matches!(u, Value::List(_))) {
+            return Err("authorization.users is not a list".into());
+        }
         if let Some(d) = a.get("default_permissions") {
             perms(d, "authorization.default_permissions")?;
         }

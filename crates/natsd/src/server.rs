@@ -18,8 +18,8 @@ use crate::sublist::{Sublist, Subscription, is_valid_subject};
 /// The protocol version this server speaks to clients; it decides which features clients use.
 pub const COMPATIBLE_VERSION: &str = "2.9.0";
 
-/// How clients must authenticate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How clients must authenticate. Its `Debug` output hides passwords and tokens.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Auth {
     /// `CONNECT {"auth_token": ...}`.
     Token(String),
@@ -34,8 +34,8 @@ pub enum Auth {
     Users(Vec<User>),
 }
 
-/// One user of [`Auth::Users`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One user of [`Auth::Users`]. Its `Debug` output hides the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct User {
     /// The user name.
     pub user: String,
@@ -43,6 +43,30 @@ pub struct User {
     pub password: String,
     /// What it may publish and subscribe to; `None`: anything.
     pub permissions: Option<crate::perms::Permissions>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Token(_) => f.debug_tuple("Token").field(&"***").finish(),
+            Auth::User { user, .. } => f
+                .debug_struct("User")
+                .field("user", user)
+                .field("password", &"***")
+                .finish(),
+            Auth::Users(users) => f.debug_tuple("Users").field(users).finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("user", &self.user)
+            .field("password", &"***")
+            .field("permissions", &self.permissions)
+            .finish()
+    }
 }
 
 /// Server settings. The defaults are nats-server's.

@@ -169,3 +169,60 @@ fn every_key_is_applied_or_refused_by_name() {
         }
     }
 }
+
+/// Files nats-server refuses, or reads differently from their text, that the embedded server
+/// must refuse too rather than start with less protection than the file asks for: `users` as a
+/// map (nats-server: "Expected users field to be an array"; the embedded server ran with no
+/// authentication at all), `permissions` as a string or list (nats-server: "Expected
+/// permissions to be a map"; the embedded server gave that user every permission), and a
+/// variable reference (nats-server takes the value from the environment; the embedded server
+/// took the literal text `$NAME` as the password, which anyone who reads the file can send).
+#[test]
+fn files_read_otherwise_than_nats_server_reads_them_are_refused() {
+    for text in [
+        "authorization { users: { user: a, password: b } }",
+        "authorization { users: [ { user: a, password: b, permissions: \"orders.>\" } ] }",
+        "authorization { users: [ { user: a, password: b, permissions: [\"orders.>\"] } ] }",
+        "authorization { users: [ { user: a, password: b, permissions: { publish: [[\"orders.>\"]] } } ] }",
+        "authorization { user: a, password: $HOME }",
+        "authorization { token: $HOME }",
+        "authorization { users: [ { user: a, password: $HOME } ] }",
+    ] {
+        // Refused when read, or already when parsed.
+        let r = parse(text)
+            .map_err(|e| e.to_string())
+            .and_then(|root| read(&root));
+        assert!(r.is_err(), "{text:?} was accepted");
+    }
+    // A quoted '$' is a literal in nats-server too, and stays accepted.
+    let root = parse("authorization { user: a, password: \"$ecret\" }").unwrap();
+    read(&root).unwrap();
+    // So is a bare bcrypt hash.
+    let root = parse(
+        "authorization { user: a, password: $2a$11$PWIFAL8RsWyGI3jVZtO9Nu8.6jOxzxfZo7c/W0eLk017hjgUKWrhy }",
+    )
+    .unwrap();
+    read(&root).unwrap();
+}
+
+/// Passwords and tokens read from a file never show in a debug print of the settings (the
+/// embedded server's settings are part of the broker's configuration, which may be printed).
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let root = parse(
+        "authorization { users: [ { user: a, password: s3cretA }, { user: b, password: s3cretB, permissions: { publish: x } } ] }",
+    )
+    .unwrap();
+    let users = format!("{:?}", authorization(&root).unwrap());
+    let one = format!(
+        "{:?}",
+        authorization(&parse("authorization { user: u, password: s3cretU }").unwrap()).unwrap()
+    );
+    let token = format!(
+        "{:?}",
+        authorization(&parse("authorization { token: s3cretT }").unwrap()).unwrap()
+    );
+    for shown in [users, one, token] {
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+}

@@ -398,3 +398,106 @@ async fn wildcards_in_a_published_subject_are_refused() {
     assert_eq!(read_line(&mut rd).await, "PONG\r\n");
     server.shutdown().await;
 }
+
+/// Checking a password against a bcrypt hash takes the CPU for a long time on purpose; done on
+/// the server's own task, it stopped every other connection on that worker thread meanwhile,
+/// and anyone who knows a user name could keep doing it without logging in. An authenticated
+/// client's PING is answered while wrong passwords for a bcrypt user are being checked.
+#[test]
+fn a_bcrypt_check_does_not_stop_other_connections() {
+    // bcrypt("U*U"), cost 10: a wrong password costs the whole 2^10 rounds.
+    const HASH: &str = "$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy";
+    // The server runs alone on a runtime of one worker thread.
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let server = natsd::Server::start(natsd::ServerConfig {
+                port: 0,
+                auth: Some(natsd::Auth::Users(vec![
+                    natsd::User {
+                        user: "broker".into(),
+                        password: HASH.into(),
+                        permissions: None,
+                    },
+                    natsd::User {
+                        user: "app".into(),
+                        password: "app".into(),
+                        permissions: None,
+                    },
+                ])),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            addr_tx.send(server.local_addr()).unwrap();
+            let _ = stop_rx.await;
+            server.shutdown().await;
+        });
+    });
+    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let open = |hello: &'static [u8]| async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (rd, mut wr) = stream.into_split();
+            let mut rd = BufReader::new(rd);
+            let mut line = String::new();
+            rd.read_line(&mut line).await.unwrap();
+            assert!(line.starts_with("INFO "), "{line}");
+            wr.write_all(hello).await.unwrap();
+            (rd, wr)
+        };
+        let (mut app, mut app_wr) =
+            open(b"CONNECT {\"verbose\":false,\"user\":\"app\",\"pass\":\"app\"}\r\nPING\r\n")
+                .await;
+        assert_eq!(read_line(&mut app).await, "PONG\r\n");
+        // Each wrong password's answer, as it comes.
+        let (refusals_tx, mut refusals) = tokio::sync::mpsc::unbounded_channel();
+        let mut writers = Vec::new();
+        for _ in 0..6 {
+            let (mut rd, wr) =
+                open(b"CONNECT {\"verbose\":false,\"user\":\"broker\",\"pass\":\"guess\"}\r\n")
+                    .await;
+            writers.push(wr);
+            let tx = refusals_tx.clone();
+            tokio::spawn(async move {
+                let mut line = String::new();
+                let _ = rd.read_line(&mut line).await;
+                let _ = tx.send(line);
+            });
+        }
+        drop(refusals_tx);
+        app_wr.write_all(b"PING\r\n").await.unwrap();
+        let mut pong = String::new();
+        let answered_first = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::select! {
+                biased;
+                _ = app.read_line(&mut pong) => "app".to_owned(),
+                r = refusals.recv() => format!("attacker {r:?}"),
+            }
+        })
+        .await
+        .expect("an answer");
+        assert_eq!(answered_first, "app");
+        assert_eq!(pong, "PONG\r\n");
+        // The wrong passwords are refused all the same.
+        for _ in 0..6 {
+            let line = tokio::time::timeout(Duration::from_secs(60), refusals.recv())
+                .await
+                .expect("a refusal")
+                .expect("an answer");
+            assert_eq!(line, "-ERR 'Authorization Violation'\r\n");
+        }
+    });
+    stop_tx.send(()).unwrap();
+    server_thread.join().unwrap();
+}
