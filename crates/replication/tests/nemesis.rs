@@ -32,7 +32,7 @@
 //! A failure prints its seed: `NEMESIS_SEED=n` replays one, `NEMESIS_SEEDS=n` runs more
 //! (default 300), `NEMESIS_TRACE=1` prints what happens.
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use liftbridge_proto::internal::{self, Op, RaftLog};
@@ -42,31 +42,9 @@ use replication::{
     LeaderReport, Millis, Offset, Settings, epoch_end,
 };
 
-struct Rng(u64);
+mod common;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    offset: Offset,
-    epoch: u64,
-    id: u64,
-}
+use common::{Entry, Replica, Rng};
 
 /// A proposal id: (broker, run, counter), unique per broker and run.
 type ProposalId = (usize, u64, u64);
@@ -119,30 +97,8 @@ enum Msg {
     },
 }
 
-/// A message in flight, delivered at `at` (ties in sending order). `to` None: the metadata.
-struct Pending {
-    at: Millis,
-    seq: u64,
-    to: Option<usize>,
-    msg: Msg,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, o: &Self) -> Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
-}
+/// A message in flight; to `None`: the metadata.
+type Pending = common::Pending<Option<usize>, Msg>;
 
 enum Role {
     None,
@@ -182,16 +138,25 @@ struct Broker {
     proposals: BTreeMap<ProposalId, Proposal>,
 }
 
+impl Replica for Broker {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn hw(&self) -> Offset {
+        self.hw
+    }
+    fn log(&self) -> &[Entry] {
+        &self.log
+    }
+    fn epochs(&self) -> &[(u64, Offset)] {
+        &self.epochs
+    }
+    fn log_and_epochs_mut(&mut self) -> (&mut Vec<Entry>, &mut Vec<(u64, Offset)>) {
+        (&mut self.log, &mut self.epochs)
+    }
+}
+
 impl Broker {
-    fn newest(&self) -> Offset {
-        self.log.len() as Offset - 1
-    }
-    fn leo(&self) -> Offset {
-        self.log.len() as Offset
-    }
-    fn latest_epoch(&self) -> Option<u64> {
-        self.epochs.last().map(|e| e.0)
-    }
     fn assign_epoch(&mut self, epoch: u64) {
         if self.latest_epoch().is_none_or(|e| epoch > e) {
             if self.epochs.last().is_some_and(|l| l.1 == self.leo()) {
@@ -212,17 +177,6 @@ impl Broker {
         self.synced = self.synced.min(self.log.len());
         self.epochs.retain(|e| e.1 < keep_below);
         Ok(())
-    }
-    fn append_raw(&mut self, entries: &[Entry]) {
-        for e in entries {
-            if e.offset != self.leo() {
-                continue;
-            }
-            if self.latest_epoch().is_none_or(|l| e.epoch > l) {
-                self.epochs.push((e.epoch, e.offset));
-            }
-            self.log.push(*e);
-        }
     }
 }
 
@@ -861,49 +815,13 @@ impl Sim {
     fn check(&mut self) -> Result<(), String> {
         for (i, b) in self.brokers.iter().enumerate() {
             let prev = self.max_hw.entry(i).or_insert(-1);
-            if b.hw < *prev {
-                return Err(format!("{}'s HW fell from {prev} to {}", b.id, b.hw));
-            }
-            *prev = b.hw;
-            if b.hw > b.newest() {
-                return Err(format!(
-                    "{}'s HW {} is beyond its log end {}",
-                    b.id,
-                    b.hw,
-                    b.newest()
-                ));
-            }
-            let from = self.checked.get(&i).map_or(0, |c| c + 1);
-            for e in b
-                .log
-                .iter()
-                .take((b.hw + 1).max(0) as usize)
-                .skip(from.max(0) as usize)
-            {
-                match self.committed.get(&e.offset) {
-                    Some(id) if *id != e.id => {
-                        return Err(format!(
-                            "{} committed {} at {}, another broker {}",
-                            b.id, e.id, e.offset, id
-                        ));
-                    }
-                    None => {
-                        self.committed.insert(e.offset, e.id);
-                    }
-                    _ => {}
-                }
-            }
+            let checked = self.checked.get(&i).copied();
+            common::check_replica(b, prev, checked, &mut self.committed)?;
         }
         for (i, b) in self.brokers.iter().enumerate() {
             self.checked.insert(i, b.hw);
         }
-        for (id, off) in std::mem::take(&mut self.newly_acked) {
-            if self.committed.get(&off) != Some(&id) {
-                return Err(format!(
-                    "acked message {id} at {off} is not in the committed history"
-                ));
-            }
-        }
+        common::check_acked(&self.committed, std::mem::take(&mut self.newly_acked))?;
         if let Some((f, target)) = self.fragile
             && self.brokers[f].alive
             && self.brokers[f].hw >= target
@@ -1141,35 +1059,11 @@ impl Sim {
 
     fn final_check(&self) -> Result<(), String> {
         let p = partition_of(&self.fsm);
-        let li = self.idx(&p.leader);
-        let leader = &self.brokers[li];
+        let leader = &self.brokers[self.idx(&p.leader)];
         if !matches!(leader.role, Role::Leader(_)) {
             return Err(format!("{} does not lead after healing", leader.id));
         }
-        for (id, off) in &self.acked {
-            if leader.log.get(*off as usize).map(|e| e.id) != Some(*id) {
-                return Err(format!("leader lacks acked message {id} at {off}"));
-            }
-            if leader.log.iter().filter(|e| e.id == *id).count() != 1 {
-                return Err(format!("acked message {id} appears more than once"));
-            }
-        }
-        for b in &self.brokers {
-            if b.newest() < leader.hw {
-                return Err(format!(
-                    "{} did not catch up: newest {} < leader hw {}",
-                    b.id,
-                    b.newest(),
-                    leader.hw
-                ));
-            }
-            for o in 0..=leader.hw.max(-1) {
-                if b.log[o as usize] != leader.log[o as usize] {
-                    return Err(format!("{} differs from the leader at {o}", b.id));
-                }
-            }
-        }
-        Ok(())
+        common::check_caught_up(&self.acked, leader, &self.brokers)
     }
 }
 
@@ -1211,19 +1105,7 @@ fn run(seed: u64) -> Result<Totals, String> {
 
 /// `NEMESIS_SEEDS` seeds (default 300) split over `parts` tests; `NEMESIS_SEED` replays one.
 fn seeds(part: u64, parts: u64) -> Vec<u64> {
-    if let Ok(s) = std::env::var("NEMESIS_SEED") {
-        let seed: u64 = s.parse().expect("NEMESIS_SEED is a number");
-        return if seed % parts == part {
-            vec![seed]
-        } else {
-            Vec::new()
-        };
-    }
-    let n: u64 = std::env::var("NEMESIS_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    (1..=n).filter(|s| s % parts == part).collect()
+    common::seeds("NEMESIS", 300, part, parts)
 }
 
 fn run_part(part: u64) {

@@ -10,7 +10,7 @@
 //! every replica catches up and every acked message is on every ISR member exactly once, at its
 //! offset. A failure prints its seed; `SIM_SEED=n` replays one, `SIM_SEEDS=n` runs more.
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use replication::{
@@ -18,31 +18,9 @@ use replication::{
     failover_due,
 };
 
-struct Rng(u64);
+mod common;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    offset: Offset,
-    epoch: u64,
-    id: u64,
-}
+use common::{Entry, Replica, Rng};
 
 #[derive(Debug, Clone)]
 enum Msg {
@@ -75,30 +53,8 @@ enum Msg {
     },
 }
 
-/// A message in flight, delivered at `at` (ties in sending order).
-struct Pending {
-    at: Millis,
-    seq: u64,
-    to: String,
-    msg: Msg,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, o: &Self) -> Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
-}
+/// A message in flight to a broker.
+type Pending = common::Pending<String, Msg>;
 
 enum Role {
     None,
@@ -121,16 +77,25 @@ struct Broker {
     pending: BTreeMap<Offset, u64>,
 }
 
+impl Replica for Broker {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn hw(&self) -> Offset {
+        self.hw
+    }
+    fn log(&self) -> &[Entry] {
+        &self.log
+    }
+    fn epochs(&self) -> &[(u64, Offset)] {
+        &self.epochs
+    }
+    fn log_and_epochs_mut(&mut self) -> (&mut Vec<Entry>, &mut Vec<(u64, Offset)>) {
+        (&mut self.log, &mut self.epochs)
+    }
+}
+
 impl Broker {
-    fn newest(&self) -> Offset {
-        self.log.len() as Offset - 1
-    }
-    fn leo(&self) -> Offset {
-        self.log.len() as Offset
-    }
-    fn latest_epoch(&self) -> Option<u64> {
-        self.epochs.last().map(|e| e.0)
-    }
     fn assign_epoch(&mut self, epoch: u64) {
         if self.latest_epoch().is_none_or(|e| epoch > e) {
             self.epochs.push((epoch, self.leo()));
@@ -148,17 +113,6 @@ impl Broker {
         // An epoch that starts at or after the cut is gone; earlier ones stay.
         self.epochs.retain(|e| e.1 < keep_below);
         Ok(())
-    }
-    fn append_raw(&mut self, entries: &[Entry]) {
-        for e in entries {
-            if e.offset != self.leo() {
-                continue;
-            }
-            if self.latest_epoch().is_none_or(|l| e.epoch > l) {
-                self.epochs.push((e.epoch, e.offset));
-            }
-            self.log.push(*e);
-        }
     }
 }
 
@@ -610,52 +564,13 @@ impl Sim {
     fn check(&mut self) -> Result<(), String> {
         for b in &self.brokers {
             let prev = self.max_hw.entry(b.id.clone()).or_insert(-1);
-            if b.hw < *prev {
-                return Err(format!("{}'s HW fell from {prev} to {}", b.id, b.hw));
-            }
-            *prev = b.hw;
-            if b.hw > b.newest() {
-                return Err(format!(
-                    "{}'s HW {} is beyond its log end {}",
-                    b.id,
-                    b.hw,
-                    b.newest()
-                ));
-            }
-            // Entries at or below a broker's HW never change, so each is checked once.
-            let from = self.checked.get(&b.id).map_or(0, |c| c + 1);
-            for e in b
-                .log
-                .iter()
-                .take((b.hw + 1).max(0) as usize)
-                .skip(from.max(0) as usize)
-            {
-                match self.committed.get(&e.offset) {
-                    Some(id) if *id != e.id => {
-                        return Err(format!(
-                            "{} committed {} at {}, another broker {}",
-                            b.id, e.id, e.offset, id
-                        ));
-                    }
-                    None => {
-                        self.committed.insert(e.offset, e.id);
-                    }
-                    _ => {}
-                }
-            }
+            let checked = self.checked.get(&b.id).copied();
+            common::check_replica(b, prev, checked, &mut self.committed)?;
         }
         for b in &self.brokers {
             self.checked.insert(b.id.clone(), b.hw);
         }
-        // Acked messages are checked once: the committed history never changes afterwards.
-        for (id, off) in std::mem::take(&mut self.newly_acked) {
-            if self.committed.get(&off) != Some(&id) {
-                return Err(format!(
-                    "acked message {id} at {off} is not in the committed history"
-                ));
-            }
-        }
-        Ok(())
+        common::check_acked(&self.committed, std::mem::take(&mut self.newly_acked))
     }
 
     fn step(&mut self, faults: bool) -> Result<(), String> {
@@ -775,32 +690,8 @@ impl Sim {
     }
 
     fn final_check(&self) -> Result<(), String> {
-        let li = self.idx(&self.meta.leader);
-        let leader = &self.brokers[li];
-        for (id, off) in &self.acked {
-            if leader.log.get(*off as usize).map(|e| e.id) != Some(*id) {
-                return Err(format!("leader lacks acked message {id} at {off}"));
-            }
-            if leader.log.iter().filter(|e| e.id == *id).count() != 1 {
-                return Err(format!("acked message {id} appears more than once"));
-            }
-        }
-        for b in &self.brokers {
-            if b.newest() < leader.hw {
-                return Err(format!(
-                    "{} did not catch up: newest {} < leader hw {}",
-                    b.id,
-                    b.newest(),
-                    leader.hw
-                ));
-            }
-            for o in 0..=leader.hw.max(-1) {
-                if b.log[o as usize] != leader.log[o as usize] {
-                    return Err(format!("{} differs from the leader at {o}", b.id));
-                }
-            }
-        }
-        Ok(())
+        let leader = &self.brokers[self.idx(&self.meta.leader)];
+        common::check_caught_up(&self.acked, leader, &self.brokers)
     }
 }
 
@@ -821,19 +712,7 @@ fn run(seed: u64) -> Result<(u64, usize, u64), String> {
 /// The seeds of one third of the run (`part` 0, 1 or 2), so the test runner spreads them over
 /// its threads. `SIM_SEEDS` sets the total (default 3000); `SIM_SEED` replays one seed.
 fn seeds(part: u64) -> Vec<u64> {
-    if let Ok(s) = std::env::var("SIM_SEED") {
-        let seed: u64 = s.parse().expect("SIM_SEED is a number");
-        return if seed % 3 == part {
-            vec![seed]
-        } else {
-            Vec::new()
-        };
-    }
-    let n: u64 = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3000);
-    (1..=n).filter(|s| s % 3 == part).collect()
+    common::seeds("SIM", 3000, part, 3)
 }
 
 fn run_part(part: u64) {
