@@ -5,9 +5,11 @@
 //! A crash is simulated by copying the log's files while it is open (the copy sees exactly what
 //! a crash would leave on disk when the OS survives), then damaging the copy.
 
-use std::path::Path;
-
 use commitlog::{CLEAN_FILE, Error, Isolation, Log, LogOptions, Message};
+
+mod common;
+
+use common::crash_copy;
 
 fn opts() -> LogOptions {
     LogOptions {
@@ -27,16 +29,6 @@ fn message(i: i64) -> Message {
         m.with_key(format!("key{i}")).with_header("h", "v")
     } else {
         m
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_name() != ".lock" {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
     }
 }
 
@@ -105,7 +97,7 @@ fn cutting_the_active_segment_at_every_byte_keeps_every_whole_record() {
     let cuts: Vec<u64> = (0..=8).chain(from..=size).collect();
     for (n, cut) in cuts.into_iter().enumerate() {
         let crash = tempfile::tempdir().unwrap();
-        copy_dir(&w.path, crash.path());
+        crash_copy(&w.path, crash.path());
         // Half the cases also keep the clean-shutdown marker, as if the cut were tampering: the
         // recovery must not trust a marker that disagrees with the files.
         if n % 2 == 0 {
@@ -171,7 +163,7 @@ fn garbage_after_the_last_record_is_cut() {
     garbages.push(fake);
     for g in garbages {
         let crash = tempfile::tempdir().unwrap();
-        copy_dir(&w.path, crash.path());
+        crash_copy(&w.path, crash.path());
         std::fs::remove_file(crash.path().join(CLEAN_FILE)).unwrap();
         let p = crash.path().join(&w.active_file);
         let mut bytes = std::fs::read(&p).unwrap();
@@ -194,7 +186,7 @@ fn missing_or_damaged_indexes_are_rebuilt() {
     assert!(indexes.len() >= 3);
     for damage in ["delete", "truncate", "flip", "swap"] {
         let crash = tempfile::tempdir().unwrap();
-        copy_dir(&w.path, crash.path());
+        crash_copy(&w.path, crash.path());
         for (i, ix) in indexes.iter().enumerate() {
             let p = crash.path().join(ix.file_name().unwrap());
             match damage {
@@ -243,7 +235,7 @@ fn a_flipped_bit_in_a_sealed_segment_is_an_error_never_data() {
     let len = std::fs::metadata(&first).unwrap().len();
     for at in [40, len / 2, len - 5] {
         let crash = tempfile::tempdir().unwrap();
-        copy_dir(&w.path, crash.path());
+        crash_copy(&w.path, crash.path());
         let p = crash.path().join(format!("{:020}.log", 0));
         let mut b = std::fs::read(&p).unwrap();
         b[at as usize] ^= 0x01;
@@ -291,7 +283,7 @@ fn a_flipped_bit_in_a_sealed_segment_is_an_error_never_data() {
 fn a_sealed_segment_that_lost_its_tail_keeps_later_segments() {
     let w = write_log(120);
     let crash = tempfile::tempdir().unwrap();
-    copy_dir(&w.path, crash.path());
+    crash_copy(&w.path, crash.path());
     std::fs::remove_file(crash.path().join(CLEAN_FILE)).unwrap();
     let p = crash.path().join(format!("{:020}.log", 0));
     let len = std::fs::metadata(&p).unwrap().len();
@@ -316,7 +308,7 @@ fn a_sealed_segment_that_lost_its_tail_keeps_later_segments() {
 fn leftovers_of_interrupted_operations_are_removed() {
     let w = write_log(60);
     let crash = tempfile::tempdir().unwrap();
-    copy_dir(&w.path, crash.path());
+    crash_copy(&w.path, crash.path());
     std::fs::remove_file(crash.path().join(CLEAN_FILE)).unwrap();
     std::fs::write(
         crash.path().join("00000000000000000000.log.cleaned"),

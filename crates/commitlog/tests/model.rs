@@ -7,6 +7,10 @@ use bytes::Bytes;
 use commitlog::{Isolation, Log, LogOptions, Message, Retention};
 use proptest::prelude::*;
 
+mod common;
+
+use common::crash_copy;
+
 const RETAIN_MESSAGES: u64 = 25;
 
 #[derive(Debug, Clone)]
@@ -90,16 +94,6 @@ fn opts() -> LogOptions {
             ..Retention::default()
         },
         ..LogOptions::default()
-    }
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_name() != ".lock" {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
     }
 }
 
@@ -228,7 +222,7 @@ fn apply(log: &mut Log, model: &mut Model, op: &Op, root: &std::path::Path, cras
         Op::Crash => {
             *crashes += 1;
             let to = root.join(format!("crash{crashes}"));
-            copy_dir(log.dir(), &to);
+            crash_copy(log.dir(), &to);
             let _ = std::fs::remove_file(to.join(commitlog::CLEAN_FILE));
             let old = std::mem::replace(log, Log::open(&to, opts()).unwrap());
             drop(old);

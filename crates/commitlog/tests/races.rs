@@ -10,6 +10,10 @@ use commitlog::faults::{self, EIO, Fault, FileOp, Injector};
 use commitlog::{Error, Log, LogOptions, Message, SyncPolicy};
 use parking_lot::{Condvar, Mutex};
 
+mod common;
+
+use common::{OpRecorder, crash_copy, raw_record_at};
+
 /// How long a test waits without any thread making progress before it calls it a hang.
 const STALL: Duration = Duration::from_secs(20);
 
@@ -312,17 +316,6 @@ fn a_sync_across_a_truncation_returns() {
     assert_eq!(log.next_offset(), 2);
 }
 
-/// Copies a log's files (not its lock) as a crash would leave them when the OS survives.
-fn crash_copy(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_name() != ".lock" {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// A truncation below the high watermark lowers the checkpoint too, before it returns. It once
 /// lowered only the mark in memory: after a crash, the old checkpoint came back and covered the
 /// records appended again at the cut offsets, which no replica had committed.
@@ -427,21 +420,6 @@ fn concurrent_checkpoints_of_the_high_watermark_are_whole() {
     assert_eq!(on_disk.trim(), log.high_watermark().to_string());
 }
 
-/// Records which files were synced.
-#[derive(Clone, Default)]
-struct SyncRecorder {
-    synced: Arc<Mutex<Vec<std::path::PathBuf>>>,
-}
-
-impl Injector for SyncRecorder {
-    fn before(&self, op: FileOp, path: &std::path::Path) -> Option<Fault> {
-        if op == FileOp::Sync {
-            self.synced.lock().push(path.to_path_buf());
-        }
-        None
-    }
-}
-
 /// An open after a crash syncs every segment before it counts their records durable. It once
 /// synced only the last one, though a roll can seal a segment whose newest records were written
 /// but not yet synced when the process died: they were then replicated and committed as durable,
@@ -457,11 +435,11 @@ fn an_open_after_a_crash_syncs_every_segment() {
     log.append(&[Message::new("last")]).unwrap();
     let crashed = tempfile::tempdir().unwrap();
     crash_copy(dir.path(), crashed.path());
-    let recorder = SyncRecorder::default();
+    let recorder = OpRecorder::new(FileOp::Sync);
     let _faults = faults::inject(crashed.path(), recorder.clone());
     let reopened = Log::open(crashed.path(), LogOptions::default()).unwrap();
     assert!(!reopened.recovery().clean_shutdown);
-    let synced = recorder.synced.lock().clone();
+    let synced = recorder.paths();
     let segments = reopened.segments();
     assert_eq!(segments.len(), 4);
     for s in segments {
@@ -538,30 +516,15 @@ fn deleted_segments_are_closed_under_every_sync_policy() {
     }
 }
 
-/// Records the folders synced.
-#[derive(Clone, Default)]
-struct DirSyncRecorder {
-    synced: Arc<Mutex<Vec<std::path::PathBuf>>>,
-}
-
-impl Injector for DirSyncRecorder {
-    fn before(&self, op: FileOp, path: &std::path::Path) -> Option<Fault> {
-        if op == FileOp::SyncDir {
-            self.synced.lock().push(path.to_path_buf());
-        }
-        None
-    }
-}
-
 /// Folders that an open creates are made durable in their parents.
 #[test]
 fn an_open_makes_the_folders_it_creates_durable() {
     let root = tempfile::tempdir().unwrap();
-    let recorder = DirSyncRecorder::default();
+    let recorder = OpRecorder::new(FileOp::SyncDir);
     let _faults = faults::inject(root.path(), recorder.clone());
     let dir = root.path().join("a").join("b");
     let log = Log::open(&dir, LogOptions::default()).unwrap();
-    let synced = recorder.synced.lock().clone();
+    let synced = recorder.paths();
     for d in [
         root.path().to_path_buf(),
         root.path().join("a"),
@@ -579,12 +542,12 @@ fn a_sync_makes_a_rolled_segment_durable_in_its_folder() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogOptions::default()).unwrap();
     log.append(&[Message::new("a")]).unwrap();
-    let recorder = DirSyncRecorder::default();
+    let recorder = OpRecorder::new(FileOp::SyncDir);
     let _faults = faults::inject(dir.path(), recorder.clone());
     log.roll().unwrap();
     log.append(&[Message::new("b")]).unwrap();
     log.sync().unwrap();
-    let synced = recorder.synced.lock().clone();
+    let synced = recorder.paths();
     assert!(
         synced.contains(&dir.path().to_path_buf()),
         "the folder was not synced: {synced:?}"
@@ -602,27 +565,15 @@ fn a_restarted_segment_is_durable_in_its_folder_under_always() {
     // again).
     log.append(&[Message::new("first")]).unwrap();
     log.roll().unwrap();
-    let recorder = DirSyncRecorder::default();
+    let recorder = OpRecorder::new(FileOp::SyncDir);
     let _faults = faults::inject(dir.path(), recorder.clone());
     log.append_raw(&raw_record_at(far)).unwrap();
     assert_eq!(log.segments().last().unwrap().base_offset, far);
-    let synced = recorder.synced.lock().clone();
+    let synced = recorder.paths();
     assert!(
         synced.contains(&dir.path().to_path_buf()),
         "the folder was not synced: {synced:?}"
     );
-}
-
-/// The bytes of one record at `offset` (format v2: the checksum covers the offset).
-fn raw_record_at(offset: i64) -> Vec<u8> {
-    let scratch = tempfile::tempdir().unwrap();
-    let log = Log::open(scratch.path(), LogOptions::default()).unwrap();
-    log.append(&[Message::new("far")]).unwrap();
-    let mut bytes = log.read_raw(0, 1 << 20).unwrap().unwrap().data.to_vec();
-    bytes[..8].copy_from_slice(&offset.to_be_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), &bytes[32..]);
-    bytes[28..32].copy_from_slice(&crc.to_be_bytes());
-    bytes
 }
 
 /// Under `Always`, a truncation never makes readable what is not yet on stable storage. A cut at

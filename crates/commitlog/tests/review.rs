@@ -3,16 +3,9 @@
 use commitlog::faults::{self, FileOp, Plan, Rule};
 use commitlog::{Error, Log, LogOptions, Message};
 
-/// Copies a log's files (not its lock) as a crash would leave them when the OS survives.
-fn crash_copy(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_name() != ".lock" {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
+mod common;
+
+use common::{crash_copy, raw_record_at};
 
 /// A truncation whose leader-epoch checkpoint cannot be rewritten has already cut the log and
 /// lowered the high watermark in memory. It must fail the log (as any failure after a step
@@ -53,18 +46,6 @@ fn a_truncation_whose_epoch_save_fails_fails_the_log() {
     crash_copy(dir.path(), crashed.path());
     let reopened = Log::open(crashed.path(), LogOptions::default()).unwrap();
     assert!(reopened.high_watermark() <= 4);
-}
-
-/// The bytes of one record at `offset` (format v2: the checksum covers the offset).
-fn raw_record_at(offset: i64) -> Vec<u8> {
-    let scratch = tempfile::tempdir().unwrap();
-    let log = Log::open(scratch.path(), LogOptions::default()).unwrap();
-    log.append(&[Message::new("far")]).unwrap();
-    let mut bytes = log.read_raw(0, 1 << 20).unwrap().unwrap().data.to_vec();
-    bytes[..8].copy_from_slice(&offset.to_be_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..24]), &bytes[32..]);
-    bytes[28..32].copy_from_slice(&crc.to_be_bytes());
-    bytes
 }
 
 /// A follower's batch far past the end rolls to a segment based at the batch. When the batch's

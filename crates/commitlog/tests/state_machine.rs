@@ -26,6 +26,10 @@ use commitlog::{
 };
 use proptest::prelude::*;
 
+mod common;
+
+use common::crash_copy;
+
 const RETAIN_MESSAGES: u64 = 25;
 
 /// What is at an offset: the value (unique in the whole run) and the key.
@@ -287,17 +291,6 @@ struct World {
     reopened: bool,
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_name() != ".lock" {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-    let _ = std::fs::remove_file(to.join(commitlog::CLEAN_FILE));
-}
-
 /// Everything the log holds, read forward and uncommitted from the start.
 fn contents(log: &Log) -> Vec<(i64, Val)> {
     let mut r = log.reader(0, Isolation::Uncommitted);
@@ -529,7 +522,7 @@ impl World {
                 self.plan.clear();
                 self.crashes += 1;
                 let to = self.root.join(format!("crash{}", self.crashes));
-                copy_dir(self.log.dir(), &to);
+                crash_copy(self.log.dir(), &to);
                 let new = self.open(&to);
                 drop(std::mem::replace(&mut self.log, new));
                 assert!(!self.log.recovery().clean_shutdown);
