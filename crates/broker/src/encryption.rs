@@ -115,9 +115,29 @@ impl MasterKey {
     }
 }
 
-/// A partition leader's sealer: one data key, wrapped once, for all its values.
+/// How many values one data key seals before the sealer draws a new one. NIST SP 800-38D bounds
+/// a key used with random 96-bit nonces to 2³² invocations; a new key well before that keeps the
+/// chance of a repeated nonce negligible. Every sealed value carries its own wrapped data key,
+/// so a new key changes nothing for readers.
+pub const VALUES_PER_DATA_KEY: u64 = 1 << 31;
+
+/// A partition leader's sealer: a data key, wrapped once, for up to
+/// [`VALUES_PER_DATA_KEY`] values; then a fresh one.
 #[derive(Clone)]
 pub struct Sealer {
+    master: MasterKey,
+    limit: u64,
+    current: std::sync::Arc<parking_lot::Mutex<Keyed>>,
+}
+
+/// One data key: its cipher, the header every value it seals starts with, and how many values
+/// it sealed.
+struct Keyed {
+    key: std::sync::Arc<DataKey>,
+    sealed: u64,
+}
+
+struct DataKey {
     cipher: Aes256Gcm,
     /// `[L][wrapped DEK]`, the prefix of every sealed value.
     header: Vec<u8>,
@@ -135,22 +155,46 @@ impl Sealer {
     /// # Errors
     /// [`EncryptionError::Seal`].
     pub fn new(master: &MasterKey) -> Result<Sealer, EncryptionError> {
-        let dek = Aes256Gcm::generate_key(OsRng);
-        Self::with_key(master, &dek)
+        Self::with_limit(master, VALUES_PER_DATA_KEY)
     }
 
+    /// A sealer that draws a new data key after `limit` values.
+    fn with_limit(master: &MasterKey, limit: u64) -> Result<Sealer, EncryptionError> {
+        let dek = Aes256Gcm::generate_key(OsRng);
+        Self::with_key_and_limit(master, &dek, limit)
+    }
+
+    #[cfg(test)]
     fn with_key(master: &MasterKey, dek: &[u8]) -> Result<Sealer, EncryptionError> {
-        let wrapped = master.wrap(dek)?;
-        let len = u8::try_from(wrapped.len())
-            .map_err(|_| EncryptionError::Seal("wrapped key too long".into()))?;
-        let mut header = Vec::with_capacity(1 + wrapped.len());
-        header.push(len);
-        header.extend_from_slice(&wrapped);
+        Self::with_key_and_limit(master, dek, VALUES_PER_DATA_KEY)
+    }
+
+    fn with_key_and_limit(
+        master: &MasterKey,
+        dek: &[u8],
+        limit: u64,
+    ) -> Result<Sealer, EncryptionError> {
         Ok(Sealer {
-            cipher: Aes256Gcm::new_from_slice(dek)
-                .map_err(|e| EncryptionError::Seal(e.to_string()))?,
-            header,
+            master: master.clone(),
+            limit: limit.max(1),
+            current: std::sync::Arc::new(parking_lot::Mutex::new(Keyed {
+                key: std::sync::Arc::new(DataKey::new(master, dek)?),
+                sealed: 0,
+            })),
         })
+    }
+
+    /// The data key for the next value: the current one, or a fresh one once the current one
+    /// sealed its share.
+    fn next_key(&self) -> Result<std::sync::Arc<DataKey>, EncryptionError> {
+        let mut cur = self.current.lock();
+        if cur.sealed >= self.limit {
+            let dek = Aes256Gcm::generate_key(OsRng);
+            cur.key = std::sync::Arc::new(DataKey::new(&self.master, &dek)?);
+            cur.sealed = 0;
+        }
+        cur.sealed += 1;
+        Ok(cur.key.clone())
     }
 
     /// Seals a value with a fresh random nonce.
@@ -167,15 +211,32 @@ impl Sealer {
         nonce: &Nonce<aes_gcm::aes::cipher::consts::U12>,
         value: &[u8],
     ) -> Result<Vec<u8>, EncryptionError> {
-        let sealed = self
+        let key = self.next_key()?;
+        let sealed = key
             .cipher
             .encrypt(nonce, value)
             .map_err(|e| EncryptionError::Seal(e.to_string()))?;
-        let mut out = Vec::with_capacity(self.header.len() + NONCE_LEN + sealed.len());
-        out.extend_from_slice(&self.header);
+        let mut out = Vec::with_capacity(key.header.len() + NONCE_LEN + sealed.len());
+        out.extend_from_slice(&key.header);
         out.extend_from_slice(nonce);
         out.extend_from_slice(&sealed);
         Ok(out)
+    }
+}
+
+impl DataKey {
+    fn new(master: &MasterKey, dek: &[u8]) -> Result<DataKey, EncryptionError> {
+        let wrapped = master.wrap(dek)?;
+        let len = u8::try_from(wrapped.len())
+            .map_err(|_| EncryptionError::Seal("wrapped key too long".into()))?;
+        let mut header = Vec::with_capacity(1 + wrapped.len());
+        header.push(len);
+        header.extend_from_slice(&wrapped);
+        Ok(DataKey {
+            cipher: Aes256Gcm::new_from_slice(dek)
+                .map_err(|e| EncryptionError::Seal(e.to_string()))?,
+            header,
+        })
     }
 }
 
@@ -243,5 +304,29 @@ mod tests {
                 .to_string()
                 .contains("16 or 32 bytes")
         );
+    }
+
+    /// A data key seals a bounded number of values (NIST SP 800-38D's bound for random
+    /// nonces), then the sealer draws a new one; every value still opens.
+    #[test]
+    fn the_data_key_is_replaced_after_its_share_of_values() {
+        let master = MasterKey::new(b"t7w!z%C*F-JaNcRf").unwrap();
+        let sealer = Sealer::with_limit(&master, 3).unwrap();
+        let shared = sealer.clone();
+        let values: Vec<Vec<u8>> = (0..7u8)
+            .map(|i| {
+                let s = if i % 2 == 0 { &sealer } else { &shared };
+                s.seal(&[i; 5]).unwrap()
+            })
+            .collect();
+        let header = |v: &Vec<u8>| v[..1 + usize::from(v[0])].to_vec();
+        let keys: Vec<Vec<u8>> = values.iter().map(header).collect();
+        assert_eq!(keys[0], keys[2]);
+        assert_ne!(keys[2], keys[3], "a new data key after three values");
+        assert_eq!(keys[3], keys[5]);
+        assert_ne!(keys[5], keys[6]);
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(master.open(v).unwrap(), vec![i as u8; 5]);
+        }
     }
 }
