@@ -256,6 +256,43 @@ async fn partition(ports: &[(String, u16)]) -> Option<PartitionMetadata> {
     None
 }
 
+/// The partition as a majority of the brokers sees it (same leader and ISR): a broker that has
+/// just restarted answers from metadata it has not caught up on yet, and one cut off from NATS
+/// from metadata it cannot update.
+async fn agreed(ports: &[(String, u16)]) -> Option<PartitionMetadata> {
+    let mut seen = Vec::new();
+    for p in ports {
+        if let Some(md) = partition(std::slice::from_ref(p)).await {
+            seen.push(md);
+        }
+    }
+    let key = |p: &PartitionMetadata| {
+        let mut isr = p.isr.clone();
+        isr.sort();
+        (p.leader.clone(), isr)
+    };
+    let majority = ports.len() / 2 + 1;
+    seen.iter()
+        .find(|p| seen.iter().filter(|q| key(q) == key(p)).count() >= majority)
+        .cloned()
+}
+
+/// [`agreed`], waited for within 30 s.
+async fn settled(cluster: &Cluster) -> PartitionMetadata {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(p) = agreed(&cluster.ports()).await {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no majority of the brokers agreed on the partition\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// What the publisher got acked: value → offset.
 type Acked = Arc<Mutex<HashMap<String, i64>>>;
 
@@ -318,7 +355,7 @@ async fn until(
     let start = acked.lock().len();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let p = partition(&cluster.ports()).await;
+        let p = agreed(&cluster.ports()).await;
         if p.as_ref().is_some_and(&ok) && acked.lock().len() >= start + more {
             return;
         }
@@ -399,7 +436,7 @@ async fn acked_messages_survive_kills_and_severed_connections() {
     .await;
 
     // 1. SIGKILL the leader: a follower takes over; the old leader returns as a follower.
-    let old = partition(&cluster.ports()).await.unwrap().leader;
+    let old = settled(&cluster).await.leader;
     cluster.broker(&old).kill();
     until(&cluster, &acked, "a new leader", 20, |p| {
         !p.leader.is_empty() && p.leader != old
@@ -417,7 +454,7 @@ async fn acked_messages_survive_kills_and_severed_connections() {
 
     // 1b. SIGTERM the leader: before it exits, it hands the partition to an in-sync follower
     // and leaves the ISR (the planned stop of a rolling restart); the acks go on.
-    let old = partition(&cluster.ports()).await.unwrap().leader;
+    let old = settled(&cluster).await.leader;
     let status = cluster.broker(&old).terminate();
     assert!(status.success(), "{status:?}\n{}", cluster.logs());
     let log = std::fs::read_to_string(&cluster.broker(&old).log).unwrap();
@@ -446,7 +483,7 @@ async fn acked_messages_survive_kills_and_severed_connections() {
     .await;
 
     // 2. Cut a follower off NATS: it leaves the ISR; healed, it catches up and returns.
-    let p = partition(&cluster.ports()).await.unwrap();
+    let p = settled(&cluster).await;
     let cut = p.isr.iter().find(|r| **r != p.leader).unwrap().clone();
     cluster.broker(&cut).proxy.sever();
     until(
@@ -468,7 +505,7 @@ async fn acked_messages_survive_kills_and_severed_connections() {
     .await;
 
     // 3. SIGKILL two of three: nothing can commit; restarted, the cluster serves again.
-    let p = partition(&cluster.ports()).await.unwrap();
+    let p = settled(&cluster).await;
     let victims: Vec<String> = vec![
         p.leader.clone(),
         p.isr.iter().find(|r| **r != p.leader).unwrap().clone(),
@@ -497,7 +534,7 @@ async fn acked_messages_survive_kills_and_severed_connections() {
     assert!(acked.len() >= 120, "{} acked of {attempts}", acked.len());
 
     // Every replica holds the same log, and every acked message once, at its acked offset.
-    let p = partition(&cluster.ports()).await.unwrap();
+    let p = settled(&cluster).await;
     let (_, leader_port) = cluster
         .ports()
         .into_iter()
