@@ -834,10 +834,7 @@ impl Log {
             if !changed {
                 return cut;
             }
-            inner
-                .failed
-                .lock()
-                .get_or_insert_with(|| format!("a truncation failed part way: {e}"));
+            inner.fail(|| format!("a truncation failed part way: {e}"));
         }
         let next = inner.active().next_offset();
         // Under `Always`, records below the cut may still wait for their sync (an append's
@@ -856,10 +853,7 @@ impl Log {
             {
                 Ok(()) => Ok(true),
                 Err(e) => {
-                    inner
-                        .failed
-                        .lock()
-                        .get_or_insert_with(|| format!("a truncation could not sync: {e}"));
+                    inner.fail(|| format!("a truncation could not sync: {e}"));
                     Err(e)
                 }
             }
@@ -916,25 +910,25 @@ impl Log {
         if let Err(e) = &epochs_saved {
             // The files are cut already: refuse writes until reopened, like any truncation
             // that fails part way.
-            inner.failed.lock().get_or_insert_with(|| {
+            inner.fail(|| {
                 format!("a truncation could not rewrite the leader-epoch checkpoint: {e}")
             });
         }
-        if lowered {
-            // Durably, as the cut: a crash must not bring back the old mark over records
-            // appended again at the cut offsets.
+        // Durably, as the cut: a crash must not bring back the old mark over records appended
+        // again at the cut offsets.
+        let checkpointed = if lowered {
             let _c = inner.hw_checkpoint.lock();
-            if let Err(e) = checkpoint::write_hw(&inner.dir, inner.hw.load(Ordering::Acquire)) {
-                inner.failed.lock().get_or_insert_with(|| {
+            checkpoint::write_hw(&inner.dir, inner.hw.load(Ordering::Acquire)).inspect_err(|e| {
+                inner.fail(|| {
                     format!("a truncation could not lower the high-watermark checkpoint: {e}")
-                });
-                drop(_r);
-                inner.notify.notify();
-                return Err(e);
-            }
-        }
+                })
+            })
+        } else {
+            Ok(())
+        };
         drop(_r);
         inner.notify.notify();
+        checkpointed?;
         cut.and(publish.map(|_| ())).and(epochs_saved)
     }
 
@@ -1315,6 +1309,12 @@ impl Inner {
             .unwrap_or(-1)
     }
 
+    /// Fails the log for good (writes are refused until it is reopened), keeping the first
+    /// reason given.
+    fn fail(&self, why: impl FnOnce() -> String) {
+        self.failed.lock().get_or_insert_with(why);
+    }
+
     /// The lowest offset the log was truncated to after generation `seen`.
     pub(crate) fn truncated_since(&self, seen: u64) -> Option<i64> {
         let guard = self.truncation_history.lock();
@@ -1419,9 +1419,7 @@ impl Inner {
             if let Err(e) = active.delete_files() {
                 // The old file may be gone while it is still the list's active segment.
                 let _ = fresh.delete_files();
-                self.failed
-                    .lock()
-                    .get_or_insert_with(|| format!("restarting the active segment failed: {e}"));
+                self.fail(|| format!("restarting the active segment failed: {e}"));
                 return Err(e);
             }
             *segs.last_mut().expect("a log always has a segment") = fresh;
@@ -1448,7 +1446,7 @@ impl Inner {
             self.opts.clock.now_nanos(),
         );
         if let Err(Error::Failed(why)) = &written {
-            self.failed.lock().get_or_insert_with(|| why.clone());
+            self.fail(|| why.clone());
         }
         written?;
         {
@@ -1647,7 +1645,7 @@ impl Inner {
                         self.next_offset.fetch_max(end, Ordering::AcqRel);
                     }
                     Err(e) => {
-                        self.failed.lock().get_or_insert_with(|| e.to_string());
+                        self.fail(|| e.to_string());
                     }
                 }
             }
