@@ -1663,7 +1663,6 @@ impl Inner {
         })();
         {
             let mut st = self.sync.lock();
-            st.closing = true;
             st.close_done = true;
             self.sync_cv.notify_all();
         }
