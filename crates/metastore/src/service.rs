@@ -252,6 +252,13 @@ pub struct Status {
     pub learners: Vec<u64>,
 }
 
+impl Status {
+    /// Every member's Raft id, voters first.
+    fn members(&self) -> Vec<u64> {
+        self.voters.iter().chain(&self.learners).copied().collect()
+    }
+}
+
 /// A running metadata node. Cheap to clone.
 #[derive(Clone)]
 pub struct Metastore {
@@ -380,7 +387,7 @@ impl Metastore {
         let driver = Driver {
             node,
             store: store.clone(),
-            proposal_ids: ProposalIds::new(id, start_nonce()),
+            proposal_ids: ProposalIds::new(id, raft_id(&store.nonce)),
             pending: HashMap::new(),
             join_sub: None,
             propagate_sub: None,
@@ -750,14 +757,7 @@ async fn answer_probes(
             if asker == nonce {
                 continue; // this process's own probe
             }
-            let members = {
-                let st = status.read();
-                st.voters
-                    .iter()
-                    .chain(&st.learners)
-                    .copied()
-                    .collect::<Vec<u64>>()
-            };
+            let members = status.read().members();
             if members.is_empty() && !candidate && !always {
                 continue; // a joiner not yet in a group has nothing to say
             }
@@ -881,14 +881,7 @@ async fn guard_seed(store: Metastore) {
         else {
             continue;
         };
-        let mine = {
-            let st = store.status.read();
-            st.voters
-                .iter()
-                .chain(&st.learners)
-                .copied()
-                .collect::<Vec<u64>>()
-        };
+        let mine = store.status.read().members();
         let foreign = found.into_iter().find(|a| {
             a.id == me
                 || (!a.raft_members.is_empty()
@@ -998,19 +991,6 @@ fn splitmix(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-/// A nonce for this start: the standard library's per-process random hash keys, the clock and
-/// the process id.
-fn start_nonce() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    h.write_u128(now);
-    h.write_u32(std::process::id());
-    h.finish()
 }
 
 /// Who waits for a proposal's verdict.
@@ -1433,6 +1413,5 @@ mod tests {
                 );
             }
         }
-        assert_ne!(start_nonce(), start_nonce());
     }
 }
