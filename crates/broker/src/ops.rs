@@ -35,6 +35,12 @@ pub const MAX_HEADERS: usize = 1024;
 /// The longest header name, in bytes.
 pub const MAX_HEADER_NAME_BYTES: usize = 1024;
 
+/// Why a message got a `NOT_STORED` ack: its partition stopped on this leader first.
+pub(crate) const NOT_STORED: &str =
+    "the partition stopped on its leader before the message was stored";
+/// Why a message got a `READONLY` ack.
+pub(crate) const READONLY_NOT_STORED: &str = "readonly partition: the message was not stored";
+
 /// A publish's headers: at most [`MAX_HEADERS`], with names of at most
 /// [`MAX_HEADER_NAME_BYTES`]. Their values count toward the message's size like its value.
 fn check_headers(headers: &std::collections::HashMap<String, bytes::Bytes>) -> Result<()> {
@@ -604,12 +610,10 @@ impl Broker {
             Some(Ok(ack::Error::Encryption)) => {
                 Err(BrokerError::Internal("Failed to encrypt message".into()))
             }
-            Some(Ok(ack::Error::Readonly)) => Err(BrokerError::FailedPrecondition(
-                "readonly partition: the message was not stored".into(),
-            )),
-            Some(Ok(ack::Error::NotStored)) => Err(BrokerError::Unavailable(
-                "the partition stopped on its leader before the message was stored".into(),
-            )),
+            Some(Ok(ack::Error::Readonly)) => {
+                Err(BrokerError::FailedPrecondition(READONLY_NOT_STORED.into()))
+            }
+            Some(Ok(ack::Error::NotStored)) => Err(BrokerError::Unavailable(NOT_STORED.into())),
             // This server sends UNKNOWN only when the leader could not store the message.
             Some(Ok(ack::Error::Unknown)) => Err(BrokerError::Unavailable(
                 "the partition's leader could not store the message (a disk error; see its log)"
@@ -718,7 +722,7 @@ impl Broker {
                     match self.publish_session_batch(reqs, &inbox, &out, &mut none_streams).await {
                         Some(ids) => {
                             let now = tokio::time::Instant::now();
-                            ids.into_iter().for_each(|(id, stream)| waiting.add(id, stream, now));
+                            ids.into_iter().for_each(|(stream, ids)| waiting.add(stream, ids, now));
                         }
                         None => return,
                     }
@@ -782,7 +786,7 @@ impl Broker {
         inbox: &str,
         out: &mpsc::Sender<api::PublishResponse>,
         none_streams: &mut HashSet<String>,
-    ) -> Option<Vec<(String, String)>> {
+    ) -> Option<Vec<(String, Vec<String>)>> {
         let mut run: Option<Run> = None;
         let mut waiting = Vec::new();
         let mut reqs = reqs.into_iter().peekable();
@@ -798,7 +802,7 @@ impl Broker {
                         msgs: Vec::new(),
                         replies: Vec::new(),
                     });
-                    r.replies.push((cid, wants_ack, msg.stream.clone()));
+                    r.replies.push((cid, wants_ack));
                     r.msgs.push(msg);
                 }
                 Err(e) => {
@@ -829,12 +833,16 @@ impl Broker {
                 replies,
             }) = run.take()
             {
+                let stream = msgs.first().map(|m| m.stream.clone()).unwrap_or_default();
                 let results = self.nats_publish_all(&subject, msgs).await;
-                for (r, (cid, wants_ack, stream)) in results.into_iter().zip(replies) {
+                let mut acked = Vec::new();
+                for (r, (cid, wants_ack)) in results.into_iter().zip(replies) {
                     match r {
-                        Ok(()) if wants_ack => waiting.push((cid, stream)),
+                        Ok(()) if wants_ack => acked.push(cid),
                         Ok(()) => {
-                            none_streams.insert(stream);
+                            if !none_streams.contains(&stream) {
+                                none_streams.insert(stream.clone());
+                            }
                         }
                         Err(e) => {
                             let r = async_error(
@@ -845,6 +853,9 @@ impl Broker {
                             out.send(r).await.ok()?;
                         }
                     }
+                }
+                if !acked.is_empty() {
+                    waiting.push((stream, acked));
                 }
             }
         }
@@ -1094,8 +1105,9 @@ fn async_error(
 struct Run {
     subject: String,
     msgs: Vec<api::Message>,
-    /// For each message, its correlation id, whether it waits for an ack, and its stream.
-    replies: Vec<(String, bool, String)>,
+    /// For each message, its correlation id and whether it waits for an ack. (A run's messages
+    /// are of one stream and partition.)
+    replies: Vec<(String, bool)>,
 }
 
 /// The most acks a PublishAsync session forwards in one pass of its loop.
@@ -1123,14 +1135,10 @@ fn ack_response(a: api::Ack) -> api::PublishResponse {
                     publish_async_error::Code::EncryptionFailed,
                     "failed to encrypt message",
                 ),
-                Ok(ack::Error::Readonly) => (
-                    publish_async_error::Code::Readonly,
-                    "readonly partition: the message was not stored",
-                ),
-                Ok(ack::Error::NotStored) => (
-                    publish_async_error::Code::Internal,
-                    "the partition stopped on its leader before the message was stored",
-                ),
+                Ok(ack::Error::Readonly) => {
+                    (publish_async_error::Code::Readonly, READONLY_NOT_STORED)
+                }
+                Ok(ack::Error::NotStored) => (publish_async_error::Code::Internal, NOT_STORED),
                 _ => (publish_async_error::Code::Unknown, "unknown ack error"),
             };
             let cid = a.correlation_id.clone();
@@ -1148,28 +1156,37 @@ fn ack_response(a: api::Ack) -> api::PublishResponse {
 /// when each was sent.
 #[derive(Default)]
 struct Waiting {
-    /// Send times of the messages awaiting an ack, by correlation id and stream.
-    by_id: HashMap<(String, String), std::collections::VecDeque<tokio::time::Instant>>,
+    /// Send times of the messages awaiting an ack, by stream and correlation id.
+    by_stream: HashMap<String, HashMap<String, std::collections::VecDeque<tokio::time::Instant>>>,
     count: usize,
 }
 
 impl Waiting {
-    fn add(&mut self, id: String, stream: String, sent: tokio::time::Instant) {
-        self.by_id.entry((id, stream)).or_default().push_back(sent);
-        self.count += 1;
+    /// Messages of `stream` with correlation ids `ids`, sent at `sent`.
+    fn add(&mut self, stream: String, ids: Vec<String>, sent: tokio::time::Instant) {
+        self.count += ids.len();
+        let by_id = self.by_stream.entry(stream).or_default();
+        for id in ids {
+            by_id.entry(id).or_default().push_back(sent);
+        }
     }
 
     /// An ack for `id` from `stream` came: frees the oldest place a message with that id held
     /// there. False when none waited (an error ack for a message with ack policy NONE, or an
     /// ack from another stream on the same subject).
     fn answered(&mut self, id: &str, stream: &str) -> bool {
-        let key = (id.to_owned(), stream.to_owned());
-        let Some(sent) = self.by_id.get_mut(&key) else {
+        let Some(by_id) = self.by_stream.get_mut(stream) else {
+            return false;
+        };
+        let Some(sent) = by_id.get_mut(id) else {
             return false;
         };
         sent.pop_front();
         if sent.is_empty() {
-            self.by_id.remove(&key);
+            by_id.remove(id);
+            if by_id.is_empty() {
+                self.by_stream.remove(stream);
+            }
         }
         self.count -= 1;
         true
@@ -1178,12 +1195,15 @@ impl Waiting {
     /// Frees the places of messages sent before `before`, whose ack will not come.
     fn expire(&mut self, before: tokio::time::Instant) {
         let mut freed = 0;
-        self.by_id.retain(|_, sent| {
-            while sent.front().is_some_and(|t| *t < before) {
-                sent.pop_front();
-                freed += 1;
-            }
-            !sent.is_empty()
+        self.by_stream.retain(|_, by_id| {
+            by_id.retain(|_, sent| {
+                while sent.front().is_some_and(|t| *t < before) {
+                    sent.pop_front();
+                    freed += 1;
+                }
+                !sent.is_empty()
+            });
+            !by_id.is_empty()
         });
         self.count -= freed;
     }

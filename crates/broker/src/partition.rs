@@ -392,10 +392,7 @@ impl Partition {
                 "partition" => self.id, "isr" => ?isr);
         }
         let advanced = match self.commit.lock().as_mut() {
-            Some(l) => {
-                l.set_partition_epoch(epoch);
-                l.on_isr(isr.iter().cloned())
-            }
+            Some(l) => l.on_isr(isr.iter().cloned()),
             None => None,
         };
         if let Some(hw) = advanced {

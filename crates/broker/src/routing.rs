@@ -243,12 +243,8 @@ impl Broker {
             return taken
                 .into_iter()
                 .map(|took| {
-                    took.then_some(()).ok_or_else(|| {
-                        BrokerError::Unavailable(
-                            "the partition stopped on its leader before the message was stored"
-                                .into(),
-                        )
-                    })
+                    took.then_some(())
+                        .ok_or_else(|| BrokerError::Unavailable(crate::ops::NOT_STORED.into()))
                 })
                 .collect();
         }
