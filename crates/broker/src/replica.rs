@@ -344,28 +344,31 @@ pub(crate) async fn give_up_if_failed(
     error!(ctx.logger, "the partition's log failed; handing leadership to an in-sync follower";
         "stream" => &p.stream, "partition" => p.id, "data_dir" => %ctx.cfg.data_dir.display(),
         "error" => &why);
-    let me = ctx.cfg.server_id.clone();
-    let op = internal::ReportLeaderOp {
+    let op = self_report(&p, &ctx, false);
+    ask_until_stopped(
+        &mut stop,
+        (Duration::from_secs(1), Duration::from_secs(1)),
+        || ctx.meta.report_leader(op.clone()),
+        |attempt, e| {
+            if attempt % 10 == 0 {
+                warn!(ctx.logger, "handing over a failed partition was refused; retrying";
+                    "stream" => &p.stream, "partition" => p.id, "error" => %e);
+            }
+        },
+    )
+    .await;
+}
+
+/// This broker's report on itself as the partition's leader: it gives the partition up, or,
+/// with `renew`, asks for a new leader epoch.
+fn self_report(p: &Partition, ctx: &Ctx, renew: bool) -> internal::ReportLeaderOp {
+    internal::ReportLeaderOp {
         stream: p.stream.clone(),
         partition: p.id,
-        replica: me.clone(),
-        leader: me,
+        replica: ctx.cfg.server_id.clone(),
+        leader: ctx.cfg.server_id.clone(),
         leader_epoch: p.role.leader_epoch,
-        renew_epoch: false,
-    };
-    for attempt in 0u32.. {
-        match unless_stopped(&mut stop, ctx.meta.report_leader(op.clone())).await {
-            None | Some(Ok(())) => return,
-            Some(Err(e)) => {
-                if attempt % 10 == 0 {
-                    warn!(ctx.logger, "handing over a failed partition was refused; retrying";
-                        "stream" => &p.stream, "partition" => p.id, "error" => %e);
-                }
-            }
-        }
-        if pause(&mut stop, Duration::from_secs(1)).await {
-            return;
-        }
+        renew_epoch: renew,
     }
 }
 
@@ -377,17 +380,10 @@ pub(crate) async fn give_up_if_failed(
 /// restarts the partition too; any failure (the metadata leader could not replicate the leader
 /// change, or there was none) is asked again, since until then the partition takes no writes.
 pub(crate) async fn renew_epoch(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
-    let me = ctx.cfg.server_id.clone();
-    let op = internal::ReportLeaderOp {
-        stream: p.stream.clone(),
-        partition: p.id,
-        replica: me.clone(),
-        leader: me,
-        leader_epoch: p.role.leader_epoch,
-        renew_epoch: true,
-    };
+    let op = self_report(&p, &ctx, true);
     ask_until_stopped(
         &mut stop,
+        (Duration::from_millis(500), Duration::from_secs(5)),
         || ctx.meta.report_leader(op.clone()),
         |attempt, e| {
             if attempt % 10 == 0 {
@@ -400,18 +396,19 @@ pub(crate) async fn renew_epoch(p: Arc<Partition>, ctx: Arc<Ctx>, mut stop: watc
 }
 
 /// Asks `ask` until it succeeds or `stop`, telling `failed` of each failure and pausing after
-/// it, 500 ms at first, doubling up to 5 s. Every failure is retried: a refused operation cannot
+/// it, `first` at first, doubling up to `most`. Every failure is retried: a refused operation cannot
 /// be told from one the metadata leader failed to replicate (a timeout, a lost leadership), and
 /// a real refusal means the partition moved on, which stops the asking.
 async fn ask_until_stopped<F, Fut>(
     stop: &mut watch::Receiver<bool>,
+    (first, most): (Duration, Duration),
     mut ask: F,
     mut failed: impl FnMut(u32, &MetaError),
 ) where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), MetaError>>,
 {
-    let mut wait = Duration::from_millis(500);
+    let mut wait = first;
     for attempt in 0u32.. {
         match unless_stopped(stop, ask()).await {
             None | Some(Ok(())) => return,
@@ -420,7 +417,7 @@ async fn ask_until_stopped<F, Fut>(
                 if pause(stop, wait).await {
                     return;
                 }
-                wait = (wait * 2).min(Duration::from_secs(5));
+                wait = (wait * 2).min(most);
             }
         }
     }
@@ -816,6 +813,7 @@ mod tests {
             Duration::from_secs(30),
             ask_until_stopped(
                 &mut stop,
+                (Duration::from_millis(500), Duration::from_secs(5)),
                 || {
                     let n = calls.fetch_add(1, Ordering::SeqCst);
                     async move {
@@ -844,6 +842,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let asking = ask_until_stopped(
             &mut stop,
+            (Duration::from_millis(500), Duration::from_secs(5)),
             || {
                 if calls.fetch_add(1, Ordering::SeqCst) == 1 {
                     let _ = tx.send(true);
