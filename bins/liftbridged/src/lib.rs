@@ -317,7 +317,7 @@ pub async fn start(mut cfg: Config, logger: Logger) -> Result<Running, StartErro
     };
     info!(logger, "liftbridged started"; "id" => broker.id(), "grpc" => %grpc_addr,
         "advertised" => format!("{}:{}", cfg.broker.advertise_host, cfg.broker.advertise_port),
-        "nats" => nats_url.split(',').map(natsbridge::redact_url).collect::<Vec<_>>().join(","));
+        "nats" => natsbridge::redact_urls(nats_url.split(',')));
     Ok(Running {
         broker,
         api,

@@ -293,19 +293,19 @@ impl Client {
         value: impl Into<Bytes>,
         opts: PublishOptions,
     ) -> Result<PendingAck> {
-        let req = self
+        let mut req = self
             .build_request(stream, Self::bytes(value), &opts)
             .await?;
         let none = opts.ack_policy == AckPolicy::None;
         let id = req.correlation_id.clone();
         // On the wire, a caller's id is replaced by a unique one (see `WaitList`).
         let wire = if opts.correlation_id.is_some() && !none {
-            self.next_correlation_id()
+            let wire = self.next_correlation_id();
+            req.correlation_id = wire.clone();
+            wire
         } else {
             id.clone()
         };
-        let mut req = req;
-        req.correlation_id = wire.clone();
         let deadline = tokio::time::Instant::now() + opts.ack_wait;
         let mut req = Some(req);
         let mut last = None;

@@ -302,6 +302,14 @@ fn userinfo(url: &str) -> Option<std::ops::Range<usize>> {
     Some(start..start + at)
 }
 
+/// Server URLs joined with commas, each with its credentials hidden (see [`redact_url`]).
+pub fn redact_urls<'a>(urls: impl IntoIterator<Item = &'a str>) -> String {
+    urls.into_iter()
+        .map(redact_url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A server URL as it may be shown: its user information, if any, replaced by `***`.
 pub fn redact_url(url: &str) -> String {
     match userinfo(url) {
@@ -377,12 +385,7 @@ impl Connection {
         if let Some(seed) = &cfg.nkey_seed {
             opts = opts.nkey(seed.clone());
         }
-        let servers_text = cfg
-            .servers
-            .iter()
-            .map(|u| redact_url(u))
-            .collect::<Vec<_>>()
-            .join(",");
+        let servers_text = redact_urls(cfg.servers.iter().map(String::as_str));
         let failed = |reason: String| NatsError::Connect {
             servers: servers_text.clone(),
             reason,

@@ -17,7 +17,7 @@ pub mod subjects;
 
 pub use connection::{
     Connection, ConnectionStats, Event, EventHook, EventKind, Headers, Message, NatsConfig,
-    NatsError, NatsTls, Subscriber, connection_name, redact_url, url_has_credentials,
+    NatsError, NatsTls, Subscriber, connection_name, redact_url, redact_urls, url_has_credentials,
 };
 pub use envelope::{EnvelopeError, MsgType, ReplicationResponse};
 pub use subjects::{
