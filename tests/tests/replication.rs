@@ -715,6 +715,9 @@ async fn a_leader_whose_disk_fails_hands_over_and_no_acked_message_is_lost() {
         .await;
     drop(fault);
     let mut leader = cluster.client(&p.leader).await;
+    // The new leader serves once its replica is open, as clients wait for it: a publish sent
+    // before it listens on the subject reaches no one and times out.
+    drop(subscribe_when_open(&mut leader, sub("disk", StartPosition::Earliest)).await);
     let second = values("after", 10);
     let offsets = publish_all(&mut leader, "disk", &second).await;
     assert_eq!(offsets, (10..20).collect::<Vec<i64>>());
